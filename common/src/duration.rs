@@ -1,0 +1,58 @@
+//! Human durations for flags and config: `90s`, `15m`, `24h`, `7d`, `1d 12h`.
+
+use std::time::Duration;
+
+/// A duration string that does not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid duration {given:?}: use a number with a unit, e.g. 90s, 15m, 24h, 7d")]
+pub struct InvalidDuration {
+    pub given: String,
+}
+
+/// Parses `24h`, `7d`, `1h 30m`. A bare number is refused: the unit must be explicit.
+pub fn parse(s: &str) -> Result<Duration, InvalidDuration> {
+    let err = || InvalidDuration { given: s.to_owned() };
+    let t = s.trim();
+    if t.is_empty() || t.chars().all(|c| c.is_ascii_digit()) {
+        return Err(err());
+    }
+    humantime::parse_duration(t).map_err(|_| err())
+}
+
+/// Formats as the shortest exact unit (`7d`, `36h`, `90s`).
+pub fn format(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".to_owned(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units() {
+        assert_eq!(parse("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse("1h 30m"), Ok(Duration::from_secs(5_400)));
+    }
+
+    #[test]
+    fn refuses_bare_numbers_and_junk() {
+        for bad in ["", "24", "h", "-1h", "soon"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn formats_round_trip() {
+        for s in ["7d", "36h", "90s", "15m"] {
+            assert_eq!(format(parse(s).unwrap_or_default()), s);
+        }
+    }
+}

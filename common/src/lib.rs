@@ -1,0 +1,21 @@
+//! What the Lanyard CA (`lanyard-ca`) and the agent (`lanyard`) agree on.
+//!
+//! This crate holds data shapes and wire formats only: no network, no keys, no clock.
+//! Both binaries link it, so it must stay free of heavy dependencies.
+//!
+//! # Layout
+//! - [`keyalg`]: the key algorithms CloudFront accepts, by their CLI names.
+//! - [`policy`]: a group's renewal policy as the CA serves it at `/v1/policy`.
+//! - [`est`]: EST (RFC 7030) bodies: base64 DER, certs-only PKCS#7.
+//! - [`serial`]: certificate serials in hex and CloudFront's colon-hex form.
+//! - [`duration`]: human durations (`24h`, `7d`) for CLI flags and config.
+#![forbid(unsafe_code)]
+
+pub mod duration;
+pub mod est;
+pub mod keyalg;
+pub mod policy;
+pub mod serial;
+
+pub use keyalg::KeyAlgorithm;
+pub use policy::{GroupPolicy, PolicyError};
