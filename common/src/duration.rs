@@ -19,6 +19,11 @@ pub fn parse(s: &str) -> Result<Duration, InvalidDuration> {
     humantime::parse_duration(t).map_err(|_| err())
 }
 
+/// Like [`parse`], but also takes `0` (for "never" settings such as a grace period).
+pub fn parse_or_zero(s: &str) -> Result<Duration, InvalidDuration> {
+    if s.trim() == "0" { Ok(Duration::ZERO) } else { parse(s) }
+}
+
 /// Formats as the shortest exact unit (`7d`, `36h`, `90s`).
 pub fn format(d: Duration) -> String {
     let s = d.as_secs();

@@ -51,7 +51,7 @@ pub fn encode_base64(der: &[u8]) -> String {
     let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 1);
     for chunk in b64.as_bytes().chunks(64) {
         out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push_str("\r\n");
+        out.push('\n');
     }
     out
 }

@@ -7,10 +7,12 @@
 //! - [`keyalg`]: the key algorithms CloudFront accepts, by their CLI names.
 //! - [`policy`]: a group's renewal policy as the CA serves it at `/v1/policy`.
 //! - [`est`]: EST (RFC 7030) bodies: base64 DER, certs-only PKCS#7.
+//! - [`csrattrs`]: EST `/csrattrs`: which key the CA wants the device to generate.
 //! - [`serial`]: certificate serials in hex and CloudFront's colon-hex form.
 //! - [`duration`]: human durations (`24h`, `7d`) for CLI flags and config.
 #![forbid(unsafe_code)]
 
+pub mod csrattrs;
 pub mod duration;
 pub mod est;
 pub mod keyalg;

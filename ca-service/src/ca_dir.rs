@@ -1,0 +1,306 @@
+//! The embedded CA's directory: what `init` writes and `serve` and the admin commands load.
+//!
+//! ```text
+//! DIR/ca.toml          settings (name, public URL, key algorithms); written last by init
+//! DIR/root.crt         root CA certificate (PEM)         DIR/root.key     0600
+//! DIR/issuing.crt      issuing CA certificate (PEM)      DIR/issuing.key  0600
+//! DIR/ca-bundle.pem    CloudFront trust store bundle: root then issuing CA
+//! DIR/lanyard-ca.db    SQLite (WAL): certificates, tokens, policies, audit
+//! DIR/tls/             the HTTPS server certificate of `serve` (renewed automatically)
+//! DIR/crl/             published CRLs: issuing.crl, root.crl (DER), crl.pem (both, PEM)
+//! ```
+
+use crate::authority::{Authority, CaKeys, PublicationSettings};
+use crate::clock::Clock;
+use crate::error::{CaError, Result};
+use crate::fsutil;
+use crate::profile::{self, PublicationUrls};
+use crate::signer::SharedSigner;
+use crate::signer::local::LocalKeySigner;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{AuditEvent, Store};
+use lanyard_proto::KeyAlgorithm;
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// `DIR/ca.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaSettings {
+    pub name: String,
+    /// Base URL of the plain-HTTP publication listener (CRL, OCSP, CA certificates), as
+    /// written into certificates' AIA and CRL distribution points.
+    pub public_url: String,
+    pub root_key: KeyAlgorithm,
+    pub issuing_key: KeyAlgorithm,
+    #[serde(default = "default_crl_validity")]
+    pub crl_validity_secs: u64,
+    #[serde(default = "default_ocsp_validity")]
+    pub ocsp_validity_secs: u64,
+}
+
+fn default_crl_validity() -> u64 {
+    7 * 86_400
+}
+fn default_ocsp_validity() -> u64 {
+    3_600
+}
+
+/// Options of `lanyard-ca init`.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub name: String,
+    pub root_key: KeyAlgorithm,
+    pub issuing_key: KeyAlgorithm,
+    pub public_url: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct CaDir {
+    pub dir: PathBuf,
+}
+
+impl CaDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        CaDir { dir: dir.into() }
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    pub fn settings_path(&self) -> PathBuf {
+        self.path("ca.toml")
+    }
+    pub fn bundle_path(&self) -> PathBuf {
+        self.path("ca-bundle.pem")
+    }
+
+    /// Creates a new two-tier CA. Refuses a directory that already holds one (or any of
+    /// its key files). Files are written to a staging folder first and moved in, with
+    /// `ca.toml` last, so an interrupted init leaves no CA that looks complete.
+    pub async fn init(&self, opts: &InitOptions, clock: &dyn Clock) -> Result<()> {
+        for f in ["ca.toml", "root.key", "issuing.key", "lanyard-ca.db"] {
+            if self.path(f).exists() {
+                return Err(CaError::Config(format!(
+                    "{} already holds a CA ({f} exists); refusing to overwrite it",
+                    self.dir.display()
+                )));
+            }
+        }
+        if opts.name.trim().is_empty() || opts.name.len() > 48 || opts.name.contains(['\n', '-']) {
+            return Err(CaError::BadRequest(
+                "CA name must be 1 to 48 characters, without '-' (CloudFront bundle comments refuse it)".into(),
+            ));
+        }
+        let url = url_base(&opts.public_url)?;
+        std::fs::create_dir_all(&self.dir)
+            .map_err(CaError::io(format!("creating {}", self.dir.display())))?;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(CaError::io(format!("setting mode of {}", self.dir.display())))?;
+        let stage = self.path(".init");
+        if stage.exists() {
+            std::fs::remove_dir_all(&stage)
+                .map_err(CaError::io("removing a stale .init folder"))?;
+        }
+        std::fs::create_dir(&stage).map_err(CaError::io("creating .init"))?;
+
+        let now = clock.now();
+        let urls = PublicationUrls::from_base(&url);
+        let root_key = LocalKeySigner::create(&stage.join("root.key"), opts.root_key)?;
+        let root_params = profile::root(&opts.name, now);
+        let root_cert = root_params.self_signed(root_key.key_pair())?;
+        let root_issuer = rcgen::Issuer::from_params(&root_params, root_key.key_pair());
+        let issuing_key = LocalKeySigner::create(&stage.join("issuing.key"), opts.issuing_key)?;
+        let issuing_cert = profile::issuing(&opts.name, now, &urls)?
+            .signed_by(issuing_key.key_pair(), &root_issuer)?;
+
+        fsutil::write_atomic(&stage.join("root.crt"), root_cert.pem().as_bytes(), 0o644)?;
+        fsutil::write_atomic(&stage.join("issuing.crt"), issuing_cert.pem().as_bytes(), 0o644)?;
+        let bundle = format!(
+            "# {} CA bundle: root then issuing CA\n{}{}",
+            opts.name,
+            root_cert.pem(),
+            issuing_cert.pem()
+        );
+        fsutil::write_atomic(&stage.join("ca-bundle.pem"), bundle.as_bytes(), 0o644)?;
+        let settings = CaSettings {
+            name: opts.name.clone(),
+            public_url: url,
+            root_key: opts.root_key,
+            issuing_key: opts.issuing_key,
+            crl_validity_secs: default_crl_validity(),
+            ocsp_validity_secs: default_ocsp_validity(),
+        };
+        let toml = toml::to_string_pretty(&settings).map_err(|e| CaError::Config(e.to_string()))?;
+
+        for f in ["root.key", "issuing.key", "root.crt", "issuing.crt", "ca-bundle.pem"] {
+            std::fs::rename(stage.join(f), self.path(f))
+                .map_err(CaError::io(format!("moving {f} into place")))?;
+        }
+        std::fs::remove_dir(&stage).map_err(CaError::io("removing .init"))?;
+
+        let store = SqliteStore::open(&self.path("lanyard-ca.db"))?;
+        store
+            .audit(AuditEvent {
+                at: now,
+                actor: actor(),
+                action: "init".into(),
+                subject: opts.name.clone(),
+                detail: format!("root={} issuing={}", opts.root_key, opts.issuing_key),
+                remote: None,
+            })
+            .await?;
+        fsutil::write_atomic(&self.settings_path(), toml.as_bytes(), 0o644)?;
+
+        // Publish the first CRLs so nginx and friends have them from the start.
+        let auth = self.open(Arc::new(crate::clock::SystemClock))?;
+        self.publish_crls(&auth).await?;
+        Ok(())
+    }
+
+    pub fn settings(&self) -> Result<CaSettings> {
+        let p = self.settings_path();
+        let text = std::fs::read_to_string(&p).map_err(|e| {
+            CaError::Config(format!(
+                "{}: {e}; is {} a CA directory? create one with `lanyard-ca init --dir {}`",
+                p.display(),
+                self.dir.display(),
+                self.dir.display()
+            ))
+        })?;
+        toml::from_str(&text).map_err(|e| CaError::Config(format!("{}: {e}", p.display())))
+    }
+
+    /// Loads the CA for serving or administration.
+    pub fn open(&self, clock: Arc<dyn Clock>) -> Result<Authority> {
+        let s = self.settings()?;
+        let store = SqliteStore::open(&self.path("lanyard-ca.db"))?;
+        self.open_with_store(clock, Arc::new(store), &s)
+    }
+
+    pub fn open_with_store(
+        &self,
+        clock: Arc<dyn Clock>,
+        store: Arc<dyn Store>,
+        s: &CaSettings,
+    ) -> Result<Authority> {
+        let issuing = LocalKeySigner::load(&self.path("issuing.key"), s.issuing_key)?;
+        let root = match LocalKeySigner::load(&self.path("root.key"), s.root_key) {
+            Ok(k) => Some(SharedSigner(Arc::new(k))),
+            // An operator may move the root key offline after init.
+            Err(_) if !self.path("root.key").exists() => None,
+            Err(e) => return Err(e),
+        };
+        let keys = CaKeys {
+            issuing: SharedSigner(Arc::new(issuing)),
+            issuing_der: read_cert_der(&self.path("issuing.crt"))?,
+            root_der: read_cert_der(&self.path("root.crt"))?,
+            root,
+        };
+        let publication = PublicationSettings {
+            urls: PublicationUrls::from_base(&s.public_url),
+            crl_validity: time::Duration::seconds(
+                i64::try_from(s.crl_validity_secs).unwrap_or(604_800),
+            ),
+            ocsp_validity: time::Duration::seconds(
+                i64::try_from(s.ocsp_validity_secs).unwrap_or(3_600),
+            ),
+        };
+        Authority::new(store, clock, keys, publication)
+    }
+
+    /// Writes `crl/issuing.crl`, `crl/root.crl` (DER) and `crl/crl.pem` (both, PEM: what
+    /// nginx's `ssl_crl` wants, since it checks every level of the chain).
+    pub async fn publish_crls(&self, auth: &Authority) -> Result<PathBuf> {
+        let dir = self.path("crl");
+        std::fs::create_dir_all(&dir).map_err(CaError::io("creating crl/"))?;
+        let issuing = auth.issuing_crl().await?;
+        fsutil::write_atomic(&dir.join("issuing.crl"), &issuing, 0o644)?;
+        let mut pem = pem::encode(&pem::Pem::new("X509 CRL", issuing));
+        match auth.root_crl().await {
+            Ok(root) => {
+                fsutil::write_atomic(&dir.join("root.crl"), &root, 0o644)?;
+                pem.push_str(&pem::encode(&pem::Pem::new("X509 CRL", root)));
+            }
+            Err(CaError::NotFound(_)) => {
+                if let Ok(root) = std::fs::read(dir.join("root.crl")) {
+                    pem.push_str(&pem::encode(&pem::Pem::new("X509 CRL", root)));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        let out = dir.join("crl.pem");
+        fsutil::write_atomic(&out, pem.as_bytes(), 0o644)?;
+        Ok(out)
+    }
+
+    /// The HTTPS server certificate and key for `serve`: reused while it has the names
+    /// asked for and more than 30 days left; otherwise issued anew by the issuing CA.
+    pub fn tls_identity(
+        &self,
+        auth: &Authority,
+        names: &[String],
+    ) -> Result<(Vec<Vec<u8>>, Vec<u8>)> {
+        let dir = self.path("tls");
+        std::fs::create_dir_all(&dir).map_err(CaError::io("creating tls/"))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(CaError::io("chmod tls/"))?;
+        let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
+        let names_file = dir.join("names");
+        let wanted = names.join("\n");
+        let now = auth.now();
+        if let (Ok(c), Ok(k), Ok(n)) =
+            (std::fs::read(&crt), std::fs::read(&key), std::fs::read_to_string(&names_file))
+            && n == wanted
+            && let Ok(p) = pem::parse(&c)
+            && let Ok((_, x)) = x509_parser::parse_x509_certificate(p.contents())
+            && x.validity().not_after.timestamp()
+                > (now + time::Duration::days(30)).unix_timestamp()
+            && let Ok(kp) = pem::parse(&k)
+        {
+            let chain = vec![p.contents().to_vec(), auth.keys().issuing_der.clone()];
+            return Ok((chain, kp.contents().to_vec()));
+        }
+        let kp = crate::signer::local::generate(KeyAlgorithm::EcdsaP256)?;
+        let params = profile::tls_server(names, now, &auth.publication().urls)?;
+        let issuer = rcgen::Issuer::from_ca_cert_der(
+            &auth.keys().issuing_der.clone().into(),
+            auth.keys().issuing.clone(),
+        )?;
+        let cert = params.signed_by(&kp, &issuer)?;
+        let key_pem = zeroize::Zeroizing::new(kp.serialize_pem());
+        fsutil::write_atomic(&key, key_pem.as_bytes(), 0o600)?;
+        fsutil::write_atomic(&crt, cert.pem().as_bytes(), 0o644)?;
+        fsutil::write_atomic(&names_file, wanted.as_bytes(), 0o644)?;
+        Ok((vec![cert.der().to_vec(), auth.keys().issuing_der.clone()], kp.serialize_der()))
+    }
+}
+
+fn read_cert_der(p: &Path) -> Result<Vec<u8>> {
+    let text = std::fs::read(p).map_err(CaError::io(format!("reading {}", p.display())))?;
+    let pem = pem::parse(&text).map_err(|e| CaError::Config(format!("{}: {e}", p.display())))?;
+    Ok(pem.contents().to_vec())
+}
+
+fn url_base(u: &str) -> Result<String> {
+    let ok = (u.starts_with("http://") || u.starts_with("https://"))
+        && u.len() < 200
+        && !u.contains(char::is_whitespace);
+    if !ok {
+        return Err(CaError::BadRequest(format!(
+            "public URL {u:?} must be an http:// or https:// URL (it is written into certificates)"
+        )));
+    }
+    Ok(u.trim_end_matches('/').to_owned())
+}
+
+/// The operator running a CLI command, for the audit trail.
+pub fn actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".into())
+    )
+}

@@ -1,0 +1,315 @@
+//! The CA's HTTP surface: EST (RFC 7030) under `/.well-known/est`, publication (`/crl`,
+//! `/ocsp`, `/ca/*.crt`), `/healthz` and the device JSON API under `/v1/`.
+//!
+//! Handlers only parse, call the [`Authority`], and render. Errors become statuses in
+//! `CaError::into_response`, nowhere else.
+
+pub mod server;
+pub mod tls;
+
+use crate::authority::{Authority, RequestMeta};
+use crate::error::{CaError, Result};
+use crate::tokens::TokenSecret;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use lanyard_proto::est;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// The client certificate (DER) the connection authenticated with, if any. Set by the TLS
+/// accept loop, or by a front-end adapter (API Gateway mTLS request context).
+#[derive(Clone, Debug, Default)]
+pub struct PeerCert(pub Option<Vec<u8>>);
+
+/// The peer's address, for the audit trail.
+#[derive(Clone, Debug, Default)]
+pub struct Remote(pub Option<String>);
+
+type App = Arc<Authority>;
+
+/// Every endpoint (HTTPS listener).
+pub fn router(auth: App) -> Router {
+    Router::new()
+        .route("/.well-known/est/cacerts", get(cacerts))
+        .route("/.well-known/est/simpleenroll", post(simpleenroll))
+        .route("/.well-known/est/simplereenroll", post(simplereenroll))
+        .route("/.well-known/est/csrattrs", get(csrattrs))
+        .route("/v1/policy", get(policy))
+        .route("/v1/certificate", get(certificate_status))
+        .merge(publication_router(auth.clone()))
+        .layer(DefaultBodyLimit::max(est::MAX_BODY))
+        .with_state(auth)
+}
+
+/// The public, unauthenticated part, also served over plain HTTP: CRL and OCSP clients
+/// (nginx, OpenSSL, CloudFront) fetch these over http://.
+pub fn publication_router(auth: App) -> Router<App> {
+    let _ = auth;
+    Router::new()
+        .route("/crl", get(crl_issuing))
+        .route("/crl/root", get(crl_root))
+        .route("/ca/issuing.crt", get(ca_issuing))
+        .route("/ca/root.crt", get(ca_root))
+        .route("/ocsp", post(ocsp_post))
+        .route("/ocsp/{*req}", get(ocsp_get))
+        .route("/healthz", get(healthz))
+}
+
+/// The plain-HTTP listener's app.
+pub fn publication_app(auth: App) -> Router {
+    publication_router(auth.clone())
+        .route("/.well-known/est/cacerts", get(cacerts))
+        .layer(DefaultBodyLimit::max(crate::ocsp::MAX_REQUEST))
+        .with_state(auth)
+}
+
+fn meta(remote: &Option<axum::Extension<Remote>>) -> RequestMeta {
+    RequestMeta { remote: remote.as_ref().and_then(|r| r.0.0.clone()) }
+}
+
+fn require_content_type(headers: &HeaderMap, expected: &'static str) -> Result<()> {
+    let given = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = given.split(';').next().unwrap_or("").trim();
+    let want = expected.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case(want) {
+        Ok(())
+    } else {
+        Err(CaError::UnsupportedMediaType { given: given.to_owned(), expected })
+    }
+}
+
+fn pkcs7_response(certs: &[Vec<u8>]) -> Result<Response> {
+    let der = est::certs_only_pkcs7(certs).map_err(|e| CaError::Signing(e.to_string()))?;
+    let mut r = est::encode_base64(&der).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(est::CT_PKCS7_CERTS));
+    h.insert("content-transfer-encoding", HeaderValue::from_static("base64"));
+    Ok(r)
+}
+
+fn der_response(ct: &'static str, der: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, ct), (header::CACHE_CONTROL, "max-age=300")], der).into_response()
+}
+
+/// `identity:token` from `Authorization: Basic`.
+fn basic_credentials(headers: &HeaderMap) -> Result<(String, TokenSecret)> {
+    let missing = || {
+        CaError::Unauthorized("simpleenroll needs HTTP Basic credentials: the identity as user, the enrolment token as password".into())
+    };
+    let v = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(missing)?;
+    let b64 = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")).ok_or_else(missing)?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| CaError::Unauthorized("Basic credentials are not base64".into()))?;
+    let raw = zeroize::Zeroizing::new(
+        String::from_utf8(raw)
+            .map_err(|_| CaError::Unauthorized("Basic credentials are not UTF-8".into()))?,
+    );
+    let (id, tok) = raw.split_once(':').ok_or_else(missing)?;
+    Ok((id.to_owned(), TokenSecret::from_presented(tok)))
+}
+
+fn csr_from_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>> {
+    require_content_type(headers, est::CT_PKCS10)?;
+    est::decode_base64(body).map_err(|e| CaError::BadRequest(format!("CSR {e}")))
+}
+
+async fn cacerts(State(auth): State<App>) -> Result<Response> {
+    pkcs7_response(&auth.chain())
+}
+
+async fn simpleenroll(
+    State(auth): State<App>,
+    remote: Option<axum::Extension<Remote>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let (identity, token) = basic_credentials(&headers)?;
+    let csr = csr_from_body(&headers, &body)?;
+    let issued = auth.enroll(&identity, &token, &csr, &meta(&remote)).await?;
+    tracing::info!(identity = %identity, serial = %issued.record.serial, replayed = issued.replayed, "enrolled");
+    pkcs7_response(&[issued.record.der])
+}
+
+async fn simplereenroll(
+    State(auth): State<App>,
+    peer: Option<axum::Extension<PeerCert>>,
+    remote: Option<axum::Extension<Remote>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let cert = peer.and_then(|p| p.0.0).ok_or_else(|| {
+        CaError::Unauthorized(
+            "simplereenroll needs the current certificate as TLS client certificate".into(),
+        )
+    })?;
+    let csr = csr_from_body(&headers, &body)?;
+    let issued = auth.reenroll(&cert, &csr, &meta(&remote)).await?;
+    tracing::info!(identity = %issued.record.identity, serial = %issued.record.serial, from = ?issued.record.renewed_from, "renewed");
+    pkcs7_response(&[issued.record.der])
+}
+
+/// Group whose policy applies to a request: the client certificate's, the token's (Basic
+/// credentials, checked but not consumed), else the default group.
+async fn group_of(
+    auth: &Authority,
+    peer: Option<&PeerCert>,
+    headers: &HeaderMap,
+) -> Result<String> {
+    if let Some(der) = peer.and_then(|p| p.0.as_ref()) {
+        return Ok(auth.authenticate_device(der).await?.group);
+    }
+    if headers.contains_key(header::AUTHORIZATION) {
+        let (identity, token) = basic_credentials(headers)?;
+        if let Some(t) = auth.store().token(&token.hash()).await?
+            && t.identity == identity
+        {
+            return Ok(t.group);
+        }
+        return Err(CaError::Unauthorized("unknown enrolment token".into()));
+    }
+    Ok(crate::authority::DEFAULT_GROUP.to_owned())
+}
+
+async fn csrattrs(
+    State(auth): State<App>,
+    peer: Option<axum::Extension<PeerCert>>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let group = group_of(&auth, peer.as_ref().map(|p| &p.0), &headers).await?;
+    let policy = auth.policy(&group).await?;
+    let der = lanyard_proto::csrattrs::encode(policy.preferred_key())
+        .map_err(|e| CaError::Signing(e.to_string()))?;
+    let mut r = est::encode_base64(&der).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(est::CT_CSRATTRS));
+    r.headers_mut().insert("content-transfer-encoding", HeaderValue::from_static("base64"));
+    Ok(r)
+}
+
+#[derive(Deserialize)]
+struct PolicyQuery {
+    group: Option<String>,
+}
+
+async fn policy(
+    State(auth): State<App>,
+    peer: Option<axum::Extension<PeerCert>>,
+    headers: HeaderMap,
+    Query(q): Query<PolicyQuery>,
+) -> Result<Response> {
+    let group = match (peer.as_ref().and_then(|p| p.0.0.as_ref()), q.group) {
+        (None, Some(g)) => {
+            crate::profile::validate_group(&g)?;
+            g
+        }
+        _ => group_of(&auth, peer.as_ref().map(|p| &p.0), &headers).await?,
+    };
+    Ok(axum::Json(auth.policy_document(&group).await?).into_response())
+}
+
+/// What `/v1/certificate` tells a device about the certificate it presents.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct CertificateStatus {
+    pub serial: String,
+    pub identity: String,
+    pub group: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: time::OffsetDateTime,
+    /// `valid`, `expired` or `revoked`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<crate::store::Revocation>,
+    pub policy: lanyard_proto::GroupPolicy,
+}
+
+async fn certificate_status(
+    State(auth): State<App>,
+    peer: Option<axum::Extension<PeerCert>>,
+) -> Result<Response> {
+    let der = peer.and_then(|p| p.0.0).ok_or_else(|| {
+        CaError::Unauthorized("present the certificate as TLS client certificate".into())
+    })?;
+    let (_, x) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|_| CaError::BadRequest("client certificate does not parse".into()))?;
+    let serial = lanyard_proto::serial::to_hex(x.raw_serial());
+    let rec = auth.store().cert(&serial).await?.ok_or_else(|| {
+        CaError::Unauthorized("client certificate was not issued by this CA".into())
+    })?;
+    if rec.der != der {
+        return Err(CaError::Unauthorized("client certificate was not issued by this CA".into()));
+    }
+    let status = if rec.revocation.is_some() {
+        "revoked"
+    } else if auth.now() > rec.not_after {
+        "expired"
+    } else {
+        "valid"
+    };
+    let policy = auth.policy(&rec.group).await?;
+    Ok(axum::Json(CertificateStatus {
+        serial: rec.serial,
+        identity: rec.identity,
+        group: rec.group,
+        not_after: rec.not_after,
+        status: status.into(),
+        revocation: rec.revocation,
+        policy,
+    })
+    .into_response())
+}
+
+async fn crl_issuing(State(auth): State<App>) -> Result<Response> {
+    Ok(der_response("application/pkix-crl", auth.issuing_crl().await?))
+}
+
+async fn crl_root(State(auth): State<App>) -> Result<Response> {
+    Ok(der_response("application/pkix-crl", auth.root_crl().await?))
+}
+
+async fn ca_issuing(State(auth): State<App>) -> Response {
+    der_response("application/pkix-cert", auth.keys().issuing_der.clone())
+}
+
+async fn ca_root(State(auth): State<App>) -> Response {
+    der_response("application/pkix-cert", auth.keys().root_der.clone())
+}
+
+fn ocsp_response(der: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/ocsp-response")], der).into_response()
+}
+
+async fn ocsp_post(State(auth): State<App>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+    require_content_type(&headers, "application/ocsp-request")?;
+    Ok(ocsp_response(crate::ocsp::respond(&auth, &body).await))
+}
+
+async fn ocsp_get(State(auth): State<App>, Path(req): Path<String>) -> Result<Response> {
+    // RFC 6960 A.1: GET {url}/{url-encoding of base-64 encoding of the DER request}.
+    // axum has already percent-decoded the path.
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(req.trim_start_matches('/'))
+        .map_err(|_| CaError::BadRequest("OCSP GET request is not base64".into()))?;
+    if der.len() > crate::ocsp::MAX_REQUEST {
+        return Err(CaError::TooLarge { limit: crate::ocsp::MAX_REQUEST });
+    }
+    Ok(ocsp_response(crate::ocsp::respond(&auth, &der).await))
+}
+
+async fn healthz(State(auth): State<App>) -> Response {
+    match auth.store().revocation_generation().await {
+        Ok(_) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: store unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({"status": "store unavailable"})),
+            )
+                .into_response()
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! `lanyard-ca`: the Lanyard CA service. Issues device client certificates over EST,
+//! records every issuance and revocation, and publishes CRLs, OCSP answers and the
+//! CloudFront trust store bundle.
+//!
+//! # Layout
+//! - [`authority`]: the flows (enrol, renew, revoke, tokens, policy, CRLs), top to bottom.
+//! - [`profile`]: what goes into device, CA and server certificates.
+//! - [`csr`]: proof of possession and key checks on incoming CSRs.
+//! - [`signer`]: CA keys behind the `Signer` trait (local key files).
+//! - [`store`]: records behind the `Store` trait (embedded SQLite).
+//! - [`ocsp`]: the RFC 6960 responder.
+//! - [`bundle`]: CloudFront's trust store rules for a CA bundle.
+//! - [`ca_dir`]: the embedded CA's directory (init, load, published files).
+//! - [`http`]: EST, publication and `/v1/` endpoints; TLS and accept loops.
+//! - [`tokens`], [`revocation`], [`clock`], [`error`], [`fsutil`]: small shared pieces.
+#![forbid(unsafe_code)]
+
+pub mod authority;
+pub mod bundle;
+pub mod ca_dir;
+pub mod clock;
+pub mod csr;
+pub mod error;
+pub mod fsutil;
+pub mod http;
+pub mod ocsp;
+pub mod profile;
+pub mod revocation;
+pub mod signer;
+pub mod store;
+pub mod tokens;
+
+pub use authority::Authority;
+pub use error::CaError;

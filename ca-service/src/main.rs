@@ -1,0 +1,554 @@
+//! `lanyard-ca`: command line of the Lanyard CA service. Each command parses its flags,
+//! calls the library, and prints; nothing here decides policy.
+#![forbid(unsafe_code)]
+
+use clap::{Args, Parser, Subcommand};
+use lanyard_ca::ca_dir::{self, CaDir, InitOptions};
+use lanyard_ca::clock::SystemClock;
+use lanyard_ca::error::CaError;
+use lanyard_ca::revocation::Reason;
+use lanyard_ca::store::{CertFilter, RevokeOutcome};
+use lanyard_ca::{Authority, bundle, http};
+use lanyard_proto::{GroupPolicy, KeyAlgorithm, duration};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "lanyard-ca",
+    version,
+    about = "The Lanyard CA service: device client certificates for CloudFront viewer mTLS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct DirArg {
+    /// The CA directory (created by `init`).
+    #[arg(long, env = "LANYARD_CA_DIR")]
+    dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a two-tier CA (root and issuing) and its CloudFront-ready bundle.
+    Init {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Organisation name shown in the CA certificates.
+        #[arg(long, default_value = "Lanyard")]
+        name: String,
+        /// ecdsa-p256 | ecdsa-p384 | rsa-2048 | rsa-3072 | rsa-4096
+        #[arg(long, default_value = "ecdsa-p384")]
+        root_key: KeyAlgorithm,
+        /// ecdsa-p256 | ecdsa-p384 | rsa-2048 | rsa-3072 | rsa-4096
+        #[arg(long, default_value = "ecdsa-p256")]
+        issuing_key: KeyAlgorithm,
+        /// Base URL of the publication listener, written into certificates (AIA, CRL DP).
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        public_url: String,
+    },
+    /// Serve EST, CRL, OCSP and the device API over HTTPS (and publication over HTTP).
+    Serve {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: String,
+        /// Extra DNS names or IPs for the HTTPS certificate (127.0.0.1 and ::1 are always in).
+        #[arg(long = "tls-name")]
+        tls_names: Vec<String>,
+        /// Plain-HTTP listener for CRL, OCSP and CA certificates; "off" disables it.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_listen: String,
+        /// Write the bound addresses as JSON to this file once listening (for scripts).
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+    },
+    /// Enrolment tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Revoke a certificate by serial.
+    Revoke {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Serial in hex (colons allowed), as `certs list` prints it.
+        #[arg(long)]
+        serial: String,
+        /// unspecified | keyCompromise | cACompromise | affiliationChanged | superseded |
+        /// cessationOfOperation | privilegeWithdrawn | aACompromise
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// Write the CRLs (DIR/crl/) and optionally both as PEM to a file.
+    Crl {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a bundle against CloudFront's trust store rules (default: DIR/ca-bundle.pem).
+    Bundle {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long)]
+        check: Option<PathBuf>,
+    },
+    /// Group renewal policies.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Issued certificates.
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
+    },
+    /// Revoked serials, for CloudFront's KeyValueStore (colon-hex keys).
+    Revoked {
+        #[command(flatten)]
+        dir: DirArg,
+        /// text: one colon-hex serial a line; json: serial, revoked_at, reason, not_after.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
+    },
+    /// The audit trail, newest first.
+    Audit {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a one-time token; prints the token alone on stdout.
+    Create {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long)]
+        identity: String,
+        #[arg(long, default_value = "default")]
+        group: String,
+        /// How long the token may be used (e.g. 1h, 24h, 7d).
+        #[arg(long, default_value = "24h", value_parser = duration::parse)]
+        ttl: std::time::Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Set a group's policy; unspecified fields keep their current (or default) value.
+    Set {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long, default_value = "default")]
+        group: String,
+        /// Certificate lifetime (5m to 397d).
+        #[arg(long, value_parser = duration::parse)]
+        lifetime: Option<std::time::Duration>,
+        /// Fraction of the lifetime after which agents renew (0.1 to 0.95).
+        #[arg(long)]
+        renew_fraction: Option<f64>,
+        /// Random spread, as a fraction of the lifetime (0 to 0.5).
+        #[arg(long)]
+        jitter_fraction: Option<f64>,
+        /// Allowed key algorithms, comma-separated; the first is what agents generate.
+        #[arg(long, value_delimiter = ',')]
+        key_algorithms: Option<Vec<KeyAlgorithm>>,
+        #[arg(long, value_parser = duration::parse)]
+        retry_floor: Option<std::time::Duration>,
+        #[arg(long, value_parser = duration::parse)]
+        retry_cap: Option<std::time::Duration>,
+        /// How long after expiry a certificate may still renew itself (0s = never).
+        #[arg(long, value_parser = duration::parse_or_zero)]
+        expired_grace: Option<std::time::Duration>,
+        /// Renew every certificate issued before this instant (RFC 3339, or "now").
+        #[arg(long)]
+        rotate_issued_before: Option<String>,
+    },
+    /// Show a group's policy (JSON).
+    Show {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long, default_value = "default")]
+        group: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// List issued certificates.
+    List {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long)]
+        revoked: bool,
+    },
+}
+
+fn open(dir: &DirArg) -> Result<(CaDir, Authority), CaError> {
+    let d = CaDir::new(&dir.dir);
+    let a = d.open(Arc::new(SystemClock))?;
+    Ok((d, a))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lanyard-ca: {e}");
+            ExitCode::from(match e {
+                CaError::BadRequest(_) | CaError::NotFound(_) => 2,
+                _ => 1,
+            })
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, CaError> {
+    match cli.cmd {
+        Cmd::Init { dir, name, root_key, issuing_key, public_url } => {
+            let d = CaDir::new(&dir.dir);
+            d.init(&InitOptions { name, root_key, issuing_key, public_url }, &SystemClock).await?;
+            eprintln!(
+                "created CA in {}; CloudFront trust store bundle: {}",
+                d.dir.display(),
+                d.bundle_path().display()
+            );
+        }
+        Cmd::Serve { dir, listen, tls_names, http_listen, addr_file } => {
+            serve(dir, listen, tls_names, http_listen, addr_file).await?;
+        }
+        Cmd::Token { cmd: TokenCmd::Create { dir, identity, group, ttl } } => {
+            let (_, a) = open(&dir)?;
+            let (secret, rec) = a.create_token(&identity, &group, ttl, &ca_dir::actor()).await?;
+            println!("{}", secret.expose());
+            eprintln!("token for {identity} (group {group}) valid until {}", rec.expires_at);
+        }
+        Cmd::Revoke { dir, serial, reason } => {
+            let reason: Reason = reason.parse()?;
+            let (d, a) = open(&dir)?;
+            match a.revoke(&serial, reason, &ca_dir::actor(), &Default::default()).await? {
+                RevokeOutcome::Revoked => {
+                    let crl = d.publish_crls(&a).await?;
+                    eprintln!(
+                        "revoked {serial} ({}); CRL written to {}",
+                        reason.name(),
+                        crl.display()
+                    );
+                }
+                RevokeOutcome::AlreadyRevoked(r) => {
+                    eprintln!("{serial} was already revoked ({}) at {}", r.reason.name(), r.at);
+                }
+                RevokeOutcome::NotFound => {
+                    return Err(CaError::NotFound(format!(
+                        "no certificate with serial {serial} was issued by this CA"
+                    )));
+                }
+            }
+        }
+        Cmd::Crl { dir, out } => {
+            let (d, a) = open(&dir)?;
+            let pem = d.publish_crls(&a).await?;
+            if let Some(out) = out {
+                let data = std::fs::read(&pem).map_err(CaError::io("reading crl.pem"))?;
+                lanyard_ca::fsutil::write_atomic(&out, &data, 0o644)?;
+                eprintln!("CRLs (issuing, root) written to {}", out.display());
+            } else {
+                eprintln!("CRLs written to {}", pem.display());
+            }
+        }
+        Cmd::Bundle { dir, check } => {
+            let path = check.unwrap_or_else(|| CaDir::new(&dir.dir).bundle_path());
+            let data =
+                std::fs::read(&path).map_err(CaError::io(format!("reading {}", path.display())))?;
+            match bundle::check(&data) {
+                Ok(s) => {
+                    println!(
+                        "{}: OK for CloudFront ({} certificates, {} bytes)",
+                        path.display(),
+                        s.certificates,
+                        s.bytes
+                    );
+                    for subj in s.subjects {
+                        println!("  {subj}");
+                    }
+                }
+                Err(violations) => {
+                    eprintln!("{}: CloudFront would refuse this bundle:", path.display());
+                    for v in violations {
+                        eprintln!("  {v}");
+                    }
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        Cmd::Policy { cmd } => policy(cmd).await?,
+        Cmd::Certs { cmd: CertsCmd::List { dir, json, identity, revoked } } => {
+            let (_, a) = open(&dir)?;
+            let now = a.now();
+            let certs = a.certs(CertFilter { identity, revoked_only: revoked }).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&certs)
+                        .map_err(|e| CaError::Config(e.to_string()))?
+                );
+            } else {
+                println!(
+                    "{:<36} {:<24} {:<10} {:<25} STATUS",
+                    "SERIAL", "IDENTITY", "GROUP", "NOT AFTER"
+                );
+                for c in certs {
+                    let status = match (&c.revocation, now > c.not_after) {
+                        (Some(r), _) => format!("revoked ({})", r.reason.name()),
+                        (None, true) => "expired".into(),
+                        (None, false) => "valid".into(),
+                    };
+                    println!(
+                        "{:<36} {:<24} {:<10} {:<25} {status}",
+                        c.serial,
+                        c.identity,
+                        c.group,
+                        c.not_after.to_string()
+                    );
+                }
+            }
+        }
+        Cmd::Revoked { dir, format } => {
+            let (_, a) = open(&dir)?;
+            let certs = a.certs(CertFilter { identity: None, revoked_only: true }).await?;
+            let rows: Vec<serde_json::Value> = certs
+                .iter()
+                .filter_map(|c| {
+                    let r = c.revocation.as_ref()?;
+                    let bytes = lanyard_proto::serial::parse_hex(&c.serial).ok()?;
+                    Some(serde_json::json!({
+                        "serial": lanyard_proto::serial::to_colon_hex(&bytes),
+                        "revoked_at": r.at.format(&time::format_description::well_known::Rfc3339).ok()?,
+                        "reason": r.reason.name(),
+                        "not_after": c.not_after.format(&time::format_description::well_known::Rfc3339).ok()?,
+                    }))
+                })
+                .collect();
+            if format == "json" {
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                for r in rows {
+                    println!("{}", r["serial"].as_str().unwrap_or_default());
+                }
+            }
+        }
+        Cmd::Audit { dir, limit, json } => {
+            let (_, a) = open(&dir)?;
+            let log = a.store().audit_log(limit).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&log)
+                        .map_err(|e| CaError::Config(e.to_string()))?
+                );
+            } else {
+                for e in log {
+                    println!(
+                        "{} {:<12} {:<14} {} {} {}",
+                        e.at,
+                        e.actor,
+                        e.action,
+                        e.subject,
+                        e.detail,
+                        e.remote.unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn policy(cmd: PolicyCmd) -> Result<(), CaError> {
+    match cmd {
+        PolicyCmd::Show { dir, group } => {
+            let (_, a) = open(&dir)?;
+            let doc = a.policy_document(&group).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).map_err(|e| CaError::Config(e.to_string()))?
+            );
+        }
+        PolicyCmd::Set {
+            dir,
+            group,
+            lifetime,
+            renew_fraction,
+            jitter_fraction,
+            key_algorithms,
+            retry_floor,
+            retry_cap,
+            expired_grace,
+            rotate_issued_before,
+        } => {
+            let (_, a) = open(&dir)?;
+            let mut p: GroupPolicy = a.policy(&group).await?;
+            if let Some(v) = lifetime {
+                p.lifetime_secs = v.as_secs();
+            }
+            if let Some(v) = renew_fraction {
+                p.renew_fraction = v;
+            }
+            if let Some(v) = jitter_fraction {
+                p.jitter_fraction = v;
+            }
+            if let Some(v) = key_algorithms {
+                p.key_algorithms = v;
+            }
+            if let Some(v) = retry_floor {
+                p.retry_floor_secs = v.as_secs();
+            }
+            if let Some(v) = retry_cap {
+                p.retry_cap_secs = v.as_secs();
+            }
+            if let Some(v) = expired_grace {
+                p.expired_grace_secs = v.as_secs();
+            }
+            if let Some(t) = rotate_issued_before {
+                p.rotate_issued_before = Some(if t == "now" {
+                    a.now()
+                } else {
+                    time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                        .map_err(|e| {
+                            CaError::BadRequest(format!(
+                                "--rotate-issued-before {t:?}: {e}; use RFC 3339 or \"now\""
+                            ))
+                        })?
+                });
+            }
+            a.set_policy(&group, p, &ca_dir::actor()).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&a.policy_document(&group).await?)
+                    .map_err(|e| CaError::Config(e.to_string()))?
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn serve(
+    dir: DirArg,
+    listen: String,
+    mut tls_names: Vec<String>,
+    http_listen: String,
+    addr_file: Option<PathBuf>,
+) -> Result<(), CaError> {
+    let (d, auth) = open(&dir)?;
+    let auth = Arc::new(auth);
+    for n in ["127.0.0.1", "::1"] {
+        if !tls_names.iter().any(|x| x == n) {
+            tls_names.insert(0, n.to_owned());
+        }
+    }
+    tls_names.rotate_left(2); // first name (CN) is the operator's if given
+    let (chain, key) = d.tls_identity(&auth, &tls_names)?;
+    let tls =
+        http::tls::server_config(chain, key, &auth.keys().issuing_der).map_err(CaError::Config)?;
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let https = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(CaError::io(format!("binding {listen}")))?;
+    let https_addr = https.local_addr().map_err(CaError::io("local address"))?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(http::server::serve(
+        https,
+        Some(Arc::new(tls)),
+        http::router(auth.clone()),
+        shutdown.clone(),
+    ));
+    let mut addrs = serde_json::json!({ "https": https_addr.to_string() });
+    if http_listen != "off" {
+        let l = tokio::net::TcpListener::bind(&http_listen)
+            .await
+            .map_err(CaError::io(format!("binding {http_listen}")))?;
+        addrs["http"] = l.local_addr().map_err(CaError::io("local address"))?.to_string().into();
+        tasks.spawn(http::server::serve(
+            l,
+            None,
+            http::publication_app(auth.clone()),
+            shutdown.clone(),
+        ));
+    }
+    // Keep DIR/crl fresh: after revocations (also those made by the CLI) and before expiry.
+    {
+        let (d, auth, shutdown) = (d.clone(), auth.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let mut last = u64::MAX;
+            let mut published_at = auth.now();
+            loop {
+                let generation = auth.store().revocation_generation().await.unwrap_or(last);
+                let stale = auth.now() - published_at > auth.publication().crl_validity / 2;
+                if generation != last || stale {
+                    match d.publish_crls(&auth).await {
+                        Ok(_) => {
+                            last = generation;
+                            published_at = auth.now();
+                        }
+                        Err(e) => tracing::error!(error = %e, "publishing CRLs failed"),
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                }
+            }
+        });
+    }
+    tracing::info!(https = %addrs["https"], http = %addrs["http"], signer = %auth.keys().issuing.0.describe(), "lanyard-ca serving");
+    if let Some(f) = addr_file {
+        lanyard_ca::fsutil::write_atomic(&f, addrs.to_string().as_bytes(), 0o644)?;
+    }
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,192 @@
+//! The OCSP responder (RFC 6960): answers for device certificates, signed by the issuing
+//! CA itself, and for the issuing CA, signed by the root where the root key is online.
+//!
+//! Always answers with a DER `OCSPResponse`: a request that does not parse gets
+//! `malformedRequest`, not an HTTP error, as OCSP clients expect.
+
+use crate::authority::Authority;
+use crate::revocation::Reason;
+use crate::signer::{SharedSigner, signature_algorithm_identifier};
+use aws_lc_rs::digest::{self, SHA1_FOR_LEGACY_USE_ONLY, SHA256};
+use const_oid::db::rfc5912::{ID_SHA_1, ID_SHA_256};
+use const_oid::db::rfc6960::{ID_PKIX_OCSP_BASIC, ID_PKIX_OCSP_NONCE};
+use der::asn1::{BitString, GeneralizedTime, OctetString};
+use der::{Decode, Encode};
+use rcgen::SigningKey;
+use time::OffsetDateTime;
+use x509_cert::Certificate;
+use x509_cert::ext::Extension;
+use x509_cert::ext::pkix::CrlReason;
+use x509_ocsp::{
+    BasicOcspResponse, CertId, CertStatus, OcspGeneralizedTime, OcspRequest, OcspResponse,
+    OcspResponseStatus, ResponderId, ResponseBytes, ResponseData, RevokedInfo, SingleResponse,
+    Version,
+};
+
+/// Largest OCSP request read (one or a few CertIDs are a few hundred bytes).
+pub const MAX_REQUEST: usize = 16 * 1024;
+
+/// A CA as OCSP requests name it: hashes of its subject and its public key.
+struct CaId {
+    name_sha1: Vec<u8>,
+    key_sha1: Vec<u8>,
+    name_sha256: Vec<u8>,
+    key_sha256: Vec<u8>,
+}
+
+impl CaId {
+    fn of(cert: &Certificate) -> Option<CaId> {
+        let name = cert.tbs_certificate.subject.to_der().ok()?;
+        let key = cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes();
+        Some(CaId {
+            name_sha1: digest::digest(&SHA1_FOR_LEGACY_USE_ONLY, &name).as_ref().to_vec(),
+            key_sha1: digest::digest(&SHA1_FOR_LEGACY_USE_ONLY, key).as_ref().to_vec(),
+            name_sha256: digest::digest(&SHA256, &name).as_ref().to_vec(),
+            key_sha256: digest::digest(&SHA256, key).as_ref().to_vec(),
+        })
+    }
+
+    fn matches(&self, id: &CertId) -> bool {
+        let (n, k) = if id.hash_algorithm.oid == ID_SHA_1 {
+            (&self.name_sha1, &self.key_sha1)
+        } else if id.hash_algorithm.oid == ID_SHA_256 {
+            (&self.name_sha256, &self.key_sha256)
+        } else {
+            return false;
+        };
+        id.issuer_name_hash.as_bytes() == n.as_slice()
+            && id.issuer_key_hash.as_bytes() == k.as_slice()
+    }
+}
+
+fn gtime(t: OffsetDateTime) -> Result<OcspGeneralizedTime, der::Error> {
+    let secs = u64::try_from(t.unix_timestamp()).unwrap_or(0);
+    Ok(OcspGeneralizedTime(GeneralizedTime::from_unix_duration(std::time::Duration::from_secs(
+        secs,
+    ))?))
+}
+
+fn status_only(status: OcspResponseStatus) -> Vec<u8> {
+    OcspResponse { response_status: status, response_bytes: None }.to_der().unwrap_or_default()
+}
+
+fn crl_reason(r: Reason) -> CrlReason {
+    match r {
+        Reason::Unspecified => CrlReason::Unspecified,
+        Reason::KeyCompromise => CrlReason::KeyCompromise,
+        Reason::CaCompromise => CrlReason::CaCompromise,
+        Reason::AffiliationChanged => CrlReason::AffiliationChanged,
+        Reason::Superseded => CrlReason::Superseded,
+        Reason::CessationOfOperation => CrlReason::CessationOfOperation,
+        Reason::PrivilegeWithdrawn => CrlReason::PrivilegeWithdrawn,
+        Reason::AaCompromise => CrlReason::AaCompromise,
+    }
+}
+
+/// Answers one DER OCSP request.
+pub async fn respond(auth: &Authority, request_der: &[u8]) -> Vec<u8> {
+    let Ok(req) = OcspRequest::from_der(request_der) else {
+        return status_only(OcspResponseStatus::MalformedRequest);
+    };
+    if req.tbs_request.request_list.is_empty() || req.tbs_request.request_list.len() > 16 {
+        return status_only(OcspResponseStatus::MalformedRequest);
+    }
+    match build(auth, &req).await {
+        Ok(Some(der)) => der,
+        Ok(None) => status_only(OcspResponseStatus::Unauthorized),
+        Err(e) => {
+            tracing::error!(error = %e, "OCSP answer failed");
+            status_only(OcspResponseStatus::InternalError)
+        }
+    }
+}
+
+async fn build(auth: &Authority, req: &OcspRequest) -> Result<Option<Vec<u8>>, String> {
+    let keys = auth.keys();
+    let issuing = Certificate::from_der(&keys.issuing_der).map_err(|e| e.to_string())?;
+    let root = Certificate::from_der(&keys.root_der).map_err(|e| e.to_string())?;
+    let issuing_id = CaId::of(&issuing).ok_or("issuing CA name")?;
+    let root_id = CaId::of(&root).ok_or("root CA name")?;
+
+    // One response has one signer: the root when every request is about a certificate the
+    // root issued (i.e. the issuing CA), otherwise the issuing CA.
+    let about_root = req.tbs_request.request_list.iter().all(|r| root_id.matches(&r.req_cert));
+    let (signer, signer_cert): (&SharedSigner, &Certificate) = if about_root {
+        match auth.root_signer() {
+            Some(s) => (s, &root),
+            None => return Ok(None),
+        }
+    } else {
+        (auth.issuer_signer(), &issuing)
+    };
+
+    let now = auth.now();
+    let next = now + auth.publication().ocsp_validity;
+    let mut responses = Vec::with_capacity(req.tbs_request.request_list.len());
+    for r in &req.tbs_request.request_list {
+        let id = &r.req_cert;
+        let serial = lanyard_proto::serial::to_hex(id.serial_number.as_bytes());
+        let status = if !about_root && issuing_id.matches(id) {
+            match auth.store().cert(&serial).await.map_err(|e| e.to_string())? {
+                Some(rec) => match rec.revocation {
+                    Some(rev) => CertStatus::Revoked(RevokedInfo {
+                        revocation_time: gtime(rev.at).map_err(|e| e.to_string())?,
+                        revocation_reason: Some(crl_reason(rev.reason)),
+                    }),
+                    None => CertStatus::good(),
+                },
+                None => CertStatus::unknown(),
+            }
+        } else if about_root
+            && id.serial_number.as_bytes() == issuing.tbs_certificate.serial_number.as_bytes()
+        {
+            CertStatus::good()
+        } else {
+            CertStatus::unknown()
+        };
+        responses.push(SingleResponse {
+            cert_id: id.clone(),
+            cert_status: status,
+            this_update: gtime(now - crate::profile::BACKDATE).map_err(|e| e.to_string())?,
+            next_update: Some(gtime(next).map_err(|e| e.to_string())?),
+            single_extensions: None,
+        });
+    }
+
+    // Echo the nonce, so clients that send one (openssl does) can match the answer.
+    let nonce: Option<Extension> = req
+        .tbs_request
+        .request_extensions
+        .as_ref()
+        .and_then(|exts| exts.iter().find(|e| e.extn_id == ID_PKIX_OCSP_NONCE).cloned());
+
+    let key_bits =
+        signer_cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes();
+    let key_hash = digest::digest(&SHA1_FOR_LEGACY_USE_ONLY, key_bits);
+    let tbs = ResponseData {
+        version: Version::V1,
+        responder_id: ResponderId::ByKey(
+            OctetString::new(key_hash.as_ref()).map_err(|e| e.to_string())?,
+        ),
+        produced_at: gtime(now).map_err(|e| e.to_string())?,
+        responses,
+        response_extensions: nonce.map(|n| vec![n]),
+    };
+    let tbs_der = tbs.to_der().map_err(|e| e.to_string())?;
+    let sig = signer.sign(&tbs_der).map_err(|e| e.to_string())?;
+    let basic = BasicOcspResponse {
+        tbs_response_data: tbs,
+        signature_algorithm: signature_algorithm_identifier(signer.0.key_algorithm()),
+        signature: BitString::from_bytes(&sig).map_err(|e| e.to_string())?,
+        certs: None,
+    };
+    let resp = OcspResponse {
+        response_status: OcspResponseStatus::Successful,
+        response_bytes: Some(ResponseBytes {
+            response_type: ID_PKIX_OCSP_BASIC,
+            response: OctetString::new(basic.to_der().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?,
+        }),
+    };
+    resp.to_der().map(Some).map_err(|e| e.to_string())
+}

@@ -1,0 +1,398 @@
+//! The embedded store: one SQLite file in the CA directory, WAL mode, so the CLI (token,
+//! revoke, policy) and a running `serve` share it safely.
+//!
+//! rusqlite is synchronous; every call runs on tokio's blocking pool.
+
+use super::{
+    AuditEvent, CertFilter, CertRecord, RecordOutcome, Revocation, RevokeOutcome, Store,
+    TokenRecord, TokenUse,
+};
+use crate::error::{CaError, Result};
+use crate::revocation::Reason;
+use lanyard_proto::GroupPolicy;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use time::OffsetDateTime;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS certs (
+    serial        TEXT PRIMARY KEY,
+    identity      TEXT NOT NULL,
+    group_name    TEXT NOT NULL,
+    not_before    INTEGER NOT NULL,
+    not_after     INTEGER NOT NULL,
+    issued_at     INTEGER NOT NULL,
+    spki_sha256   TEXT NOT NULL,
+    der           BLOB NOT NULL,
+    renewed_from  TEXT,
+    revoked_at    INTEGER,
+    revoke_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS certs_identity ON certs(identity);
+CREATE INDEX IF NOT EXISTS certs_revoked ON certs(revoked_at) WHERE revoked_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS tokens (
+    hash          TEXT PRIMARY KEY,
+    identity      TEXT NOT NULL,
+    group_name    TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    used_at       INTEGER,
+    used_serial   TEXT,
+    used_spki     TEXT
+);
+CREATE TABLE IF NOT EXISTS policies (
+    group_name    TEXT PRIMARY KEY,
+    json          TEXT NOT NULL,
+    updated_at    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name          TEXT PRIMARY KEY,
+    value         INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    at            INTEGER NOT NULL,
+    actor         TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    subject       TEXT NOT NULL,
+    detail        TEXT NOT NULL,
+    remote        TEXT
+);
+"#;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+fn ts(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+fn from_ts(s: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(s).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)
+            .map_err(|e| CaError::Storage(format!("opening {}: {e}", path.display())))?;
+        Self::setup(conn)
+    }
+
+    pub fn in_memory() -> Result<Self> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(conn: Connection) -> Result<Self> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // NORMAL is durable across application crashes in WAL mode; FULL also across power
+        // loss. A CA must not hand out a certificate it could forget: FULL.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard =
+                conn.lock().map_err(|_| CaError::Storage("store lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| CaError::Storage(format!("store task failed: {e}")))?
+    }
+}
+
+fn insert_audit(c: &Connection, e: &AuditEvent) -> rusqlite::Result<usize> {
+    c.execute(
+        "INSERT INTO audit (at, actor, action, subject, detail, remote) VALUES (?1,?2,?3,?4,?5,?6)",
+        params![ts(e.at), e.actor, e.action, e.subject, e.detail, e.remote],
+    )
+}
+
+fn cert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
+    let revoked_at: Option<i64> = r.get("revoked_at")?;
+    let reason: Option<String> = r.get("revoke_reason")?;
+    let revocation = revoked_at.map(|at| Revocation {
+        at: from_ts(at),
+        reason: reason.and_then(|s| s.parse().ok()).unwrap_or(Reason::Unspecified),
+    });
+    Ok(CertRecord {
+        serial: r.get("serial")?,
+        identity: r.get("identity")?,
+        group: r.get("group_name")?,
+        not_before: from_ts(r.get("not_before")?),
+        not_after: from_ts(r.get("not_after")?),
+        issued_at: from_ts(r.get("issued_at")?),
+        spki_sha256: r.get("spki_sha256")?,
+        der: r.get("der")?,
+        renewed_from: r.get("renewed_from")?,
+        revocation,
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn put_token(&self, t: TokenRecord, audit: AuditEvent) -> Result<()> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO tokens (hash, identity, group_name, created_at, expires_at) VALUES (?1,?2,?3,?4,?5)",
+                params![t.hash, t.identity, t.group, ts(t.created_at), ts(t.expires_at)],
+            )?;
+            insert_audit(&tx, &audit)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn token(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        let hash = hash.to_owned();
+        self.with(move |c| {
+            Ok(c.query_row(
+                "SELECT hash, identity, group_name, created_at, expires_at, used_at, used_serial, used_spki FROM tokens WHERE hash = ?1",
+                params![hash],
+                |r| {
+                    let used_at: Option<i64> = r.get(5)?;
+                    Ok(TokenRecord {
+                        hash: r.get(0)?,
+                        identity: r.get(1)?,
+                        group: r.get(2)?,
+                        created_at: from_ts(r.get(3)?),
+                        expires_at: from_ts(r.get(4)?),
+                        used: match used_at {
+                            Some(at) => Some(TokenUse {
+                                at: from_ts(at),
+                                serial: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                                spki_sha256: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+                            }),
+                            None => None,
+                        },
+                    })
+                },
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn record_issuance(
+        &self,
+        cert: CertRecord,
+        token_hash: Option<String>,
+        audit: AuditEvent,
+    ) -> Result<RecordOutcome> {
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if let Some(hash) = &token_hash {
+                let n = tx.execute(
+                    "UPDATE tokens SET used_at = ?2, used_serial = ?3, used_spki = ?4 WHERE hash = ?1 AND used_at IS NULL",
+                    params![hash, ts(cert.issued_at), cert.serial, cert.spki_sha256],
+                )?;
+                if n != 1 {
+                    return Ok(RecordOutcome::TokenAlreadyUsed);
+                }
+            }
+            tx.execute(
+                "INSERT INTO certs (serial, identity, group_name, not_before, not_after, issued_at, spki_sha256, der, renewed_from) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+                params![
+                    cert.serial,
+                    cert.identity,
+                    cert.group,
+                    ts(cert.not_before),
+                    ts(cert.not_after),
+                    ts(cert.issued_at),
+                    cert.spki_sha256,
+                    cert.der,
+                    cert.renewed_from
+                ],
+            )?;
+            insert_audit(&tx, &audit)?;
+            tx.commit()?;
+            Ok(RecordOutcome::Recorded)
+        })
+        .await
+    }
+
+    async fn cert(&self, serial: &str) -> Result<Option<CertRecord>> {
+        let serial = serial.to_owned();
+        self.with(move |c| {
+            Ok(c.query_row("SELECT * FROM certs WHERE serial = ?1", params![serial], cert_from_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn certs(&self, filter: CertFilter) -> Result<Vec<CertRecord>> {
+        self.with(move |c| {
+            let mut sql = String::from("SELECT * FROM certs WHERE 1=1");
+            if filter.identity.is_some() {
+                sql.push_str(" AND identity = ?1");
+            }
+            if filter.revoked_only {
+                sql.push_str(" AND revoked_at IS NOT NULL");
+            }
+            sql.push_str(" ORDER BY issued_at, serial");
+            let mut st = c.prepare(&sql)?;
+            let rows = match &filter.identity {
+                Some(id) => {
+                    st.query_map(params![id], cert_from_row)?.collect::<Result<Vec<_>, _>>()
+                }
+                None => st.query_map([], cert_from_row)?.collect::<Result<Vec<_>, _>>(),
+            }?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn revoke(
+        &self,
+        serial: &str,
+        rev: Revocation,
+        audit: AuditEvent,
+    ) -> Result<RevokeOutcome> {
+        let serial = serial.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let existing = tx
+                .query_row("SELECT * FROM certs WHERE serial = ?1", params![serial], cert_from_row)
+                .optional()?;
+            let Some(existing) = existing else { return Ok(RevokeOutcome::NotFound) };
+            if let Some(r) = existing.revocation {
+                return Ok(RevokeOutcome::AlreadyRevoked(r));
+            }
+            tx.execute(
+                "UPDATE certs SET revoked_at = ?2, revoke_reason = ?3 WHERE serial = ?1",
+                params![serial, ts(rev.at), rev.reason.name()],
+            )?;
+            tx.execute(
+                "INSERT INTO counters (name, value) VALUES ('revocations', 1) ON CONFLICT(name) DO UPDATE SET value = value + 1",
+                [],
+            )?;
+            insert_audit(&tx, &audit)?;
+            tx.commit()?;
+            Ok(RevokeOutcome::Revoked)
+        })
+        .await
+    }
+
+    async fn revocation_generation(&self) -> Result<u64> {
+        self.with(|c| {
+            let v: Option<i64> = c
+                .query_row("SELECT value FROM counters WHERE name = 'revocations'", [], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            Ok(v.unwrap_or(0).max(0) as u64)
+        })
+        .await
+    }
+
+    async fn policy(&self, group: &str) -> Result<Option<GroupPolicy>> {
+        let group = group.to_owned();
+        self.with(move |c| {
+            let json: Option<String> = c
+                .query_row("SELECT json FROM policies WHERE group_name = ?1", params![group], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            json.map(|j| {
+                serde_json::from_str(&j)
+                    .map_err(|e| CaError::Storage(format!("policy of group {group:?}: {e}")))
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    async fn set_policy(&self, group: &str, policy: GroupPolicy, audit: AuditEvent) -> Result<()> {
+        let group = group.to_owned();
+        let json = serde_json::to_string(&policy).map_err(|e| CaError::Storage(e.to_string()))?;
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO policies (group_name, json, updated_at) VALUES (?1, ?2, ?3) ON CONFLICT(group_name) DO UPDATE SET json = excluded.json, updated_at = excluded.updated_at",
+                params![group, json, ts(audit.at)],
+            )?;
+            insert_audit(&tx, &audit)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn policies(&self) -> Result<Vec<(String, GroupPolicy)>> {
+        self.with(|c| {
+            let mut st = c.prepare("SELECT group_name, json FROM policies ORDER BY group_name")?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(g, j)| {
+                    serde_json::from_str(&j)
+                        .map(|p| (g.clone(), p))
+                        .map_err(|e| CaError::Storage(format!("policy of group {g:?}: {e}")))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn next_crl_number(&self, scope: &str) -> Result<u64> {
+        let name = format!("crl_number:{scope}");
+        self.with(move |c| {
+            let v: i64 = c.query_row(
+                "INSERT INTO counters (name, value) VALUES (?1, 1) ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
+                params![name],
+                |r| r.get(0),
+            )?;
+            Ok(v.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn audit(&self, event: AuditEvent) -> Result<()> {
+        self.with(move |c| {
+            insert_audit(c, &event)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEvent>> {
+        self.with(move |c| {
+            let mut st = c.prepare(
+                "SELECT at, actor, action, subject, detail, remote FROM audit ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = st
+                .query_map(params![limit as i64], |r| {
+                    Ok(AuditEvent {
+                        at: from_ts(r.get(0)?),
+                        actor: r.get(1)?,
+                        action: r.get(2)?,
+                        subject: r.get(3)?,
+                        detail: r.get(4)?,
+                        remote: r.get(5)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
