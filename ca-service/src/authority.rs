@@ -182,7 +182,7 @@ impl Authority {
             return Err(CaError::BadRequest("token ttl must be between 1s and 90d".into()));
         }
         let now = self.now();
-        let secret = TokenSecret::generate();
+        let secret = TokenSecret::generate(identity);
         let rec = TokenRecord {
             hash: secret.hash(),
             identity: identity.to_owned(),

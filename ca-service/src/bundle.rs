@@ -133,7 +133,7 @@ pub fn check(bytes: &[u8]) -> Result<BundleSummary, Vec<Violation>> {
     let mut parsed = Vec::new();
     for (n, der) in &ders {
         match X509Certificate::from_der(der) {
-            Ok((rest, c)) if rest.is_empty() => parsed.push((*n, c)),
+            Ok(([], c)) => parsed.push((*n, c)),
             Ok(_) => push(1, Some(*n), "certificate has trailing bytes".into()),
             Err(e) => push(1, Some(*n), format!("not an X.509 certificate: {e}")),
         }

@@ -73,6 +73,16 @@ pub fn key_algorithm_of(
     )))
 }
 
+fn only_client_auth(eku: &x509_parser::extensions::ExtendedKeyUsage<'_>) -> bool {
+    !(eku.any
+        || eku.server_auth
+        || eku.code_signing
+        || eku.email_protection
+        || eku.time_stamping
+        || eku.ocsp_signing
+        || !eku.other.is_empty())
+}
+
 /// Parses and checks a DER CSR.
 pub fn check(der: &[u8]) -> Result<CheckedCsr> {
     let (rest, csr) = X509CertificationRequest::from_der(der)
@@ -92,19 +102,10 @@ pub fn check(der: &[u8]) -> Result<CheckedCsr> {
                 ParsedExtension::BasicConstraints(bc) if bc.ca => {
                     return Err(bad("CSR asks for CA:TRUE; device certificates are never CAs"));
                 }
-                ParsedExtension::ExtendedKeyUsage(eku) => {
-                    if eku.any
-                        || eku.server_auth
-                        || eku.code_signing
-                        || eku.email_protection
-                        || eku.time_stamping
-                        || eku.ocsp_signing
-                        || !eku.other.is_empty()
-                    {
-                        return Err(bad(
-                            "CSR asks for extended key usages other than clientAuth; only clientAuth is issued",
-                        ));
-                    }
+                ParsedExtension::ExtendedKeyUsage(eku) if !only_client_auth(eku) => {
+                    return Err(bad(
+                        "CSR asks for extended key usages other than clientAuth; only clientAuth is issued",
+                    ));
                 }
                 ParsedExtension::KeyUsage(ku) if ku.key_cert_sign() || ku.crl_sign() => {
                     return Err(bad(

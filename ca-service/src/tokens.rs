@@ -3,11 +3,6 @@
 //! Tokens are high-entropy, so a plain SHA-256 (no slow KDF) is enough to make a stolen
 //! database useless for enrolment.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
-const PREFIX: &str = "lyt_";
-
 /// A token secret. `Debug` and `Display` never print it; [`TokenSecret::expose`] does,
 /// for the one place that must show it (the `token create` output).
 #[derive(Clone, PartialEq, Eq)]
@@ -20,10 +15,11 @@ impl std::fmt::Debug for TokenSecret {
 }
 
 impl TokenSecret {
-    pub fn generate() -> Self {
-        let mut b = [0u8; 32];
-        rand::fill(&mut b);
-        TokenSecret(zeroize::Zeroizing::new(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(b))))
+    /// A new token for `identity` (see `lanyard_proto::token` for the format).
+    pub fn generate(identity: &str) -> Self {
+        let mut b = zeroize::Zeroizing::new([0u8; 32]);
+        rand::fill(&mut *b);
+        TokenSecret(zeroize::Zeroizing::new(lanyard_proto::token::format(identity, &b)))
     }
 
     pub fn from_presented(s: &str) -> Self {
@@ -46,10 +42,10 @@ mod tests {
 
     #[test]
     fn tokens_are_unique_and_hidden() {
-        let a = TokenSecret::generate();
-        let b = TokenSecret::generate();
+        let a = TokenSecret::generate("dev-1");
+        let b = TokenSecret::generate("dev-1");
         assert_ne!(a, b);
-        assert!(a.expose().starts_with(PREFIX));
+        assert_eq!(lanyard_proto::token::identity_of(a.expose()).as_deref(), Some("dev-1"));
         assert_eq!(format!("{a:?}"), "TokenSecret(...)");
         assert_eq!(a.hash(), TokenSecret::from_presented(&format!(" {} ", a.expose())).hash());
         assert_ne!(a.hash(), b.hash());

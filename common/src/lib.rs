@@ -9,6 +9,7 @@
 //! - [`est`]: EST (RFC 7030) bodies: base64 DER, certs-only PKCS#7.
 //! - [`csrattrs`]: EST `/csrattrs`: which key the CA wants the device to generate.
 //! - [`serial`]: certificate serials in hex and CloudFront's colon-hex form.
+//! - [`token`]: the enrolment token format (it carries the identity).
 //! - [`duration`]: human durations (`24h`, `7d`) for CLI flags and config.
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod est;
 pub mod keyalg;
 pub mod policy;
 pub mod serial;
+pub mod token;
 
 pub use keyalg::KeyAlgorithm;
 pub use policy::{GroupPolicy, PolicyError};
