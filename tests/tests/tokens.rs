@@ -1,0 +1,151 @@
+//! One-time enrolment tokens over EST, with curl: retries, reuse, wrong identity, unknown
+//! and expired tokens, and failed attempts that must not burn the token.
+
+use lanyard_e2e::est;
+use lanyard_e2e::pki::{self, KeyAlg};
+use lanyard_e2e::{Ca, peers};
+
+#[test]
+fn retry_with_same_token_and_key_returns_the_same_certificate() {
+    if !peers::require_basics() {
+        return;
+    }
+    let ca = Ca::init();
+    let srv = ca.serve();
+    let id = "dev-1.fleet.example.com";
+    let token = ca.token(id);
+    let (key, csr) = pki::key_and_csr(&ca.work, KeyAlg::P256, id);
+    let first = est::enroll(&srv, id, &token, &csr.b64).expect(200);
+    let leaf1 = pki::leaf_from_est(&first.body, &ca.work, "first");
+
+    // The same CSR again, and a new CSR for the same key (ECDSA signatures differ).
+    let again = est::enroll(&srv, id, &token, &csr.b64).expect(200);
+    let leaf2 = pki::leaf_from_est(&again.body, &ca.work, "again");
+    let csr2 = pki::csr(&ca.work, "second-csr", &key, &format!("/CN={id}"), &[]);
+    assert_ne!(std::fs::read(&csr.der).ok(), std::fs::read(&csr2.der).ok());
+    let other_csr = est::enroll(&srv, id, &token, &csr2.b64).expect(200);
+    let leaf3 = pki::leaf_from_est(&other_csr.body, &ca.work, "third");
+
+    let s1 = pki::serial_hex(&leaf1);
+    assert_eq!(pki::serial_hex(&leaf2), s1, "a retry got another certificate");
+    assert_eq!(
+        pki::serial_hex(&leaf3),
+        s1,
+        "a retry with a new CSR for the same key got another certificate"
+    );
+    assert_eq!(std::fs::read(&leaf1).ok(), std::fs::read(&leaf3).ok(), "byte-identical answer");
+    assert_eq!(ca.certs().len(), 1, "retries recorded extra certificates");
+}
+
+#[test]
+fn used_token_with_another_key_is_forbidden() {
+    if !peers::require_basics() {
+        return;
+    }
+    let ca = Ca::init();
+    let srv = ca.serve();
+    let id = "dev-2.fleet.example.com";
+    let token = ca.token(id);
+    let (_, csr) = pki::key_and_csr(&ca.work, KeyAlg::P256, id);
+    est::enroll(&srv, id, &token, &csr.b64).expect(200);
+    let (_, other) = pki::key_and_csr(&ca.work, KeyAlg::P256, id);
+    let r = est::enroll(&srv, id, &token, &other.b64).expect(403);
+    assert!(r.text().contains("already used"), "{r}");
+    assert_eq!(ca.certs().len(), 1);
+}
+
+#[test]
+fn token_for_another_identity_is_forbidden() {
+    if !peers::require_basics() {
+        return;
+    }
+    let ca = Ca::init();
+    let srv = ca.serve();
+    let token = ca.token("dev-3.fleet.example.com");
+    let (_, csr) = pki::key_and_csr(&ca.work, KeyAlg::P256, "dev-4.fleet.example.com");
+    let r = est::enroll(&srv, "dev-4.fleet.example.com", &token, &csr.b64).expect(403);
+    assert!(r.text().contains("another identity"), "{r}");
+    assert!(ca.certs().is_empty());
+    // The token still works for its own identity.
+    let (_, csr) = pki::key_and_csr(&ca.work, KeyAlg::P256, "dev-3.fleet.example.com");
+    est::enroll(&srv, "dev-3.fleet.example.com", &token, &csr.b64).expect(200);
+}
+
+#[test]
+fn unknown_token_is_unauthorized() {
+    if !peers::require_basics() {
+        return;
+    }
+    let ca = Ca::init();
+    let srv = ca.serve();
+    let id = "dev-5.fleet.example.com";
+    let real = ca.token(id);
+    let (_, csr) = pki::key_and_csr(&ca.work, KeyAlg::P256, id);
+    // A made-up token, and the real one with its last character changed.
+    let mut tampered = real.clone();
+    let last = tampered.pop().expect("token");
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    for t in ["lyt.bm9wZQ.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "nope", tampered.as_str()] {
+        let r = est::enroll(&srv, id, t, &csr.b64).expect(401);
+        assert!(r.text().contains("unknown enrolment token"), "{r}");
+        assert!(!r.text().contains(&real) && !r.text().contains(t), "the answer echoes a token");
+    }
+    // No credentials at all.
+    let r = lanyard_e2e::est::Request::post(
+        srv.url("/.well-known/est/simpleenroll"),
+        "application/pkcs10",
+        &csr.b64,
+    )
+    .cacert(&srv.cacert)
+    .send()
+    .expect(401);
+    assert!(r.text().contains("HTTP Basic"), "{r}");
+    assert!(ca.certs().is_empty());
+}
+
+#[test]
+fn expired_token_is_forbidden() {
+    if !peers::require_basics() {
+        return;
+    }
+    let ca = Ca::init();
+    let srv = ca.serve();
+    let id = "dev-6.fleet.example.com";
+    let token = ca.token_with(id, &["--ttl", "1s"]);
+    let (_, csr) = pki::key_and_csr(&ca.work, KeyAlg::P256, id);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let r = est::enroll(&srv, id, &token, &csr.b64).expect(403);
+    assert!(r.text().contains("expired"), "{r}");
+    assert!(ca.certs().is_empty());
+}
+
+#[test]
+fn failed_attempts_do_not_burn_the_token() {
+    if !peers::require_basics() {
+        return;
+    }
+    let ca = Ca::init();
+    let srv = ca.serve();
+    let id = "dev-7.fleet.example.com";
+    let token = ca.token(id);
+
+    // A CSR with a broken signature, a refused key, a CN for someone else.
+    let (_, good) = pki::key_and_csr(&ca.work, KeyAlg::P256, id);
+    let mut der = std::fs::read(&good.der).expect("csr");
+    let n = der.len();
+    der[n - 1] ^= 0x01;
+    let broken = ca.work("broken.der");
+    std::fs::write(&broken, &der).expect("write");
+    let broken_b64 = ca.work("broken.b64");
+    pki::base64_file(&broken, &broken_b64);
+    est::enroll(&srv, id, &token, &broken_b64).expect(400);
+    let (_, rsa1024) = pki::key_and_csr(&ca.work, KeyAlg::Rsa(1024), id);
+    est::enroll(&srv, id, &token, &rsa1024.b64).expect(400);
+    let (_, other_cn) = pki::key_and_csr(&ca.work, KeyAlg::P256, "someone-else");
+    est::enroll(&srv, id, &token, &other_cn.b64).expect(400);
+    assert!(ca.certs().is_empty());
+
+    // The token is still good.
+    est::enroll(&srv, id, &token, &good.b64).expect(200);
+    assert_eq!(ca.certs().len(), 1);
+}
