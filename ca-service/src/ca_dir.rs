@@ -271,7 +271,10 @@ impl CaDir {
         let cert = params.signed_by(&kp, &issuer)?;
         let key_pem = zeroize::Zeroizing::new(kp.serialize_pem());
         fsutil::write_atomic(&key, key_pem.as_bytes(), 0o600)?;
-        fsutil::write_atomic(&crt, cert.pem().as_bytes(), 0o644)?;
+        // The chain (server then issuing CA), so peers that trust only the root verify it.
+        let issuing_pem =
+            pem::encode(&pem::Pem::new("CERTIFICATE", auth.keys().issuing_der.clone()));
+        fsutil::write_atomic(&crt, format!("{}{issuing_pem}", cert.pem()).as_bytes(), 0o644)?;
         fsutil::write_atomic(&names_file, wanted.as_bytes(), 0o644)?;
         Ok((vec![cert.der().to_vec(), auth.keys().issuing_der.clone()], kp.serialize_der()))
     }

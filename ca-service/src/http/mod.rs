@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use lanyard_proto::est;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::sync::Arc;
 
 /// The client certificate (DER) the connection authenticated with, if any. Set by the TLS
@@ -212,21 +212,6 @@ async fn policy(
     Ok(axum::Json(auth.policy_document(&group).await?).into_response())
 }
 
-/// What `/v1/certificate` tells a device about the certificate it presents.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct CertificateStatus {
-    pub serial: String,
-    pub identity: String,
-    pub group: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_after: time::OffsetDateTime,
-    /// `valid`, `expired` or `revoked`.
-    pub status: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub revocation: Option<crate::store::Revocation>,
-    pub policy: lanyard_proto::GroupPolicy,
-}
-
 async fn certificate_status(
     State(auth): State<App>,
     peer: Option<axum::Extension<PeerCert>>,
@@ -251,13 +236,14 @@ async fn certificate_status(
         "valid"
     };
     let policy = auth.policy(&rec.group).await?;
-    Ok(axum::Json(CertificateStatus {
+    Ok(axum::Json(lanyard_proto::api::CertificateStatus {
         serial: rec.serial,
         identity: rec.identity,
         group: rec.group,
         not_after: rec.not_after,
         status: status.into(),
-        revocation: rec.revocation,
+        revoked_at: rec.revocation.as_ref().map(|r| r.at),
+        revocation_reason: rec.revocation.as_ref().map(|r| r.reason.name().to_owned()),
         policy,
     })
     .into_response())

@@ -50,12 +50,15 @@ fn config(a: &Args) -> Result<Arc<rustls::ServerConfig>, String> {
     }
     let mut vb = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
     if let Some(crl) = &a.crl {
-        let crls: Vec<CertificateRevocationListDer<'static>> =
-            pem_blocks(crl, "X509 CRL")?.into_iter().map(CertificateRevocationListDer::from).collect();
+        let crls: Vec<CertificateRevocationListDer<'static>> = pem_blocks(crl, "X509 CRL")?
+            .into_iter()
+            .map(CertificateRevocationListDer::from)
+            .collect();
         vb = vb.with_crls(crls).only_check_end_entity_revocation();
     }
     let verifier = vb.build().map_err(|e| e.to_string())?;
-    let chain: Vec<CertificateDer<'static>> = pem_blocks(&a.cert, "CERTIFICATE")?.into_iter().map(CertificateDer::from).collect();
+    let chain: Vec<CertificateDer<'static>> =
+        pem_blocks(&a.cert, "CERTIFICATE")?.into_iter().map(CertificateDer::from).collect();
     let key = pem_blocks(&a.key, "PRIVATE KEY")?
         .into_iter()
         .next()
@@ -77,8 +80,15 @@ fn mtime(p: &Option<PathBuf>) -> Option<SystemTime> {
 fn describe(cert: &[u8]) -> (String, String) {
     match x509_parser::parse_x509_certificate(cert) {
         Ok((_, x)) => {
-            let cn = x.subject().iter_common_name().next().and_then(|c| c.as_str().ok()).unwrap_or("").to_owned();
-            let serial = x.raw_serial().iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+            let cn = x
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|c| c.as_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let serial =
+                x.raw_serial().iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
             (cn, serial)
         }
         Err(_) => (String::new(), String::new()),
@@ -103,11 +113,20 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    eprintln!("lanyard-edge-standin: listening on https://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+    eprintln!(
+        "lanyard-edge-standin: listening on https://{}",
+        listener.local_addr().map(|a| a.to_string()).unwrap_or_default()
+    );
     // Reload when the CRL changes, as an operator would reload the edge.
     {
         let current = current.clone();
-        let args = Args { listen: String::new(), cert: args.cert.clone(), key: args.key.clone(), client_ca: args.client_ca.clone(), crl: args.crl.clone() };
+        let args = Args {
+            listen: String::new(),
+            cert: args.cert.clone(),
+            key: args.key.clone(),
+            client_ca: args.client_ca.clone(),
+            crl: args.crl.clone(),
+        };
         tokio::spawn(async move {
             let mut seen = mtime(&args.crl);
             loop {
@@ -142,19 +161,28 @@ async fn main() -> std::process::ExitCode {
                 Some(b"h2") => "h2",
                 _ => "http/1.1",
             };
-            let (cn, serial) = conn.peer_certificates().and_then(|c| c.first()).map(|c| describe(c)).unwrap_or_default();
-            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let body = format!(
-                    "hello {cn}\nserial={serial}\nprotocol={proto}\npath={}\nhost={}\n",
-                    req.uri().path(),
-                    req.headers().get("host").and_then(|h| h.to_str().ok()).or(req.uri().authority().map(|a| a.as_str())).unwrap_or("")
-                );
-                let resp = http::Response::builder()
-                    .header("content-type", "text/plain")
-                    .header("cloudfront-viewer-cert-serial-number", serial.clone())
-                    .body(Full::new(Bytes::from(body)));
-                async move { resp }
-            });
+            let (cn, serial) = conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| describe(c))
+                .unwrap_or_default();
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let body = format!(
+                        "hello {cn}\nserial={serial}\nprotocol={proto}\npath={}\nhost={}\n",
+                        req.uri().path(),
+                        req.headers()
+                            .get("host")
+                            .and_then(|h| h.to_str().ok())
+                            .or(req.uri().authority().map(|a| a.as_str()))
+                            .unwrap_or("")
+                    );
+                    let resp = http::Response::builder()
+                        .header("content-type", "text/plain")
+                        .header("cloudfront-viewer-cert-serial-number", serial.clone())
+                        .body(Full::new(Bytes::from(body)));
+                    async move { resp }
+                });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), svc)
                 .await;

@@ -1,0 +1,483 @@
+//! The agent's operations: enrol, renew, check in, report status. The daemon
+//! ([`crate::daemon`]) decides *when*; this module does *what*, and keeps the current
+//! credential in memory for the proxy, swapped atomically after each renewal.
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::{AgentError, Result};
+use crate::est::{ClientAuth, EstClient, Trust};
+use crate::keys::DeviceKey;
+use crate::metrics::Metrics;
+use crate::schedule::{self, Decision, Failures, Validity};
+use crate::state::{self, AgentState};
+use crate::verify::{self, CertInfo};
+use arc_swap::ArcSwapOption;
+use lanyard_keystore::{Credential, CredentialStore};
+use lanyard_proto::GroupPolicy;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+/// The credential in use, ready for TLS.
+pub struct Loaded {
+    pub info: CertInfo,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub certified: Arc<rustls::sign::CertifiedKey>,
+    key_pkcs8: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded").field("info", &self.info).field("key", &"...").finish()
+    }
+}
+
+impl Loaded {
+    fn from_credential(c: &Credential) -> Result<Loaded> {
+        let leaf = c
+            .chain_der
+            .first()
+            .ok_or_else(|| AgentError::Usage("stored credential has no certificate".into()))?;
+        let info = verify::info(leaf)?;
+        let chain: Vec<CertificateDer<'static>> =
+            c.chain_der.iter().map(|d| CertificateDer::from(d.clone())).collect();
+        let key = crate::est::provider()
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                c.key_pkcs8_der.to_vec(),
+            )))
+            .map_err(|e| AgentError::Crypto(format!("stored key is not usable: {e}")))?;
+        let certified = rustls::sign::CertifiedKey::new(chain.clone(), key);
+        certified.keys_match().map_err(|_| {
+            AgentError::Crypto(
+                "the stored key does not match the stored certificate; enrol again".into(),
+            )
+        })?;
+        Ok(Loaded {
+            info,
+            chain,
+            certified: Arc::new(certified),
+            key_pkcs8: c.key_pkcs8_der.clone(),
+        })
+    }
+
+    fn client_auth(&self) -> ClientAuth {
+        ClientAuth::Certificate(
+            self.chain.clone(),
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.to_vec())),
+        )
+    }
+
+    /// PEM of the chain, and of the key (for `export`).
+    pub fn export_pem(&self) -> (String, Zeroizing<String>) {
+        (
+            crate::trust::to_pem(&self.chain),
+            Zeroizing::new(pem::encode(&pem::Pem::new("PRIVATE KEY", self.key_pkcs8.to_vec()))),
+        )
+    }
+}
+
+/// Arguments of `lanyard enrol`.
+#[derive(Debug, Default)]
+pub struct EnrolArgs {
+    pub ca_url: String,
+    pub token: Zeroizing<String>,
+    pub identity: Option<String>,
+    pub ca_bundle: Option<PathBuf>,
+    pub ca_fingerprint: Option<String>,
+    pub force: bool,
+}
+
+/// The `state` field of `lanyard status`.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialState {
+    NotEnrolled,
+    Valid,
+    Renewing,
+    Expired,
+    Revoked,
+}
+
+/// `lanyard status --json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub identity: Option<String>,
+    pub serial: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub not_before: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub not_after: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_renewal: Option<OffsetDateTime>,
+    pub state: CredentialState,
+    pub store: String,
+    pub last_error: Option<String>,
+    pub ca_url: Option<String>,
+    pub group: Option<String>,
+    pub seconds_until_expiry: Option<i64>,
+    pub consecutive_failures: u32,
+    /// What to do, when something needs a person.
+    pub action: Option<String>,
+}
+
+pub struct Agent {
+    pub cfg: Config,
+    pub clock: Arc<dyn Clock>,
+    store: Box<dyn CredentialStore>,
+    current: Arc<ArcSwapOption<Loaded>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    pub fn open(cfg: Config, clock: Arc<dyn Clock>) -> Result<Agent> {
+        let store = lanyard_keystore::open(cfg.store.backend, &cfg.store.path, &cfg.store.profile)?;
+        let agent = Agent {
+            cfg,
+            clock,
+            store,
+            current: Arc::new(ArcSwapOption::empty()),
+            metrics: Arc::new(Metrics::new()),
+        };
+        if let Err(e) = agent.reload() {
+            // A corrupt store is reported by status and by the daemon; enrol can fix it.
+            tracing::warn!(error = %e, "could not load the stored credential");
+        }
+        Ok(agent)
+    }
+
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.cfg.store.path
+    }
+
+    pub fn store_description(&self) -> String {
+        self.store.describe()
+    }
+
+    /// A file that changes on every store, for watchers in other processes.
+    pub fn watch_path(&self) -> PathBuf {
+        self.store.watch_path()
+    }
+
+    /// The credential in use, shared with the proxy.
+    pub fn current(&self) -> Option<Arc<Loaded>> {
+        self.current.load_full()
+    }
+
+    pub fn current_handle(&self) -> Arc<ArcSwapOption<Loaded>> {
+        self.current.clone()
+    }
+
+    /// Re-reads the store; returns true when the certificate changed.
+    pub fn reload(&self) -> Result<bool> {
+        let loaded = match self.store.load()? {
+            Some(c) => Some(Arc::new(Loaded::from_credential(&c)?)),
+            None => None,
+        };
+        let before = self.current.load().as_ref().map(|l| l.info.serial.clone());
+        let after = loaded.as_ref().map(|l| l.info.serial.clone());
+        if let Some(l) = &loaded {
+            self.metrics.set_certificate(&l.info, self.clock.now());
+        }
+        self.current.store(loaded);
+        Ok(before != after)
+    }
+
+    pub fn state(&self) -> AgentState {
+        AgentState::load(self.state_dir()).unwrap_or_default()
+    }
+
+    fn save_state(&self, s: &AgentState) {
+        if let Err(e) = s.save(self.state_dir()) {
+            tracing::error!(error = %e, "could not save the agent state");
+        }
+    }
+
+    pub fn ca_url(&self) -> Result<String> {
+        self.cfg.ca.url.clone().or_else(|| self.state().ca_url).ok_or_else(|| {
+            AgentError::Usage("no CA URL: set [ca] url in the config or enrol with --ca URL".into())
+        })
+    }
+
+    /// Trust anchors for the CA connection (see [`crate::trust`]).
+    fn roots(&self) -> Result<rustls::RootCertStore> {
+        if let Some(b) = &self.cfg.ca.ca_bundle {
+            return crate::trust::root_store(&crate::trust::read_pem_certs(b)?);
+        }
+        let saved = state::roots_path(self.state_dir());
+        if saved.exists() {
+            return crate::trust::root_store(&crate::trust::read_pem_certs(&saved)?);
+        }
+        crate::trust::system_roots()
+    }
+
+    /// The policy in force: a local policy file where configured, else the CA's.
+    pub fn effective_policy(&self) -> GroupPolicy {
+        if let Some(p) = &self.cfg.renewal.policy_file {
+            match crate::policy_file::read(p) {
+                Ok(pol) => return pol,
+                Err(e) => tracing::warn!(error = %e, "ignoring the local policy file"),
+            }
+        }
+        self.state().policy.unwrap_or_default()
+    }
+
+    pub async fn enrol(&self, args: EnrolArgs) -> Result<CertInfo> {
+        let now = self.clock.now();
+        if !args.force
+            && let Some(cur) = self.current()
+            && cur.info.not_after > now
+            && self.state().revoked.is_none()
+        {
+            return Err(AgentError::Usage(format!(
+                "already enrolled as {:?} (serial {}, valid until {}); use --force to enrol again",
+                cur.info.identity, cur.info.serial, cur.info.not_after
+            )));
+        }
+        let identity = args
+            .identity
+            .clone()
+            .or_else(|| lanyard_proto::token::identity_of(&args.token))
+            .ok_or_else(|| {
+                AgentError::Usage("the token does not name an identity; give --identity".into())
+            })?;
+        let ca_url = args.ca_url.trim_end_matches('/').to_owned();
+        if !ca_url.starts_with("https://") {
+            return Err(AgentError::Usage(format!(
+                "--ca {ca_url:?}: the CA must be reached over https://"
+            )));
+        }
+        let timeout = self.cfg.ca.timeout;
+
+        // Trust for the CA connection; pinned roots are saved for later runs.
+        let roots_file = state::roots_path(self.state_dir());
+        let pinned: Option<Vec<CertificateDer<'static>>> = if let Some(b) = &args.ca_bundle {
+            Some(crate::trust::read_pem_certs(b)?)
+        } else if let Some(fp) =
+            args.ca_fingerprint.as_ref().or(self.cfg.ca.ca_fingerprint.as_ref())
+        {
+            let boot =
+                EstClient::new(&ca_url, Trust::AcceptAnyForBootstrap, ClientAuth::None, timeout)?;
+            let certs = boot.cacerts().await?;
+            Some(vec![crate::trust::select_pinned_root(&certs, fp)?])
+        } else {
+            None
+        };
+        let roots = match &pinned {
+            Some(p) => crate::trust::root_store(p)?,
+            None => self.roots()?,
+        };
+        let client = EstClient::new(&ca_url, Trust::Roots(roots), ClientAuth::None, timeout)?;
+
+        // Key on the device, of the kind the CA asks for.
+        let alg = client
+            .csrattrs(Some((&identity, &args.token)))
+            .await?
+            .unwrap_or(lanyard_proto::KeyAlgorithm::EcdsaP256);
+        let key = DeviceKey::generate(alg)?;
+        let csr = key.csr(&identity)?;
+        let spki = key.spki_der();
+
+        // The CA answers a retry with the same token and key with the same certificate, so
+        // transient failures are retried here with the same CSR.
+        let mut attempt = 0u32;
+        let leaf = loop {
+            match client.simpleenroll(&identity, &args.token, &csr, &spki).await {
+                Ok(l) => break l,
+                Err(e) if e.retryable() && attempt < 4 => {
+                    attempt += 1;
+                    let wait = std::time::Duration::from_millis(500 * 2u64.pow(attempt));
+                    tracing::warn!(error = %e, attempt, "enrolment failed; retrying with the same key");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let ca_certs = client.cacerts().await?;
+        let (ca_roots, intermediates) = verify::split_ca_certs(&ca_certs);
+        let anchors = pinned.clone().unwrap_or(ca_roots);
+        let info =
+            verify::issued(&leaf, &spki, &identity, &anchors, &intermediates, self.clock.now())?;
+
+        let mut chain = vec![leaf];
+        chain.extend(intermediates.iter().map(|c| c.to_vec()));
+        self.store.store(&Credential { key_pkcs8_der: key.pkcs8(), chain_der: chain })?;
+        if let Some(p) = &pinned {
+            crate::fsutil::write_atomic(&roots_file, crate::trust::to_pem(p).as_bytes(), 0o644)?;
+        }
+        self.reload()?;
+        let st = AgentState {
+            ca_url: Some(ca_url),
+            identity: Some(identity),
+            last_renewal: Some(self.clock.now()),
+            ..Default::default()
+        };
+        self.save_state(&st);
+        tracing::info!(identity = %info.identity, serial = %info.serial, not_after = %info.not_after, store = %self.store.describe(), "enrolled");
+        Ok(info)
+    }
+
+    /// Renews now: a new key, a CSR authenticated by the current certificate, checks on
+    /// the answer, then an atomic swap in the store. On any failure the current credential
+    /// stays as it was.
+    pub async fn renew(&self) -> Result<CertInfo> {
+        let cur = self.current().ok_or(AgentError::NotEnrolled)?;
+        let mut st = self.state();
+        st.renewing_pid = Some(std::process::id());
+        self.save_state(&st);
+        let result = self.renew_inner(&cur).await;
+        let mut st = self.state();
+        st.renewing_pid = None;
+        let now = self.clock.now();
+        match &result {
+            Ok(_) => {
+                st.failures = 0;
+                st.last_failure_at = None;
+                st.last_error = None;
+                st.last_renewal = Some(now);
+                st.revoked = None;
+                self.metrics.renewals.inc();
+            }
+            Err(e) => {
+                st.failures = st.failures.saturating_add(1);
+                st.last_failure_at = Some(now);
+                st.last_error = Some(e.to_string());
+                if let AgentError::Refused { status: 403, message, .. } = e
+                    && message.contains("revoked")
+                {
+                    st.revoked = Some((cur.info.serial.clone(), message.clone()));
+                }
+                self.metrics.renewal_failure(e.kind());
+            }
+        }
+        self.save_state(&st);
+        result
+    }
+
+    async fn renew_inner(&self, cur: &Loaded) -> Result<CertInfo> {
+        let ca_url = self.ca_url()?;
+        let client = EstClient::new(
+            &ca_url,
+            Trust::Roots(self.roots()?),
+            cur.client_auth(),
+            self.cfg.ca.timeout,
+        )?;
+        let policy = self.effective_policy();
+        let key = DeviceKey::generate(policy.preferred_key())?;
+        let csr = key.csr(&cur.info.identity)?;
+        let spki = key.spki_der();
+        let leaf = client.simplereenroll(&csr, &spki).await?;
+        let ca_certs = client.cacerts().await?;
+        let (ca_roots, intermediates) = verify::split_ca_certs(&ca_certs);
+        let saved = state::roots_path(self.state_dir());
+        let anchors = if saved.exists() { crate::trust::read_pem_certs(&saved)? } else { ca_roots };
+        let info = verify::issued(
+            &leaf,
+            &spki,
+            &cur.info.identity,
+            &anchors,
+            &intermediates,
+            self.clock.now(),
+        )?;
+        let mut chain = vec![leaf];
+        chain.extend(intermediates.iter().map(|c| c.to_vec()));
+        self.store.store(&Credential { key_pkcs8_der: key.pkcs8(), chain_der: chain })?;
+        self.reload()?;
+        tracing::info!(identity = %info.identity, serial = %info.serial, previous = %cur.info.serial, not_after = %info.not_after, "renewed");
+        crate::hooks::run(&self.cfg.hooks, &info).await;
+        Ok(info)
+    }
+
+    /// Asks the CA about the current certificate: its policy, and whether it is revoked.
+    pub async fn check_in(&self) -> Result<()> {
+        let cur = self.current().ok_or(AgentError::NotEnrolled)?;
+        let client = EstClient::new(
+            &self.ca_url()?,
+            Trust::Roots(self.roots()?),
+            cur.client_auth(),
+            self.cfg.ca.timeout,
+        )?;
+        let mut st = self.state();
+        match client.certificate_status().await {
+            Ok(s) => {
+                st.group = Some(s.group);
+                st.policy = Some(s.policy);
+                st.last_checkin = Some(self.clock.now());
+                st.revoked = (s.status == "revoked").then(|| {
+                    (s.serial.clone(), s.revocation_reason.unwrap_or_else(|| "revoked".into()))
+                });
+                self.save_state(&st);
+                Ok(())
+            }
+            Err(AgentError::Refused { status: 403, message, .. })
+                if message.contains("revoked") =>
+            {
+                st.revoked = Some((cur.info.serial.clone(), message.clone()));
+                self.save_state(&st);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The renewal decision for now.
+    pub fn decide(&self, st: &AgentState) -> Decision {
+        let now = self.clock.now();
+        let cur = self.current();
+        let policy = self.effective_policy();
+        let validity = cur
+            .as_ref()
+            .map(|c| Validity { not_before: c.info.not_before, not_after: c.info.not_after });
+        let revoked = match (&st.revoked, &cur) {
+            (Some((serial, _)), Some(c)) => *serial == c.info.serial,
+            _ => false,
+        };
+        let jitter = cur.as_ref().map(|c| schedule::stable_jitter(&c.info.serial)).unwrap_or(0.0);
+        let failures = Failures { count: st.failures, last_at: st.last_failure_at };
+        schedule::decide(now, validity, revoked, &policy, failures, jitter, rand::random::<f64>())
+    }
+
+    pub fn status(&self) -> Status {
+        let now = self.clock.now();
+        let st = self.state();
+        let cur = self.current();
+        let decision = self.decide(&st);
+        let revoked = matches!((&st.revoked, &cur), (Some((s, _)), Some(c)) if *s == c.info.serial);
+        let state = match &cur {
+            None => CredentialState::NotEnrolled,
+            Some(_) if revoked => CredentialState::Revoked,
+            Some(_) if st.renewing_now() => CredentialState::Renewing,
+            Some(c) if now > c.info.not_after => CredentialState::Expired,
+            Some(_) => CredentialState::Valid,
+        };
+        let (next_renewal, action) = match &decision {
+            Decision::RenewNow(_) => (Some(now), None),
+            Decision::SleepUntil { at, .. } => (Some(*at), None),
+            Decision::NeedsEnrolment(m) => (None, Some(m.clone())),
+        };
+        Status {
+            identity: cur.as_ref().map(|c| c.info.identity.clone()).or(st.identity.clone()),
+            serial: cur.as_ref().map(|c| c.info.serial.clone()),
+            not_before: cur.as_ref().map(|c| c.info.not_before),
+            not_after: cur.as_ref().map(|c| c.info.not_after),
+            next_renewal,
+            state,
+            store: self.store.describe(),
+            last_error: st.last_error.clone(),
+            ca_url: self.cfg.ca.url.clone().or(st.ca_url.clone()),
+            group: st.group.clone(),
+            seconds_until_expiry: cur.as_ref().map(|c| (c.info.not_after - now).whole_seconds()),
+            consecutive_failures: st.failures,
+            action,
+        }
+    }
+}

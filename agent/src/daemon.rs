@@ -1,0 +1,173 @@
+//! `lanyard run`: the long-running task. A loop over the pure renewal decision, waking on
+//! a deadline, a change in the store or the policy file, a signal, or shutdown.
+//!
+//! Sleeps are cut into short slices and the wall clock is read again after each, because
+//! timers do not run while a laptop is suspended: a device that slept past its renewal
+//! time renews as soon as it wakes. READY=1 goes to systemd only once a valid certificate
+//! is loaded; WATCHDOG=1 while the loop turns; STATUS= says what the agent waits for.
+
+use crate::agent::Agent;
+use crate::schedule::Decision;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The longest single sleep before the wall clock is read again.
+const SLICE: Duration = Duration::from_secs(30);
+/// Bounded shutdown: open proxy connections get this long to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    Shutdown,
+    /// SIGHUP: re-read the config and start again.
+    Reload,
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    let _ = sd_notify::notify(states);
+}
+
+/// Watches the store and the local policy file; sends a wake-up on change.
+fn watch(agent: &Agent, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch files; changes apply at the next check"))
+    .ok()?;
+    let mut paths = vec![agent.watch_path()];
+    if let Some(p) = &agent.cfg.renewal.policy_file {
+        paths.push(p.clone());
+    }
+    for p in paths {
+        if let Some(dir) = p.parent().filter(|d| d.exists())
+            && let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive)
+        {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot watch");
+        }
+    }
+    Some(w)
+}
+
+pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> Exit {
+    let tasks = tokio_util::task::TaskTracker::new();
+    if let Some(addr) = agent.cfg.status.clone() {
+        let (a, s) = (agent.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::status_server::serve(a, addr.clone(), s).await {
+                tracing::error!(listen = %addr, error = %e, "status endpoint failed");
+            }
+        });
+    }
+    for route in agent.cfg.routes.clone() {
+        let (a, s) = (agent.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::proxy::serve_route(a, route.clone(), s).await {
+                tracing::error!(listen = %route.listen, error = %e, "proxy listener failed");
+            }
+        });
+    }
+
+    let (tx, mut rx) = mpsc::channel::<()>(8);
+    let _watcher = watch(&agent, tx);
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut ready = false;
+    let mut last_checkin: Option<time::OffsetDateTime> = None;
+    let mut announced = String::new();
+
+    let exit = loop {
+        if let Some(d) = watchdog
+            && !d.is_zero()
+        {
+            notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+        let now = agent.clock.now();
+        let enrolled = agent.current().is_some();
+        let checkin_due = last_checkin.is_none_or(|t| now - t >= agent.cfg.renewal.check_interval);
+        if enrolled && checkin_due {
+            last_checkin = Some(now);
+            if let Err(e) = agent.check_in().await {
+                tracing::warn!(error = %e, "check-in with the CA failed; keeping the current policy");
+            }
+        }
+        let st = agent.state();
+        let decision = agent.decide(&st);
+        let mut wait = SLICE;
+        match &decision {
+            Decision::RenewNow(reason) => {
+                notify(&[sd_notify::NotifyState::Status("renewing")]);
+                tracing::info!(reason, "renewing");
+                if let Err(e) = agent.renew().await {
+                    let left = agent
+                        .current()
+                        .map(|c| (c.info.not_after - agent.clock.now()).whole_seconds());
+                    tracing::warn!(error = %e, retryable = e.retryable(), seconds_until_expiry = ?left, "renewal failed; keeping the current certificate");
+                }
+                continue;
+            }
+            Decision::SleepUntil { at, backing_off } => {
+                if !ready && agent.current().is_some() {
+                    notify(&[sd_notify::NotifyState::Ready]);
+                    ready = true;
+                }
+                let line = format!(
+                    "{} until {at}",
+                    if *backing_off { "backing off" } else { "next renewal" }
+                );
+                if line != announced {
+                    if let Some(c) = agent.current() {
+                        tracing::info!(identity = %c.info.identity, serial = %c.info.serial, not_after = %c.info.not_after, next_renewal = %at, backing_off, "waiting");
+                    }
+                    notify(&[sd_notify::NotifyState::Status(&line)]);
+                    announced = line;
+                }
+                let until = (*at - now).max(time::Duration::ZERO);
+                wait = wait.min(until.try_into().unwrap_or(SLICE));
+            }
+            Decision::NeedsEnrolment(msg) => {
+                if *msg != announced {
+                    tracing::warn!(action = %msg, "waiting for enrolment");
+                    notify(&[sd_notify::NotifyState::Status(msg)]);
+                    announced = msg.clone();
+                }
+            }
+        }
+        if let Some(d) = watchdog
+            && !d.is_zero()
+        {
+            wait = wait.min(d);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break Exit::Shutdown,
+            _ = tokio::time::sleep(wait) => {}
+            Some(()) = rx.recv() => {
+                // Another process renewed or enrolled, or the policy file changed.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while rx.try_recv().is_ok() {}
+                match agent.reload() {
+                    Ok(true) => tracing::info!("credential changed in the store; now in use"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not reload the credential"),
+                }
+            }
+            Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                notify(&[sd_notify::NotifyState::Reloading]);
+                break Exit::Reload;
+            }
+        }
+    };
+    notify(&[sd_notify::NotifyState::Stopping]);
+    shutdown.cancel();
+    tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+        tracing::warn!("listeners did not stop within the shutdown grace");
+    }
+    exit
+}

@@ -1,0 +1,80 @@
+//! The agent's one error type. Whether an error is worth retrying is a property of the
+//! error ([`AgentError::retryable`]), so the renewal loop does not guess.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The CA could not be reached (DNS, connect, TLS, timeout).
+    #[error("cannot reach the CA at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    /// The CA answered with an error status.
+    #[error("the CA refused ({status}): {message}")]
+    Refused { status: u16, message: String, retry_after: Option<Duration> },
+    /// The CA answered something that is not what EST promises.
+    #[error("the CA's answer is not usable: {0}")]
+    BadAnswer(String),
+    /// What came back does not fit our key, identity or CA.
+    #[error("the issued certificate was rejected: {0}")]
+    Verification(String),
+    #[error("credential store: {0}")]
+    Store(#[from] lanyard_keystore::StoreError),
+    #[error("not enrolled: run `lanyard enrol --ca URL --token TOKEN` first")]
+    NotEnrolled,
+    #[error("{0}")]
+    Usage(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Crypto(String),
+}
+
+pub type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+impl AgentError {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+        let context = context.into();
+        move |source| AgentError::Io { context, source }
+    }
+
+    /// Worth trying again later (after a backoff): network trouble, a busy or failing CA,
+    /// a locked keystore. Not: refusals that will not change (used token, revoked).
+    pub fn retryable(&self) -> bool {
+        match self {
+            AgentError::Unreachable { .. } | AgentError::BadAnswer(_) => true,
+            AgentError::Refused { status, .. } => {
+                *status >= 500 || *status == 408 || *status == 429
+            }
+            AgentError::Store(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// A short label for metrics (`lanyard_renewal_failures_total{reason=...}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AgentError::Config(_) | AgentError::Usage(_) => "config",
+            AgentError::Unreachable { .. } => "unreachable",
+            AgentError::Refused { status, .. } if *status >= 500 => "ca_error",
+            AgentError::Refused { .. } => "refused",
+            AgentError::BadAnswer(_) => "bad_answer",
+            AgentError::Verification(_) => "verification",
+            AgentError::Store(_) => "store",
+            AgentError::NotEnrolled => "not_enrolled",
+            AgentError::Io { .. } => "io",
+            AgentError::Crypto(_) => "crypto",
+        }
+    }
+}
+
+impl From<rcgen::Error> for AgentError {
+    fn from(e: rcgen::Error) -> Self {
+        AgentError::Crypto(e.to_string())
+    }
+}

@@ -1,0 +1,202 @@
+//! The EST client (RFC 7030) and the CA's `/v1/` device API.
+//!
+//! TLS is rustls with the roots from [`crate::trust`]; for `simplereenroll` and `/v1/`
+//! the current certificate authenticates the device. Proxies between the device and the
+//! CA (`HTTPS_PROXY`, `ALL_PROXY` with socks5) are honoured, as corporate networks need.
+
+use crate::error::{AgentError, Result};
+use lanyard_proto::api::CertificateStatus;
+use lanyard_proto::{KeyAlgorithm, est};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// How the client authenticates itself to the CA.
+pub enum ClientAuth {
+    None,
+    /// Certificate chain (leaf first) and its PKCS#8 key.
+    Certificate(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+}
+
+pub struct EstClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for EstClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EstClient").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+pub enum Trust {
+    Roots(rustls::RootCertStore),
+    /// Only to fetch `/cacerts` before checking a pinned fingerprint.
+    AcceptAnyForBootstrap,
+}
+
+impl EstClient {
+    pub fn new(base: &str, trust: Trust, auth: ClientAuth, timeout: Duration) -> Result<Self> {
+        let provider = provider();
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| AgentError::Crypto(e.to_string()))?;
+        let builder = match trust {
+            Trust::Roots(r) => builder.with_root_certificates(r),
+            Trust::AcceptAnyForBootstrap => builder.dangerous().with_custom_certificate_verifier(
+                Arc::new(crate::trust::AcceptAnyServer(provider)),
+            ),
+        };
+        let mut cfg = match auth {
+            ClientAuth::None => builder.with_no_client_auth(),
+            ClientAuth::Certificate(chain, key) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| AgentError::Crypto(format!("client certificate: {e}")))?,
+        };
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(cfg)
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(10).min(timeout))
+            .user_agent(concat!("lanyard/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| AgentError::Crypto(format!("HTTP client: {e}")))?;
+        Ok(EstClient { base: base.trim_end_matches('/').to_owned(), http })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = req.send().await.map_err(|e| AgentError::Unreachable {
+            url: self.base.clone(),
+            reason: error_chain(&e),
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = resp.text().await.unwrap_or_default();
+        let message: String = body.trim().chars().take(300).collect();
+        Err(AgentError::Refused {
+            status: status.as_u16(),
+            message: if message.is_empty() { status.to_string() } else { message },
+            retry_after,
+        })
+    }
+
+    async fn pkcs7_certs(&self, resp: reqwest::Response) -> Result<Vec<Vec<u8>>> {
+        let body = resp.bytes().await.map_err(|e| AgentError::Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        })?;
+        if body.len() > est::MAX_BODY * 4 {
+            return Err(AgentError::BadAnswer("answer too large".into()));
+        }
+        let der = est::decode_base64(&body).map_err(|e| AgentError::BadAnswer(e.to_string()))?;
+        est::parse_certs_only_pkcs7(&der).map_err(|e| AgentError::BadAnswer(e.to_string()))
+    }
+
+    /// `GET /cacerts`: the CA certificates (issuing and root), DER.
+    pub async fn cacerts(&self) -> Result<Vec<Vec<u8>>> {
+        let r = self.send(self.http.get(self.url("/.well-known/est/cacerts"))).await?;
+        self.pkcs7_certs(r).await
+    }
+
+    /// `GET /csrattrs`: the key algorithm the CA wants, if it says.
+    pub async fn csrattrs(&self, basic: Option<(&str, &str)>) -> Result<Option<KeyAlgorithm>> {
+        let mut req = self.http.get(self.url("/.well-known/est/csrattrs"));
+        if let Some((id, tok)) = basic {
+            req = req.basic_auth(id, Some(tok));
+        }
+        let r = match self.send(req).await {
+            Ok(r) => r,
+            // csrattrs is optional in EST: a CA without it leaves the choice to us.
+            Err(AgentError::Refused { status: 404 | 501, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let body = r.bytes().await.map_err(|e| AgentError::BadAnswer(e.to_string()))?;
+        let der = est::decode_base64(&body)
+            .map_err(|e| AgentError::BadAnswer(format!("csrattrs {e}")))?;
+        lanyard_proto::csrattrs::decode(&der)
+            .map_err(|e| AgentError::BadAnswer(format!("csrattrs: {e}")))
+    }
+
+    fn csr_body(csr: &[u8]) -> String {
+        est::encode_base64(csr)
+    }
+
+    fn leaf_of(certs: Vec<Vec<u8>>, spki: &[u8]) -> Result<Vec<u8>> {
+        certs
+            .into_iter()
+            .find(|c| crate::verify::info(c).map(|i| i.spki_der == spki).unwrap_or(false))
+            .ok_or_else(|| {
+                AgentError::Verification(
+                    "the CA's answer holds no certificate for this device's new key".into(),
+                )
+            })
+    }
+
+    /// `POST /simpleenroll` with the one-time token.
+    pub async fn simpleenroll(
+        &self,
+        identity: &str,
+        token: &str,
+        csr: &[u8],
+        spki: &[u8],
+    ) -> Result<Vec<u8>> {
+        let req = self
+            .http
+            .post(self.url("/.well-known/est/simpleenroll"))
+            .basic_auth(identity, Some(token))
+            .header(reqwest::header::CONTENT_TYPE, est::CT_PKCS10)
+            .header("content-transfer-encoding", "base64")
+            .body(Self::csr_body(csr));
+        let r = self.send(req).await?;
+        Self::leaf_of(self.pkcs7_certs(r).await?, spki)
+    }
+
+    /// `POST /simplereenroll`, authenticated by the current certificate.
+    pub async fn simplereenroll(&self, csr: &[u8], spki: &[u8]) -> Result<Vec<u8>> {
+        let req = self
+            .http
+            .post(self.url("/.well-known/est/simplereenroll"))
+            .header(reqwest::header::CONTENT_TYPE, est::CT_PKCS10)
+            .header("content-transfer-encoding", "base64")
+            .body(Self::csr_body(csr));
+        let r = self.send(req).await?;
+        Self::leaf_of(self.pkcs7_certs(r).await?, spki)
+    }
+
+    /// `GET /v1/certificate`: status and policy for the presented certificate.
+    pub async fn certificate_status(&self) -> Result<CertificateStatus> {
+        let r = self.send(self.http.get(self.url("/v1/certificate"))).await?;
+        r.json().await.map_err(|e| AgentError::BadAnswer(format!("/v1/certificate: {e}")))
+    }
+}
+
+/// The error and its causes on one line (reqwest hides the TLS reason in `source()`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,60 @@
+//! Device keys and CSRs. Keys are generated here, on the device, and leave this module
+//! only as PKCS#8 bytes handed to the credential store.
+
+use crate::error::{AgentError, Result};
+use lanyard_proto::KeyAlgorithm;
+use zeroize::Zeroizing;
+
+/// A freshly generated key. `Debug` never shows it.
+pub struct DeviceKey {
+    key: rcgen::KeyPair,
+    pub algorithm: KeyAlgorithm,
+}
+
+impl std::fmt::Debug for DeviceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceKey")
+            .field("algorithm", &self.algorithm)
+            .field("key", &"...")
+            .finish()
+    }
+}
+
+impl DeviceKey {
+    pub fn generate(alg: KeyAlgorithm) -> Result<Self> {
+        let key = match alg {
+            KeyAlgorithm::EcdsaP256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+            KeyAlgorithm::EcdsaP384 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+            KeyAlgorithm::Rsa2048 => {
+                rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            }
+            KeyAlgorithm::Rsa3072 => {
+                rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072)
+            }
+            KeyAlgorithm::Rsa4096 => {
+                rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096)
+            }
+        }
+        .map_err(|e| AgentError::Crypto(format!("generating a {alg} key: {e}")))?;
+        Ok(DeviceKey { key, algorithm: alg })
+    }
+
+    /// A PKCS#10 CSR (DER) with subject CN = identity and no extensions: the CA decides the
+    /// rest of the profile.
+    pub fn csr(&self, identity: &str) -> Result<Vec<u8>> {
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, identity);
+        Ok(p.serialize_request(&self.key)?.der().to_vec())
+    }
+
+    /// DER SubjectPublicKeyInfo, to match against the issued certificate.
+    pub fn spki_der(&self) -> Vec<u8> {
+        use rcgen::PublicKeyData;
+        self.key.subject_public_key_info()
+    }
+
+    pub fn pkcs8(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.key.serialize_der())
+    }
+}

@@ -1,0 +1,357 @@
+//! `lanyard`: command line of the device agent. Commands parse, call the library, print.
+#![forbid(unsafe_code)]
+
+use clap::{CommandFactory, Parser, Subcommand};
+use lanyard_agent::agent::{Agent, CredentialState, EnrolArgs};
+use lanyard_agent::clock::SystemClock;
+use lanyard_agent::config::{Config, ListenAddr, Route, Upstream};
+use lanyard_agent::daemon::{self, Exit};
+use lanyard_agent::error::AgentError;
+use lanyard_agent::schedule::Decision;
+use lanyard_keystore::StoreKind;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+#[derive(Parser)]
+#[command(
+    name = "lanyard",
+    version,
+    about = "Lanyard device agent: a client certificate per device, renewed before expiry, and a local mTLS proxy"
+)]
+struct Cli {
+    /// Config file (default: /etc/lanyard/agent.toml for root, else $XDG_CONFIG_HOME/lanyard/agent.toml).
+    #[arg(long, global = true, env = "LANYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override [store] backend: file | keyring | kernel-keyring.
+    #[arg(long, global = true)]
+    store: Option<StoreKind>,
+    /// Override [store] path (state directory).
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate a key on this device and enrol with the CA using a one-time token.
+    Enrol {
+        /// The CA's URL, e.g. https://ca.example.com:8443
+        #[arg(long)]
+        ca: String,
+        /// The enrolment token (or --token-file, or LANYARD_TOKEN).
+        #[arg(long, env = "LANYARD_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+        token: Option<String>,
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// The identity, when the token does not carry it.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Trust the CA's TLS certificate through this PEM bundle.
+        #[arg(long, conflicts_with = "ca_fingerprint")]
+        ca_bundle: Option<PathBuf>,
+        /// Trust the CA whose root certificate has this SHA-256 fingerprint.
+        #[arg(long)]
+        ca_fingerprint: Option<String>,
+        /// Enrol even if a valid certificate is already stored.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the daemon: renew on schedule, serve status and the configured proxy routes.
+    Run,
+    /// Show the credential's state.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// Ask the CA first (policy, revocation).
+        #[arg(long)]
+        refresh: bool,
+    },
+    /// Renew now if due (or always, with --force).
+    Renew {
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run one proxy route in the foreground.
+    Proxy {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// https://host[:port]
+        #[arg(long)]
+        upstream: String,
+        /// Extra CA certificates (PEM) to trust for the upstream.
+        #[arg(long)]
+        upstream_ca: Option<PathBuf>,
+        /// Also accept forward-proxy requests for these hosts (`*.domain` allowed).
+        #[arg(long = "allow")]
+        allow: Vec<String>,
+    },
+    /// Write the certificate chain and key as PEM files (for curl --cert/--key).
+    Export {
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Print shell completions.
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Manpage,
+}
+
+fn load_config(cli: &Cli) -> Result<Config, AgentError> {
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    if let Some(s) = cli.store {
+        cfg.store.backend = s;
+    }
+    if let Some(d) = &cli.state_dir {
+        cfg.store.path = d.clone();
+    }
+    Ok(cfg)
+}
+
+fn open(cli: &Cli) -> Result<Agent, AgentError> {
+    Agent::open(load_config(cli)?, Arc::new(SystemClock))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    lanyard_agent::logging::init(cli.verbose);
+    let rt =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("lanyard: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lanyard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn terminate_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        } else {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutting down");
+        t.cancel();
+    });
+    token
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
+    match &cli.cmd {
+        Cmd::Enrol { ca, token, token_file, identity, ca_bundle, ca_fingerprint, force } => {
+            let token = match (token, token_file) {
+                (Some(t), _) => Zeroizing::new(t.trim().to_owned()),
+                (None, Some(f)) => Zeroizing::new(
+                    std::fs::read_to_string(f)
+                        .map_err(AgentError::io(format!("reading {}", f.display())))?
+                        .trim()
+                        .to_owned(),
+                ),
+                (None, None) => {
+                    return Err(AgentError::Usage(
+                        "give the enrolment token with --token, --token-file or LANYARD_TOKEN"
+                            .into(),
+                    ));
+                }
+            };
+            let agent = open(&cli)?;
+            let info = agent
+                .enrol(EnrolArgs {
+                    ca_url: ca.clone(),
+                    token,
+                    identity: identity.clone(),
+                    ca_bundle: ca_bundle.clone(),
+                    ca_fingerprint: ca_fingerprint.clone(),
+                    force: *force,
+                })
+                .await?;
+            println!(
+                "enrolled as {} (serial {}, valid until {}); key in {}",
+                info.identity,
+                info.serial,
+                rfc3339(info.not_after),
+                agent.store_description()
+            );
+        }
+        Cmd::Run => loop {
+            let agent = Arc::new(open(&cli)?);
+            let terminate = terminate_token();
+            match daemon::run(agent, terminate.child_token()).await {
+                Exit::Shutdown => break,
+                Exit::Reload => continue,
+            }
+        },
+        Cmd::Status { json, refresh } => {
+            let agent = open(&cli)?;
+            if *refresh && agent.current().is_some() {
+                if let Err(e) = agent.check_in().await {
+                    eprintln!("lanyard: could not reach the CA: {e}");
+                }
+            }
+            let s = agent.status();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            } else {
+                println!(
+                    "state:         {}",
+                    serde_json::to_value(s.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                );
+                let show = |k: &str, v: Option<String>| {
+                    println!("{k:<14} {}", v.unwrap_or_else(|| "-".into()))
+                };
+                show("identity:", s.identity.clone());
+                show("serial:", s.serial.clone());
+                show("not after:", s.not_after.map(rfc3339));
+                show("next renewal:", s.next_renewal.map(rfc3339));
+                show("store:", Some(s.store.clone()));
+                show("CA:", s.ca_url.clone());
+                show("last error:", s.last_error.clone());
+                if let Some(a) = &s.action {
+                    println!("action:        {a}");
+                }
+            }
+            return Ok(if matches!(s.state, CredentialState::Valid | CredentialState::Renewing) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        Cmd::Renew { force } => {
+            let agent = open(&cli)?;
+            let st = agent.state();
+            if !*force {
+                match agent.decide(&st) {
+                    Decision::RenewNow(_) => {}
+                    Decision::SleepUntil { at, .. } => {
+                        println!("not due until {}; use --force to renew now", rfc3339(at));
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Decision::NeedsEnrolment(m) => return Err(AgentError::Usage(m)),
+                }
+            }
+            let info = agent.renew().await?;
+            println!("renewed: serial {}, valid until {}", info.serial, rfc3339(info.not_after));
+        }
+        Cmd::Proxy { listen, upstream, upstream_ca, allow } => {
+            let mut cfg = load_config(&cli)?;
+            let route = Route {
+                listen: ListenAddr::parse(listen).map_err(AgentError::Usage)?,
+                upstream: Some(Upstream::parse(upstream).map_err(AgentError::Usage)?),
+                upstream_ca: upstream_ca.clone(),
+                forward_allow: allow.iter().map(|h| h.to_ascii_lowercase()).collect(),
+                socket_mode: 0o600,
+                x_forwarded_for: false,
+                request_timeout: Duration::from_secs(300),
+                idle_timeout: Duration::from_secs(90),
+            };
+            if !route.listen.is_loopback() {
+                return Err(AgentError::Usage(format!(
+                    "--listen {listen}: not a loopback address; whoever reaches it borrows this device's identity (configure allow_non_loopback in a route to accept that)"
+                )));
+            }
+            cfg.routes = vec![route.clone()];
+            let agent = Arc::new(Agent::open(cfg, Arc::new(SystemClock))?);
+            if agent.current().is_none() {
+                eprintln!(
+                    "lanyard: warning: not enrolled yet; the proxy answers 503 until `lanyard enrol` succeeds"
+                );
+            }
+            let terminate = terminate_token();
+            let watcher = watch_store(agent.clone(), terminate.clone());
+            lanyard_agent::proxy::serve_route(agent, route, terminate).await?;
+            watcher.abort();
+        }
+        Cmd::Export { cert, key } => {
+            let agent = open(&cli)?;
+            let cur = agent.current().ok_or(AgentError::NotEnrolled)?;
+            let (chain, key_pem) = cur.export_pem();
+            write_private(cert, chain.as_bytes())?;
+            write_private(key, key_pem.as_bytes())?;
+            eprintln!(
+                "lanyard: wrote {} and {}. The exported key is outside the keystore's protection: delete it when done, and it will not follow renewals (serial {}, valid until {}).",
+                cert.display(),
+                key.display(),
+                cur.info.serial,
+                cur.info.not_after
+            );
+        }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "lanyard", &mut std::io::stdout());
+        }
+        Cmd::Manpage => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(AgentError::io("writing the man page"))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// In foreground proxy mode, pick up renewals made by another process (`lanyard renew`,
+/// the daemon): reload when the store changes, and every few seconds as a fallback.
+fn watch_store(agent: Arc<Agent>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use notify::Watcher;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(4);
+        let mut w = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
+            if r.is_ok() {
+                let _ = tx.try_send(());
+            }
+        })
+        .ok();
+        if let (Some(w), Some(dir)) =
+            (w.as_mut(), agent.watch_path().parent().map(|p| p.to_owned()))
+        {
+            let _ = w.watch(&dir, notify::RecursiveMode::NonRecursive);
+        }
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = rx.recv() => { tokio::time::sleep(Duration::from_millis(50)).await; while rx.try_recv().is_ok() {} }
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            match agent.reload() {
+                Ok(true) => {
+                    tracing::info!("credential changed in the store; new handshakes use it")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "could not reload the credential"),
+            }
+        }
+    })
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+fn write_private(path: &std::path::Path, data: &[u8]) -> Result<(), AgentError> {
+    lanyard_agent::fsutil::write_atomic(path, data, 0o600)
+}

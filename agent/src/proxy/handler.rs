@@ -1,0 +1,387 @@
+//! One proxied request: check the credential, pick the target, forward, map failures to
+//! answers that say what went wrong.
+
+use super::upstream::{Body, Upstreams};
+use crate::agent::Agent;
+use crate::config::Route;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Why the proxy will not send a request, whatever it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gate {
+    Open,
+    Closed(String),
+}
+
+/// Whether the current credential can be used: enrolled, unexpired, not revoked.
+pub fn gate(agent: &Agent) -> Gate {
+    let Some(cur) = agent.current() else {
+        return Gate::Closed("this device is not enrolled: run `lanyard enrol`".into());
+    };
+    let now = agent.clock.now();
+    if now > cur.info.not_after {
+        return Gate::Closed(format!(
+            "the device certificate {} expired at {}; the agent renews it when the CA is reachable, or enrol again",
+            cur.info.serial, cur.info.not_after
+        ));
+    }
+    if let Some((serial, reason)) = agent.state().revoked
+        && serial == cur.info.serial
+    {
+        return Gate::Closed(if reason.contains("revoked") {
+            reason
+        } else {
+            format!(
+                "the device certificate {serial} was revoked ({reason}); enrol again with a new token"
+            )
+        });
+    }
+    Gate::Open
+}
+
+pub struct Ctx {
+    pub agent: Arc<Agent>,
+    pub route: Route,
+    pub name: String,
+    pub upstreams: Upstreams,
+    pub gate: arc_swap::ArcSwap<Gate>,
+    /// Set when an upstream refused our certificate: the listener asks the CA soon.
+    pub recheck: tokio::sync::Notify,
+}
+
+pub fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut body = msg.into();
+    body.push('\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut()
+        .insert(HeaderName::from_static("x-lanyard-proxy"), HeaderValue::from_static("1"));
+    r
+}
+
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+fn strip_hop_by_hop(h: &mut http::HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+/// Whether `host` may be reached through this listener.
+pub fn allowed(route: &Route, host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    if route.upstream.as_ref().is_some_and(|u| u.host == host) {
+        return true;
+    }
+    route.forward_allow.iter().any(|p| match p.strip_prefix("*.") {
+        Some(suffix) => {
+            host.len() > suffix.len() + 1
+                && host.ends_with(suffix)
+                && host[..host.len() - suffix.len()].ends_with('.')
+        }
+        None => *p == host,
+    })
+}
+
+fn allow_list(route: &Route) -> String {
+    let mut v: Vec<String> = route.upstream.iter().map(|u| u.host.clone()).collect();
+    v.extend(route.forward_allow.iter().cloned());
+    if v.is_empty() { "(empty)".into() } else { v.join(", ") }
+}
+
+/// The upstream authority (`host[:port]`) for a request, or the answer that refuses it.
+fn target(route: &Route, req: &Request<Incoming>) -> Result<String, Response<Body>> {
+    if req.method() == Method::CONNECT {
+        let host = req.uri().host().unwrap_or("").to_owned();
+        if !allowed(route, &host) {
+            return Err(text(
+                StatusCode::FORBIDDEN,
+                format!("{host:?} is not on this listener's allow-list ({})", allow_list(route)),
+            ));
+        }
+        return Err(text(
+            StatusCode::NOT_IMPLEMENTED,
+            "CONNECT tunnels cannot carry the device certificate; send plain http:// URLs through this proxy and it connects with TLS and the client certificate",
+        ));
+    }
+    // HTTP/2 requests always carry an authority; only an HTTP/1 absolute-form target is a
+    // forward-proxy request.
+    let forward_host = if req.version() == http::Version::HTTP_2 { None } else { req.uri().host() };
+    match forward_host {
+        // Absolute form: forward-proxy mode.
+        Some(host) => {
+            if !allowed(route, host) {
+                return Err(text(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "{host:?} is not on this listener's allow-list ({})",
+                        allow_list(route)
+                    ),
+                ));
+            }
+            let port = match req.uri().port_u16() {
+                None | Some(80) | Some(443) => 443,
+                Some(p) => p,
+            };
+            Ok(if port == 443 {
+                host.to_ascii_lowercase()
+            } else {
+                format!("{}:{port}", host.to_ascii_lowercase())
+            })
+        }
+        // Origin form: the route's upstream.
+        None => match &route.upstream {
+            Some(u) => Ok(u.authority()),
+            None => Err(text(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "this listener is a forward proxy: request absolute URLs (http://host/path) for {}",
+                    allow_list(route)
+                ),
+            )),
+        },
+    }
+}
+
+/// How an upstream failure is reported.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// The upstream's TLS rejected our client certificate (revoked, expired, unknown CA).
+    CertificateRefused,
+    /// The upstream's server certificate is not trusted.
+    UntrustedUpstream,
+    Tls,
+    Dns,
+    Connect,
+}
+
+fn classify(tls: Option<&rustls::Error>, msg: &str) -> Failure {
+    match tls {
+        Some(rustls::Error::AlertReceived(_)) => Failure::CertificateRefused,
+        Some(rustls::Error::InvalidCertificate(_)) => Failure::UntrustedUpstream,
+        Some(_) => Failure::Tls,
+        // Some layers flatten the TLS error into text; recognise it there too.
+        None if msg.contains("received fatal alert") || msg.contains("AlertReceived") => {
+            Failure::CertificateRefused
+        }
+        None if msg.contains("invalid peer certificate") => Failure::UntrustedUpstream,
+        None if msg.contains("dns error") || msg.contains("failed to lookup") => Failure::Dns,
+        None => Failure::Connect,
+    }
+}
+
+/// What the client learns when the upstream fails.
+fn upstream_error(
+    ctx: &Ctx,
+    authority: &str,
+    e: &hyper_util::client::legacy::Error,
+) -> Response<Body> {
+    let mut tls: Option<&rustls::Error> = None;
+    let mut msg = e.to_string();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(r) = s.downcast_ref::<rustls::Error>() {
+            tls = Some(r);
+        } else if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            tls = Some(r);
+        }
+        let m = s.to_string();
+        if !msg.contains(&m) {
+            msg = format!("{msg}: {m}");
+        }
+        src = s.source();
+    }
+    let explained = match classify(tls, &msg) {
+        Failure::CertificateRefused => {
+            // Perhaps revoked: ask the CA soon, so the proxy can say so.
+            ctx.recheck.notify_one();
+            format!("{authority} refused the device certificate ({msg})")
+        }
+        Failure::UntrustedUpstream => {
+            format!(
+                "{authority}'s TLS certificate is not trusted ({msg}); set upstream_ca for a private upstream"
+            )
+        }
+        Failure::Tls => format!("TLS with {authority} failed: {msg}"),
+        Failure::Dns => format!("cannot resolve {authority}: {msg}"),
+        Failure::Connect => format!("cannot reach {authority}: {msg}"),
+    };
+    tracing::warn!(route = %ctx.name, upstream = %authority, status = 502, reason = %explained, "upstream failed");
+    text(StatusCode::BAD_GATEWAY, explained)
+}
+
+pub async fn handle(ctx: Arc<Ctx>, peer: Option<String>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let resp = forward(&ctx, peer, req).await;
+    ctx.agent.metrics.proxy_request(
+        &ctx.name,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+async fn forward(ctx: &Ctx, peer: Option<String>, req: Request<Incoming>) -> Response<Body> {
+    let authority = match target(&ctx.route, &req) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    if let Gate::Closed(why) = ctx.gate.load().as_ref() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, why.clone());
+    }
+    let Some(cur) = ctx.agent.current() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this device is not enrolled: run `lanyard enrol`",
+        );
+    };
+
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+    let uri: Uri = match format!("https://{authority}{path}").parse() {
+        Ok(u) => u,
+        Err(e) => {
+            return text(StatusCode::BAD_REQUEST, format!("cannot build the upstream URL: {e}"));
+        }
+    };
+    let original_host =
+        parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    if ctx.route.x_forwarded_for {
+        let client = peer.unwrap_or_else(|| "unix".into());
+        let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {client}"),
+            None => client.clone(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            parts.headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        }
+        let fwd = format!(
+            "for=\"{client}\";proto=http{}",
+            original_host.map(|h| format!(";host=\"{h}\"")).unwrap_or_default()
+        );
+        if let Ok(v) = HeaderValue::from_str(&fwd) {
+            parts.headers.append(header::FORWARDED, v);
+        }
+    }
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11; // the client negotiates h2 by ALPN itself
+    let out = Request::from_parts(parts, body.boxed());
+
+    let client = ctx.upstreams.client(&cur.info.serial);
+    match tokio::time::timeout(ctx.route.request_timeout, client.request(out)).await {
+        Err(_) => {
+            tracing::warn!(route = %ctx.name, upstream = %authority, "upstream timed out");
+            text(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "{authority} did not answer within {}s",
+                    ctx.route.request_timeout.as_secs()
+                ),
+            )
+        }
+        Ok(Err(e)) => upstream_error(ctx, &authority, &e),
+        Ok(Ok(resp)) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.boxed())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ListenAddr, Upstream};
+    use std::time::Duration;
+
+    fn route(up: Option<&str>, allow: &[&str]) -> Route {
+        Route {
+            listen: ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()),
+            upstream: up.map(|h| Upstream { host: h.into(), port: 443 }),
+            upstream_ca: None,
+            forward_allow: allow.iter().map(|s| s.to_string()).collect(),
+            socket_mode: 0o600,
+            x_forwarded_for: false,
+            request_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn allow_list_matching() {
+        let r = route(Some("web.example.com"), &["*.apps.example.com", "api.example.org"]);
+        assert!(allowed(&r, "web.example.com"));
+        assert!(allowed(&r, "WEB.example.com"));
+        assert!(allowed(&r, "a.apps.example.com"));
+        assert!(allowed(&r, "api.example.org"));
+        assert!(!allowed(&r, "apps.example.com"));
+        assert!(!allowed(&r, "evilapps.example.com"));
+        assert!(!allowed(&r, "example.com"));
+        assert!(!allowed(&route(None, &[]), "anything"));
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        assert_eq!(
+            classify(
+                Some(&rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked)),
+                ""
+            ),
+            Failure::CertificateRefused
+        );
+        assert_eq!(
+            classify(None, "invalid peer certificate: UnknownIssuer"),
+            Failure::UntrustedUpstream
+        );
+        assert_eq!(
+            classify(None, "received fatal alert: BadCertificate"),
+            Failure::CertificateRefused
+        );
+        assert_eq!(classify(None, "dns error: failed to lookup address"), Failure::Dns);
+        assert_eq!(classify(None, "Connection refused"), Failure::Connect);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}
