@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Every Lanyard test, the way CI runs them (CI=true: a test whose peer is missing fails).
+# Peers it uses: openssl, curl, nginx, pkilint, keyutils, gnome-keyring, terraform,
+# checkov, node, lintian, systemd-analyze, qemu-user. `.ci/run` installs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$(date +%s)
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "build"
+cargo build --workspace --all-targets
+
+step "unit, integration and end-to-end tests (openssl, curl, nginx, pkilint)"
+cargo test --workspace
+
+step "credential stores against real OS keystores (kernel keyring, Secret Service)"
+bash agent/keystore/tests/run-keyring-tests.sh
+
+step "the whole loop (scripts/loop.sh)"
+./scripts/loop.sh > target/loop.log 2>&1 || { cat target/loop.log; exit 1; }
+tail -n 1 target/loop.log
+
+if [ -x infra/tests/run.sh ] || [ -f infra/tests/run.sh ]; then
+  step "infra: terraform fmt, checkov, provider schema, connection function, KVS sync"
+  bundle_dir=$(mktemp -d)
+  target/debug/lanyard-ca init --dir "$bundle_dir/ca" 2>/dev/null
+  LANYARD_CA_BUNDLE="$bundle_dir/ca/ca-bundle.pem" bash infra/tests/run.sh
+  rm -rf "$bundle_dir"
+fi
+
+if [ -f packaging/tests/run.sh ]; then
+  step "packaging: .deb build, lintian, systemd-analyze, install and purge"
+  bash packaging/tests/run.sh
+fi
+
+printf '\nall test steps passed in %ss\n' "$(( $(date +%s) - started ))"
