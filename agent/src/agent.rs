@@ -436,7 +436,7 @@ impl Agent {
         let policy = self.effective_policy();
         let validity = cur
             .as_ref()
-            .map(|c| Validity { not_before: c.info.not_before, not_after: c.info.not_after });
+            .map(|c| Validity::new(c.info.not_before, c.info.not_after, st.last_renewal));
         let revoked = match (&st.revoked, &cur) {
             (Some((serial, _)), Some(c)) => *serial == c.info.serial,
             _ => false,

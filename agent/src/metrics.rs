@@ -98,7 +98,7 @@ impl Metrics {
         self.expiry.set((info.not_after - now).whole_seconds());
         if let Ok(mut cur) = self.current_serial.lock() {
             if let Some(old) = cur.take() {
-                self.serial.get_or_create(&vec![("serial".into(), old)]).set(0);
+                self.serial.remove(&vec![("serial".into(), old)]);
             }
             self.serial.get_or_create(&vec![("serial".into(), info.serial.clone())]).set(1);
             *cur = Some(info.serial.clone());

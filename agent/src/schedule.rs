@@ -16,6 +16,24 @@ use time::{Duration, OffsetDateTime};
 pub struct Validity {
     pub not_before: OffsetDateTime,
     pub not_after: OffsetDateTime,
+    /// When the agent obtained it. CAs backdate notBefore for clock skew (Lanyard's by five
+    /// minutes), so notBefore is not the issuance time: measuring the lifetime from it
+    /// would make a short-lived certificate due the moment it arrives.
+    pub issued_at: OffsetDateTime,
+}
+
+impl Validity {
+    /// `issued_at` from the agent's record when it falls inside the validity, else
+    /// notBefore.
+    pub fn new(
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+        obtained: Option<OffsetDateTime>,
+    ) -> Self {
+        let issued_at =
+            obtained.filter(|t| *t >= not_before && *t <= not_after).unwrap_or(not_before);
+        Validity { not_before, not_after, issued_at }
+    }
 }
 
 /// Consecutive failed renewals.
@@ -38,10 +56,10 @@ pub enum Decision {
 /// The renewal time of a certificate: `not_before + lifetime * fraction`, minus up to
 /// `lifetime * jitter_fraction` chosen by `jitter` in `[0, 1)`.
 pub fn renewal_time(v: Validity, policy: &GroupPolicy, jitter: f64) -> OffsetDateTime {
-    let lifetime = v.not_after - v.not_before;
-    let at = v.not_before + lifetime * policy.renew_fraction
+    let lifetime = v.not_after - v.issued_at;
+    let at = v.issued_at + lifetime * policy.renew_fraction
         - lifetime * (policy.jitter_fraction * jitter.clamp(0.0, 1.0));
-    at.max(v.not_before)
+    at.max(v.issued_at)
 }
 
 /// Backoff after `failures` consecutive failures: floor × 2^(n-1), capped, then scaled
@@ -91,8 +109,14 @@ pub fn decide(
             }
         ));
     }
-    let rotate = policy.rotate_issued_before.is_some_and(|t| v.not_before < t);
+    // "Rotate everything issued before T" applies once T has passed, to certificates
+    // obtained before T (so the renewed certificate does not match again).
+    let rotate = policy.rotate_issued_before.is_some_and(|t| t <= now && v.issued_at < t);
     let due = if rotate { now } else { renewal_time(v, policy, jitter) };
+    // Whatever the policy says, never renew again within the retry floor of the last
+    // success: a misconfigured policy must not turn into a renewal storm.
+    let due = due
+        .max(v.issued_at + Duration::seconds(i64::try_from(policy.retry_floor_secs).unwrap_or(10)));
     if now < due {
         return Decision::SleepUntil { at: due, backing_off: false };
     }
@@ -120,13 +144,10 @@ pub fn decide(
 /// A number in `[0, 1)` derived from a serial, so a certificate's renewal point is the same
 /// after every restart yet differs between devices.
 pub fn stable_jitter(serial_hex: &str) -> f64 {
-    // FNV-1a: a spread, not a secret.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in serial_hex.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h >> 11) as f64 / (1u64 << 53) as f64
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, serial_hex.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d.as_ref()[..8]);
+    (u64::from_be_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
@@ -147,10 +168,7 @@ mod tests {
     }
 
     fn cert() -> Validity {
-        Validity {
-            not_before: datetime!(2026-01-01 00:00 UTC),
-            not_after: datetime!(2026-01-01 03:00 UTC),
-        }
+        Validity::new(datetime!(2026-01-01 00:00 UTC), datetime!(2026-01-01 03:00 UTC), None)
     }
 
     #[test]
@@ -275,17 +293,53 @@ mod tests {
         let p =
             GroupPolicy { rotate_issued_before: Some(datetime!(2026-01-01 00:30 UTC)), ..policy() };
         let now = datetime!(2026-01-01 00:40 UTC);
-        assert!(
-            matches!(decide(now, Some(cert()), false, &p, Failures::default(), 0.0, 0.0), Decision::RenewNow(r) if r.contains("rotates"))
+        let d = decide(now, Some(cert()), false, &p, Failures::default(), 0.0, 0.0);
+        assert!(matches!(d, Decision::RenewNow(r) if r.contains("rotates")));
+        // Obtained after T (even with a backdated notBefore): not rotated again.
+        let newer = Validity::new(
+            datetime!(2026-01-01 00:28 UTC),
+            datetime!(2026-01-01 03:33 UTC),
+            Some(datetime!(2026-01-01 00:33 UTC)),
         );
-        let newer = Validity {
-            not_before: datetime!(2026-01-01 00:35 UTC),
-            not_after: datetime!(2026-01-01 03:35 UTC),
+        let d = decide(now, Some(newer), false, &p, Failures::default(), 0.0, 0.0);
+        assert!(matches!(d, Decision::SleepUntil { .. }));
+        // T in the future rotates nothing yet.
+        let later =
+            GroupPolicy { rotate_issued_before: Some(datetime!(2026-01-01 01:00 UTC)), ..policy() };
+        let d = decide(now, Some(cert()), false, &later, Failures::default(), 0.0, 0.0);
+        assert!(matches!(d, Decision::SleepUntil { .. }));
+    }
+
+    #[test]
+    fn backdated_short_lived_certificates_do_not_storm() {
+        // 5 minutes of life, notBefore backdated 5 minutes, renew at 10%.
+        let p = GroupPolicy {
+            lifetime_secs: 300,
+            renew_fraction: 0.1,
+            jitter_fraction: 0.0,
+            ..policy()
         };
-        assert!(matches!(
-            decide(now, Some(newer), false, &p, Failures::default(), 0.0, 0.0),
-            Decision::SleepUntil { .. }
-        ));
+        let got = datetime!(2026-01-01 00:05 UTC);
+        let v = Validity::new(
+            datetime!(2026-01-01 00:00 UTC),
+            datetime!(2026-01-01 00:10 UTC),
+            Some(got),
+        );
+        let d =
+            decide(got + Duration::seconds(1), Some(v), false, &p, Failures::default(), 0.0, 0.0);
+        assert_eq!(d, Decision::SleepUntil { at: got + Duration::seconds(30), backing_off: false });
+        // Even a policy that asks for renewal at once waits for the floor.
+        let eager = GroupPolicy { rotate_issued_before: Some(got + Duration::seconds(1)), ..p };
+        let d = decide(
+            got + Duration::seconds(2),
+            Some(v),
+            false,
+            &eager,
+            Failures::default(),
+            0.0,
+            0.0,
+        );
+        assert!(matches!(d, Decision::SleepUntil { at, .. } if at == got + Duration::seconds(10)));
     }
 
     #[test]
