@@ -4,6 +4,7 @@
 //! Both binaries link it, so it must stay free of heavy dependencies.
 //!
 //! # Layout
+//! - [`api`]: the CA's device JSON API (`/v1/certificate`).
 //! - [`keyalg`]: the key algorithms CloudFront accepts, by their CLI names.
 //! - [`policy`]: a group's renewal policy as the CA serves it at `/v1/policy`.
 //! - [`est`]: EST (RFC 7030) bodies: base64 DER, certs-only PKCS#7.
@@ -13,6 +14,7 @@
 //! - [`duration`]: human durations (`24h`, `7d`) for CLI flags and config.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod csrattrs;
 pub mod duration;
 pub mod est;
