@@ -295,7 +295,12 @@ pub fn default_store() -> StoreKind {
     }
 }
 
-/// The config file to read: explicit, env, or the default for this user.
+/// The system-wide config file.
+pub const SYSTEM_CONFIG: &str = "/etc/lanyard/agent.toml";
+
+/// The config file to read: explicit, env, the user's own (for a non-root user who has
+/// one), else the system-wide file. The `lanyard` service user has no file of its own, so
+/// `sudo -u lanyard lanyard status` reads the system config, as the service does.
 pub fn locate(explicit: Option<&Path>) -> (Option<PathBuf>, bool) {
     if let Some(p) = explicit {
         return (Some(p.to_owned()), true);
@@ -303,13 +308,17 @@ pub fn locate(explicit: Option<&Path>) -> (Option<PathBuf>, bool) {
     if let Some(p) = std::env::var_os("LANYARD_CONFIG") {
         return (Some(PathBuf::from(p)), true);
     }
-    if nix::unistd::Uid::effective().is_root() {
-        return (Some(PathBuf::from("/etc/lanyard/agent.toml")), false);
+    if !nix::unistd::Uid::effective().is_root() {
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+        if let Some(user) = base.map(|b| b.join("lanyard/agent.toml"))
+            && (user.exists() || !Path::new(SYSTEM_CONFIG).exists())
+        {
+            return (Some(user), false);
+        }
     }
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
-    (base.map(|b| b.join("lanyard/agent.toml")), false)
+    (Some(PathBuf::from(SYSTEM_CONFIG)), false)
 }
 
 impl Config {

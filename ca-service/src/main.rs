@@ -55,13 +55,13 @@ enum Cmd {
     Serve {
         #[command(flatten)]
         dir: DirArg,
-        #[arg(long, default_value = "127.0.0.1:8443")]
+        #[arg(long, env = "LANYARD_CA_LISTEN", default_value = "127.0.0.1:8443")]
         listen: String,
         /// Extra DNS names or IPs for the HTTPS certificate (127.0.0.1 and ::1 are always in).
-        #[arg(long = "tls-name")]
+        #[arg(long = "tls-name", env = "LANYARD_CA_TLS_NAMES", value_delimiter = ',')]
         tls_names: Vec<String>,
         /// Plain-HTTP listener for CRL, OCSP and CA certificates; "off" disables it.
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, env = "LANYARD_CA_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
         http_listen: String,
         /// Write the bound addresses as JSON to this file once listening (for scripts).
         #[arg(long)]
@@ -116,6 +116,12 @@ enum Cmd {
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         format: String,
     },
+    /// Print shell completions.
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Manpage,
     /// The audit trail, newest first.
     Audit {
         #[command(flatten)]
@@ -363,6 +369,16 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                     println!("{}", r["serial"].as_str().unwrap_or_default());
                 }
             }
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "lanyard-ca", &mut std::io::stdout());
+        }
+        Cmd::Manpage => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(CaError::io("writing the man page"))?;
         }
         Cmd::Audit { dir, limit, json } => {
             let (_, a) = open(&dir)?;
