@@ -53,6 +53,19 @@ pub struct Issued {
     pub replayed: bool,
 }
 
+/// One line of the revocation export.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RevokedEntry {
+    /// Colon-hex DER serial (`00:8f:...`), as CloudFront's connection function sees it.
+    pub serial: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub revoked_at: OffsetDateTime,
+    pub reason: &'static str,
+    /// Entries may be dropped from the edge once the certificate has expired.
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+}
+
 /// Where a request came from, for the audit trail.
 #[derive(Clone, Debug, Default)]
 pub struct RequestMeta {
@@ -446,6 +459,25 @@ impl Authority {
             c.clear();
         }
         Ok(out)
+    }
+
+    /// Revoked serials in CloudFront's colon-hex form, for its KeyValueStore and the
+    /// connection function (`lanyard-ca revoked`).
+    pub async fn revoked_export(&self) -> Result<Vec<RevokedEntry>> {
+        let certs = self.store.certs(CertFilter { identity: None, revoked_only: true }).await?;
+        Ok(certs
+            .into_iter()
+            .filter_map(|c| {
+                let r = c.revocation?;
+                let bytes = lanyard_proto::serial::parse_hex(&c.serial).ok()?;
+                Some(RevokedEntry {
+                    serial: lanyard_proto::serial::to_colon_hex(&bytes),
+                    revoked_at: r.at,
+                    reason: r.reason.name(),
+                    not_after: c.not_after,
+                })
+            })
+            .collect())
     }
 
     pub async fn certs(&self, filter: CertFilter) -> Result<Vec<CertRecord>> {

@@ -348,31 +348,26 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
         }
         Cmd::Revoked { dir, format } => {
             let (_, a) = open(&dir)?;
-            let certs = a.certs(CertFilter { identity: None, revoked_only: true }).await?;
-            let rows: Vec<serde_json::Value> = certs
-                .iter()
-                .filter_map(|c| {
-                    let r = c.revocation.as_ref()?;
-                    let bytes = lanyard_proto::serial::parse_hex(&c.serial).ok()?;
-                    Some(serde_json::json!({
-                        "serial": lanyard_proto::serial::to_colon_hex(&bytes),
-                        "revoked_at": r.at.format(&time::format_description::well_known::Rfc3339).ok()?,
-                        "reason": r.reason.name(),
-                        "not_after": c.not_after.format(&time::format_description::well_known::Rfc3339).ok()?,
-                    }))
-                })
-                .collect();
+            let rows = a.revoked_export().await?;
             if format == "json" {
-                println!("{}", serde_json::Value::Array(rows));
+                println!(
+                    "{}",
+                    serde_json::to_string(&rows).map_err(|e| CaError::Config(e.to_string()))?
+                );
             } else {
                 for r in rows {
-                    println!("{}", r["serial"].as_str().unwrap_or_default());
+                    println!("{}", r.serial);
                 }
             }
         }
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "lanyard-ca", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "lanyard-ca",
+                &mut std::io::stdout(),
+            );
         }
         Cmd::Manpage => {
             use clap::CommandFactory;
@@ -484,12 +479,12 @@ async fn serve(
 ) -> Result<(), CaError> {
     let (d, auth) = open(&dir)?;
     let auth = Arc::new(auth);
+    // The operator's names first (the first becomes the CN), then loopback.
     for n in ["127.0.0.1", "::1"] {
         if !tls_names.iter().any(|x| x == n) {
-            tls_names.insert(0, n.to_owned());
+            tls_names.push(n.to_owned());
         }
     }
-    tls_names.rotate_left(2); // first name (CN) is the operator's if given
     let (chain, key) = d.tls_identity(&auth, &tls_names)?;
     let tls =
         http::tls::server_config(chain, key, &auth.keys().issuing_der).map_err(CaError::Config)?;

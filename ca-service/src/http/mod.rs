@@ -41,15 +41,14 @@ pub fn router(auth: App) -> Router {
         .route("/.well-known/est/csrattrs", get(csrattrs))
         .route("/v1/policy", get(policy))
         .route("/v1/certificate", get(certificate_status))
-        .merge(publication_router(auth.clone()))
+        .merge(publication_router())
         .layer(DefaultBodyLimit::max(est::MAX_BODY))
         .with_state(auth)
 }
 
 /// The public, unauthenticated part, also served over plain HTTP: CRL and OCSP clients
 /// (nginx, OpenSSL, CloudFront) fetch these over http://.
-pub fn publication_router(auth: App) -> Router<App> {
-    let _ = auth;
+pub fn publication_router() -> Router<App> {
     Router::new()
         .route("/crl", get(crl_issuing))
         .route("/crl/root", get(crl_root))
@@ -62,7 +61,7 @@ pub fn publication_router(auth: App) -> Router<App> {
 
 /// The plain-HTTP listener's app.
 pub fn publication_app(auth: App) -> Router {
-    publication_router(auth.clone())
+    publication_router()
         .route("/.well-known/est/cacerts", get(cacerts))
         .layer(DefaultBodyLimit::max(crate::ocsp::MAX_REQUEST))
         .with_state(auth)
