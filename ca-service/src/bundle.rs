@@ -40,6 +40,18 @@ pub struct BundleSummary {
     pub subjects: Vec<String>,
 }
 
+/// The bundle Lanyard writes: a comment, the root, then the issuing CA (PEM, no blank
+/// lines, so it passes every rule above).
+pub fn build(name: &str, root_der: &[u8], issuing_der: &[u8]) -> String {
+    let pem = |d: &[u8]| {
+        pem::encode_config(
+            &pem::Pem::new("CERTIFICATE", d.to_vec()),
+            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+        )
+    };
+    format!("# {name} CA bundle: root then issuing CA\n{}{}", pem(root_der), pem(issuing_der))
+}
+
 const BEGIN: &str = "-----BEGIN ";
 const END: &str = "-----END ";
 

@@ -117,12 +117,7 @@ impl CaDir {
 
         fsutil::write_atomic(&stage.join("root.crt"), root_cert.pem().as_bytes(), 0o644)?;
         fsutil::write_atomic(&stage.join("issuing.crt"), issuing_cert.pem().as_bytes(), 0o644)?;
-        let bundle = format!(
-            "# {} CA bundle: root then issuing CA\n{}{}",
-            opts.name,
-            root_cert.pem(),
-            issuing_cert.pem()
-        );
+        let bundle = crate::bundle::build(&opts.name, root_cert.der(), issuing_cert.der());
         fsutil::write_atomic(&stage.join("ca-bundle.pem"), bundle.as_bytes(), 0o644)?;
         let settings = CaSettings {
             name: opts.name.clone(),

@@ -106,6 +106,13 @@ impl From<rusqlite::Error> for CaError {
 
 impl From<rcgen::Error> for CaError {
     fn from(e: rcgen::Error) -> Self {
-        CaError::Signing(e.to_string())
+        match e {
+            // A remote signer (KMS) failed or throttled: the device should come back later.
+            rcgen::Error::RemoteKeyError => CaError::Unavailable {
+                reason: "the signing key service is unavailable".into(),
+                retry_after_secs: 5,
+            },
+            e => CaError::Signing(e.to_string()),
+        }
     }
 }

@@ -12,10 +12,15 @@
 //! - [`bundle`]: CloudFront's trust store rules for a CA bundle.
 //! - [`ca_dir`]: the embedded CA's directory (init, load, published files).
 //! - [`http`]: EST, publication and `/v1/` endpoints; TLS and accept loops.
+//! - `aws` (feature `aws`): the serverless CA: KMS signer, DynamoDB store, S3 publishing.
 //! - [`tokens`], [`revocation`], [`clock`], [`error`], [`fsutil`]: small shared pieces.
 #![forbid(unsafe_code)]
 
 pub mod authority;
+#[cfg(feature = "aws")]
+pub mod aws;
+#[cfg(feature = "aws")]
+pub mod aws_lambda;
 pub mod bundle;
 pub mod ca_dir;
 pub mod clock;

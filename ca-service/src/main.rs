@@ -27,9 +27,44 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct DirArg {
-    /// The CA directory (created by `init`).
-    #[arg(long, env = "LANYARD_CA_DIR")]
-    dir: PathBuf,
+    /// The CA directory (created by `init`), for the embedded backend.
+    #[arg(long, env = "LANYARD_CA_DIR", required_if_eq("backend", "embedded"))]
+    dir: Option<PathBuf>,
+    /// embedded (a directory: key files and SQLite) | aws (KMS, DynamoDB, S3; the table
+    /// from LANYARD_AWS_TABLE, the bucket from LANYARD_AWS_BUCKET).
+    #[arg(long, env = "LANYARD_CA_BACKEND", default_value = "embedded", value_parser = ["embedded", "aws"])]
+    backend: String,
+}
+
+impl DirArg {
+    fn dir(&self) -> Result<&std::path::Path, CaError> {
+        self.dir.as_deref().ok_or_else(|| {
+            CaError::Config("give the CA directory with --dir (or LANYARD_CA_DIR)".into())
+        })
+    }
+}
+
+/// The CA a command works on, and where it publishes.
+enum Ca {
+    Embedded(CaDir),
+    #[cfg(feature = "aws")]
+    Aws(lanyard_ca::aws::AwsBackend),
+}
+
+impl Ca {
+    /// Publishes CRLs (files, or S3 with the bundle and the revocation export).
+    async fn publish(&self, a: &Authority) -> Result<String, CaError> {
+        match self {
+            Ca::Embedded(d) => Ok(d.publish_crls(a).await?.display().to_string()),
+            #[cfg(feature = "aws")]
+            Ca::Aws(b) => Ok(b.publish(a).await?.objects.join(", ")),
+        }
+    }
+}
+
+#[cfg(feature = "aws")]
+async fn aws_backend() -> Result<lanyard_ca::aws::AwsBackend, CaError> {
+    Ok(lanyard_ca::aws::AwsBackend::connect(lanyard_ca::aws::AwsLocation::from_env()?).await)
 }
 
 #[derive(Subcommand)]
@@ -204,10 +239,20 @@ enum CertsCmd {
     },
 }
 
-fn open(dir: &DirArg) -> Result<(CaDir, Authority), CaError> {
-    let d = CaDir::new(&dir.dir);
+async fn open(dir: &DirArg) -> Result<(Ca, Authority), CaError> {
+    if dir.backend == "aws" {
+        #[cfg(feature = "aws")]
+        {
+            let b = aws_backend().await?;
+            let a = b.open(Arc::new(SystemClock)).await?;
+            return Ok((Ca::Aws(b), a));
+        }
+        #[cfg(not(feature = "aws"))]
+        return Err(CaError::Config("this lanyard-ca was built without the aws feature".into()));
+    }
+    let d = CaDir::new(dir.dir()?);
     let a = d.open(Arc::new(SystemClock))?;
-    Ok((d, a))
+    Ok((Ca::Embedded(d), a))
 }
 
 fn init_logging() {
@@ -239,8 +284,30 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode, CaError> {
     match cli.cmd {
         Cmd::Init { dir, name, root_key, issuing_key, public_url } => {
-            let d = CaDir::new(&dir.dir);
-            d.init(&InitOptions { name, root_key, issuing_key, public_url }, &SystemClock).await?;
+            let opts = InitOptions { name, root_key, issuing_key, public_url };
+            if dir.backend == "aws" {
+                #[cfg(feature = "aws")]
+                {
+                    let b = aws_backend().await?;
+                    let s = b.init(&opts, &SystemClock).await?;
+                    let a = b.open(Arc::new(SystemClock)).await?;
+                    let published = Ca::Aws(b)
+                        .publish(&a)
+                        .await
+                        .unwrap_or_else(|e| format!("not published: {e}"));
+                    eprintln!(
+                        "created CA with KMS keys {} (root) and {} (issuing); {published}",
+                        s.root_key_id, s.issuing_key_id
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                #[cfg(not(feature = "aws"))]
+                return Err(CaError::Config(
+                    "this lanyard-ca was built without the aws feature".into(),
+                ));
+            }
+            let d = CaDir::new(dir.dir()?);
+            d.init(&opts, &SystemClock).await?;
             eprintln!(
                 "created CA in {}; CloudFront trust store bundle: {}",
                 d.dir.display(),
@@ -251,22 +318,18 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             serve(dir, listen, tls_names, http_listen, addr_file).await?;
         }
         Cmd::Token { cmd: TokenCmd::Create { dir, identity, group, ttl } } => {
-            let (_, a) = open(&dir)?;
+            let (_, a) = open(&dir).await?;
             let (secret, rec) = a.create_token(&identity, &group, ttl, &ca_dir::actor()).await?;
             println!("{}", secret.expose());
             eprintln!("token for {identity} (group {group}) valid until {}", rec.expires_at);
         }
         Cmd::Revoke { dir, serial, reason } => {
             let reason: Reason = reason.parse()?;
-            let (d, a) = open(&dir)?;
+            let (d, a) = open(&dir).await?;
             match a.revoke(&serial, reason, &ca_dir::actor(), &Default::default()).await? {
                 RevokeOutcome::Revoked => {
-                    let crl = d.publish_crls(&a).await?;
-                    eprintln!(
-                        "revoked {serial} ({}); CRL written to {}",
-                        reason.name(),
-                        crl.display()
-                    );
+                    let crl = d.publish(&a).await?;
+                    eprintln!("revoked {serial} ({}); CRL published to {crl}", reason.name());
                 }
                 RevokeOutcome::AlreadyRevoked(r) => {
                     eprintln!("{serial} was already revoked ({}) at {}", r.reason.name(), r.at);
@@ -279,18 +342,25 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             }
         }
         Cmd::Crl { dir, out } => {
-            let (d, a) = open(&dir)?;
-            let pem = d.publish_crls(&a).await?;
+            let (d, a) = open(&dir).await?;
+            let published = d.publish(&a).await?;
             if let Some(out) = out {
-                let data = std::fs::read(&pem).map_err(CaError::io("reading crl.pem"))?;
-                lanyard_ca::fsutil::write_atomic(&out, &data, 0o644)?;
+                let pem = format!(
+                    "{}{}",
+                    pem::encode(&pem::Pem::new("X509 CRL", a.issuing_crl().await?)),
+                    pem::encode(&pem::Pem::new("X509 CRL", a.root_crl().await?))
+                );
+                lanyard_ca::fsutil::write_atomic(&out, pem.as_bytes(), 0o644)?;
                 eprintln!("CRLs (issuing, root) written to {}", out.display());
             } else {
-                eprintln!("CRLs written to {}", pem.display());
+                eprintln!("CRLs published to {published}");
             }
         }
         Cmd::Bundle { dir, check } => {
-            let path = check.unwrap_or_else(|| CaDir::new(&dir.dir).bundle_path());
+            let path = match check {
+                Some(p) => p,
+                None => CaDir::new(dir.dir()?).bundle_path(),
+            };
             let data =
                 std::fs::read(&path).map_err(CaError::io(format!("reading {}", path.display())))?;
             match bundle::check(&data) {
@@ -316,7 +386,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
         }
         Cmd::Policy { cmd } => policy(cmd).await?,
         Cmd::Certs { cmd: CertsCmd::List { dir, json, identity, revoked } } => {
-            let (_, a) = open(&dir)?;
+            let (_, a) = open(&dir).await?;
             let now = a.now();
             let certs = a.certs(CertFilter { identity, revoked_only: revoked }).await?;
             if json {
@@ -347,7 +417,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             }
         }
         Cmd::Revoked { dir, format } => {
-            let (_, a) = open(&dir)?;
+            let (_, a) = open(&dir).await?;
             let rows = a.revoked_export().await?;
             if format == "json" {
                 println!(
@@ -376,7 +446,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 .map_err(CaError::io("writing the man page"))?;
         }
         Cmd::Audit { dir, limit, json } => {
-            let (_, a) = open(&dir)?;
+            let (_, a) = open(&dir).await?;
             let log = a.store().audit_log(limit).await?;
             if json {
                 println!(
@@ -405,7 +475,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
 async fn policy(cmd: PolicyCmd) -> Result<(), CaError> {
     match cmd {
         PolicyCmd::Show { dir, group } => {
-            let (_, a) = open(&dir)?;
+            let (_, a) = open(&dir).await?;
             let doc = a.policy_document(&group).await?;
             println!(
                 "{}",
@@ -424,7 +494,7 @@ async fn policy(cmd: PolicyCmd) -> Result<(), CaError> {
             expired_grace,
             rotate_issued_before,
         } => {
-            let (_, a) = open(&dir)?;
+            let (_, a) = open(&dir).await?;
             let mut p: GroupPolicy = a.policy(&group).await?;
             if let Some(v) = lifetime {
                 p.lifetime_secs = v.as_secs();
@@ -477,7 +547,13 @@ async fn serve(
     http_listen: String,
     addr_file: Option<PathBuf>,
 ) -> Result<(), CaError> {
-    let (d, auth) = open(&dir)?;
+    let (ca, auth) = open(&dir).await?;
+    #[allow(irrefutable_let_patterns)] // refutable with the aws feature
+    let Ca::Embedded(d) = ca else {
+        return Err(CaError::Config(
+            "serve runs the embedded CA; the aws backend is served by lanyard-ca-lambda".into(),
+        ));
+    };
     let auth = Arc::new(auth);
     // The operator's names first (the first becomes the CN), then loopback.
     for n in ["127.0.0.1", "::1"] {

@@ -7,6 +7,8 @@
 //!
 //! A signer never exposes its private key: no getter returns it and `Debug` prints `...`.
 
+#[cfg(feature = "aws")]
+pub mod kms;
 pub mod local;
 
 use lanyard_proto::KeyAlgorithm;

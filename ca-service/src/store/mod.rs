@@ -5,6 +5,8 @@
 //! backend implements the same trait; the atomicity rules below are the contract every
 //! backend keeps (SQLite with a transaction, DynamoDB with conditional writes).
 
+#[cfg(feature = "aws")]
+pub mod dynamodb;
 pub mod sqlite;
 
 use crate::error::Result;

@@ -1,0 +1,352 @@
+//! The serverless CA: keys in KMS, records in DynamoDB, publications in S3 (and, through
+//! the revocation export, CloudFront's KeyValueStore). Same [`Authority`], same flows and
+//! endpoints as the embedded CA: only the `Signer` and `Store` differ.
+//!
+//! The table name comes from `LANYARD_AWS_TABLE`, the bucket from `LANYARD_AWS_BUCKET`;
+//! everything else (KMS key ids, names, URLs) is written to the table by `init`, so a
+//! Lambda needs those two variables and the usual AWS ones.
+
+use crate::authority::{Authority, CaKeys, PublicationSettings, RevokedEntry};
+use crate::ca_dir::InitOptions;
+use crate::clock::Clock;
+use crate::error::{CaError, Result};
+use crate::profile::{self, PublicationUrls};
+use crate::signer::SharedSigner;
+use crate::signer::kms::KmsSigner;
+use crate::store::dynamodb::DynamoStore;
+use crate::store::{AuditEvent, Store};
+use lanyard_proto::KeyAlgorithm;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What `init` writes to the table (`CA#settings`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AwsCaSettings {
+    pub name: String,
+    pub public_url: String,
+    pub root_key: KeyAlgorithm,
+    pub issuing_key: KeyAlgorithm,
+    pub root_key_id: String,
+    pub issuing_key_id: String,
+    pub crl_validity_secs: u64,
+    pub ocsp_validity_secs: u64,
+}
+
+/// Where the serverless CA keeps its state.
+#[derive(Clone, Debug)]
+pub struct AwsLocation {
+    pub table: String,
+    pub bucket: Option<String>,
+}
+
+impl AwsLocation {
+    pub fn from_env() -> Result<Self> {
+        let table = std::env::var("LANYARD_AWS_TABLE").map_err(|_| {
+            CaError::Config(
+                "LANYARD_AWS_TABLE is not set: name the DynamoDB table of the CA".into(),
+            )
+        })?;
+        Ok(AwsLocation {
+            table,
+            bucket: std::env::var("LANYARD_AWS_BUCKET").ok().filter(|b| !b.is_empty()),
+        })
+    }
+}
+
+pub struct AwsBackend {
+    pub store: Arc<DynamoStore>,
+    kms: aws_sdk_kms::Client,
+    s3: aws_sdk_s3::Client,
+    bucket: Option<String>,
+}
+
+impl std::fmt::Debug for AwsBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsBackend")
+            .field("store", &self.store)
+            .field("bucket", &self.bucket)
+            .finish()
+    }
+}
+
+/// What `publish` wrote.
+#[derive(Debug, Default, Serialize)]
+pub struct Published {
+    pub objects: Vec<String>,
+    pub revoked: usize,
+}
+
+impl AwsBackend {
+    /// Connects with the standard AWS configuration chain (`AWS_REGION`, credentials,
+    /// `AWS_ENDPOINT_URL` for tests against a local endpoint).
+    pub async fn connect(loc: AwsLocation) -> Self {
+        let cfg = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Self::connect_with(&cfg, loc)
+    }
+
+    /// Connects with an explicit SDK configuration (tests point it at a local endpoint).
+    pub fn connect_with(cfg: &aws_config::SdkConfig, loc: AwsLocation) -> Self {
+        let cfg = cfg.clone();
+        let s3_cfg = aws_sdk_s3::config::Builder::from(&cfg).force_path_style(true).build();
+        AwsBackend {
+            store: Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&cfg), loc.table)),
+            kms: aws_sdk_kms::Client::new(&cfg),
+            s3: aws_sdk_s3::Client::from_conf(s3_cfg),
+            bucket: loc.bucket,
+        }
+    }
+
+    pub async fn settings(&self) -> Result<AwsCaSettings> {
+        let raw = self.store.get_meta("settings").await?.ok_or_else(|| {
+            CaError::Config(format!(
+                "table {} holds no CA: run `lanyard-ca init --backend aws` first",
+                self.store.table()
+            ))
+        })?;
+        serde_json::from_slice(&raw)
+            .map_err(|e| CaError::Config(format!("CA settings in the table: {e}")))
+    }
+
+    /// Creates the root and issuing keys in KMS (they never leave it) and their
+    /// certificates; records them in the table; publishes the bundle to S3.
+    pub async fn init(&self, opts: &InitOptions, clock: &dyn Clock) -> Result<AwsCaSettings> {
+        if self.store.get_meta("settings").await?.is_some() {
+            return Err(CaError::Config(format!(
+                "table {} already holds a CA; refusing to overwrite it",
+                self.store.table()
+            )));
+        }
+        let now = clock.now();
+        let urls = PublicationUrls::from_base(opts.public_url.trim_end_matches('/'));
+        let root = KmsSigner::create(
+            self.kms.clone(),
+            opts.root_key,
+            &format!("{} root CA (Lanyard)", opts.name),
+        )
+        .await?;
+        let root_params = profile::root(&opts.name, now);
+        let root_cert = root_params.self_signed(&root)?;
+        let issuing = KmsSigner::create(
+            self.kms.clone(),
+            opts.issuing_key,
+            &format!("{} issuing CA (Lanyard)", opts.name),
+        )
+        .await?;
+        let issuing_cert = profile::issuing(&opts.name, now, &urls)?
+            .signed_by(&issuing, &rcgen::Issuer::from_params(&root_params, &root))?;
+        let settings = AwsCaSettings {
+            name: opts.name.clone(),
+            public_url: opts.public_url.trim_end_matches('/').to_owned(),
+            root_key: opts.root_key,
+            issuing_key: opts.issuing_key,
+            root_key_id: root.key_id().to_owned(),
+            issuing_key_id: issuing.key_id().to_owned(),
+            crl_validity_secs: 7 * 86_400,
+            ocsp_validity_secs: 3_600,
+        };
+        self.store.put_meta("root.crt", root_cert.der()).await?;
+        self.store.put_meta("issuing.crt", issuing_cert.der()).await?;
+        let json = serde_json::to_vec(&settings).map_err(|e| CaError::Config(e.to_string()))?;
+        self.store.put_meta("settings", &json).await?;
+        self.store
+            .audit(AuditEvent {
+                at: now,
+                actor: crate::ca_dir::actor(),
+                action: "init".into(),
+                subject: opts.name.clone(),
+                detail: format!("root=kms:{} issuing=kms:{}", root.key_id(), issuing.key_id()),
+                remote: None,
+            })
+            .await?;
+        Ok(settings)
+    }
+
+    /// The authority over KMS and DynamoDB.
+    pub async fn open(&self, clock: Arc<dyn Clock>) -> Result<Authority> {
+        let s = self.settings().await?;
+        let cert = |k: &'static str| async move {
+            self.store
+                .get_meta(k)
+                .await?
+                .ok_or_else(|| CaError::Config(format!("{k} missing from the table")))
+        };
+        let issuing = KmsSigner::open(self.kms.clone(), &s.issuing_key_id, s.issuing_key).await?;
+        let root = KmsSigner::open(self.kms.clone(), &s.root_key_id, s.root_key).await?;
+        let keys = CaKeys {
+            issuing: SharedSigner(Arc::new(issuing)),
+            issuing_der: cert("issuing.crt").await?,
+            root_der: cert("root.crt").await?,
+            root: Some(SharedSigner(Arc::new(root))),
+        };
+        let publication = PublicationSettings {
+            urls: PublicationUrls::from_base(&s.public_url),
+            crl_validity: time::Duration::seconds(
+                i64::try_from(s.crl_validity_secs).unwrap_or(604_800),
+            ),
+            ocsp_validity: time::Duration::seconds(
+                i64::try_from(s.ocsp_validity_secs).unwrap_or(3_600),
+            ),
+        };
+        Authority::new(self.store.clone(), clock, keys, publication)
+    }
+
+    async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<()> {
+        let Some(bucket) = &self.bucket else { return Ok(()) };
+        self.s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(aws_sdk_s3::primitives::ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| {
+                CaError::Storage(format!(
+                    "S3 PutObject {key}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                ))
+            })?;
+        Ok(())
+    }
+
+    /// Publishes to S3: `ca-bundle.pem` (text/plain, what CloudFront's trust store reads),
+    /// the CRLs (DER and PEM) and `revoked.json` (the KeyValueStore export).
+    pub async fn publish(&self, auth: &Authority) -> Result<Published> {
+        let Some(bucket) = self.bucket.clone() else {
+            return Err(CaError::Config(
+                "LANYARD_AWS_BUCKET is not set: nowhere to publish".into(),
+            ));
+        };
+        let s = self.settings().await?;
+        let bundle = crate::bundle::build(&s.name, &auth.keys().root_der, &auth.keys().issuing_der);
+        let issuing_crl = auth.issuing_crl().await?;
+        let root_crl = auth.root_crl().await?;
+        let pem = format!(
+            "{}{}",
+            pem::encode(&pem::Pem::new("X509 CRL", issuing_crl.clone())),
+            pem::encode(&pem::Pem::new("X509 CRL", root_crl.clone()))
+        );
+        let revoked = auth.revoked_export().await?;
+        let json = serde_json::to_vec(&revoked).map_err(|e| CaError::Config(e.to_string()))?;
+        let mut out = Published { revoked: revoked.len(), ..Default::default() };
+        for (key, body, ct) in [
+            ("ca-bundle.pem", bundle.into_bytes(), "text/plain"),
+            ("crl/issuing.crl", issuing_crl, "application/pkix-crl"),
+            ("crl/root.crl", root_crl, "application/pkix-crl"),
+            ("crl/crl.pem", pem.into_bytes(), "application/x-pem-file"),
+            ("revoked.json", json, "application/json"),
+        ] {
+            self.put(key, body, ct).await?;
+            out.objects.push(format!("s3://{bucket}/{key}"));
+        }
+        Ok(out)
+    }
+}
+
+/// Changes that make a CloudFront KeyValueStore hold exactly the unexpired revoked serials.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KvsPlan {
+    /// `(key, value)`: colon-hex serial, and a small JSON (reason, revocation time).
+    pub puts: Vec<(String, String)>,
+    pub deletes: Vec<String>,
+}
+
+/// One KeyValueStore update: keys to put (with values) and keys to delete.
+pub type KvsBatch = (Vec<(String, String)>, Vec<String>);
+
+/// CloudFront's KeyValueStore takes at most 50 keys per update.
+pub const KVS_BATCH: usize = 50;
+
+impl KvsPlan {
+    /// Compares the store's current keys with the CA's revocations. Expired certificates
+    /// leave the store (they fail at the edge anyway), which keeps it under its 5 MB.
+    pub fn new(
+        current: &BTreeMap<String, String>,
+        revoked: &[RevokedEntry],
+        now: time::OffsetDateTime,
+    ) -> KvsPlan {
+        let want: BTreeMap<String, String> = revoked
+            .iter()
+            .filter(|r| r.not_after > now)
+            .map(|r| {
+                let at = r
+                    .revoked_at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
+                (
+                    r.serial.to_ascii_lowercase(),
+                    serde_json::json!({"reason": r.reason, "revoked_at": at}).to_string(),
+                )
+            })
+            .collect();
+        KvsPlan {
+            puts: want
+                .iter()
+                .filter(|(k, v)| current.get(*k) != Some(v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            deletes: current.keys().filter(|k| !want.contains_key(*k)).cloned().collect(),
+        }
+    }
+
+    /// The plan cut into updates of at most [`KVS_BATCH`] keys each.
+    pub fn batches(&self) -> Vec<KvsBatch> {
+        let mut out = Vec::new();
+        let mut puts = self.puts.iter().cloned().peekable();
+        let mut dels = self.deletes.iter().cloned().peekable();
+        while puts.peek().is_some() || dels.peek().is_some() {
+            let p: Vec<_> = puts.by_ref().take(KVS_BATCH).collect();
+            let d: Vec<_> = dels.by_ref().take(KVS_BATCH - p.len()).collect();
+            out.push((p, d));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn entry(serial: &str, expired: bool) -> RevokedEntry {
+        RevokedEntry {
+            serial: serial.into(),
+            revoked_at: datetime!(2026-06-01 00:00 UTC),
+            reason: "keyCompromise",
+            not_after: if expired {
+                datetime!(2026-01-01 00:00 UTC)
+            } else {
+                datetime!(2027-01-01 00:00 UTC)
+            },
+        }
+    }
+
+    #[test]
+    fn plan_is_a_diff_and_drops_expired() {
+        let now = datetime!(2026-06-02 00:00 UTC);
+        let revoked = vec![entry("00:8f:01", false), entry("7f:02", false), entry("7f:03", true)];
+        let first = KvsPlan::new(&BTreeMap::new(), &revoked, now);
+        assert_eq!(first.puts.len(), 2);
+        assert!(first.deletes.is_empty());
+        let current: BTreeMap<String, String> =
+            first.puts.iter().cloned().chain([("7f:99".to_string(), "{}".to_string())]).collect();
+        let again = KvsPlan::new(&current, &revoked, now);
+        assert!(again.puts.is_empty(), "idempotent: {again:?}");
+        assert_eq!(again.deletes, vec!["7f:99".to_string()]);
+    }
+
+    #[test]
+    fn batches_hold_at_most_fifty_keys() {
+        let now = datetime!(2026-06-02 00:00 UTC);
+        let revoked: Vec<RevokedEntry> =
+            (0..120).map(|i| entry(&format!("7f:{i:02x}"), false)).collect();
+        let current: BTreeMap<String, String> =
+            (0..30).map(|i| (format!("6e:{i:02x}"), "{}".to_string())).collect();
+        let plan = KvsPlan::new(&current, &revoked, now);
+        let batches = plan.batches();
+        assert!(batches.iter().all(|(p, d)| p.len() + d.len() <= KVS_BATCH));
+        assert_eq!(batches.iter().map(|(p, d)| p.len() + d.len()).sum::<usize>(), 150);
+        assert_eq!(batches.len(), 3);
+    }
+}

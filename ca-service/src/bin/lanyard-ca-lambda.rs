@@ -1,0 +1,39 @@
+//! `lanyard-ca-lambda`: the serverless CA's Lambda entry point (runtime `provided.al2023`,
+//! arm64 or x86_64). `LANYARD_LAMBDA_MODE=http` (default) serves the EST and device
+//! endpoints from API Gateway events; `LANYARD_LAMBDA_MODE=publish` is the scheduled
+//! handler that regenerates CRLs and republishes the bundle and the revocation export.
+#![forbid(unsafe_code)]
+
+use lambda_http::{Error, Request, service_fn};
+use lanyard_ca::aws::{AwsBackend, AwsLocation};
+use lanyard_ca::clock::SystemClock;
+use std::sync::Arc;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt().json().with_target(false).without_time().init();
+    let backend = Arc::new(AwsBackend::connect(AwsLocation::from_env()?).await);
+    let auth = Arc::new(backend.open(Arc::new(SystemClock)).await?);
+    match std::env::var("LANYARD_LAMBDA_MODE").as_deref() {
+        Ok("publish") => {
+            lambda_http::lambda_runtime::run(lambda_http::lambda_runtime::service_fn(
+                move |_event: lambda_http::lambda_runtime::LambdaEvent<serde_json::Value>| {
+                    let (backend, auth) = (backend.clone(), auth.clone());
+                    async move {
+                        let out = backend.publish(&auth).await?;
+                        tracing::info!(objects = ?out.objects, revoked = out.revoked, "published");
+                        Ok::<_, Error>(serde_json::to_value(out)?)
+                    }
+                },
+            ))
+            .await
+        }
+        _ => {
+            lambda_http::run(service_fn(move |req: Request| {
+                let auth = auth.clone();
+                async move { Ok::<_, Error>(lanyard_ca::aws_lambda::handle(auth, req).await) }
+            }))
+            .await
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! AWS KMS signer: the CA's keys are created in KMS and never leave it.
+//!
+//! rcgen's `SigningKey` is synchronous and KMS is not: this is the one place where the
+//! async call is adapted, with `block_in_place` on the multi-threaded runtime the CLI and
+//! the Lambda run on. KMS returns ECDSA signatures as DER, which is what X.509 wants.
+//! Any KMS failure (throttling included) surfaces as `rcgen::Error::RemoteKeyError`, which
+//! the CA answers with 503 and `Retry-After`, so agents back off.
+
+use super::Signer;
+use crate::error::{CaError, Result};
+use aws_sdk_kms::Client;
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec};
+use lanyard_proto::KeyAlgorithm;
+
+pub struct KmsSigner {
+    client: Client,
+    key_id: String,
+    alg: KeyAlgorithm,
+    /// The subjectPublicKey bits (what rcgen calls `der_bytes`).
+    public_key: Vec<u8>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for KmsSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KmsSigner").field("key_id", &self.key_id).field("alg", &self.alg).finish()
+    }
+}
+
+fn spec(alg: KeyAlgorithm) -> KeySpec {
+    match alg {
+        KeyAlgorithm::EcdsaP256 => KeySpec::EccNistP256,
+        KeyAlgorithm::EcdsaP384 => KeySpec::EccNistP384,
+        KeyAlgorithm::Rsa2048 => KeySpec::Rsa2048,
+        KeyAlgorithm::Rsa3072 => KeySpec::Rsa3072,
+        KeyAlgorithm::Rsa4096 => KeySpec::Rsa4096,
+    }
+}
+
+fn signing_alg(alg: KeyAlgorithm) -> SigningAlgorithmSpec {
+    match alg {
+        KeyAlgorithm::EcdsaP256 => SigningAlgorithmSpec::EcdsaSha256,
+        KeyAlgorithm::EcdsaP384 => SigningAlgorithmSpec::EcdsaSha384,
+        _ => SigningAlgorithmSpec::RsassaPkcs1V15Sha256,
+    }
+}
+
+fn kms_err(op: &str, e: impl std::fmt::Display) -> CaError {
+    CaError::Signing(format!("KMS {op}: {e}"))
+}
+
+impl KmsSigner {
+    /// Creates a signing key in KMS (only the specs CloudFront accepts exist in
+    /// [`KeyAlgorithm`]) and returns its signer.
+    pub async fn create(client: Client, alg: KeyAlgorithm, description: &str) -> Result<Self> {
+        let out = client
+            .create_key()
+            .key_spec(spec(alg))
+            .key_usage(KeyUsageType::SignVerify)
+            .description(description)
+            .send()
+            .await
+            .map_err(|e| kms_err("CreateKey", aws_sdk_kms::error::DisplayErrorContext(&e)))?;
+        let key_id =
+            out.key_metadata.map(|m| m.key_id).ok_or_else(|| kms_err("CreateKey", "no key id"))?;
+        Self::open(client, &key_id, alg).await
+    }
+
+    /// Opens an existing key, checking it is the algorithm the CA expects.
+    pub async fn open(client: Client, key_id: &str, alg: KeyAlgorithm) -> Result<Self> {
+        let out =
+            client.get_public_key().key_id(key_id).send().await.map_err(|e| {
+                kms_err("GetPublicKey", aws_sdk_kms::error::DisplayErrorContext(&e))
+            })?;
+        let spki = out.public_key.ok_or_else(|| kms_err("GetPublicKey", "no public key"))?;
+        use x509_parser::prelude::FromDer;
+        let (_, parsed) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki.as_ref())
+            .map_err(|e| kms_err("GetPublicKey", e))?;
+        // The key itself says what it is (KeySpec is not always reported).
+        let actual = crate::csr::key_algorithm_of(&parsed)
+            .map_err(|e| CaError::Config(format!("KMS key {key_id}: {e}")))?;
+        if actual != alg {
+            return Err(CaError::Config(format!("KMS key {key_id} is {actual}, not {alg}")));
+        }
+        let public_key = parsed.subject_public_key.data.to_vec();
+        Ok(KmsSigner {
+            client,
+            key_id: key_id.to_owned(),
+            alg,
+            public_key,
+            runtime: tokio::runtime::Handle::try_current()
+                .map_err(|_| CaError::Config("the KMS signer needs a tokio runtime".into()))?,
+        })
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+}
+
+impl rcgen::PublicKeyData for KmsSigner {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public_key
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        super::rcgen_algorithm(self.alg)
+    }
+}
+
+impl rcgen::SigningKey for KmsSigner {
+    fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
+        let call = self
+            .client
+            .sign()
+            .key_id(&self.key_id)
+            .message(Blob::new(msg.to_vec()))
+            .message_type(MessageType::Raw)
+            .signing_algorithm(signing_alg(self.alg))
+            .send();
+        // Resolve to the signature or a logged failure inside the blocking section, so only
+        // a small value crosses it.
+        tokio::task::block_in_place(|| {
+            self.runtime.block_on(async {
+                match call.await {
+                    Ok(out) => out.signature.map(|b| b.into_inner()),
+                    Err(e) => {
+                        tracing::error!(key_id = %self.key_id, error = %aws_sdk_kms::error::DisplayErrorContext(&e), "KMS Sign failed");
+                        None
+                    }
+                }
+            })
+        })
+        .ok_or(rcgen::Error::RemoteKeyError)
+    }
+}
+
+impl Signer for KmsSigner {
+    fn key_algorithm(&self) -> KeyAlgorithm {
+        self.alg
+    }
+    fn describe(&self) -> String {
+        format!("kms:{}", self.key_id)
+    }
+}

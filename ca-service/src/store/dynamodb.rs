@@ -1,0 +1,469 @@
+//! The serverless store: one DynamoDB table (key `pk`), so concurrent Lambdas share state.
+//!
+//! ```text
+//! CERT#<serial>     an issued certificate (DER, identity, group, validity, revocation)
+//! TOKEN#<sha256>    an enrolment token (hash only); `ttl` lets DynamoDB drop it later
+//! POLICY#<group>    a group's policy (JSON)
+//! COUNTER#<name>    CRL numbers, the revocation generation
+//! AUDIT#<ns>#<rnd>  the audit trail
+//! ```
+//!
+//! The contract of [`Store`] holds under concurrency through conditional writes: an
+//! issuance with a token is one transaction that updates the token only if it is unused
+//! and puts the certificate only if the serial is new.
+
+use super::{
+    AuditEvent, CertFilter, CertRecord, RecordOutcome, Revocation, RevokeOutcome, Store,
+    TokenRecord, TokenUse,
+};
+use crate::error::{CaError, Result};
+use crate::revocation::Reason;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem, Update};
+use lanyard_proto::GroupPolicy;
+use std::collections::HashMap;
+use time::OffsetDateTime;
+
+type Item = HashMap<String, AttributeValue>;
+
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl std::fmt::Debug for DynamoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DynamoStore({})", self.table)
+    }
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+fn get_s(i: &Item, k: &str) -> Option<String> {
+    i.get(k).and_then(|v| v.as_s().ok()).cloned()
+}
+fn get_n(i: &Item, k: &str) -> Option<i64> {
+    i.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+}
+fn ts(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+fn from_ts(v: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(v).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+fn err(op: &str, e: impl std::fmt::Display) -> CaError {
+    CaError::Storage(format!("DynamoDB {op}: {e}"))
+}
+
+/// Throttling becomes 503 + Retry-After, so agents back off instead of failing hard.
+fn sdk_err<E, R>(op: &str, e: aws_sdk_dynamodb::error::SdkError<E, R>) -> CaError
+where
+    E: std::error::Error + aws_sdk_dynamodb::error::ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+{
+    let code = e.as_service_error().and_then(|s| s.code()).unwrap_or_default().to_owned();
+    if code.contains("Throttl")
+        || code == "ProvisionedThroughputExceededException"
+        || code == "RequestLimitExceeded"
+    {
+        return CaError::Unavailable {
+            reason: format!("DynamoDB {op} throttled"),
+            retry_after_secs: 5,
+        };
+    }
+    let detail = aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string();
+    err(op, detail)
+}
+
+fn cert_item(c: &CertRecord) -> Item {
+    let mut i = Item::new();
+    i.insert("pk".into(), s(format!("CERT#{}", c.serial)));
+    i.insert("serial".into(), s(&c.serial));
+    i.insert("identity".into(), s(&c.identity));
+    i.insert("group".into(), s(&c.group));
+    i.insert("not_before".into(), n(ts(c.not_before)));
+    i.insert("not_after".into(), n(ts(c.not_after)));
+    i.insert("issued_at".into(), n(ts(c.issued_at)));
+    i.insert("spki_sha256".into(), s(&c.spki_sha256));
+    i.insert("der".into(), AttributeValue::B(Blob::new(c.der.clone())));
+    if let Some(r) = &c.renewed_from {
+        i.insert("renewed_from".into(), s(r));
+    }
+    i
+}
+
+fn cert_from(i: &Item) -> Option<CertRecord> {
+    let revocation = get_n(i, "revoked_at").map(|at| Revocation {
+        at: from_ts(at),
+        reason: get_s(i, "revoke_reason")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(Reason::Unspecified),
+    });
+    Some(CertRecord {
+        serial: get_s(i, "serial")?,
+        identity: get_s(i, "identity")?,
+        group: get_s(i, "group")?,
+        not_before: from_ts(get_n(i, "not_before")?),
+        not_after: from_ts(get_n(i, "not_after")?),
+        issued_at: from_ts(get_n(i, "issued_at")?),
+        spki_sha256: get_s(i, "spki_sha256")?,
+        der: i.get("der").and_then(|v| v.as_b().ok()).map(|b| b.as_ref().to_vec())?,
+        renewed_from: get_s(i, "renewed_from"),
+        revocation,
+    })
+}
+
+fn audit_item(e: &AuditEvent) -> Item {
+    let mut rnd = [0u8; 6];
+    rand::fill(&mut rnd);
+    let mut i = Item::new();
+    i.insert(
+        "pk".into(),
+        s(format!("AUDIT#{:020}#{}", e.at.unix_timestamp_nanos(), hex::encode(rnd))),
+    );
+    i.insert("at".into(), n(ts(e.at)));
+    i.insert("actor".into(), s(&e.actor));
+    i.insert("action".into(), s(&e.action));
+    i.insert("subject".into(), s(&e.subject));
+    i.insert("detail".into(), s(&e.detail));
+    if let Some(r) = &e.remote {
+        i.insert("remote".into(), s(r));
+    }
+    i
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        DynamoStore { client, table: table.into() }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn get(&self, pk: String) -> Result<Option<Item>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_err("GetItem", e))?;
+        Ok(out.item)
+    }
+
+    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<Item>> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("begins_with(pk, :p)")
+                .expression_attribute_values(":p", s(prefix))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_err("Scan", e))?;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(items)
+    }
+
+    fn put_tx(&self, i: Item, condition: Option<&str>) -> Result<TransactWriteItem> {
+        let p = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(i))
+            .set_condition_expression(condition.map(str::to_owned))
+            .build()
+            .map_err(|e| err("build", e))?;
+        Ok(TransactWriteItem::builder().put(p).build())
+    }
+
+    fn update_tx(
+        &self,
+        pk: String,
+        expr: &str,
+        condition: &str,
+        vals: Vec<(&str, AttributeValue)>,
+    ) -> Result<TransactWriteItem> {
+        let u = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .update_expression(expr)
+            .condition_expression(condition)
+            .set_expression_attribute_values(Some(
+                vals.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            ))
+            .build()
+            .map_err(|e| err("build", e))?;
+        Ok(TransactWriteItem::builder().update(u).build())
+    }
+
+    /// Runs a transaction; `Ok(Err(codes))` when a condition failed (codes per item).
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<std::result::Result<(), Vec<String>>> {
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+            Ok(_) => Ok(Ok(())),
+            Err(e) => {
+                if let Some(TransactWriteItemsError::TransactionCanceledException(c)) =
+                    e.as_service_error()
+                {
+                    let codes: Vec<String> = c
+                        .cancellation_reasons()
+                        .iter()
+                        .map(|r| r.code().unwrap_or("None").to_owned())
+                        .collect();
+                    if codes.iter().any(|c| c == "ConditionalCheckFailed") {
+                        return Ok(Err(codes));
+                    }
+                }
+                Err(sdk_err("TransactWriteItems", e))
+            }
+        }
+    }
+
+    async fn bump(&self, name: &str) -> Result<u64> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("COUNTER#{name}")))
+            .update_expression("ADD #v :one")
+            .expression_attribute_names("#v", "value")
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| sdk_err("UpdateItem", e))?;
+        Ok(out.attributes.as_ref().and_then(|a| get_n(a, "value")).unwrap_or(0).max(0) as u64)
+    }
+
+    /// Stores a value under a key of the CA's own (`CA#...`): its certificates and settings.
+    pub async fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(format!("CA#{key}")))
+            .item("value", AttributeValue::B(Blob::new(value.to_vec())))
+            .send()
+            .await
+            .map_err(|e| sdk_err("PutItem", e))?;
+        Ok(())
+    }
+
+    pub async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .get(format!("CA#{key}"))
+            .await?
+            .and_then(|i| i.get("value").and_then(|v| v.as_b().ok()).map(|b| b.as_ref().to_vec())))
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for DynamoStore {
+    async fn put_token(&self, t: TokenRecord, audit: AuditEvent) -> Result<()> {
+        let mut i = Item::new();
+        i.insert("pk".into(), s(format!("TOKEN#{}", t.hash)));
+        i.insert("identity".into(), s(&t.identity));
+        i.insert("group".into(), s(&t.group));
+        i.insert("created_at".into(), n(ts(t.created_at)));
+        i.insert("expires_at".into(), n(ts(t.expires_at)));
+        // DynamoDB's TTL removes spent tokens 30 days after they expire.
+        i.insert("ttl".into(), n(ts(t.expires_at) + 30 * 86_400));
+        let r = self
+            .transact(vec![
+                self.put_tx(i, Some("attribute_not_exists(pk)"))?,
+                self.put_tx(audit_item(&audit), None)?,
+            ])
+            .await?;
+        r.map_err(|_| CaError::Storage("token hash collision".into()))
+    }
+
+    async fn token(&self, hash: &str) -> Result<Option<TokenRecord>> {
+        let Some(i) = self.get(format!("TOKEN#{hash}")).await? else { return Ok(None) };
+        let used = get_n(&i, "used_at").map(|at| TokenUse {
+            at: from_ts(at),
+            serial: get_s(&i, "used_serial").unwrap_or_default(),
+            spki_sha256: get_s(&i, "used_spki").unwrap_or_default(),
+        });
+        Ok(Some(TokenRecord {
+            hash: hash.to_owned(),
+            identity: get_s(&i, "identity").unwrap_or_default(),
+            group: get_s(&i, "group").unwrap_or_default(),
+            created_at: from_ts(get_n(&i, "created_at").unwrap_or(0)),
+            expires_at: from_ts(get_n(&i, "expires_at").unwrap_or(0)),
+            used,
+        }))
+    }
+
+    async fn record_issuance(
+        &self,
+        cert: CertRecord,
+        token_hash: Option<String>,
+        audit: AuditEvent,
+    ) -> Result<RecordOutcome> {
+        let mut items = Vec::new();
+        if let Some(hash) = &token_hash {
+            items.push(self.update_tx(
+                format!("TOKEN#{hash}"),
+                "SET used_at = :at, used_serial = :serial, used_spki = :spki",
+                "attribute_exists(pk) AND attribute_not_exists(used_at)",
+                vec![
+                    (":at", n(ts(cert.issued_at))),
+                    (":serial", s(&cert.serial)),
+                    (":spki", s(&cert.spki_sha256)),
+                ],
+            )?);
+        }
+        items.push(self.put_tx(cert_item(&cert), Some("attribute_not_exists(pk)"))?);
+        items.push(self.put_tx(audit_item(&audit), None)?);
+        match self.transact(items).await? {
+            Ok(()) => Ok(RecordOutcome::Recorded),
+            Err(codes)
+                if token_hash.is_some()
+                    && codes.first().is_some_and(|c| c == "ConditionalCheckFailed") =>
+            {
+                Ok(RecordOutcome::TokenAlreadyUsed)
+            }
+            Err(codes) => {
+                Err(CaError::Storage(format!("issuance not recorded: {}", codes.join(", "))))
+            }
+        }
+    }
+
+    async fn cert(&self, serial: &str) -> Result<Option<CertRecord>> {
+        Ok(self.get(format!("CERT#{serial}")).await?.as_ref().and_then(cert_from))
+    }
+
+    async fn certs(&self, filter: CertFilter) -> Result<Vec<CertRecord>> {
+        let mut v: Vec<CertRecord> = self
+            .scan_prefix("CERT#")
+            .await?
+            .iter()
+            .filter_map(cert_from)
+            .filter(|c| filter.identity.as_ref().is_none_or(|i| *i == c.identity))
+            .filter(|c| !filter.revoked_only || c.revocation.is_some())
+            .collect();
+        v.sort_by(|a, b| (a.issued_at, &a.serial).cmp(&(b.issued_at, &b.serial)));
+        Ok(v)
+    }
+
+    async fn revoke(
+        &self,
+        serial: &str,
+        rev: Revocation,
+        audit: AuditEvent,
+    ) -> Result<RevokeOutcome> {
+        let Some(existing) = self.cert(serial).await? else { return Ok(RevokeOutcome::NotFound) };
+        if let Some(r) = existing.revocation {
+            return Ok(RevokeOutcome::AlreadyRevoked(r));
+        }
+        let upd = self.update_tx(
+            format!("CERT#{serial}"),
+            "SET revoked_at = :at, revoke_reason = :r",
+            "attribute_exists(pk) AND attribute_not_exists(revoked_at)",
+            vec![(":at", n(ts(rev.at))), (":r", s(rev.reason.name()))],
+        )?;
+        match self.transact(vec![upd, self.put_tx(audit_item(&audit), None)?]).await? {
+            Ok(()) => {
+                self.bump("revocations").await?;
+                Ok(RevokeOutcome::Revoked)
+            }
+            Err(_) => match self.cert(serial).await?.and_then(|c| c.revocation) {
+                Some(r) => Ok(RevokeOutcome::AlreadyRevoked(r)),
+                None => Ok(RevokeOutcome::NotFound),
+            },
+        }
+    }
+
+    async fn revocation_generation(&self) -> Result<u64> {
+        Ok(self
+            .get("COUNTER#revocations".into())
+            .await?
+            .and_then(|i| get_n(&i, "value"))
+            .unwrap_or(0)
+            .max(0) as u64)
+    }
+
+    async fn policy(&self, group: &str) -> Result<Option<GroupPolicy>> {
+        let Some(i) = self.get(format!("POLICY#{group}")).await? else { return Ok(None) };
+        let json = get_s(&i, "json").unwrap_or_default();
+        serde_json::from_str(&json)
+            .map(Some)
+            .map_err(|e| CaError::Storage(format!("policy of group {group:?}: {e}")))
+    }
+
+    async fn set_policy(&self, group: &str, policy: GroupPolicy, audit: AuditEvent) -> Result<()> {
+        let json = serde_json::to_string(&policy).map_err(|e| CaError::Storage(e.to_string()))?;
+        let mut i = Item::new();
+        i.insert("pk".into(), s(format!("POLICY#{group}")));
+        i.insert("group".into(), s(group));
+        i.insert("json".into(), s(json));
+        i.insert("updated_at".into(), n(ts(audit.at)));
+        self.transact(vec![self.put_tx(i, None)?, self.put_tx(audit_item(&audit), None)?])
+            .await?
+            .map_err(|c| CaError::Storage(c.join(", ")))
+    }
+
+    async fn policies(&self) -> Result<Vec<(String, GroupPolicy)>> {
+        let mut v = Vec::new();
+        for i in self.scan_prefix("POLICY#").await? {
+            let g = get_s(&i, "group").unwrap_or_default();
+            let p = serde_json::from_str(&get_s(&i, "json").unwrap_or_default())
+                .map_err(|e| CaError::Storage(format!("policy of group {g:?}: {e}")))?;
+            v.push((g, p));
+        }
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(v)
+    }
+
+    async fn next_crl_number(&self, scope: &str) -> Result<u64> {
+        self.bump(&format!("crl_number:{scope}")).await
+    }
+
+    async fn audit(&self, event: AuditEvent) -> Result<()> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(audit_item(&event)))
+            .send()
+            .await
+            .map_err(|e| sdk_err("PutItem", e))?;
+        Ok(())
+    }
+
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEvent>> {
+        let mut items = self.scan_prefix("AUDIT#").await?;
+        items.sort_by_key(|i| std::cmp::Reverse(get_s(i, "pk")));
+        Ok(items
+            .iter()
+            .take(limit)
+            .map(|i| AuditEvent {
+                at: from_ts(get_n(i, "at").unwrap_or(0)),
+                actor: get_s(i, "actor").unwrap_or_default(),
+                action: get_s(i, "action").unwrap_or_default(),
+                subject: get_s(i, "subject").unwrap_or_default(),
+                detail: get_s(i, "detail").unwrap_or_default(),
+                remote: get_s(i, "remote"),
+            })
+            .collect())
+    }
+}

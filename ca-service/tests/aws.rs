@@ -1,0 +1,310 @@
+//! The serverless backends against moto (a local AWS endpoint started here): KMS keys,
+//! the DynamoDB store under the conformance suite, enrolment and renewal through the
+//! Lambda handler (API Gateway events, one with the client certificate in the request
+//! context), concurrent enrolments, and revocation reaching the S3 CRL and the
+//! KeyValueStore plan. Issued certificates are checked with openssl.
+//!
+//! Needs `moto_server` (`pip install 'moto[server]'`) and openssl; with CI=true a missing
+//! peer fails the test instead of skipping it.
+#![cfg(feature = "aws")]
+
+mod conformance;
+
+use aws_config::BehaviorVersion;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
+use base64::Engine;
+use lanyard_ca::aws::{AwsBackend, AwsLocation, KvsPlan};
+use lanyard_ca::ca_dir::InitOptions;
+use lanyard_ca::clock::SystemClock;
+use lanyard_ca::revocation::Reason;
+use lanyard_ca::store::dynamodb::DynamoStore;
+use lanyard_proto::KeyAlgorithm;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Moto(Child, String);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn moto() -> Option<Moto> {
+    if !have("moto_server") {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "moto_server is missing (pip install 'moto[server]')"
+        );
+        eprintln!("skipping: moto_server is not installed");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server");
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(30), "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(Moto(child, format!("http://127.0.0.1:{port}")))
+}
+
+async fn sdk(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await
+}
+
+async fn table(cfg: &aws_config::SdkConfig, name: &str) {
+    aws_sdk_dynamodb::Client::new(cfg)
+        .create_table()
+        .table_name(name)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attr"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("key"),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create table");
+}
+
+fn csr(cn: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.serialize_request(&key).expect("csr").der().to_vec()
+}
+
+fn event(
+    path: &str,
+    headers: serde_json::Value,
+    body: &str,
+    client_cert_pem: Option<&str>,
+) -> lambda_http::Request {
+    let mut ctx = serde_json::json!({
+        "accountId": "123456789012", "apiId": "api", "domainName": "ca.example.com", "domainPrefix": "ca",
+        "http": {"method": "POST", "path": path, "protocol": "HTTP/1.1", "sourceIp": "198.51.100.7", "userAgent": "lanyard"},
+        "requestId": "r", "routeKey": "$default", "stage": "$default", "time": "24/Nov/2026:10:00:00 +0000", "timeEpoch": 0
+    });
+    if let Some(pem) = client_cert_pem {
+        ctx["authentication"] = serde_json::json!({"clientCert": {"clientCertPem": pem, "subjectDN": "", "issuerDN": "", "serialNumber": "", "validity": {"notBefore": "", "notAfter": ""}}});
+    }
+    let ev = serde_json::json!({
+        "version": "2.0", "routeKey": "$default", "rawPath": path, "rawQueryString": "",
+        "headers": headers, "requestContext": ctx, "body": body, "isBase64Encoded": false
+    });
+    lambda_http::request::from_str(&ev.to_string()).expect("API Gateway event")
+}
+
+async fn body_of(resp: http::Response<axum::body::Body>) -> (u16, Vec<u8>) {
+    let status = resp.status().as_u16();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
+    (status, bytes.to_vec())
+}
+
+fn leaf_from_pkcs7(b64: &[u8]) -> Vec<u8> {
+    let der = lanyard_proto::est::decode_base64(b64).expect("base64");
+    lanyard_proto::est::parse_certs_only_pkcs7(&der).expect("pkcs7").remove(0)
+}
+
+fn openssl_verify(bundle: &str, leaf_der: &[u8]) {
+    if !have("openssl") {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "openssl is missing");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("bundle.pem"), bundle).expect("write");
+    std::fs::write(
+        dir.path().join("leaf.pem"),
+        pem::encode(&pem::Pem::new("CERTIFICATE", leaf_der.to_vec())),
+    )
+    .expect("write");
+    let out = Command::new("openssl")
+        .args(["verify", "-CAfile", "bundle.pem", "leaf.pem"])
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl verify: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serverless_ca_on_moto() {
+    let Some(m) = moto() else { return };
+    let cfg = sdk(&m.1).await;
+
+    // The conformance suite on DynamoDB, a fresh table per case.
+    macro_rules! on_dynamo {
+        ($($case:ident),* $(,)?) => {
+            $(
+                let name = concat!("conf-", stringify!($case)).replace('_', "-");
+                table(&cfg, &name).await;
+                let store = Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&cfg), name));
+                conformance::$case(conformance::ca_with(store)).await;
+            )*
+        };
+    }
+    on_dynamo!(
+        enrol_retry_with_same_key_gets_same_certificate,
+        failed_attempts_do_not_burn_the_token,
+        token_binding_expiry_and_unknown,
+        policy_decides_lifetime_and_keys,
+        renewal_rules,
+        foreign_certificate_is_refused,
+        crl_lists_revocations_and_changes_number,
+        concurrent_enrolments_issue_once,
+    );
+
+    // init with KMS keys; a second init refuses.
+    table(&cfg, "lanyard-ca").await;
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&cfg).force_path_style(true).build(),
+    )
+    .create_bucket()
+    .bucket("lanyard-pub")
+    .send()
+    .await
+    .expect("bucket");
+    let backend = AwsBackend::connect_with(
+        &cfg,
+        AwsLocation { table: "lanyard-ca".into(), bucket: Some("lanyard-pub".into()) },
+    );
+    let opts = InitOptions {
+        name: "Fleet".into(),
+        root_key: KeyAlgorithm::EcdsaP384,
+        issuing_key: KeyAlgorithm::EcdsaP256,
+        public_url: "http://pki.example.com".into(),
+    };
+    let settings = backend.init(&opts, &SystemClock).await.expect("init");
+    assert_ne!(settings.root_key_id, settings.issuing_key_id);
+    assert!(backend.init(&opts, &SystemClock).await.is_err(), "init twice must refuse");
+    let auth = Arc::new(backend.open(Arc::new(SystemClock)).await.expect("open"));
+    assert!(auth.keys().issuing.0.describe().starts_with("kms:"));
+    let published = backend.publish(&auth).await.expect("publish");
+    assert!(published.objects.iter().any(|o| o.ends_with("ca-bundle.pem")));
+    let bundle =
+        lanyard_ca::bundle::build("Fleet", &auth.keys().root_der, &auth.keys().issuing_der);
+    lanyard_ca::bundle::check(bundle.as_bytes()).expect("CloudFront bundle rules");
+
+    // Enrol through the Lambda handler (bootstrap hostname: no client certificate).
+    let (token, _) = auth
+        .create_token("sensor-1.fleet.example.com", "default", Duration::from_secs(600), "test")
+        .await
+        .expect("token");
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("sensor-1.fleet.example.com:{}", token.expose()));
+    let csr_b64 = lanyard_proto::est::encode_base64(&csr("sensor-1.fleet.example.com"));
+    let req = event(
+        "/.well-known/est/simpleenroll",
+        serde_json::json!({"content-type": "application/pkcs10", "authorization": format!("Basic {basic}")}),
+        &csr_b64,
+        None,
+    );
+    let (status, body) = body_of(lanyard_ca::aws_lambda::handle(auth.clone(), req).await).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let leaf = leaf_from_pkcs7(&body);
+    openssl_verify(&bundle, &leaf);
+
+    // Renew through the handler with the certificate in the API Gateway mTLS context.
+    let leaf_pem = pem::encode(&pem::Pem::new("CERTIFICATE", leaf.clone()));
+    let renew = |pem: Option<String>| {
+        let body = lanyard_proto::est::encode_base64(&csr("sensor-1.fleet.example.com"));
+        event(
+            "/.well-known/est/simplereenroll",
+            serde_json::json!({"content-type": "application/pkcs10"}),
+            &body,
+            pem.as_deref(),
+        )
+    };
+    let (status, body) =
+        body_of(lanyard_ca::aws_lambda::handle(auth.clone(), renew(Some(leaf_pem.clone()))).await)
+            .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let renewed = leaf_from_pkcs7(&body);
+    assert_ne!(renewed, leaf);
+    openssl_verify(&bundle, &renewed);
+    let (status, _) =
+        body_of(lanyard_ca::aws_lambda::handle(auth.clone(), renew(None)).await).await;
+    assert_eq!(status, 401, "renewal without the mTLS context is refused");
+
+    // Revocation reaches the S3 CRL, the export and the KeyValueStore plan.
+    let (_, x) = x509_parser::parse_x509_certificate(&renewed).expect("parse");
+    let serial = lanyard_proto::serial::to_hex(x.raw_serial());
+    auth.revoke(&serial, Reason::KeyCompromise, "test", &Default::default()).await.expect("revoke");
+    backend.publish(&auth).await.expect("publish");
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&cfg).force_path_style(true).build(),
+    );
+    let crl = s3
+        .get_object()
+        .bucket("lanyard-pub")
+        .key("crl/issuing.crl")
+        .send()
+        .await
+        .expect("get")
+        .body
+        .collect()
+        .await
+        .expect("read")
+        .into_bytes();
+    let (_, parsed) = x509_parser::parse_x509_crl(&crl).expect("CRL");
+    assert!(
+        parsed
+            .iter_revoked_certificates()
+            .any(|r| lanyard_proto::serial::to_hex(r.raw_serial()) == serial)
+    );
+    let obj = s3.get_object().bucket("lanyard-pub").key("ca-bundle.pem").send().await.expect("get");
+    assert_eq!(obj.content_type(), Some("text/plain"));
+    let export = auth.revoked_export().await.expect("export");
+    let plan = KvsPlan::new(&Default::default(), &export, auth.now());
+    let colon = lanyard_proto::serial::to_colon_hex(
+        &lanyard_proto::serial::parse_hex(&serial).expect("hex"),
+    );
+    assert!(plan.puts.iter().any(|(k, _)| *k == colon), "{plan:?}");
+    let renewed_pem = pem::encode(&pem::Pem::new("CERTIFICATE", renewed));
+    let (status, body) =
+        body_of(lanyard_ca::aws_lambda::handle(auth.clone(), renew(Some(renewed_pem))).await).await;
+    assert_eq!(
+        status,
+        403,
+        "a revoked certificate cannot renew: {}",
+        String::from_utf8_lossy(&body)
+    );
+}
