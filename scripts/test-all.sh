@@ -11,14 +11,18 @@ started=$(date +%s)
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "cargo clippy (all targets, warnings are errors)"
+step "cargo clippy (all targets, the aws feature too; warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p lanyard-ca --all-targets --features aws -- -D warnings
 
 step "build"
 cargo build --workspace --all-targets
 
 step "unit, integration and end-to-end tests (openssl, curl, nginx, pkilint)"
 cargo test --workspace
+
+step "serverless CA (KMS, DynamoDB, S3, Lambda handler) against moto"
+cargo test -p lanyard-ca --features aws --test aws
 
 step "credential stores against real OS keystores (kernel keyring, Secret Service)"
 bash agent/keystore/tests/run-keyring-tests.sh
