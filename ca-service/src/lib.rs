@@ -11,6 +11,7 @@
 //! - [`ocsp`]: the RFC 6960 responder.
 //! - [`bundle`]: CloudFront's trust store rules for a CA bundle.
 //! - [`ca_dir`]: the embedded CA's directory (init, load, published files).
+//! - [`serve`]: `lanyard-ca serve` as a library call (listeners, CRL refresh).
 //! - [`http`]: EST, publication and `/v1/` endpoints; TLS and accept loops.
 //! - `aws` (feature `aws`): the serverless CA: KMS signer, DynamoDB store, S3 publishing.
 //! - [`tokens`], [`revocation`], [`clock`], [`error`], [`fsutil`]: small shared pieces.
@@ -31,6 +32,7 @@ pub mod http;
 pub mod ocsp;
 pub mod profile;
 pub mod revocation;
+pub mod serve;
 pub mod signer;
 pub mod store;
 pub mod tokens;

@@ -8,7 +8,7 @@ use lanyard_ca::clock::SystemClock;
 use lanyard_ca::error::CaError;
 use lanyard_ca::revocation::Reason;
 use lanyard_ca::store::{CertFilter, RevokeOutcome};
-use lanyard_ca::{Authority, bundle, http};
+use lanyard_ca::{Authority, bundle};
 use lanyard_proto::{GroupPolicy, KeyAlgorithm, duration};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -543,7 +543,7 @@ async fn policy(cmd: PolicyCmd) -> Result<(), CaError> {
 async fn serve(
     dir: DirArg,
     listen: String,
-    mut tls_names: Vec<String>,
+    tls_names: Vec<String>,
     http_listen: String,
     addr_file: Option<PathBuf>,
 ) -> Result<(), CaError> {
@@ -554,75 +554,23 @@ async fn serve(
             "serve runs the embedded CA; the aws backend is served by lanyard-ca-lambda".into(),
         ));
     };
-    let auth = Arc::new(auth);
-    // The operator's names first (the first becomes the CN), then loopback.
-    for n in ["127.0.0.1", "::1"] {
-        if !tls_names.iter().any(|x| x == n) {
-            tls_names.push(n.to_owned());
-        }
-    }
-    let (chain, key) = d.tls_identity(&auth, &tls_names)?;
-    let tls =
-        http::tls::server_config(chain, key, &auth.keys().issuing_der).map_err(CaError::Config)?;
-
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let https = tokio::net::TcpListener::bind(&listen)
-        .await
-        .map_err(CaError::io(format!("binding {listen}")))?;
-    let https_addr = https.local_addr().map_err(CaError::io("local address"))?;
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(http::server::serve(
-        https,
-        Some(Arc::new(tls)),
-        http::router(auth.clone()),
-        shutdown.clone(),
-    ));
-    let mut addrs = serde_json::json!({ "https": https_addr.to_string() });
-    if http_listen != "off" {
-        let l = tokio::net::TcpListener::bind(&http_listen)
-            .await
-            .map_err(CaError::io(format!("binding {http_listen}")))?;
-        addrs["http"] = l.local_addr().map_err(CaError::io("local address"))?.to_string().into();
-        tasks.spawn(http::server::serve(
-            l,
-            None,
-            http::publication_app(auth.clone()),
-            shutdown.clone(),
-        ));
-    }
-    // Keep DIR/crl fresh: after revocations (also those made by the CLI) and before expiry.
-    {
-        let (d, auth, shutdown) = (d.clone(), auth.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            let mut last = u64::MAX;
-            let mut published_at = auth.now();
-            loop {
-                let generation = auth.store().revocation_generation().await.unwrap_or(last);
-                let stale = auth.now() - published_at > auth.publication().crl_validity / 2;
-                if generation != last || stale {
-                    match d.publish_crls(&auth).await {
-                        Ok(_) => {
-                            last = generation;
-                            published_at = auth.now();
-                        }
-                        Err(e) => tracing::error!(error = %e, "publishing CRLs failed"),
-                    }
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-                }
-            }
-        });
-    }
-    tracing::info!(https = %addrs["https"], http = %addrs["http"], signer = %auth.keys().issuing.0.describe(), "lanyard-ca serving");
+    let http_listen = (http_listen != "off").then_some(http_listen);
+    let running = lanyard_ca::serve::start(
+        d,
+        auth,
+        lanyard_ca::serve::ServeOptions { listen, tls_names, http_listen },
+    )
+    .await?;
     if let Some(f) = addr_file {
+        let mut addrs = serde_json::json!({ "https": running.https.to_string() });
+        if let Some(h) = running.http {
+            addrs["http"] = h.to_string().into();
+        }
         lanyard_ca::fsutil::write_atomic(&f, addrs.to_string().as_bytes(), 0o644)?;
     }
     wait_for_signal().await;
     tracing::info!("shutting down");
-    shutdown.cancel();
-    while tasks.join_next().await.is_some() {}
+    running.stop().await;
     Ok(())
 }
 
