@@ -110,7 +110,7 @@ pub fn check(bytes: &[u8]) -> Result<BundleSummary, Vec<Violation>> {
         } else {
             push(1, Some(n), "text outside a PEM block that is not a '#' comment".into());
         }
-        pending_blank = None;
+        pending_blank = pending_blank.filter(|_| line.starts_with('#')); // comments keep it
     }
     if let Some((n, label, _)) = current {
         push(1, Some(n), format!("BEGIN {label} is never closed"));
