@@ -16,8 +16,15 @@ use std::time::{Duration, Instant};
 /// A free TCP port on 127.0.0.1: bound, read and released. Another process could take
 /// it before it is used again; with the kernel's random ephemeral ports that is rare.
 pub fn free_port() -> u16 {
+    reserve_port().1
+}
+
+/// A port held by a listener until the listener is dropped: nothing else binds it by
+/// accident in between (drop it just before the real server binds).
+pub fn reserve_port() -> (TcpListener, u16) {
     let l = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
-    l.local_addr().expect("local address").port()
+    let port = l.local_addr().expect("local address").port();
+    (l, port)
 }
 
 /// A CA directory plus a scratch folder for keys, CSRs and answers.
@@ -28,6 +35,8 @@ pub struct Ca {
     pub work: PathBuf,
     /// Port of the publication listener, as written into the certificates.
     pub http_port: u16,
+    /// Holds `http_port` from `init` until `serve` binds it.
+    port_guard: std::sync::Mutex<Option<TcpListener>>,
     tmp: tempfile::TempDir,
 }
 
@@ -56,13 +65,13 @@ impl Ca {
         let dir = tmp.path().join("ca");
         let work = tmp.path().join("work");
         std::fs::create_dir(&work).expect("work dir");
-        let http_port = free_port();
+        let (guard, http_port) = reserve_port();
         let url = format!("http://127.0.0.1:{http_port}");
         let mut args: Vec<String> = vec!["init".into(), "--dir".into(), dir.display().to_string()];
         args.extend(["--public-url".into(), url]);
         args.extend(extra.iter().map(|s| s.to_string()));
         lanyard_ca_cmd(&args).ok();
-        Ca { dir, work, http_port, tmp }
+        Ca { dir, work, http_port, port_guard: std::sync::Mutex::new(Some(guard)), tmp }
     }
 
     /// The scratch root (parent of `dir` and `work`).
@@ -163,6 +172,7 @@ impl std::fmt::Debug for Server {
 impl Server {
     #[track_caller]
     fn start(ca: &Ca) -> Server {
+        drop(ca.port_guard.lock().map(|mut g| g.take()));
         let addr_file = ca.root().join(format!("addr-{}.json", crate::pki::unique()));
         let log = ca.root().join(format!("serve-{}.log", crate::pki::unique()));
         let log_file = std::fs::File::create(&log).expect("serve log");

@@ -232,6 +232,17 @@ fn bundle_check_lists_each_broken_rule() {
     assert!(msg.contains("p-521"), "P-521 key not reported:\n{out}");
     assert!(msg.contains("blank"), "blank line not reported:\n{out}");
     assert!(msg.contains("comment"), "comment with '-' not reported:\n{out}");
+    // A blank line between certificates is refused even when a comment follows it.
+    let root = std::fs::read_to_string(ca.root_crt()).expect("root");
+    let issuing = std::fs::read_to_string(ca.issuing_crt()).expect("issuing");
+    let sneaky = ca.work("blank-then-comment.pem");
+    std::fs::write(&sneaky, format!("{root}\n# issuing CA\n{issuing}")).expect("write");
+    let out = ca.cli(&["bundle", "--check", &sneaky.display().to_string()]);
+    assert_eq!(out.code, Some(1), "blank line before a comment between certificates:\n{out}");
+    assert!(out.stderr.contains("blank line"), "{out}");
+    // Comments alone (no blank line) are fine.
+    std::fs::write(&sneaky, format!("# root CA\n{root}# issuing CA\n{issuing}")).expect("write");
+    ca.cli(&["bundle", "--check", &sneaky.display().to_string()]).ok();
     // The good bundle, given explicitly, still passes.
     let g = ca.bundle().display().to_string();
     ca.cli(&["bundle", "--check", &g]).ok();

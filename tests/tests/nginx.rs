@@ -2,7 +2,7 @@
 //! bundle accepts an issued certificate over HTTP/2, refuses a missing or foreign one,
 //! and, with `ssl_crl` from `lanyard-ca crl`, refuses it once revoked.
 
-use lanyard_e2e::ca::free_port;
+use lanyard_e2e::ca::reserve_port;
 use lanyard_e2e::est::{self, Request, Resp};
 use lanyard_e2e::pki::{self, KeyAlg};
 use lanyard_e2e::{Ca, peers, run};
@@ -19,7 +19,7 @@ struct Nginx {
 
 impl Nginx {
     fn start(prefix: &Path, cert_chain: &Path, key: &Path, bundle: &Path, crl: &Path) -> Nginx {
-        let port = free_port();
+        let (guard, port) = reserve_port();
         let p = prefix.display();
         for d in ["logs", "tmp"] {
             std::fs::create_dir_all(prefix.join(d)).expect("nginx dirs");
@@ -62,6 +62,7 @@ http {{
             &["-t", "-c", &conf_path.display().to_string(), "-p", &prefix.display().to_string()],
         );
         assert!(test.success(), "nginx -t refuses the config:\n{test}");
+        drop(guard);
         let child = Command::new(nginx)
             .arg("-c")
             .arg(&conf_path)

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Enrolments per second over HTTPS, next to the raw ECDSA P-256 bound of this machine.
+#
+#   tests/bench/enrol-rate.sh            # N=300 enrolments, client concurrency 4
+#   N=1000 C=2 tests/bench/enrol-rate.sh
+#
+# Builds lanyard-ca in release (skip with SKIP_BUILD=1, or point LANYARD_BIN_DIR at a
+# folder holding a lanyard-ca binary), makes a CA, N tokens and N P-256 CSRs (setup,
+# not timed), then times N EST simpleenroll requests sent by curl:
+#   keep-alive   one curl, --parallel --parallel-max C: C streams over reused
+#                connections (HTTP/2), so one TLS handshake serves many enrolments;
+#   per-request  xargs -P C, one curl per enrolment: a TLS handshake each.
+# In the same run, `openssl speed -seconds 3 ecdsap256` gives sign/s and verify/s; one
+# enrolment costs at least one verify (the CSR's proof of possession) and one sign (the
+# certificate), so the raw bound is 1 / (1/sign + 1/verify) enrolments per second on one
+# core. Machines are shared and noisy: compare the ratio, not the absolute numbers.
+set -euo pipefail
+
+N=${N:-300}
+C=${C:-4}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+
+if [[ -n "${LANYARD_BIN_DIR:-}" ]]; then
+    BIN="$LANYARD_BIN_DIR/lanyard-ca"
+else
+    if [[ -z "${SKIP_BUILD:-}" ]]; then
+        (cd "$ROOT" && cargo build --release -p lanyard-ca)
+    fi
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/lanyard-ca"
+fi
+[[ -x "$BIN" ]] || { echo "no lanyard-ca at $BIN" >&2; exit 1; }
+for p in openssl curl xargs; do
+    command -v "$p" >/dev/null || { echo "$p is required" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/lanyard-bench.XXXXXX")
+SERVE_PID=
+cleanup() {
+    [[ -n "$SERVE_PID" ]] && kill "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+export LANYARD_LOG=warn
+
+now() { date +%s.%N; }
+
+# --- setup (not timed) -------------------------------------------------------------
+"$BIN" init --dir "$WORK/ca" 2>/dev/null
+"$BIN" serve --dir "$WORK/ca" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+    --addr-file "$WORK/addr.json" 2>"$WORK/serve.log" &
+SERVE_PID=$!
+for _ in $(seq 100); do [[ -s "$WORK/addr.json" ]] && break; sleep 0.1; done
+HTTPS=$(sed -E 's/.*"https":"([^"]+)".*/\1/' "$WORK/addr.json")
+URL="https://$HTTPS/.well-known/est/simpleenroll"
+CACERT="$WORK/ca/root.crt"
+
+make_set() { # $1 = set name: N tokens and CSRs, and a curl config for them
+    local set=$1 dir="$WORK/$1"
+    mkdir -p "$dir"
+    : >"$dir/curl.cfg"
+    for i in $(seq "$N"); do
+        local id="bench-$set-$i.fleet.example.com"
+        local tok
+        tok=$("$BIN" token create --dir "$WORK/ca" --identity "$id" 2>/dev/null)
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -keyout "$dir/$i.key" -subj "/CN=$id" -outform DER -out "$dir/$i.der" 2>/dev/null
+        openssl base64 -in "$dir/$i.der" -out "$dir/$i.b64"
+        echo "$id:$tok" >"$dir/$i.user"
+        [[ $i == 1 ]] || echo next >>"$dir/curl.cfg"
+        cat >>"$dir/curl.cfg" <<EOF
+silent
+show-error
+url = "$URL"
+cacert = "$CACERT"
+user = "$id:$tok"
+header = "Content-Type: application/pkcs10"
+header = "Expect:"
+data-binary = "@$dir/$i.b64"
+output = "$dir/$i.p7"
+write-out = "%{http_code}\n"
+EOF
+    done
+}
+echo "setup: $N tokens and P-256 CSRs per run (not timed)..." >&2
+t0=$(now)
+make_set keepalive
+make_set perreq
+t1=$(now)
+echo "setup took $(echo "$t1 - $t0" | bc) s" >&2
+
+count_ok() { grep -c '^200$' "$1" || true; }
+# CPU seconds (user + system) the server has used so far.
+server_cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$SERVE_PID/stat"; }
+
+# --- measured: keep-alive -----------------------------------------------------------
+c0=$(server_cpu)
+t0=$(now)
+/usr/bin/time -f '%U %S' -o "$WORK/keepalive/client-cpu" curl -sS --parallel --parallel-max "$C" -K "$WORK/keepalive/curl.cfg" \
+    >"$WORK/keepalive/codes" 2>"$WORK/keepalive/errors" || true
+t1=$(now)
+c1=$(server_cpu)
+KA_OK=$(count_ok "$WORK/keepalive/codes")
+KA_SRV_MS=$(echo "($c1 - $c0) * 1000 / $N" | bc -l)
+KA_CLI_MS=$(awk -v n="$N" '{print ($1 + $2) * 1000 / n}' "$WORK/keepalive/client-cpu")
+KA_S=$(echo "$t1 - $t0" | bc -l)
+
+# --- measured: one curl (one TLS handshake) per enrolment -----------------------------
+one() {
+    local i=$1 dir="$WORK/perreq"
+    curl -sS --cacert "$CACERT" -u "$(cat "$dir/$i.user")" -H 'Content-Type: application/pkcs10' \
+        -H 'Expect:' --data-binary "@$dir/$i.b64" -o "$dir/$i.p7" -w '%{http_code}\n' "$URL"
+}
+export -f one
+export WORK CACERT URL
+t0=$(now)
+seq "$N" | xargs -P "$C" -I{} bash -c 'one {}' >"$WORK/perreq/codes"
+t1=$(now)
+PR_OK=$(count_ok "$WORK/perreq/codes")
+PR_S=$(echo "$t1 - $t0" | bc -l)
+
+# A sample answer must be a real certificate chaining to the bundle.
+base64 -d "$WORK/keepalive/1.p7" | openssl pkcs7 -inform DER -print_certs |
+    openssl x509 -out "$WORK/leaf.pem"
+openssl verify -CAfile "$WORK/ca/ca-bundle.pem" "$WORK/leaf.pem" >/dev/null
+
+kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true; SERVE_PID=
+
+# --- the raw bound, same machine, same run ---------------------------------------------
+SPEED=$(openssl speed -seconds 3 ecdsap256 2>/dev/null | grep -E 'nistp256|P-256' | tail -1)
+SIGN=$(echo "$SPEED" | awk '{print $(NF-1)}')
+VERIFY=$(echo "$SPEED" | awk '{print $NF}')
+BOUND=$(echo "1 / (1/$SIGN + 1/$VERIFY)" | bc -l)
+
+KA_RATE=$(echo "$KA_OK / $KA_S" | bc -l)
+PR_RATE=$(echo "$PR_OK / $PR_S" | bc -l)
+printf 'machine: %s cores, %s\n' "$(nproc)" "$(openssl version)"
+printf 'openssl speed ecdsap256: %.0f sign/s, %.0f verify/s -> raw bound %.0f enrolments/s\n' \
+    "$SIGN" "$VERIFY" "$BOUND"
+printf 'keep-alive  (curl --parallel-max %s): %s/%s ok in %.2f s = %.0f enrolments/s, ratio %.2f\n' \
+    "$C" "$KA_OK" "$N" "$KA_S" "$KA_RATE" "$(echo "$KA_RATE / $BOUND" | bc -l)"
+printf '            CPU per enrolment: server %.2f ms, curl %.2f ms (wall per enrolment %.2f ms)\n' \
+    "$KA_SRV_MS" "$KA_CLI_MS" "$(echo "$KA_S * 1000 / $N" | bc -l)"
+printf 'per-request (xargs -P %s, new TLS each): %s/%s ok in %.2f s = %.0f enrolments/s, ratio %.2f\n' \
+    "$C" "$PR_OK" "$N" "$PR_S" "$PR_RATE" "$(echo "$PR_RATE / $BOUND" | bc -l)"
+[[ "$KA_OK" == "$N" && "$PR_OK" == "$N" ]] || { echo "some enrolments failed" >&2; exit 1; }
