@@ -283,3 +283,40 @@ fn asn1parse_b64(dir: &Path, body: &[u8]) -> String {
     let b = b64.display().to_string();
     run("openssl", &["asn1parse", "-inform", "PEM", "-in", &b]).ok().stdout
 }
+
+/// The group's policy, not the CSR, sets the lifetime; out-of-range policies are refused
+/// with the allowed range.
+#[test]
+fn policy_lifetime_applies_and_bad_policies_are_refused() {
+    if !peers::require_basics() {
+        return;
+    }
+    let ca = Ca::init();
+    ca.policy_set("short", &["--lifetime", "1h"]);
+    let shown = ca.cli(&["policy", "show", "--group", "short"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&shown.stdout).expect("policy JSON");
+    assert!(shown.stdout.contains("3600"), "lifetime not stored: {v}");
+    let srv = ca.serve();
+    let id = "dev-short.fleet.example.com";
+    let (_, csr) = pki::key_and_csr(&ca.work, KeyAlg::P256, id);
+    let tok = ca.token_with(id, &["--group", "short"]);
+    let r = est::enroll(&srv, id, &tok, &csr.b64).expect(200);
+    let leaf = pki::leaf_from_est(&r.body, &ca.work, "short");
+    let l = leaf.display().to_string();
+    run("openssl", &["x509", "-in", &l, "-noout", "-checkend", "3000"]).ok();
+    run("openssl", &["x509", "-in", &l, "-noout", "-checkend", "3700"]).fails();
+
+    for (args, says) in [
+        (&["--lifetime", "1m"][..], "lifetime"),
+        (&["--lifetime", "500d"][..], "lifetime"),
+        (&["--renew-fraction", "1.5"][..], "renew"),
+        (&["--key-algorithms", "ecdsa-p521"][..], "ecdsa-p256"),
+    ] {
+        let mut a = vec!["policy", "set", "--group", "short"];
+        a.extend_from_slice(args);
+        let out = ca.cli(&a).fails();
+        assert!(out.stderr.contains(says), "{args:?}: {out}");
+    }
+    // The refused changes left the policy as it was.
+    assert_eq!(ca.cli(&["policy", "show", "--group", "short"]).ok().stdout, shown.stdout);
+}
