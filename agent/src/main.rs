@@ -207,10 +207,11 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
         },
         Cmd::Status { json, refresh } => {
             let agent = open(&cli)?;
-            if *refresh && agent.current().is_some() {
-                if let Err(e) = agent.check_in().await {
-                    eprintln!("lanyard: could not reach the CA: {e}");
-                }
+            if *refresh
+                && agent.current().is_some()
+                && let Err(e) = agent.check_in().await
+            {
+                eprintln!("lanyard: could not reach the CA: {e}");
             }
             let s = agent.status();
             if *json {

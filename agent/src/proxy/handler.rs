@@ -118,18 +118,21 @@ fn allow_list(route: &Route) -> String {
 }
 
 /// The upstream authority (`host[:port]`) for a request, or the answer that refuses it.
-fn target(route: &Route, req: &Request<Incoming>) -> Result<String, Response<Body>> {
+/// A request the proxy answers itself, without a connection upstream.
+struct Refusal(StatusCode, String);
+
+fn target(route: &Route, req: &Request<Incoming>) -> Result<String, Refusal> {
     if req.method() == Method::CONNECT {
         let host = req.uri().host().unwrap_or("").to_owned();
         if !allowed(route, &host) {
-            return Err(text(
+            return Err(Refusal(
                 StatusCode::FORBIDDEN,
                 format!("{host:?} is not on this listener's allow-list ({})", allow_list(route)),
             ));
         }
-        return Err(text(
+        return Err(Refusal(
             StatusCode::NOT_IMPLEMENTED,
-            "CONNECT tunnels cannot carry the device certificate; send plain http:// URLs through this proxy and it connects with TLS and the client certificate",
+            "CONNECT tunnels cannot carry the device certificate; send plain http:// URLs through this proxy and it connects with TLS and the client certificate".into(),
         ));
     }
     // HTTP/2 requests always carry an authority; only an HTTP/1 absolute-form target is a
@@ -139,7 +142,7 @@ fn target(route: &Route, req: &Request<Incoming>) -> Result<String, Response<Bod
         // Absolute form: forward-proxy mode.
         Some(host) => {
             if !allowed(route, host) {
-                return Err(text(
+                return Err(Refusal(
                     StatusCode::FORBIDDEN,
                     format!(
                         "{host:?} is not on this listener's allow-list ({})",
@@ -160,7 +163,7 @@ fn target(route: &Route, req: &Request<Incoming>) -> Result<String, Response<Bod
         // Origin form: the route's upstream.
         None => match &route.upstream {
             Some(u) => Ok(u.authority()),
-            None => Err(text(
+            None => Err(Refusal(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "this listener is a forward proxy: request absolute URLs (http://host/path) for {}",
@@ -254,7 +257,7 @@ pub async fn handle(ctx: Arc<Ctx>, peer: Option<String>, req: Request<Incoming>)
 async fn forward(ctx: &Ctx, peer: Option<String>, req: Request<Incoming>) -> Response<Body> {
     let authority = match target(&ctx.route, &req) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(Refusal(status, message)) => return text(status, message),
     };
     if let Gate::Closed(why) = ctx.gate.load().as_ref() {
         return text(StatusCode::SERVICE_UNAVAILABLE, why.clone());

@@ -1,0 +1,392 @@
+//! The agent against a real CA (lanyard-ca, in-process on loopback), driven through the
+//! `lanyard` binary as a user would: enrolment, status, forced and scheduled renewal,
+//! a CA that goes away and comes back, revocation, a CA that answers garbage, wrong
+//! fingerprints and used tokens, and SIGKILL at random points during renewal.
+
+use lanyard_ca::authority::RequestMeta;
+use lanyard_ca::ca_dir::{CaDir, InitOptions};
+use lanyard_ca::clock::SystemClock;
+use lanyard_ca::revocation::Reason;
+use lanyard_ca::serve::{Running, ServeOptions};
+use lanyard_proto::{GroupPolicy, KeyAlgorithm};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Ca {
+    dir: PathBuf,
+    running: Option<Running>,
+    url: String,
+    listen: String,
+}
+
+impl Ca {
+    async fn start(tmp: &Path) -> Ca {
+        let dir = tmp.join("ca");
+        CaDir::new(&dir)
+            .init(
+                &InitOptions {
+                    name: "Test".into(),
+                    root_key: KeyAlgorithm::EcdsaP384,
+                    issuing_key: KeyAlgorithm::EcdsaP256,
+                    public_url: "http://127.0.0.1:9".into(),
+                },
+                &SystemClock,
+            )
+            .await
+            .expect("init");
+        let mut ca = Ca { dir, running: None, url: String::new(), listen: "127.0.0.1:0".into() };
+        ca.up().await;
+        ca
+    }
+
+    async fn up(&mut self) {
+        let d = CaDir::new(&self.dir);
+        let auth = d.open(Arc::new(SystemClock)).expect("open");
+        let opts =
+            ServeOptions { listen: self.listen.clone(), tls_names: vec![], http_listen: None };
+        let r = lanyard_ca::serve::start(d, auth, opts).await.expect("serve");
+        self.listen = r.https.to_string();
+        self.url = format!("https://{}", r.https);
+        self.running = Some(r);
+    }
+
+    async fn down(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await;
+        }
+    }
+
+    fn auth(&self) -> Arc<lanyard_ca::Authority> {
+        self.running.as_ref().expect("running").authority.clone()
+    }
+
+    async fn token(&self, id: &str) -> String {
+        let (t, _) = self
+            .auth()
+            .create_token(id, "default", Duration::from_secs(600), "test")
+            .await
+            .expect("token");
+        t.expose().to_owned()
+    }
+
+    fn root(&self) -> String {
+        self.dir.join("root.crt").display().to_string()
+    }
+}
+
+async fn lanyard(state: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["--store", "file", "--state-dir"])
+        .arg(state)
+        .args(args)
+        .env("LANYARD_CONFIG", "/dev/null")
+        .output()
+        .await
+        .expect("run lanyard")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+async fn status(state: &Path) -> serde_json::Value {
+    let o = lanyard(state, &["status", "--json"]).await;
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("status --json: {e}: {}", text(&o)))
+}
+
+async fn enrol(ca: &Ca, state: &Path, id: &str) -> serde_json::Value {
+    let token = ca.token(id).await;
+    let o =
+        lanyard(state, &["enrol", "--ca", &ca.url, "--token", &token, "--ca-bundle", &ca.root()])
+            .await;
+    assert!(o.status.success(), "enrol: {}", text(&o));
+    status(state).await
+}
+
+fn spki_of_pem(path: &Path) -> Vec<u8> {
+    let data = std::fs::read(path).expect("read");
+    let p = pem::parse(&data).expect("pem");
+    let (_, x) = x509_parser::parse_x509_certificate(p.contents()).expect("x509");
+    x.tbs_certificate.subject_pki.raw.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrol_status_renew_and_export() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let state = tmp.path().join("agent");
+    let s = enrol(&ca, &state, "dev-1.fleet.example.com").await;
+    assert_eq!(s["state"], "valid");
+    assert_eq!(s["identity"], "dev-1.fleet.example.com");
+    for key in ["serial", "not_before", "not_after", "next_renewal", "store"] {
+        assert!(!s[key].is_null(), "status lacks {key}: {s}");
+    }
+    let first = s["serial"].as_str().expect("serial").to_owned();
+
+    let (c1, k1) = (tmp.path().join("c1.pem"), tmp.path().join("k1.pem"));
+    let o = lanyard(
+        &state,
+        &["export", "--cert", c1.to_str().expect("p"), "--key", k1.to_str().expect("p")],
+    )
+    .await;
+    assert!(o.status.success() && text(&o).contains("outside the keystore"), "{}", text(&o));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&k1).expect("key").permissions().mode() & 0o777, 0o600);
+
+    let o = lanyard(&state, &["renew"]).await;
+    assert!(o.status.success() && text(&o).contains("not due"), "{}", text(&o));
+    let o = lanyard(&state, &["renew", "--force"]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let s = status(&state).await;
+    assert_ne!(s["serial"].as_str(), Some(first.as_str()), "renewal gives a new serial");
+    let c2 = tmp.path().join("c2.pem");
+    let o = lanyard(
+        &state,
+        &[
+            "export",
+            "--cert",
+            c2.to_str().expect("p"),
+            "--key",
+            tmp.path().join("k2.pem").to_str().expect("p"),
+        ],
+    )
+    .await;
+    assert!(o.status.success());
+    assert_ne!(spki_of_pem(&c1), spki_of_pem(&c2), "renewal re-keys");
+    // The CA recorded the renewal as coming from the first certificate.
+    let rec = ca
+        .auth()
+        .store()
+        .cert(s["serial"].as_str().expect("serial"))
+        .await
+        .expect("db")
+        .expect("record");
+    assert_eq!(rec.renewed_from.as_deref(), Some(first.as_str()));
+
+    // Enrolling again over a valid credential needs --force.
+    let token = ca.token("dev-1.fleet.example.com").await;
+    let o =
+        lanyard(&state, &["enrol", "--ca", &ca.url, "--token", &token, "--ca-bundle", &ca.root()])
+            .await;
+    assert!(!o.status.success() && text(&o).contains("--force"), "{}", text(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn used_tokens_wrong_pins_and_bad_cas_are_refused_cleanly() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let token = ca.token("dev-2").await;
+    let a = tmp.path().join("a");
+    let o = lanyard(&a, &["enrol", "--ca", &ca.url, "--token", &token, "--ca-bundle", &ca.root()])
+        .await;
+    assert!(o.status.success(), "{}", text(&o));
+    // The same token on another device (another key): refused, nothing stored.
+    let b = tmp.path().join("b");
+    let o = lanyard(&b, &["enrol", "--ca", &ca.url, "--token", &token, "--ca-bundle", &ca.root()])
+        .await;
+    assert!(!o.status.success() && text(&o).contains("already used"), "{}", text(&o));
+    assert_eq!(status(&b).await["state"], "not_enrolled");
+
+    // A pinned fingerprint: wrong is refused by name, right works.
+    let root_der = pem::parse(std::fs::read(ca.dir.join("root.crt")).expect("root"))
+        .expect("pem")
+        .into_contents();
+    let right = hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &root_der));
+    let c = tmp.path().join("c");
+    let t = ca.token("dev-3").await;
+    let o = lanyard(
+        &c,
+        &["enrol", "--ca", &ca.url, "--token", &t, "--ca-fingerprint", &"ab".repeat(32)],
+    )
+    .await;
+    assert!(!o.status.success() && text(&o).contains("fingerprint"), "{}", text(&o));
+    let o =
+        lanyard(&c, &["enrol", "--ca", &ca.url, "--token", &t, "--ca-fingerprint", &right]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(status(&c).await["state"], "valid");
+
+    // No CA at that address: a clear error, nothing stored.
+    let d = tmp.path().join("d");
+    let o = lanyard(
+        &d,
+        &[
+            "enrol",
+            "--ca",
+            "https://127.0.0.1:9",
+            "--token",
+            &ca.token("dev-4").await,
+            "--ca-bundle",
+            &ca.root(),
+        ],
+    )
+    .await;
+    assert!(!o.status.success() && text(&o).contains("cannot reach the CA"), "{}", text(&o));
+
+    // A server with the right TLS certificate that answers garbage.
+    let (chain, key) =
+        CaDir::new(&ca.dir).tls_identity(&ca.auth(), &["127.0.0.1".into()]).expect("tls");
+    let tls = lanyard_ca::http::tls::server_config(chain, key, &ca.auth().keys().issuing_der)
+        .expect("tls");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let app = axum::Router::new().fallback(|| async { "this is not EST" });
+    tokio::spawn(lanyard_ca::http::server::serve(l, Some(Arc::new(tls)), app, stop.clone()));
+    let o = lanyard(
+        &d,
+        &[
+            "enrol",
+            "--ca",
+            &format!("https://{addr}"),
+            "--token",
+            &ca.token("dev-4").await,
+            "--ca-bundle",
+            &ca.root(),
+        ],
+    )
+    .await;
+    assert!(!o.status.success() && text(&o).contains("not usable"), "{}", text(&o));
+    assert_eq!(status(&d).await["state"], "not_enrolled");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_that_goes_away_and_comes_back() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut ca = Ca::start(tmp.path()).await;
+    let state = tmp.path().join("agent");
+    let first = enrol(&ca, &state, "dev-5").await["serial"].as_str().expect("serial").to_owned();
+    ca.down().await;
+    let o = lanyard(&state, &["renew", "--force"]).await;
+    assert!(!o.status.success() && text(&o).contains("cannot reach the CA"), "{}", text(&o));
+    let s = status(&state).await;
+    assert_eq!(s["state"], "valid", "the current certificate stays: {s}");
+    assert_eq!(s["serial"], first.as_str());
+    assert_eq!(s["consecutive_failures"], 1);
+    assert!(s["last_error"].as_str().is_some_and(|e| e.contains("cannot reach")), "{s}");
+    assert!(s["seconds_until_expiry"].as_i64().is_some_and(|x| x > 0));
+    ca.up().await; // same port
+    let o = lanyard(&state, &["renew", "--force"]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let s = status(&state).await;
+    assert_eq!(s["consecutive_failures"], 0);
+    assert!(s["last_error"].is_null());
+    assert_ne!(s["serial"], first.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_cannot_renew_and_says_so() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let state = tmp.path().join("agent");
+    let serial = enrol(&ca, &state, "dev-6").await["serial"].as_str().expect("serial").to_owned();
+    ca.auth()
+        .revoke(&serial, Reason::KeyCompromise, "test", &RequestMeta::default())
+        .await
+        .expect("revoke");
+    let o = lanyard(&state, &["renew", "--force"]).await;
+    assert!(!o.status.success() && text(&o).contains("revoked"), "{}", text(&o));
+    let s = status(&state).await;
+    assert_eq!(s["state"], "revoked");
+    assert!(s["action"].as_str().is_some_and(|a| a.contains("new token")), "{s}");
+    assert!(s["next_renewal"].is_null());
+    // `status --refresh` learns it from the CA too (a fresh state dir would not know).
+    let o = lanyard(&state, &["status", "--refresh"]).await;
+    assert!(!o.status.success() && text(&o).contains("revoked"), "{}", text(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_renews_on_schedule_runs_hooks_and_stops_on_sigterm() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    // Five-minute certificates renewed at 10% of their life: every 30 s.
+    let p = GroupPolicy {
+        lifetime_secs: 300,
+        renew_fraction: 0.1,
+        jitter_fraction: 0.0,
+        ..Default::default()
+    };
+    ca.auth().set_policy("default", p, "test").await.expect("policy");
+    let state = tmp.path().join("agent");
+    let first = enrol(&ca, &state, "dev-7").await["serial"].as_str().expect("serial").to_owned();
+    let hook_log = tmp.path().join("hook.log");
+    let cfg = tmp.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[ca]\nurl = \"{}\"\nca_bundle = \"{}\"\n[store]\nbackend = \"file\"\npath = \"{}\"\n[renewal]\ncheck_interval = \"10s\"\n[hooks]\npost_renew = [\"sh\", \"-c\", \"echo \\\"$LANYARD_SERIAL\\\" >> '{}'\"]\n",
+            ca.url,
+            ca.root(),
+            state.display(),
+            hook_log.display()
+        ),
+    )
+    .expect("config");
+    let mut daemon = tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["--config", cfg.to_str().expect("p"), "run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("daemon");
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(75)
+        && std::fs::read_to_string(&hook_log).unwrap_or_default().lines().count() < 1
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let renewed = std::fs::read_to_string(&hook_log).unwrap_or_default();
+    assert!(!renewed.trim().is_empty(), "the daemon did not renew within 75 s");
+    let s = status(&state).await;
+    assert_ne!(s["serial"], first.as_str());
+    assert_eq!(
+        Some(renewed.lines().last().unwrap_or("").trim()),
+        s["serial"].as_str(),
+        "the hook saw the new serial"
+    );
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(daemon.id().expect("pid")).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let exit = tokio::time::timeout(Duration::from_secs(15), daemon.wait())
+        .await
+        .expect("stops within 15 s")
+        .expect("wait");
+    assert!(exit.success(), "{exit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_renewal_always_leaves_a_valid_matching_credential() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let state = tmp.path().join("agent");
+    enrol(&ca, &state, "dev-8").await;
+    // How long one renewal takes here, so the kills land all over it.
+    let t = Instant::now();
+    assert!(lanyard(&state, &["renew", "--force"]).await.status.success());
+    let span = u64::try_from(t.elapsed().as_millis()).unwrap_or(200).max(20) * 5 / 4;
+    let mut serials = std::collections::BTreeSet::new();
+    for i in 0..30u64 {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(["--store", "file", "--state-dir"])
+            .arg(&state)
+            .args(["renew", "--force"])
+            .env("LANYARD_CONFIG", "/dev/null")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("renew");
+        // Spread the kills over the renewal: key generation, the request, the swap.
+        let delay = (i * 7919) % span;
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        // `status` loads the credential and checks that key and certificate match.
+        let s = status(&state).await;
+        assert_eq!(s["state"], "valid", "after a kill at {delay} ms: {s}");
+        serials.insert(s["serial"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(serials.len() > 1, "some renewals completed between kills: {serials:?}");
+    let o = lanyard(&state, &["renew", "--force"]).await;
+    assert!(o.status.success(), "the store still works after 30 kills: {}", text(&o));
+}
