@@ -127,7 +127,12 @@ async fn main() {
         .unwrap();
     let backend = lanyard_ca::aws::AwsBackend::connect_with(
         &cfg,
-        lanyard_ca::aws::AwsLocation { table, bucket: None },
+        lanyard_ca::aws::AwsLocation {
+            table,
+            bucket: None,
+            root_key_id: None,
+            issuing_key_id: None,
+        },
     );
     backend.init(&opts, &SystemClock).await.unwrap();
     let serverless = Arc::new(backend.open(Arc::new(SystemClock)).await.unwrap());

@@ -38,6 +38,10 @@ pub struct AwsCaSettings {
 pub struct AwsLocation {
     pub table: String,
     pub bucket: Option<String>,
+    /// KMS keys made beforehand (by Terraform, with their key policies): `init` uses them
+    /// instead of creating keys (`LANYARD_AWS_ROOT_KEY_ID`, `LANYARD_AWS_ISSUING_KEY_ID`).
+    pub root_key_id: Option<String>,
+    pub issuing_key_id: Option<String>,
 }
 
 impl AwsLocation {
@@ -47,9 +51,12 @@ impl AwsLocation {
                 "LANYARD_AWS_TABLE is not set: name the DynamoDB table of the CA".into(),
             )
         })?;
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         Ok(AwsLocation {
             table,
-            bucket: std::env::var("LANYARD_AWS_BUCKET").ok().filter(|b| !b.is_empty()),
+            bucket: var("LANYARD_AWS_BUCKET"),
+            root_key_id: var("LANYARD_AWS_ROOT_KEY_ID"),
+            issuing_key_id: var("LANYARD_AWS_ISSUING_KEY_ID"),
         })
     }
 }
@@ -59,6 +66,7 @@ pub struct AwsBackend {
     kms: aws_sdk_kms::Client,
     s3: aws_sdk_s3::Client,
     bucket: Option<String>,
+    key_ids: (Option<String>, Option<String>),
 }
 
 impl std::fmt::Debug for AwsBackend {
@@ -94,6 +102,7 @@ impl AwsBackend {
             kms: aws_sdk_kms::Client::new(&cfg),
             s3: aws_sdk_s3::Client::from_conf(s3_cfg),
             bucket: loc.bucket,
+            key_ids: (loc.root_key_id, loc.issuing_key_id),
         }
     }
 
@@ -119,20 +128,20 @@ impl AwsBackend {
         }
         let now = clock.now();
         let urls = PublicationUrls::from_base(opts.public_url.trim_end_matches('/'));
-        let root = KmsSigner::create(
-            self.kms.clone(),
-            opts.root_key,
-            &format!("{} root CA (Lanyard)", opts.name),
-        )
-        .await?;
+        let key = |id: &Option<String>, alg, what: &str| {
+            let (kms, id) = (self.kms.clone(), id.clone());
+            let description = format!("{} {what} CA (Lanyard)", opts.name);
+            async move {
+                match id {
+                    Some(id) => KmsSigner::open(kms, &id, alg).await,
+                    None => KmsSigner::create(kms, alg, &description).await,
+                }
+            }
+        };
+        let root = key(&self.key_ids.0, opts.root_key, "root").await?;
         let root_params = profile::root(&opts.name, now);
         let root_cert = root_params.self_signed(&root)?;
-        let issuing = KmsSigner::create(
-            self.kms.clone(),
-            opts.issuing_key,
-            &format!("{} issuing CA (Lanyard)", opts.name),
-        )
-        .await?;
+        let issuing = key(&self.key_ids.1, opts.issuing_key, "issuing").await?;
         let issuing_cert = profile::issuing(&opts.name, now, &urls)?
             .signed_by(&issuing, &rcgen::Issuer::from_params(&root_params, &root))?;
         let settings = AwsCaSettings {

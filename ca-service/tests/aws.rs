@@ -204,7 +204,12 @@ async fn serverless_ca_on_moto() {
     .expect("bucket");
     let backend = AwsBackend::connect_with(
         &cfg,
-        AwsLocation { table: "lanyard-ca".into(), bucket: Some("lanyard-pub".into()) },
+        AwsLocation {
+            table: "lanyard-ca".into(),
+            bucket: Some("lanyard-pub".into()),
+            root_key_id: None,
+            issuing_key_id: None,
+        },
     );
     let opts = InitOptions {
         name: "Fleet".into(),
@@ -222,6 +227,52 @@ async fn serverless_ca_on_moto() {
     let bundle =
         lanyard_ca::bundle::build("Fleet", &auth.keys().root_der, &auth.keys().issuing_der);
     lanyard_ca::bundle::check(bundle.as_bytes()).expect("CloudFront bundle rules");
+
+    // Keys made beforehand (as Terraform does, with their key policies) are used, not
+    // created; a key of the wrong kind is refused by name.
+    let kms = aws_sdk_kms::Client::new(&cfg);
+    let mk = |spec: aws_sdk_kms::types::KeySpec| {
+        let kms = kms.clone();
+        async move {
+            kms.create_key()
+                .key_spec(spec)
+                .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+                .send()
+                .await
+                .expect("create key")
+                .key_metadata
+                .expect("metadata")
+                .key_id
+        }
+    };
+    let (root_id, issuing_id) = (
+        mk(aws_sdk_kms::types::KeySpec::EccNistP384).await,
+        mk(aws_sdk_kms::types::KeySpec::EccNistP256).await,
+    );
+    table(&cfg, "premade").await;
+    let loc = AwsLocation {
+        table: "premade".into(),
+        bucket: None,
+        root_key_id: Some(root_id.clone()),
+        issuing_key_id: Some(issuing_id.clone()),
+    };
+    let s = AwsBackend::connect_with(&cfg, loc)
+        .init(&opts, &SystemClock)
+        .await
+        .expect("init with given keys");
+    assert_eq!((s.root_key_id, s.issuing_key_id), (root_id.clone(), issuing_id.clone()));
+    table(&cfg, "wrongkind").await;
+    let loc = AwsLocation {
+        table: "wrongkind".into(),
+        bucket: None,
+        root_key_id: Some(issuing_id),
+        issuing_key_id: Some(root_id),
+    };
+    let e = AwsBackend::connect_with(&cfg, loc)
+        .init(&opts, &SystemClock)
+        .await
+        .expect_err("P-256 key as root");
+    assert!(e.to_string().contains("not ecdsa-p384"), "{e}");
 
     // Enrol through the Lambda handler (bootstrap hostname: no client certificate).
     let (token, _) = auth
