@@ -1,0 +1,34 @@
+output "table_name" {
+  description = "DynamoDB table of the CA (LANYARD_AWS_TABLE for the admin CLI)."
+  value       = aws_dynamodb_table.ca.name
+}
+
+output "bucket_name" {
+  description = "Publication bucket: ca-bundle.pem, crl/, revoked.json (LANYARD_AWS_BUCKET)."
+  value       = aws_s3_bucket.publications.bucket
+}
+
+output "root_key_id" {
+  description = "KMS key id of the root CA key (LANYARD_AWS_ROOT_KEY_ID for `lanyard-ca init --backend aws`)."
+  value       = aws_kms_key.root.key_id
+}
+
+output "issuing_key_id" {
+  description = "KMS key id of the issuing CA key (LANYARD_AWS_ISSUING_KEY_ID)."
+  value       = aws_kms_key.issuing.key_id
+}
+
+output "bootstrap_target" {
+  description = "Regional target for the enrolment hostname's DNS alias."
+  value       = aws_apigatewayv2_domain_name.bootstrap.domain_name_configuration[0].target_domain_name
+}
+
+output "renewal_target" {
+  description = "Regional target for the renewal hostname's DNS alias."
+  value       = aws_apigatewayv2_domain_name.renewal.domain_name_configuration[0].target_domain_name
+}
+
+output "functions" {
+  description = "Lambda function names."
+  value       = { http = aws_lambda_function.http.function_name, publish = aws_lambda_function.publish.function_name }
+}
