@@ -239,6 +239,13 @@ fn bad_enrolment_requests_are_refused_and_leave_nothing() {
             .cacert(&srv.cacert)
             .send();
     assert_eq!(r.status, 401, "{r}");
+    // Tokens never travel in clear: the plain-HTTP listener has no enrolment endpoint.
+    for path in ["/.well-known/est/simpleenroll", "/.well-known/est/simplereenroll"] {
+        let r = Request::post(srv.http_url(path), "application/pkcs10", &good.b64)
+            .basic(id, &token)
+            .send();
+        assert!(r.status == 404 || r.status == 405, "{path} over plain HTTP:\n{r}");
+    }
 
     // The audit trail records no issuance, the server is alive, and the token was never
     // burned: the good CSR still enrols.

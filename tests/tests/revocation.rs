@@ -157,4 +157,19 @@ fn revoke_shows_in_crl_ocsp_export_and_renewal() {
     // Either a refusal or a status that says revoked; never "valid".
     assert!(!r.text().contains("\"valid\""), "{r}");
     assert_eq!(ca.certs().len(), 2);
+
+    // `revoke` takes the colon-hex form the export prints, too.
+    let other_serial = pki::serial_hex(&other);
+    let other_colon = other_serial
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).to_lowercase())
+        .collect::<Vec<_>>()
+        .join(":");
+    ca.cli(&["revoke", "--serial", &other_colon, "--reason", "superseded"]).ok();
+    let out = ca.cli(&["revoked", "--format", "text"]).ok();
+    assert_eq!(out.stdout.lines().count(), 2, "{out}");
+    assert!(out.stdout.contains(&other_colon), "{out}");
+    let out = ocsp_post(&ca, &other).ok();
+    assert!(out.stdout.contains(": revoked") && out.stdout.contains("superseded"), "{out}");
 }
