@@ -1,0 +1,34 @@
+output "distribution_domain_name" {
+  description = "CloudFront domain of the distribution (the alias target)."
+  value       = aws_cloudfront_distribution.this.domain_name
+}
+
+output "distribution_id" {
+  description = "CloudFront distribution id."
+  value       = aws_cloudfront_distribution.this.id
+}
+
+output "trust_store_id" {
+  description = "Id of the CloudFront trust store reading the Lanyard CA bundle."
+  value       = aws_cloudfront_trust_store.this.id
+}
+
+output "revoked_kvs_arn" {
+  description = "ARN of the KeyValueStore of revoked serials (give it to sync-revocations.py)."
+  value       = aws_cloudfront_key_value_store.revoked.arn
+}
+
+output "bundle_bucket" {
+  description = "Bucket holding ca-bundle.pem."
+  value       = aws_s3_bucket.bundle.bucket
+}
+
+output "origin_bucket" {
+  description = "Private origin bucket (upload the site's content here)."
+  value       = aws_s3_bucket.origin.bucket
+}
+
+output "log_bucket" {
+  description = "Access log bucket."
+  value       = aws_s3_bucket.logs.bucket
+}

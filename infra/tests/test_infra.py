@@ -1,0 +1,140 @@
+"""pytest: the KeyValueStore sync plan, and the bundle preconditions on real bundles."""
+
+import datetime as dt
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import tempfile
+
+import pytest
+
+HERE = pathlib.Path(__file__).parent
+spec = importlib.util.spec_from_file_location("sync", HERE.parent / "scripts" / "sync-revocations.py")
+sync = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sync)
+import bundle_check  # noqa: E402
+
+NOW = dt.datetime(2026, 6, 2, tzinfo=dt.timezone.utc)
+
+
+def row(serial, expired=False):
+    return {
+        "serial": serial,
+        "revoked_at": "2026-06-01T00:00:00Z",
+        "reason": "keyCompromise",
+        "not_after": "2026-01-01T00:00:00Z" if expired else "2027-01-01T00:00:00Z",
+    }
+
+
+class FakeKvs:
+    """Enough of the cloudfront-keyvaluestore client for the sync: pages, ETags, limits."""
+
+    def __init__(self, items=None):
+        self.items = dict(items or {})
+        self.etag = "e0"
+        self.calls = 0
+
+    def list_keys(self, KvsARN, NextToken=None):
+        keys = sorted(self.items)
+        start = int(NextToken or 0)
+        page = keys[start : start + 7]
+        resp = {"Items": [{"Key": k, "Value": self.items[k]} for k in page]}
+        if start + 7 < len(keys):
+            resp["NextToken"] = str(start + 7)
+        return resp
+
+    def describe_key_value_store(self, KvsARN):
+        return {"ETag": self.etag}
+
+    def update_keys(self, KvsARN, IfMatch, Puts, Deletes):
+        assert IfMatch == self.etag, "stale ETag"
+        assert len(Puts) + len(Deletes) <= 50, "more than 50 keys in one update"
+        for p in Puts:
+            self.items[p["Key"]] = p["Value"]
+        for d in Deletes:
+            del self.items[d["Key"]]
+        self.calls += 1
+        self.etag = f"e{self.calls}"
+        return {"ETag": self.etag}
+
+
+def test_canonical_serial_forms():
+    assert sync.canonical("8F:3A:01") == "00:8f:3a:01"
+    assert sync.canonical("00:8f:3a:01") == "00:8f:3a:01"
+    assert sync.canonical("0x7f01") == "7f:01"
+    assert sync.canonical("00007f01") == "7f:01"
+
+
+def test_sync_is_idempotent_drops_expired_and_batches():
+    export = [row(f"7f:{i:02x}") for i in range(120)] + [row("7e:00", expired=True)]
+    kvs = FakeKvs({"6e:01": "{}", "7e:00": "{}"})
+    sync.sync(kvs, "arn", export, NOW, out=open(os.devnull, "w"))
+    assert set(kvs.items) == {f"7f:{i:02x}" for i in range(120)}
+    assert kvs.calls == 3  # 122 changes, 50 per update
+    calls = kvs.calls
+    puts, deletes = sync.sync(kvs, "arn", export, NOW, out=open(os.devnull, "w"))
+    assert (puts, deletes) == ([], []) and kvs.calls == calls
+
+
+def test_dry_run_changes_nothing():
+    kvs = FakeKvs()
+    puts, _ = sync.sync(kvs, "arn", [row("7f:01")], NOW, dry_run=True, out=open(os.devnull, "w"))
+    assert puts and not kvs.items
+
+
+def test_value_names_the_reason():
+    want = sync.desired([row("7f:01")], NOW)
+    assert json.loads(want["7f:01"])["reason"] == "keyCompromise"
+
+
+def make_bundle(dirpath):
+    def run(*args):
+        subprocess.run(args, cwd=dirpath, check=True, capture_output=True)
+
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384", "-nodes",
+        "-keyout", "root.key", "-out", "root.pem", "-subj", "/CN=Test Root", "-days", "30")
+    run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "iss.key", "-out", "iss.csr", "-subj", "/CN=Test Issuing")
+    pathlib.Path(dirpath, "ext").write_text("basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n")
+    run("openssl", "x509", "-req", "-in", "iss.csr", "-CA", "root.pem", "-CAkey", "root.key", "-CAcreateserial",
+        "-out", "iss.pem", "-days", "30", "-extfile", "ext")
+    text = "# Test bundle\n" + pathlib.Path(dirpath, "root.pem").read_text() + pathlib.Path(dirpath, "iss.pem").read_text()
+    return text
+
+
+def test_the_ca_bundle_passes_the_module_precondition():
+    path = os.environ.get("LANYARD_CA_BUNDLE")
+    if path:
+        text = pathlib.Path(path).read_text()
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            text = make_bundle(d)
+    assert bundle_check.violations(text) == []
+
+
+def test_bad_bundles_are_refused():
+    with tempfile.TemporaryDirectory() as d:
+        text = make_bundle(d)
+    blocks = text.split("-----END CERTIFICATE-----\n")
+    with_blank = blocks[0] + "-----END CERTIFICATE-----\n\n" + blocks[1] + "-----END CERTIFICATE-----\n"
+    assert "blank line between certificates" in bundle_check.violations(with_blank)
+    assert any("certificates" in v for v in bundle_check.violations(text.split("-----BEGIN")[0] + ("-----BEGIN" + text.split("-----BEGIN")[1]) * 26))
+    with_key = text + "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+    assert "blocks other than CERTIFICATE" in bundle_check.violations(with_key)
+    assert "over 65,536 bytes" in bundle_check.violations(text + "#" * 70000)
+
+
+@pytest.mark.skipif(not os.environ.get("LANYARD_PULUMI_PKG"), reason="run.sh provides the provider schema package")
+def test_schema_check_catches_unknown_names(tmp_path):
+    (tmp_path / "main.tf").write_text(
+        'resource "aws_cloudfront_trust_store" "x" {\n  name = "a"\n  bogus_arg = 1\n}\n'
+        'resource "aws_made_up" "y" {}\n'
+    )
+    r = subprocess.run(
+        ["python3", str(HERE / "check_schema.py"), os.environ["LANYARD_PULUMI_PKG"], str(tmp_path)],
+        capture_output=True, text=True,
+    )
+    assert r.returncode == 1
+    assert "bogus_arg" in r.stdout and "aws_made_up" in r.stdout
