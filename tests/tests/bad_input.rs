@@ -348,6 +348,7 @@ fn reenrol_without_or_with_a_foreign_certificate_is_refused() {
     let other = Ca::init();
     for (what, cert, key) in foreign_certs(&ca, &other) {
         let r = est::reenroll(&srv, &cert, &key, &csr.b64);
+        eprintln!("{what} certificate: HTTP {} (curl exit {:?})", r.status, r.curl.code);
         // Refused in the TLS handshake (no HTTP status) or with 401: never a certificate.
         assert!(r.status == 0 || r.status == 401, "{what} certificate: {r}");
         if r.status == 401 {

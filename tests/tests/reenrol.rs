@@ -85,3 +85,50 @@ fn reenrol_with_the_same_key_is_refused() {
     assert!(r.text().contains("does not match"), "{r}");
     assert_eq!(ca.certs().len(), 1);
 }
+
+/// A certificate past its notAfter renews only within the group's grace. The shortest
+/// lifetime a policy allows is 5 minutes, so this waits that long: run it with
+/// `cargo test -p lanyard-e2e --test reenrol -- --ignored`.
+#[test]
+#[ignore = "slow: waits 5 minutes for a certificate to expire"]
+fn reenrol_after_expiry_only_within_grace() {
+    if !peers::require_basics() {
+        return;
+    }
+    let ca = Ca::init();
+    ca.policy_set("nograce", &["--lifetime", "5m", "--expired-grace", "0s"]);
+    ca.policy_set("grace", &["--lifetime", "5m", "--expired-grace", "1h"]);
+    let srv = ca.serve();
+    let mut held = Vec::new();
+    for group in ["nograce", "grace"] {
+        let id = format!("dev-{group}.fleet.example.com");
+        let (key, csr) = pki::key_and_csr(&ca.work, KeyAlg::P256, &id);
+        let tok = ca.token_with(&id, &["--group", group]);
+        let r = est::enroll(&srv, &id, &tok, &csr.b64).expect(200);
+        let leaf = pki::leaf_from_est(&r.body, &ca.work, group);
+        held.push((group, id, leaf, key));
+    }
+    // Wait until openssl agrees both have expired.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(420);
+    for (_, _, leaf, _) in &held {
+        let l = leaf.display().to_string();
+        while lanyard_e2e::run("openssl", &["x509", "-in", &l, "-noout", "-checkend", "0"])
+            .success()
+        {
+            assert!(std::time::Instant::now() < deadline, "certificate never expired");
+            std::thread::sleep(std::time::Duration::from_secs(5));
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for (group, id, leaf, key) in &held {
+        let (_, csr) = pki::key_and_csr(&ca.work, KeyAlg::P256, id);
+        let r = est::reenroll(&srv, leaf, key, &csr.b64);
+        if *group == "nograce" {
+            assert_eq!(r.status, 403, "{r}");
+            assert!(r.text().contains("expired"), "{r}");
+        } else {
+            assert_eq!(r.status, 200, "renewal within the grace:\n{r}");
+        }
+    }
+    assert_eq!(ca.certs().len(), 3);
+}
