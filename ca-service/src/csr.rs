@@ -90,11 +90,13 @@ pub fn check(der: &[u8]) -> Result<CheckedCsr> {
     if !rest.is_empty() {
         return Err(bad("CSR has trailing bytes after the request"));
     }
+    let info = &csr.certification_request_info;
+    // Name a refused key first: the verifier does not know RSA-1024 or P-521 and would only
+    // say that the signature does not verify.
+    let key_algorithm = key_algorithm_of(&info.subject_pki)?;
     csr.verify_signature().map_err(|_| {
         bad("CSR signature does not verify: the request must be signed by the key it carries")
     })?;
-    let info = &csr.certification_request_info;
-    let key_algorithm = key_algorithm_of(&info.subject_pki)?;
 
     if let Some(exts) = csr.requested_extensions() {
         for ext in exts {

@@ -257,11 +257,9 @@ fn bad_enrolment_requests_are_refused_and_leave_nothing() {
 }
 
 /// A CSR with a key CloudFront refuses is refused naming the key, not its signature.
-/// openssl signs these CSRs correctly (`openssl req -verify` agrees), but the CA checks
-/// the signature first, with a verifier that knows neither RSA-1024 nor P-521, and so
-/// answers "CSR signature does not verify" (ca-service/src/csr.rs, `check`).
+/// openssl signs these CSRs correctly (`openssl req -verify` agrees); the CA's verifier
+/// knows neither RSA-1024 nor P-521, so the key is classified before the signature.
 #[test]
-#[ignore = "lanyard-ca: csr::check verifies the signature before classifying the key"]
 fn refused_key_types_are_named() {
     if !peers::require_basics() {
         return;
