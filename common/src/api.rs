@@ -15,7 +15,11 @@ pub struct CertificateStatus {
     pub not_after: OffsetDateTime,
     /// `valid`, `expired` or `revoked`.
     pub status: String,
-    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub revoked_at: Option<OffsetDateTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation_reason: Option<String>,
