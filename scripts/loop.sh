@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet -p lanyard-ca -p lanyard-agent -p lanyard-local-loop
-exec target/debug/lanyard-loop
+exec "${CARGO_TARGET_DIR:-target}/debug/lanyard-loop"

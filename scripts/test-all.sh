@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 started=$(date +%s)
+TARGET=${CARGO_TARGET_DIR:-target}
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -28,13 +29,13 @@ step "credential stores against real OS keystores (kernel keyring, Secret Servic
 bash agent/keystore/tests/run-keyring-tests.sh
 
 step "the whole loop (scripts/loop.sh)"
-./scripts/loop.sh > target/loop.log 2>&1 || { cat target/loop.log; exit 1; }
-tail -n 1 target/loop.log
+./scripts/loop.sh > "$TARGET/loop.log" 2>&1 || { cat "$TARGET/loop.log"; exit 1; }
+tail -n 1 "$TARGET/loop.log"
 
 if [ -x infra/tests/run.sh ] || [ -f infra/tests/run.sh ]; then
   step "infra: terraform fmt, checkov, provider schema, connection function, KVS sync"
   bundle_dir=$(mktemp -d)
-  target/debug/lanyard-ca init --dir "$bundle_dir/ca" 2>/dev/null
+  "$TARGET/debug/lanyard-ca" init --dir "$bundle_dir/ca" 2>/dev/null
   LANYARD_CA_BUNDLE="$bundle_dir/ca/ca-bundle.pem" bash infra/tests/run.sh
   rm -rf "$bundle_dir"
 fi
