@@ -43,6 +43,19 @@ pub struct PublicationSettings {
     pub ocsp_validity: time::Duration,
 }
 
+impl PublicationSettings {
+    /// From a base URL and validities in seconds (as the CA's settings store them).
+    pub fn new(public_url: &str, crl_validity_secs: u64, ocsp_validity_secs: u64) -> Self {
+        let secs =
+            |s: u64, default: i64| time::Duration::seconds(i64::try_from(s).unwrap_or(default));
+        PublicationSettings {
+            urls: PublicationUrls::from_base(public_url),
+            crl_validity: secs(crl_validity_secs, 604_800),
+            ocsp_validity: secs(ocsp_validity_secs, 3_600),
+        }
+    }
+}
+
 /// A certificate just issued (or re-sent to a retry), with its chain.
 #[derive(Clone, Debug)]
 pub struct Issued {

@@ -193,15 +193,8 @@ impl CaDir {
             root_der: read_cert_der(&self.path("root.crt"))?,
             root,
         };
-        let publication = PublicationSettings {
-            urls: PublicationUrls::from_base(&s.public_url),
-            crl_validity: time::Duration::seconds(
-                i64::try_from(s.crl_validity_secs).unwrap_or(604_800),
-            ),
-            ocsp_validity: time::Duration::seconds(
-                i64::try_from(s.ocsp_validity_secs).unwrap_or(3_600),
-            ),
-        };
+        let publication =
+            PublicationSettings::new(&s.public_url, s.crl_validity_secs, s.ocsp_validity_secs);
         Authority::new(store, clock, keys, publication)
     }
 
