@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds the lanyard and lanyard-ca .debs for amd64 and arm64 into dist/.
+#   packaging/build-debs.sh                 both architectures
+#   LANYARD_DEB_ARCHES=amd64 packaging/build-debs.sh
+# Needs: cargo-deb (installed here if missing), and for arm64 the Rust target
+# aarch64-unknown-linux-gnu plus apt's gcc-aarch64-linux-gnu (see .cargo/config.toml).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+ARCHES=${LANYARD_DEB_ARCHES:-amd64 arm64}
+command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
+mkdir -p dist "$ROOT/packaging/generated"
+
+# Man pages and completions come from the programs themselves (same on every arch).
+cargo build --release -p lanyard-agent -p lanyard-ca
+gen="$ROOT/packaging/generated"
+for bin in lanyard lanyard-ca; do
+  exe="$TARGET_DIR/release/$bin"
+  "$exe" completions bash > "$gen/$bin.bash"
+  "$exe" completions zsh > "$gen/_$bin"
+  "$exe" completions fish > "$gen/$bin.fish"
+  "$exe" manpage | gzip -9n > "$gen/$bin.1.gz"
+done
+
+for arch in $ARCHES; do
+  case "$arch" in
+    amd64)
+      cargo deb -p lanyard-agent --no-build --output dist/
+      cargo deb -p lanyard-ca --no-build --output dist/
+      ;;
+    arm64)
+      rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+      export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
+      cargo deb -p lanyard-agent --target aarch64-unknown-linux-gnu --output dist/
+      cargo deb -p lanyard-ca --target aarch64-unknown-linux-gnu --output dist/
+      ;;
+    *) echo "unknown architecture $arch (amd64, arm64)" >&2; exit 2 ;;
+  esac
+done
+ls -l dist/*.deb

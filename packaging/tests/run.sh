@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Builds the .debs and checks them the way Debian and systemd would: lintian without
+# errors or warnings, `systemd-analyze verify` silent, `systemd-analyze security` exposure
+# at or under 2.0, install, files/owners/modes, the programs run (arm64 under qemu-user),
+# purge leaves nothing behind. With CI=true a missing tool fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+
+need() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [ "${CI:-}" = "true" ]; then echo "packaging tests: $1 is missing" >&2; exit 1; fi
+  echo "packaging tests: $1 is missing; skipping what needs it" >&2
+  return 1
+}
+fail() { echo "packaging tests: $*" >&2; exit 1; }
+
+ARCHES=${LANYARD_DEB_ARCHES:-amd64 arm64}
+if ! need aarch64-linux-gnu-gcc; then ARCHES=amd64; fi
+rm -f dist/lanyard*.deb
+LANYARD_DEB_ARCHES="$ARCHES" bash packaging/build-debs.sh
+
+echo "--> lintian"
+if need lintian; then
+  for deb in dist/*.deb; do
+    # Overrides, with reasons, live in packaging/lintian/.
+    lintian --fail-on error,warning --profile debian \
+      --suppress-tags-from-file packaging/lintian/suppressed "$deb"
+  done
+fi
+
+echo "--> systemd-analyze security (exposure must be 2.0 or lower)"
+if need systemd-analyze; then
+  for unit in lanyard lanyard-ca; do
+    score=$(systemd-analyze security --offline=true "packaging/$unit.service" 2>/dev/null \
+      | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+    echo "$unit.service exposure $score"
+    [ -n "$score" ] || fail "no exposure score for $unit.service"
+    awk -v s="$score" 'BEGIN { exit !(s <= 2.0) }' || fail "$unit.service exposure $score is above 2.0"
+  done
+fi
+
+deb() { ls dist/"$1"_*_"$2".deb; }
+
+echo "--> install (amd64)"
+need dpkg
+dpkg -i "$(deb lanyard amd64)" "$(deb lanyard-ca amd64)" >/dev/null
+for bin in lanyard lanyard-ca; do
+  [ "$(stat -c '%a %U:%G' /usr/bin/$bin)" = "755 root:root" ] || fail "/usr/bin/$bin owner or mode"
+  "/usr/bin/$bin" --version
+  [ -f "/usr/share/man/man1/$bin.1.gz" ] || fail "man page of $bin missing"
+  [ -f "/usr/share/bash-completion/completions/$bin" ] || fail "bash completion of $bin missing"
+  [ -f "/usr/share/zsh/vendor-completions/_$bin" ] || fail "zsh completion of $bin missing"
+  [ -f "/usr/share/fish/vendor_completions.d/$bin.fish" ] || fail "fish completion of $bin missing"
+  getent passwd "$bin" >/dev/null || fail "system user $bin missing"
+  unit=$(ls /lib/systemd/system/$bin.service /usr/lib/systemd/system/$bin.service 2>/dev/null | head -1)
+  [ -n "$unit" ] || fail "$bin.service not installed"
+  if need systemd-analyze; then
+    out=$(systemd-analyze verify "$unit" 2>&1 || true)
+    [ -z "$out" ] || fail "systemd-analyze verify $unit: $out"
+  fi
+done
+[ "$(stat -c '%a %U:%G' /etc/lanyard/agent.toml)" = "640 root:lanyard" ] || fail "/etc/lanyard/agent.toml owner or mode: $(stat -c '%a %U:%G' /etc/lanyard/agent.toml)"
+grep -qx /etc/lanyard/agent.toml /var/lib/dpkg/info/lanyard.conffiles || fail "agent.toml is not a conffile"
+grep -qx /etc/default/lanyard-ca /var/lib/dpkg/info/lanyard-ca.conffiles || fail "/etc/default/lanyard-ca is not a conffile"
+# The installed config parses (an unenrolled agent reports not_enrolled, exit 1).
+out=$(runuser -u lanyard -- /usr/bin/lanyard --config /etc/lanyard/agent.toml --state-dir "$(mktemp -d)" status 2>&1 || true)
+echo "$out" | grep -q "not_enrolled" || fail "the shipped agent.toml does not load: $out"
+
+if echo "$ARCHES" | grep -q arm64; then
+  echo "--> arm64 under qemu-user"
+  if need qemu-aarch64; then
+    for bin in lanyard lanyard-ca; do
+      qemu-aarch64 -L /usr/aarch64-linux-gnu "$TARGET_DIR/aarch64-unknown-linux-gnu/release/$bin" --version
+    done
+    dpkg-deb --info "$(deb lanyard arm64)" | grep -q "Architecture: arm64" || fail "arm64 package architecture"
+  fi
+fi
+
+echo "--> purge"
+dpkg --purge lanyard lanyard-ca >/dev/null
+for p in /usr/bin/lanyard /usr/bin/lanyard-ca /etc/lanyard /etc/default/lanyard-ca /var/lib/lanyard; do
+  [ ! -e "$p" ] || fail "$p left after purge"
+done
+getent passwd lanyard >/dev/null && fail "user lanyard left after purge"
+getent passwd lanyard-ca >/dev/null && fail "user lanyard-ca left after purge"
+echo "packaging: all checks passed"
+ls -l dist/*.deb
