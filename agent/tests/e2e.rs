@@ -3,114 +3,15 @@
 //! a CA that goes away and comes back, revocation, a CA that answers garbage, wrong
 //! fingerprints and used tokens, and SIGKILL at random points during renewal.
 
+mod common;
+
+use common::{Ca, enrol, lanyard, spki_of_pem, status, text};
 use lanyard_ca::authority::RequestMeta;
-use lanyard_ca::ca_dir::{CaDir, InitOptions};
-use lanyard_ca::clock::SystemClock;
+use lanyard_ca::ca_dir::CaDir;
 use lanyard_ca::revocation::Reason;
-use lanyard_ca::serve::{Running, ServeOptions};
-use lanyard_proto::{GroupPolicy, KeyAlgorithm};
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use lanyard_proto::GroupPolicy;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-struct Ca {
-    dir: PathBuf,
-    running: Option<Running>,
-    url: String,
-    listen: String,
-}
-
-impl Ca {
-    async fn start(tmp: &Path) -> Ca {
-        let dir = tmp.join("ca");
-        CaDir::new(&dir)
-            .init(
-                &InitOptions {
-                    name: "Test".into(),
-                    root_key: KeyAlgorithm::EcdsaP384,
-                    issuing_key: KeyAlgorithm::EcdsaP256,
-                    public_url: "http://127.0.0.1:9".into(),
-                },
-                &SystemClock,
-            )
-            .await
-            .expect("init");
-        let mut ca = Ca { dir, running: None, url: String::new(), listen: "127.0.0.1:0".into() };
-        ca.up().await;
-        ca
-    }
-
-    async fn up(&mut self) {
-        let d = CaDir::new(&self.dir);
-        let auth = d.open(Arc::new(SystemClock)).expect("open");
-        let opts =
-            ServeOptions { listen: self.listen.clone(), tls_names: vec![], http_listen: None };
-        let r = lanyard_ca::serve::start(d, auth, opts).await.expect("serve");
-        self.listen = r.https.to_string();
-        self.url = format!("https://{}", r.https);
-        self.running = Some(r);
-    }
-
-    async fn down(&mut self) {
-        if let Some(r) = self.running.take() {
-            r.stop().await;
-        }
-    }
-
-    fn auth(&self) -> Arc<lanyard_ca::Authority> {
-        self.running.as_ref().expect("running").authority.clone()
-    }
-
-    async fn token(&self, id: &str) -> String {
-        let (t, _) = self
-            .auth()
-            .create_token(id, "default", Duration::from_secs(600), "test")
-            .await
-            .expect("token");
-        t.expose().to_owned()
-    }
-
-    fn root(&self) -> String {
-        self.dir.join("root.crt").display().to_string()
-    }
-}
-
-async fn lanyard(state: &Path, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
-        .args(["--store", "file", "--state-dir"])
-        .arg(state)
-        .args(args)
-        .env("LANYARD_CONFIG", "/dev/null")
-        .output()
-        .await
-        .expect("run lanyard")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-async fn status(state: &Path) -> serde_json::Value {
-    let o = lanyard(state, &["status", "--json"]).await;
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("status --json: {e}: {}", text(&o)))
-}
-
-async fn enrol(ca: &Ca, state: &Path, id: &str) -> serde_json::Value {
-    let token = ca.token(id).await;
-    let o =
-        lanyard(state, &["enrol", "--ca", &ca.url, "--token", &token, "--ca-bundle", &ca.root()])
-            .await;
-    assert!(o.status.success(), "enrol: {}", text(&o));
-    status(state).await
-}
-
-fn spki_of_pem(path: &Path) -> Vec<u8> {
-    let data = std::fs::read(path).expect("read");
-    let p = pem::parse(&data).expect("pem");
-    let (_, x) = x509_parser::parse_x509_certificate(p.contents()).expect("x509");
-    x.tbs_certificate.subject_pki.raw.to_vec()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enrol_status_renew_and_export() {
