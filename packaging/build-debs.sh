@@ -23,16 +23,20 @@ for bin in lanyard lanyard-ca; do
   "$exe" manpage | gzip -9n > "$gen/$bin.1.gz"
 done
 
+# The agent is built for devices: the size-optimised `device` profile, without Secret
+# Service (a system service has no session bus; the file and kernel-keyring stores remain).
+AGENT_FLAGS="--profile device --no-default-features"
+
 for arch in $ARCHES; do
   case "$arch" in
     amd64)
-      cargo deb -p lanyard-agent --no-build --output dist/
+      cargo deb -p lanyard-agent $AGENT_FLAGS --output dist/
       cargo deb -p lanyard-ca --no-build --output dist/
       ;;
     arm64)
       rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
       export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
-      cargo deb -p lanyard-agent --target aarch64-unknown-linux-gnu --output dist/
+      cargo deb -p lanyard-agent $AGENT_FLAGS --target aarch64-unknown-linux-gnu --output dist/
       cargo deb -p lanyard-ca --target aarch64-unknown-linux-gnu --output dist/
       ;;
     *) echo "unknown architecture $arch (amd64, arm64)" >&2; exit 2 ;;

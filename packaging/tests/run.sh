@@ -72,7 +72,8 @@ if echo "$ARCHES" | grep -q arm64; then
   echo "--> arm64 under qemu-user"
   if need qemu-aarch64; then
     for bin in lanyard lanyard-ca; do
-      qemu-aarch64 -L /usr/aarch64-linux-gnu "$TARGET_DIR/aarch64-unknown-linux-gnu/release/$bin" --version
+      profile=release; [ "$bin" = lanyard ] && profile=device
+      qemu-aarch64 -L /usr/aarch64-linux-gnu "$TARGET_DIR/aarch64-unknown-linux-gnu/$profile/$bin" --version
     done
     dpkg-deb --info "$(deb lanyard arm64)" | grep -q "Architecture: arm64" || fail "arm64 package architecture"
   fi

@@ -192,8 +192,14 @@ impl KeyringVault {
 /// The platform's keystore for `kind`.
 fn connect(kind: StoreKind) -> keyring_core::Result<Arc<keyring_core::CredentialStore>> {
     let store: Arc<keyring_core::CredentialStore> = match kind {
-        #[cfg(target_os = "linux")]
+        #[cfg(all(target_os = "linux", feature = "secret-service"))]
         StoreKind::Keyring => zbus_secret_service_keyring_store::Store::new()?,
+        #[cfg(all(target_os = "linux", not(feature = "secret-service")))]
+        StoreKind::Keyring => {
+            return Err(keyring_core::Error::NotSupportedByStore(
+                "Secret Service in this build (the device build leaves it out): use the file or kernel-keyring store".into(),
+            ));
+        }
         #[cfg(target_os = "linux")]
         StoreKind::KernelKeyring => linux_keyutils_keyring_store::Store::new()?,
         #[cfg(target_os = "macos")]
