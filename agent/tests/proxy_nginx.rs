@@ -217,6 +217,28 @@ async fn proxy_against_nginx() {
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
 
+    // `lanyard export` gives PEM files that curl presents as they are.
+    let (crt, key) = (tmp.path().join("dev.crt"), tmp.path().join("dev.key"));
+    let o = lanyard(
+        &state,
+        &["export", "--cert", crt.to_str().expect("p"), "--key", key.to_str().expect("p")],
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    let out = Command::new("curl")
+        .args(["-s", "--cacert", &ca.root(), "--cert"])
+        .arg(&crt)
+        .arg("--key")
+        .arg(&key)
+        .args(["-w", "\n%{http_code}", &format!("https://127.0.0.1:{}/exported", nginx.h2)])
+        .output()
+        .expect("curl");
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.ends_with("200") && s.to_ascii_lowercase().starts_with(&first),
+        "curl with the exported files: {s}"
+    );
+
     // Forward proxy: only allow-listed hosts; nothing else is even connected to.
     let out = Command::new("curl")
         .args([

@@ -64,6 +64,7 @@ impl AwsLocation {
 pub struct AwsBackend {
     pub store: Arc<DynamoStore>,
     kms: aws_sdk_kms::Client,
+    kvs: aws_sdk_cloudfrontkeyvaluestore::Client,
     s3: aws_sdk_s3::Client,
     bucket: Option<String>,
     key_ids: (Option<String>, Option<String>),
@@ -100,6 +101,7 @@ impl AwsBackend {
         AwsBackend {
             store: Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&cfg), loc.table)),
             kms: aws_sdk_kms::Client::new(&cfg),
+            kvs: aws_sdk_cloudfrontkeyvaluestore::Client::new(&cfg),
             s3: aws_sdk_s3::Client::from_conf(s3_cfg),
             bucket: loc.bucket,
             key_ids: (loc.root_key_id, loc.issuing_key_id),
@@ -246,8 +248,88 @@ impl AwsBackend {
     }
 }
 
+impl AwsBackend {
+    /// Makes the CloudFront KeyValueStore `kvs_arn` hold exactly the unexpired revoked
+    /// serials (colon-hex keys, what the edge's connection function looks up): reads its
+    /// keys, sends only the difference, at most 50 keys per update, each with the store's
+    /// current ETag. Idempotent; run by the scheduled handler after every publication.
+    pub async fn sync_kvs(&self, auth: &Authority, kvs_arn: &str) -> Result<KvsPlan> {
+        use aws_sdk_cloudfrontkeyvaluestore::types::{
+            DeleteKeyRequestListItem, PutKeyRequestListItem,
+        };
+        let e = |op: &str, err: String| CaError::Storage(format!("KeyValueStore {op}: {err}"));
+        let mut current = BTreeMap::new();
+        let mut next: Option<String> = None;
+        loop {
+            let out = self
+                .kvs
+                .list_keys()
+                .kvs_arn(kvs_arn)
+                .set_next_token(next.take())
+                .send()
+                .await
+                .map_err(|x| {
+                    e(
+                        "ListKeys",
+                        aws_sdk_cloudfrontkeyvaluestore::error::DisplayErrorContext(&x).to_string(),
+                    )
+                })?;
+            for item in out.items() {
+                current.insert(item.key().to_owned(), item.value().to_owned());
+            }
+            match out.next_token {
+                Some(t) if !t.is_empty() => next = Some(t),
+                _ => break,
+            }
+        }
+        let plan = KvsPlan::new(&current, &auth.revoked_export().await?, auth.now());
+        let mut etag = self
+            .kvs
+            .describe_key_value_store()
+            .kvs_arn(kvs_arn)
+            .send()
+            .await
+            .map_err(|x| {
+                e(
+                    "DescribeKeyValueStore",
+                    aws_sdk_cloudfrontkeyvaluestore::error::DisplayErrorContext(&x).to_string(),
+                )
+            })?
+            .e_tag;
+        for (puts, deletes) in plan.batches() {
+            let puts = puts
+                .into_iter()
+                .map(|(k, v)| PutKeyRequestListItem::builder().key(k).value(v).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|x| e("UpdateKeys", x.to_string()))?;
+            let deletes = deletes
+                .into_iter()
+                .map(|k| DeleteKeyRequestListItem::builder().key(k).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|x| e("UpdateKeys", x.to_string()))?;
+            etag = self
+                .kvs
+                .update_keys()
+                .kvs_arn(kvs_arn)
+                .if_match(etag)
+                .set_puts(Some(puts))
+                .set_deletes(Some(deletes))
+                .send()
+                .await
+                .map_err(|x| {
+                    e(
+                        "UpdateKeys",
+                        aws_sdk_cloudfrontkeyvaluestore::error::DisplayErrorContext(&x).to_string(),
+                    )
+                })?
+                .e_tag;
+        }
+        Ok(plan)
+    }
+}
+
 /// Changes that make a CloudFront KeyValueStore hold exactly the unexpired revoked serials.
-#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Clone)]
 pub struct KvsPlan {
     /// `(key, value)`: colon-hex serial, and a small JSON (reason, revocation time).
     pub puts: Vec<(String, String)>,

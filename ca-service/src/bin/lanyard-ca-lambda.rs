@@ -1,7 +1,8 @@
 //! `lanyard-ca-lambda`: the serverless CA's Lambda entry point (runtime `provided.al2023`,
 //! arm64 or x86_64). `LANYARD_LAMBDA_MODE=http` (default) serves the EST and device
 //! endpoints from API Gateway events; `LANYARD_LAMBDA_MODE=publish` is the scheduled
-//! handler that regenerates CRLs and republishes the bundle and the revocation export.
+//! handler that regenerates CRLs, republishes the bundle and the revocation export, and
+//! (with `LANYARD_AWS_KVS_ARN`) brings CloudFront's KeyValueStore of revoked serials in step.
 #![forbid(unsafe_code)]
 
 use lambda_http::{Error, Request, service_fn};
@@ -22,7 +23,20 @@ async fn main() -> Result<(), Error> {
                     async move {
                         let out = backend.publish(&auth).await?;
                         tracing::info!(objects = ?out.objects, revoked = out.revoked, "published");
-                        Ok::<_, Error>(serde_json::to_value(out)?)
+                        // Revocation at the edge: CloudFront's KeyValueStore of revoked serials.
+                        let synced = match std::env::var("LANYARD_AWS_KVS_ARN") {
+                            Ok(arn) if !arn.is_empty() => {
+                                let plan = backend.sync_kvs(&auth, &arn).await?;
+                                tracing::info!(
+                                    puts = plan.puts.len(),
+                                    deletes = plan.deletes.len(),
+                                    "KeyValueStore synced"
+                                );
+                                Some(plan)
+                            }
+                            _ => None,
+                        };
+                        Ok::<_, Error>(serde_json::json!({ "published": out, "kvs": synced }))
                     }
                 },
             ))

@@ -240,6 +240,14 @@ data "aws_iam_policy_document" "lambda" {
     }
   }
   dynamic "statement" {
+    for_each = each.key == "publish" && var.revoked_kvs_arn != null ? [1] : []
+    content {
+      sid       = "RevokedSerialsAtTheEdge"
+      actions   = ["cloudfront-keyvaluestore:DescribeKeyValueStore", "cloudfront-keyvaluestore:ListKeys", "cloudfront-keyvaluestore:UpdateKeys"]
+      resources = [var.revoked_kvs_arn]
+    }
+  }
+  dynamic "statement" {
     for_each = each.key == "publish" ? [1] : []
     content {
       sid       = "DeadLetter"
@@ -329,11 +337,11 @@ resource "aws_lambda_function" "publish" {
   code_signing_config_arn        = var.code_signing_config_arn
 
   environment {
-    variables = {
+    variables = merge({
       LANYARD_AWS_TABLE   = aws_dynamodb_table.ca.name
       LANYARD_AWS_BUCKET  = aws_s3_bucket.publications.bucket
       LANYARD_LAMBDA_MODE = "publish"
-    }
+    }, var.revoked_kvs_arn == null ? {} : { LANYARD_AWS_KVS_ARN = var.revoked_kvs_arn })
   }
 
   dead_letter_config {

@@ -124,3 +124,9 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "revoked_kvs_arn" {
+  description = "ARN of the CloudFront KeyValueStore of revoked serials (output revoked_kvs_arn of the cloudfront-mtls module). The publish function keeps it in step; null: no sync."
+  type        = string
+  default     = null
+}
