@@ -90,6 +90,8 @@ fn start_nginx(tmp: &Path, ca: &Ca) -> Option<Nginx> {
                 ssl_verify_depth 2;
                 ssl_crl {d}/crl/crl.pem;
                 client_max_body_size 0;
+                # Retire connections often, as CloudFront does: HTTP/2 GOAWAY, HTTP/1.1 close.
+                keepalive_requests 100;
                 location = /big {{ alias {p}/big.bin; }}
                 location = /upload {{ return 200 \"uploaded\\n\"; }}
                 location / {{ return 200 \"$ssl_client_serial $server_protocol\\n\"; }}
@@ -143,14 +145,24 @@ fn proxy(ca: &Ca, state: &Path, upstream_port: u16, allow: &[&str]) -> (Kill, u1
             &ca.root(),
         ])
         .env("LANYARD_CONFIG", "/dev/null")
+        .env("LANYARD_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(std::fs::File::create(proxy_log(state, port)).expect("proxy log"));
     for a in allow {
         cmd.args(["--allow", a]);
     }
     let child = Kill(cmd.spawn().expect("proxy"));
     wait_port(port);
     (child, port)
+}
+
+/// Where a proxy's log goes, so that a failed assertion can show it.
+fn proxy_log(state: &Path, port: u16) -> PathBuf {
+    state.with_file_name(format!("proxy-{port}.log"))
+}
+
+fn read_log(state: &Path, port: u16) -> String {
+    std::fs::read_to_string(proxy_log(state, port)).unwrap_or_default()
 }
 
 type Client = hyper_util::client::legacy::Client<
@@ -267,8 +279,8 @@ async fn proxy_against_nginx() {
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.ends_with("200"), "an allow-listed absolute URL is fetched: {s}");
 
-    // A renewal by another process while requests run: none fails, and new connections
-    // carry the new certificate within seconds.
+    // A renewal by another process while requests run, with nginx retiring connections every
+    // 100 requests: none fails, and new connections carry the new certificate within seconds.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut load = Vec::new();
     for _ in 0..4 {
@@ -314,7 +326,11 @@ async fn proxy_against_nginx() {
         failed.extend(f);
     }
     assert!(ok > 20, "the load ran: {ok}");
-    assert!(failed.is_empty(), "requests failed during the renewal: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "requests failed during the renewal: {failed:?}\nproxy log:\n{}",
+        read_log(&state, p2)
+    );
 
     // Streaming: 1 GiB down and 256 MiB up through the HTTP/1.1 route, in bounded memory.
     let pid = proxy1.0.id();

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Instant;
@@ -300,27 +301,77 @@ async fn forward(ctx: &Ctx, peer: Option<String>, req: Request<Incoming>) -> Res
     }
     parts.uri = uri;
     parts.version = http::Version::HTTP_11; // the client negotiates h2 by ALPN itself
-    let out = Request::from_parts(parts, body.boxed());
 
-    let client = ctx.upstreams.client(&cur.info.serial);
-    match tokio::time::timeout(ctx.route.request_timeout, client.request(out)).await {
-        Err(_) => {
-            tracing::warn!(route = %ctx.name, upstream = %authority, "upstream timed out");
-            text(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "{authority} did not answer within {}s",
-                    ctx.route.request_timeout.as_secs()
-                ),
-            )
-        }
-        Ok(Err(e)) => upstream_error(ctx, &authority, &e),
-        Ok(Ok(resp)) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.boxed())
+    // A request without a body whose method is idempotent can be sent again when the
+    // upstream turned it away unprocessed (an HTTP/2 GOAWAY or REFUSED_STREAM, as nginx
+    // and CloudFront send when they retire a connection). Anything with a body streams
+    // through once.
+    let replayable = body.is_end_stream() && idempotent(&parts.method);
+    let mut body = if replayable { None } else { Some(body.boxed()) };
+    let deadline = tokio::time::Instant::now() + ctx.route.request_timeout;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let out = Request::from_parts(parts.clone(), body.take().unwrap_or_else(empty));
+        // Looked up per attempt: a retry after a renewal uses the new certificate's pool.
+        let client = ctx.upstreams.client(&cur.info.serial);
+        match tokio::time::timeout_at(deadline, client.request(out)).await {
+            Err(_) => {
+                tracing::warn!(route = %ctx.name, upstream = %authority, "upstream timed out");
+                return text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "{authority} did not answer within {}s",
+                        ctx.route.request_timeout.as_secs()
+                    ),
+                );
+            }
+            Ok(Err(e)) if replayable && attempt < MAX_ATTEMPTS && unprocessed(&e) => {
+                tracing::debug!(route = %ctx.name, upstream = %authority, error = %e, attempt, "upstream turned the request away unprocessed; sending it again");
+            }
+            Ok(Err(e)) => return upstream_error(ctx, &authority, &e),
+            Ok(Ok(resp)) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                return Response::from_parts(parts, body.boxed());
+            }
         }
     }
+}
+
+/// How many times a replayable request is sent before its failure is reported.
+const MAX_ATTEMPTS: u32 = 3;
+
+fn empty() -> Body {
+    http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
+
+/// RFC 9110 §9.2.2.
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether the upstream refused the request before processing it: the stream was above a
+/// GOAWAY's last stream id, or reset with REFUSED_STREAM (RFC 9113 §8.7), or an HTTP/1.1
+/// keep-alive connection closed before any of the response arrived.
+fn unprocessed(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<h2::Error>() {
+            return (h.is_go_away() && h.is_remote())
+                || h.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        if let Some(h) = s.downcast_ref::<hyper::Error>()
+            && h.is_incomplete_message()
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 #[cfg(test)]
