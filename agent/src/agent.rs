@@ -323,6 +323,11 @@ impl Agent {
         };
         self.save_state(&st);
         tracing::info!(identity = %info.identity, serial = %info.serial, not_after = %info.not_after, store = %self.store.describe(), "enrolled");
+        // Learn the group's policy now, so the first renewal decision follows it (expiry
+        // grace, renewal point) even if the daemon never ran. Not fatal: `run` checks in.
+        if let Err(e) = self.check_in().await {
+            tracing::warn!(error = %e, "enrolled, but could not read the group's policy yet");
+        }
         Ok(info)
     }
 
@@ -345,16 +350,19 @@ impl Agent {
                 st.last_error = None;
                 st.last_renewal = Some(now);
                 st.revoked = None;
+                st.renewal_refused = None;
                 self.metrics.renewals.inc();
             }
             Err(e) => {
                 st.failures = st.failures.saturating_add(1);
                 st.last_failure_at = Some(now);
                 st.last_error = Some(e.to_string());
-                if let AgentError::Refused { status: 403, message, .. } = e
-                    && message.contains("revoked")
-                {
-                    st.revoked = Some((cur.info.serial.clone(), message.clone()));
+                if let AgentError::Refused { status: 403, message, .. } = e {
+                    if message.contains("revoked") {
+                        st.revoked = Some((cur.info.serial.clone(), message.clone()));
+                    } else {
+                        st.renewal_refused = Some((cur.info.serial.clone(), message.clone()));
+                    }
                 }
                 self.metrics.renewal_failure(e.kind());
             }
@@ -441,6 +449,14 @@ impl Agent {
             (Some((serial, _)), Some(c)) => *serial == c.info.serial,
             _ => false,
         };
+        if let (Some((serial, message)), Some(c)) = (&st.renewal_refused, &cur)
+            && *serial == c.info.serial
+            && !revoked
+        {
+            return Decision::NeedsEnrolment(format!(
+                "the CA refused to renew certificate {serial}: {message}"
+            ));
+        }
         let jitter = cur.as_ref().map(|c| schedule::stable_jitter(&c.info.serial)).unwrap_or(0.0);
         let failures = Failures { count: st.failures, last_at: st.last_failure_at };
         schedule::decide(now, validity, revoked, &policy, failures, jitter, rand::random::<f64>())

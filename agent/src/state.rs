@@ -27,6 +27,9 @@ pub struct AgentState {
     pub last_renewal: Option<OffsetDateTime>,
     /// Set when the CA reported the current certificate revoked: `(serial, reason)`.
     pub revoked: Option<(String, String)>,
+    /// Set when the CA refused to renew the current certificate for good (403: expired
+    /// beyond the grace, unknown to the CA): `(serial, the CA's words)`.
+    pub renewal_refused: Option<(String, String)>,
     /// PID of a process in the middle of a renewal (cleared after).
     pub renewing_pid: Option<u32>,
 }

@@ -1,11 +1,12 @@
 //! The agent against a real CA (lanyard-ca, in-process on loopback), driven through the
 //! `lanyard` binary as a user would: enrolment, status, forced and scheduled renewal,
-//! a CA that goes away and comes back, revocation, a CA that answers garbage, wrong
-//! fingerprints and used tokens, and SIGKILL at random points during renewal.
+//! a CA that goes away and comes back, revocation, expiry with and without grace, a CA
+//! that answers garbage, wrong fingerprints and used tokens, and SIGKILL at random points
+//! during renewal.
 
 mod common;
 
-use common::{Ca, enrol, lanyard, spki_of_pem, status, text};
+use common::{Ca, enrol, enrol_in, lanyard, spki_of_pem, status, text};
 use lanyard_ca::authority::RequestMeta;
 use lanyard_ca::ca_dir::CaDir;
 use lanyard_ca::revocation::Reason;
@@ -290,4 +291,82 @@ async fn sigkill_during_renewal_always_leaves_a_valid_matching_credential() {
     assert!(serials.len() > 1, "some renewals completed between kills: {serials:?}");
     let o = lanyard(&state, &["renew", "--force"]).await;
     assert!(o.status.success(), "the store still works after 30 kills: {}", text(&o));
+}
+
+/// libfaketime's wrapper: the agent is run an hour ahead of the wall clock. With CI=true
+/// its absence fails the test instead of skipping it.
+fn faketime() -> Option<&'static str> {
+    if std::path::Path::new("/usr/bin/faketime").exists() {
+        return Some("/usr/bin/faketime");
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "faketime is missing (apt-get install faketime)"
+    );
+    eprintln!("SKIPPED: faketime is not installed");
+    None
+}
+
+async fn lanyard_an_hour_later(
+    faketime: &str,
+    state: &std::path::Path,
+    args: &[&str],
+) -> std::process::Output {
+    tokio::process::Command::new(faketime)
+        .args(["-f", "+1h", env!("CARGO_BIN_EXE_lanyard"), "--store", "file", "--state-dir"])
+        .arg(state)
+        .args(args)
+        .env("LANYARD_CONFIG", "/dev/null")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .output()
+        .await
+        .expect("run lanyard under faketime")
+}
+
+/// A device offline through its certificate's expiry: an hour later (the CA's clock moved
+/// on, the agent run under libfaketime), a group with an expiry grace renews with the
+/// expired certificate without `--force`; a group without grace says a new token is
+/// needed, and keeps the credential it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_renews_within_the_grace_only() {
+    let Some(faketime) = faketime() else { return };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let short = |grace| GroupPolicy {
+        lifetime_secs: 300,
+        expired_grace_secs: grace,
+        ..GroupPolicy::default()
+    };
+    ca.auth().set_policy("grace", short(86_400), "test").await.expect("policy");
+    ca.auth().set_policy("nograce", short(0), "test").await.expect("policy");
+    let (g, n) = (tmp.path().join("grace"), tmp.path().join("nograce"));
+    let first =
+        enrol_in(&ca, &g, "dev-g", "grace").await["serial"].as_str().expect("serial").to_owned();
+    let other =
+        enrol_in(&ca, &n, "dev-n", "nograce").await["serial"].as_str().expect("serial").to_owned();
+
+    ca.clock.set_offset(Duration::from_secs(3600));
+    for state in [&g, &n] {
+        let o = lanyard_an_hour_later(faketime, state, &["status", "--json"]).await;
+        let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
+        assert_eq!(s["state"], "expired", "{s}");
+        assert!(!o.status.success(), "status exits non-zero for an expired credential");
+    }
+
+    let o = lanyard_an_hour_later(faketime, &g, &["renew"]).await;
+    assert!(o.status.success(), "within the grace: {}", text(&o));
+    let o = lanyard_an_hour_later(faketime, &g, &["status", "--json"]).await;
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
+    assert_eq!(s["state"], "valid", "{s}");
+    assert_ne!(s["serial"], first.as_str());
+
+    let o = lanyard_an_hour_later(faketime, &n, &["renew"]).await;
+    assert!(!o.status.success() && text(&o).contains("new token"), "{}", text(&o));
+    let o = lanyard_an_hour_later(faketime, &n, &["renew", "--force"]).await;
+    assert!(!o.status.success(), "the CA refuses it too: {}", text(&o));
+    assert!(text(&o).contains("expired"), "{}", text(&o));
+    let o = lanyard_an_hour_later(faketime, &n, &["status", "--json"]).await;
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
+    assert_eq!(s["serial"], other.as_str(), "the credential is kept: {s}");
+    assert!(s["action"].as_str().is_some_and(|a| a.contains("new token")), "{s}");
 }

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use lanyard_ca::ca_dir::{CaDir, InitOptions};
-use lanyard_ca::clock::SystemClock;
+use lanyard_ca::clock::{Clock, SystemClock};
 use lanyard_ca::serve::{Running, ServeOptions};
 use lanyard_proto::KeyAlgorithm;
 use std::path::{Path, PathBuf};
@@ -11,8 +11,29 @@ use std::process::Output;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The wall clock moved by a settable offset, to make the CA see the future.
+#[derive(Debug, Default)]
+pub struct OffsetClock(pub std::sync::atomic::AtomicI64);
+
+impl OffsetClock {
+    pub fn set_offset(&self, d: Duration) {
+        self.0.store(
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now(&self) -> time::OffsetDateTime {
+        SystemClock.now()
+            + time::Duration::seconds(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
 pub struct Ca {
     pub dir: PathBuf,
+    pub clock: Arc<OffsetClock>,
     pub running: Option<Running>,
     pub url: String,
     pub listen: String,
@@ -33,14 +54,20 @@ impl Ca {
             )
             .await
             .expect("init");
-        let mut ca = Ca { dir, running: None, url: String::new(), listen: "127.0.0.1:0".into() };
+        let mut ca = Ca {
+            dir,
+            clock: Arc::new(OffsetClock::default()),
+            running: None,
+            url: String::new(),
+            listen: "127.0.0.1:0".into(),
+        };
         ca.up().await;
         ca
     }
 
     pub async fn up(&mut self) {
         let d = CaDir::new(&self.dir);
-        let auth = d.open(Arc::new(SystemClock)).expect("open");
+        let auth = d.open(self.clock.clone()).expect("open");
         let opts =
             ServeOptions { listen: self.listen.clone(), tls_names: vec![], http_listen: None };
         let r = lanyard_ca::serve::start(d, auth, opts).await.expect("serve");
@@ -60,9 +87,13 @@ impl Ca {
     }
 
     pub async fn token(&self, id: &str) -> String {
+        self.token_in(id, "default").await
+    }
+
+    pub async fn token_in(&self, id: &str, group: &str) -> String {
         let (t, _) = self
             .auth()
-            .create_token(id, "default", Duration::from_secs(600), "test")
+            .create_token(id, group, Duration::from_secs(600), "test")
             .await
             .expect("token");
         t.expose().to_owned()
@@ -94,7 +125,11 @@ pub async fn status(state: &Path) -> serde_json::Value {
 }
 
 pub async fn enrol(ca: &Ca, state: &Path, id: &str) -> serde_json::Value {
-    let token = ca.token(id).await;
+    enrol_in(ca, state, id, "default").await
+}
+
+pub async fn enrol_in(ca: &Ca, state: &Path, id: &str, group: &str) -> serde_json::Value {
+    let token = ca.token_in(id, group).await;
     let o =
         lanyard(state, &["enrol", "--ca", &ca.url, "--token", &token, "--ca-bundle", &ca.root()])
             .await;
