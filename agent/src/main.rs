@@ -1,7 +1,9 @@
 //! `lanyard`: command line of the device agent. Commands parse, call the library, print.
 #![forbid(unsafe_code)]
 
-use clap::{CommandFactory, Parser, Subcommand};
+#[cfg(feature = "docs")]
+use clap::CommandFactory;
+use clap::{Parser, Subcommand};
 use lanyard_agent::agent::{Agent, CredentialState, EnrolArgs};
 use lanyard_agent::clock::SystemClock;
 use lanyard_agent::config::{Config, ListenAddr, Route, Upstream};
@@ -100,9 +102,11 @@ enum Cmd {
         key: PathBuf,
     },
     /// Print shell completions.
+    #[cfg(feature = "docs")]
     #[command(hide = true)]
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
+    #[cfg(feature = "docs")]
     #[command(hide = true)]
     Manpage,
 }
@@ -303,9 +307,11 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                 cur.info.not_after
             );
         }
+        #[cfg(feature = "docs")]
         Cmd::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "lanyard", &mut std::io::stdout());
         }
+        #[cfg(feature = "docs")]
         Cmd::Manpage => {
             clap_mangen::Man::new(Cli::command())
                 .render(&mut std::io::stdout())

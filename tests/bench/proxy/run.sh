@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Proxy throughput and latency, side by side, against one nginx upstream that requires
+# client certificates from the CA (the CloudFront stand-in):
+#   (a) direct TLS to the upstream (wrk cannot present a client certificate, so this
+#       server block asks for none: the cost of TLS alone, a lower bound);
+#   (b) lanyard proxy (release build); (b') the same toward an upstream server block
+#       without HTTP/2, so that the proxy speaks HTTP/1.1 upstream as (c) does;
+#   (c) nginx as a reverse proxy with proxy_ssl_certificate (the usual alternative);
+#   (d) stunnel in client mode.
+# (b)-(d) take plain HTTP from wrk on loopback and keep mTLS connections upstream.
+# Also: the proxy's RSS under 1,000 connections, and the daemon's idle RSS.
+#   tests/bench/proxy/run.sh            (builds release binaries if missing)
+# Needs: nginx, wrk, stunnel4, openssl, curl. Prints a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+ROOT=$PWD
+T=${CARGO_TARGET_DIR:-$ROOT/target}/release
+DUR=${DUR:-10s}
+CONNS=${CONNS:-50}
+[ -x "$T/lanyard" ] && [ -x "$T/lanyard-ca" ] || cargo build --release -p lanyard-agent -p lanyard-ca
+# AGENT=target/device/lanyard measures the device build (packaging/build-debs.sh makes it).
+AGENT=${AGENT:-$T/lanyard}
+W=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "nothing on $1" >&2; exit 1; }
+
+P_CA=$(port); P_UP=$(port); P_UP1=$(port); P_LY1=$(port); P_DIRECT=$(port); P_LY=$(port); P_NGX=$(port); P_ST=$(port); P_STATUS=$(port)
+"$T/lanyard-ca" init --dir "$W/ca" 2>/dev/null
+"$T/lanyard-ca" serve --dir "$W/ca" --listen 127.0.0.1:$P_CA --http-listen off 2>/dev/null & pids+=($!)
+wait_port $P_CA
+TOKEN=$("$T/lanyard-ca" token create --dir "$W/ca" --identity bench.fleet.example.com 2>/dev/null)
+L=("$AGENT" --store file --state-dir "$W/agent")
+LANYARD_CONFIG=/dev/null "${L[@]}" enrol --ca https://127.0.0.1:$P_CA --token "$TOKEN" --ca-bundle "$W/ca/root.crt" >/dev/null 2>&1
+LANYARD_CONFIG=/dev/null "${L[@]}" export --cert "$W/dev.crt" --key "$W/dev.key" 2>/dev/null
+
+mkdir -p "$W/ngx/logs" "$W/px/logs"
+cat > "$W/ngx/nginx.conf" <<CONF
+daemon off; worker_processes 1; pid $W/ngx/nginx.pid; error_log $W/ngx/logs/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off; client_body_temp_path $W/ngx/b; proxy_temp_path $W/ngx/p; fastcgi_temp_path $W/ngx/f; uwsgi_temp_path $W/ngx/u; scgi_temp_path $W/ngx/s;
+  server { listen 127.0.0.1:$P_UP ssl http2; ssl_certificate $W/ca/tls/server.crt; ssl_certificate_key $W/ca/tls/server.key;
+           ssl_verify_client on; ssl_client_certificate $W/ca/ca-bundle.pem; ssl_verify_depth 2; keepalive_requests 100000;
+           location / { return 200 "ok\n"; } }
+  server { listen 127.0.0.1:$P_UP1 ssl; ssl_certificate $W/ca/tls/server.crt; ssl_certificate_key $W/ca/tls/server.key;
+           ssl_verify_client on; ssl_client_certificate $W/ca/ca-bundle.pem; ssl_verify_depth 2; keepalive_requests 100000;
+           location / { return 200 "ok\n"; } }
+  server { listen 127.0.0.1:$P_DIRECT ssl; ssl_certificate $W/ca/tls/server.crt; ssl_certificate_key $W/ca/tls/server.key; keepalive_requests 100000;
+           location / { return 200 "ok\n"; } }
+}
+CONF
+nginx -c "$W/ngx/nginx.conf" -p "$W/ngx" -e "$W/ngx/logs/error.log" 2>/dev/null & pids+=($!)
+cat > "$W/px/nginx.conf" <<CONF
+daemon off; worker_processes 1; pid $W/px/nginx.pid; error_log $W/px/logs/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off; client_body_temp_path $W/px/b; proxy_temp_path $W/px/p; fastcgi_temp_path $W/px/f; uwsgi_temp_path $W/px/u; scgi_temp_path $W/px/s;
+  upstream up { server 127.0.0.1:$P_UP; keepalive 64; }
+  server { listen 127.0.0.1:$P_NGX; keepalive_requests 100000;
+           location / { proxy_pass https://up; proxy_http_version 1.1; proxy_set_header Connection "";
+                        proxy_ssl_certificate $W/dev.crt; proxy_ssl_certificate_key $W/dev.key;
+                        proxy_ssl_trusted_certificate $W/ca/root.crt; proxy_ssl_verify on; proxy_ssl_name 127.0.0.1;
+                        proxy_ssl_session_reuse on; } }
+}
+CONF
+nginx -c "$W/px/nginx.conf" -p "$W/px" -e "$W/px/logs/error.log" 2>/dev/null & pids+=($!)
+cat > "$W/stunnel.conf" <<CONF
+foreground = yes
+pid =
+[up]
+client = yes
+accept = 127.0.0.1:$P_ST
+connect = 127.0.0.1:$P_UP
+cert = $W/dev.crt
+key = $W/dev.key
+CAfile = $W/ca/root.crt
+verifyChain = yes
+checkHost = 127.0.0.1
+CONF
+stunnel "$W/stunnel.conf" >/dev/null 2>&1 & pids+=($!)
+LANYARD_CONFIG=/dev/null "${L[@]}" proxy --listen 127.0.0.1:$P_LY --upstream https://127.0.0.1:$P_UP --upstream-ca "$W/ca/root.crt" 2>/dev/null & LY_PID=$!; pids+=($LY_PID)
+LANYARD_CONFIG=/dev/null "${L[@]}" proxy --listen 127.0.0.1:$P_LY1 --upstream https://127.0.0.1:$P_UP1 --upstream-ca "$W/ca/root.crt" 2>/dev/null & pids+=($!)
+for p in $P_UP $P_UP1 $P_DIRECT $P_NGX $P_ST $P_LY $P_LY1; do wait_port $p; done
+curl -sf http://127.0.0.1:$P_LY/ >/dev/null && curl -sf http://127.0.0.1:$P_NGX/ >/dev/null && curl -sf http://127.0.0.1:$P_ST/ >/dev/null
+
+run() {  # name url
+  local out rps p50 p99
+  out=$(wrk -t$(( CONNS < 2 ? CONNS : 2 )) -c"$CONNS" -d"$DUR" --latency "$2")
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  if echo "$out" | grep -q "Non-2xx"; then echo "$1: non-2xx answers" >&2; exit 1; fi
+  printf '| %s | %s | %s | %s |\n' "$1" "$rps" "$p50" "$p99"
+}
+echo "| path | requests/s | p50 | p99 |"
+echo "| --- | --- | --- | --- |"
+run "(a) direct TLS, no client certificate" "https://127.0.0.1:$P_DIRECT/"
+run "(b) lanyard proxy" "http://127.0.0.1:$P_LY/"
+run "(b') lanyard proxy, upstream without HTTP/2" "http://127.0.0.1:$P_LY1/"
+run "(c) nginx proxy_ssl_certificate" "http://127.0.0.1:$P_NGX/"
+run "(d) stunnel client" "http://127.0.0.1:$P_ST/"
+
+rss() { awk '/VmRSS/ {r=$2} /RssAnon/ {a=$2} /RssFile/ {f=$2} END {print r " (anonymous " a ", file-backed " f ")"}' /proc/$1/status; }
+hwm() { awk '/VmHWM/ {print $2}' /proc/$1/status; }
+echo
+echo "lanyard proxy RSS after the runs: $(rss $LY_PID) KiB (peak $(hwm $LY_PID) KiB)"
+wrk -t2 -c1000 -d5s "http://127.0.0.1:$P_LY/" >/dev/null & W1=$!
+sleep 3; under=$(rss $LY_PID); wait $W1
+echo "lanyard proxy RSS under 1,000 connections: $under KiB (peak $(hwm $LY_PID) KiB)"
+
+cat > "$W/agent.toml" <<CONF
+[store]
+backend = "file"
+path = "$W/agent"
+[status]
+listen = "127.0.0.1:$P_STATUS"
+[[proxy.routes]]
+listen = "127.0.0.1:$(port)"
+upstream = "https://127.0.0.1:$P_UP"
+upstream_ca = "$W/ca/root.crt"
+CONF
+"$AGENT" --config "$W/agent.toml" run 2>/dev/null & D=$!; pids+=($D)
+sleep 10
+echo "lanyard run (one route, status listener) idle RSS after 10 s: $(rss $D) KiB"
+echo "binary: $AGENT, $(stat -c %s "$AGENT") bytes"
