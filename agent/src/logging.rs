@@ -16,6 +16,7 @@ pub fn init(verbose: bool) {
             "error" => log::LevelFilter::Error,
             _ => log::LevelFilter::Info,
         });
+        log_panics();
         return;
     }
     let filter: tracing_subscriber::filter::LevelFilter =
@@ -26,4 +27,27 @@ pub fn init(verbose: bool) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+/// Under journald, a panic becomes one error entry with its message, location, thread and
+/// backtrace as fields, instead of loose lines on stderr. A panicking task is then logged
+/// and the daemon goes on (panics unwind; see the release profile in Cargo.toml). Release
+/// builds are stripped, so the backtrace holds addresses: resolve them against the
+/// unstripped build of the same commit (`addr2line -e`).
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_owned();
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        tracing::error!(%location, %thread, %backtrace, "panic: {message}");
+    }));
 }
