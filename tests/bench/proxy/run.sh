@@ -125,4 +125,13 @@ CONF
 "$AGENT" --config "$W/agent.toml" run 2>/dev/null & D=$!; pids+=($D)
 sleep 10
 echo "lanyard run (one route, status listener) idle RSS after 10 s: $(rss $D) KiB"
+kill $D
+cat > "$W/agent-min.toml" <<CONF
+[store]
+backend = "file"
+path = "$W/agent"
+CONF
+"$AGENT" --config "$W/agent-min.toml" run 2>/dev/null & D=$!; pids+=($D)
+sleep 10
+echo "lanyard run (renewal only: no route, no status listener) idle RSS after 10 s: $(rss $D) KiB"
 echo "binary: $AGENT, $(stat -c %s "$AGENT") bytes"
