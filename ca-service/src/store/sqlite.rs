@@ -2,6 +2,11 @@
 //! revoke, policy) and a running `serve` share it safely.
 //!
 //! rusqlite is synchronous; every call runs on tokio's blocking pool.
+//!
+//! Issuances are group-committed: each is queued, and whichever call holds the connection
+//! next records every queued issuance in one transaction (a savepoint each, so one
+//! failure stays its own) and one fsync, then answers them all. Nothing is answered before
+//! the commit that makes it durable (`synchronous=FULL`).
 
 use super::{
     AuditEvent, CertFilter, CertRecord, RecordOutcome, Revocation, RevokeOutcome, Store,
@@ -64,6 +69,15 @@ CREATE TABLE IF NOT EXISTS audit (
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    pending: Arc<Mutex<Vec<Issuance>>>,
+}
+
+/// One issuance waiting for the next group commit.
+struct Issuance {
+    cert: CertRecord,
+    token_hash: Option<String>,
+    audit: AuditEvent,
+    reply: tokio::sync::oneshot::Sender<Result<RecordOutcome>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -99,7 +113,10 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)) })
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            pending: Arc::new(Mutex::new(Vec::new())),
+        })
     }
 
     async fn with<T: Send + 'static>(
@@ -118,10 +135,72 @@ impl SqliteStore {
 }
 
 fn insert_audit(c: &Connection, e: &AuditEvent) -> rusqlite::Result<usize> {
-    c.execute(
+    c.prepare_cached(
         "INSERT INTO audit (at, actor, action, subject, detail, remote) VALUES (?1,?2,?3,?4,?5,?6)",
-        params![ts(e.at), e.actor, e.action, e.subject, e.detail, e.remote],
-    )
+    )?
+    .execute(params![ts(e.at), e.actor, e.action, e.subject, e.detail, e.remote])
+}
+
+/// Records a batch of issuances in one transaction and answers each after the commit.
+fn commit_issuances(c: &mut Connection, batch: Vec<Issuance>) {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let committed = (|| -> rusqlite::Result<()> {
+        let mut tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for job in &batch {
+            let sp = tx.savepoint()?;
+            let outcome = record_one(&sp, job);
+            match &outcome {
+                Ok(RecordOutcome::Recorded) => sp.commit()?,
+                _ => drop(sp), // rolls back this issuance alone
+            }
+            outcomes.push(outcome);
+        }
+        tx.commit()
+    })();
+    match committed {
+        Ok(()) => {
+            for (job, outcome) in batch.into_iter().zip(outcomes) {
+                let _ = job.reply.send(outcome);
+            }
+        }
+        Err(e) => {
+            for job in batch {
+                let _ = job
+                    .reply
+                    .send(Err(CaError::Storage(format!("recording the issuance failed: {e}"))));
+            }
+        }
+    }
+}
+
+fn record_one(c: &Connection, job: &Issuance) -> Result<RecordOutcome> {
+    let cert = &job.cert;
+    if let Some(hash) = &job.token_hash {
+        let n = c
+            .prepare_cached(
+                "UPDATE tokens SET used_at = ?2, used_serial = ?3, used_spki = ?4 WHERE hash = ?1 AND used_at IS NULL",
+            )?
+            .execute(params![hash, ts(cert.issued_at), cert.serial, cert.spki_sha256])?;
+        if n != 1 {
+            return Ok(RecordOutcome::TokenAlreadyUsed);
+        }
+    }
+    c.prepare_cached(
+        "INSERT INTO certs (serial, identity, group_name, not_before, not_after, issued_at, spki_sha256, der, renewed_from) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+    )?
+    .execute(params![
+        cert.serial,
+        cert.identity,
+        cert.group,
+        ts(cert.not_before),
+        ts(cert.not_after),
+        ts(cert.issued_at),
+        cert.spki_sha256,
+        cert.der,
+        cert.renewed_from
+    ])?;
+    insert_audit(c, &job.audit)?;
+    Ok(RecordOutcome::Recorded)
 }
 
 fn cert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
@@ -164,8 +243,10 @@ impl Store for SqliteStore {
     async fn token(&self, hash: &str) -> Result<Option<TokenRecord>> {
         let hash = hash.to_owned();
         self.with(move |c| {
-            Ok(c.query_row(
+            Ok(c.prepare_cached(
                 "SELECT hash, identity, group_name, created_at, expires_at, used_at, used_serial, used_spki FROM tokens WHERE hash = ?1",
+            )?
+            .query_row(
                 params![hash],
                 |r| {
                     let used_at: Option<i64> = r.get(5)?;
@@ -197,36 +278,29 @@ impl Store for SqliteStore {
         token_hash: Option<String>,
         audit: AuditEvent,
     ) -> Result<RecordOutcome> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.pending
+            .lock()
+            .map_err(|_| CaError::Storage("issuance queue lock poisoned".into()))?
+            .push(Issuance { cert, token_hash, audit, reply });
+        let pending = self.pending.clone();
+        // Under the connection lock, take whatever is queued (ours, unless an earlier
+        // holder already committed it) and commit it as one batch.
         self.with(move |c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            if let Some(hash) = &token_hash {
-                let n = tx.execute(
-                    "UPDATE tokens SET used_at = ?2, used_serial = ?3, used_spki = ?4 WHERE hash = ?1 AND used_at IS NULL",
-                    params![hash, ts(cert.issued_at), cert.serial, cert.spki_sha256],
-                )?;
-                if n != 1 {
-                    return Ok(RecordOutcome::TokenAlreadyUsed);
-                }
+            let batch = std::mem::take(
+                &mut *pending
+                    .lock()
+                    .map_err(|_| CaError::Storage("issuance queue lock poisoned".into()))?,
+            );
+            if !batch.is_empty() {
+                commit_issuances(c, batch);
             }
-            tx.execute(
-                "INSERT INTO certs (serial, identity, group_name, not_before, not_after, issued_at, spki_sha256, der, renewed_from) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
-                params![
-                    cert.serial,
-                    cert.identity,
-                    cert.group,
-                    ts(cert.not_before),
-                    ts(cert.not_after),
-                    ts(cert.issued_at),
-                    cert.spki_sha256,
-                    cert.der,
-                    cert.renewed_from
-                ],
-            )?;
-            insert_audit(&tx, &audit)?;
-            tx.commit()?;
-            Ok(RecordOutcome::Recorded)
+            Ok(())
         })
-        .await
+        .await?;
+        answer
+            .await
+            .map_err(|_| CaError::Storage("the issuance batch was dropped unanswered".into()))?
     }
 
     async fn cert(&self, serial: &str) -> Result<Option<CertRecord>> {
@@ -394,5 +468,86 @@ impl Store for SqliteStore {
             Ok(rows)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(serial: &str) -> CertRecord {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        CertRecord {
+            serial: serial.into(),
+            identity: format!("dev-{serial}"),
+            group: "default".into(),
+            not_before: now,
+            not_after: now + time::Duration::days(7),
+            issued_at: now,
+            spki_sha256: format!("spki-{serial}"),
+            der: vec![0x30, 0x00],
+            renewed_from: None,
+            revocation: None,
+        }
+    }
+
+    fn audit(serial: &str) -> AuditEvent {
+        AuditEvent {
+            at: OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
+            actor: "test".into(),
+            action: "issue".into(),
+            subject: serial.into(),
+            detail: String::new(),
+            remote: None,
+        }
+    }
+
+    /// Concurrent issuances share commits, and each keeps its own outcome: a used token
+    /// and a duplicate serial fail alone, everything else is recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn group_commit_keeps_each_outcome_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ca.db")).unwrap();
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        store
+            .put_token(
+                TokenRecord {
+                    hash: "t1".into(),
+                    identity: "dev".into(),
+                    group: "default".into(),
+                    created_at: now,
+                    expires_at: now + time::Duration::hours(1),
+                    used: None,
+                },
+                audit("t1"),
+            )
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let store = store.clone();
+            // Two issuances race for token t1; serial 10 is issued twice.
+            let serial = if i == 63 { "10".to_string() } else { i.to_string() };
+            let token = (i < 2).then(|| "t1".to_string());
+            tasks.push(tokio::spawn(async move {
+                store.record_issuance(cert(&serial), token, audit(&serial)).await
+            }));
+        }
+        let (mut recorded, mut token_used, mut failed) = (0, 0, 0);
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(RecordOutcome::Recorded) => recorded += 1,
+                Ok(RecordOutcome::TokenAlreadyUsed) => token_used += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        assert_eq!((recorded, token_used, failed), (62, 1, 1));
+        assert_eq!(store.certs(CertFilter::default()).await.unwrap().len(), 62);
+        let used = store.token("t1").await.unwrap().unwrap().used.unwrap();
+        assert!(used.serial == "0" || used.serial == "1", "{}", used.serial);
+        // Reopened from disk: what was answered is there.
+        drop(store);
+        let again = SqliteStore::open(&dir.path().join("ca.db")).unwrap();
+        assert_eq!(again.certs(CertFilter::default()).await.unwrap().len(), 62);
     }
 }
