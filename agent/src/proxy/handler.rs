@@ -303,38 +303,44 @@ async fn forward(ctx: &Ctx, peer: Option<String>, req: Request<Incoming>) -> Res
     parts.version = http::Version::HTTP_11; // the client negotiates h2 by ALPN itself
 
     // A request without a body whose method is idempotent can be sent again when the
-    // upstream turned it away unprocessed (an HTTP/2 GOAWAY or REFUSED_STREAM, as nginx
-    // and CloudFront send when they retire a connection). Anything with a body streams
-    // through once.
-    let replayable = body.is_end_stream() && idempotent(&parts.method);
-    let mut body = if replayable { None } else { Some(body.boxed()) };
+    // upstream turned it away unprocessed (an HTTP/2 GOAWAY or REFUSED_STREAM, as a server
+    // sends when it retires a connection). Anything with a body streams through once.
     let deadline = tokio::time::Instant::now() + ctx.route.request_timeout;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let out = Request::from_parts(parts.clone(), body.take().unwrap_or_else(empty));
+    let send = |head: http::request::Parts, body: Body| {
         // Looked up per attempt: a retry after a renewal uses the new certificate's pool.
         let client = ctx.upstreams.client(&cur.info.serial);
-        match tokio::time::timeout_at(deadline, client.request(out)).await {
-            Err(_) => {
-                tracing::warn!(route = %ctx.name, upstream = %authority, "upstream timed out");
-                return text(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "{authority} did not answer within {}s",
-                        ctx.route.request_timeout.as_secs()
-                    ),
-                );
+        tokio::time::timeout_at(deadline, client.request(Request::from_parts(head, body)))
+    };
+    let result = if body.is_end_stream() && idempotent(&parts.method) {
+        let mut attempt = 1;
+        loop {
+            match send(parts.clone(), empty()).await {
+                Ok(Err(e)) if attempt < MAX_ATTEMPTS && unprocessed(&e) => {
+                    tracing::debug!(route = %ctx.name, upstream = %authority, error = %e, attempt, "upstream turned the request away unprocessed; sending it again");
+                    attempt += 1;
+                }
+                r => break r,
             }
-            Ok(Err(e)) if replayable && attempt < MAX_ATTEMPTS && unprocessed(&e) => {
-                tracing::debug!(route = %ctx.name, upstream = %authority, error = %e, attempt, "upstream turned the request away unprocessed; sending it again");
-            }
-            Ok(Err(e)) => return upstream_error(ctx, &authority, &e),
-            Ok(Ok(resp)) => {
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                return Response::from_parts(parts, body.boxed());
-            }
+        }
+    } else {
+        send(parts, body.boxed()).await
+    };
+    match result {
+        Err(_) => {
+            tracing::warn!(route = %ctx.name, upstream = %authority, "upstream timed out");
+            text(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "{authority} did not answer within {}s",
+                    ctx.route.request_timeout.as_secs()
+                ),
+            )
+        }
+        Ok(Err(e)) => upstream_error(ctx, &authority, &e),
+        Ok(Ok(resp)) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.boxed())
         }
     }
 }

@@ -111,27 +111,18 @@ wrk -t2 -c1000 -d5s "http://127.0.0.1:$P_LY/" >/dev/null & W1=$!
 sleep 3; under=$(rss $LY_PID); wait $W1
 echo "lanyard proxy RSS under 1,000 connections: $under KiB (peak $(hwm $LY_PID) KiB)"
 
-cat > "$W/agent.toml" <<CONF
-[store]
-backend = "file"
-path = "$W/agent"
-[status]
-listen = "127.0.0.1:$P_STATUS"
+idle() {  # label, extra config: `lanyard run` for 10 s, then its RSS
+  printf '[store]\nbackend = "file"\npath = "%s"\n%s\n' "$W/agent" "$2" > "$W/idle.toml"
+  "$AGENT" --config "$W/idle.toml" run 2>/dev/null & D=$!; pids+=($D)
+  sleep 10
+  echo "lanyard run ($1) idle RSS after 10 s: $(rss $D) KiB"
+  kill $D; wait $D 2>/dev/null || true
+}
+idle "one route, status listener" "[status]
+listen = \"127.0.0.1:$P_STATUS\"
 [[proxy.routes]]
-listen = "127.0.0.1:$(port)"
-upstream = "https://127.0.0.1:$P_UP"
-upstream_ca = "$W/ca/root.crt"
-CONF
-"$AGENT" --config "$W/agent.toml" run 2>/dev/null & D=$!; pids+=($D)
-sleep 10
-echo "lanyard run (one route, status listener) idle RSS after 10 s: $(rss $D) KiB"
-kill $D
-cat > "$W/agent-min.toml" <<CONF
-[store]
-backend = "file"
-path = "$W/agent"
-CONF
-"$AGENT" --config "$W/agent-min.toml" run 2>/dev/null & D=$!; pids+=($D)
-sleep 10
-echo "lanyard run (renewal only: no route, no status listener) idle RSS after 10 s: $(rss $D) KiB"
+listen = \"127.0.0.1:$(port)\"
+upstream = \"https://127.0.0.1:$P_UP\"
+upstream_ca = \"$W/ca/root.crt\""
+idle "renewal only: no route, no status listener" ""
 echo "binary: $AGENT, $(stat -c %s "$AGENT") bytes"
