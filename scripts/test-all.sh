@@ -22,6 +22,11 @@ cargo build --workspace --all-targets
 step "unit, integration and end-to-end tests (openssl, curl, nginx, pkilint)"
 cargo test --workspace
 
+step "CA: renewal after expiry only within the group's grace (waits 5 minutes for real expiry)"
+# #[ignore]d so that a plain `cargo test` stays fast; the other ignored tests run below
+# (keyrings) or as child processes of their own tests (keystore crash tests).
+cargo test -p lanyard-e2e --test reenrol -- --ignored
+
 step "serverless CA (KMS, DynamoDB, S3, Lambda handler) against moto"
 cargo test -p lanyard-ca --features aws --test aws
 
