@@ -13,7 +13,7 @@ use crate::state::{self, AgentState};
 use crate::verify::{self, CertInfo};
 use arc_swap::ArcSwapOption;
 use lanyard_keystore::{Credential, CredentialStore};
-use lanyard_proto::GroupPolicy;
+use lanyard_proto::{GroupPolicy, ProblemCode};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -116,6 +116,8 @@ pub struct Status {
     pub state: CredentialState,
     pub store: String,
     pub last_error: Option<String>,
+    /// The CA's problem code for the last error (`renewal-conflict`, `revoked`, ...).
+    pub last_error_code: Option<String>,
     pub ca_url: Option<String>,
     pub group: Option<String>,
     pub seconds_until_expiry: Option<i64>,
@@ -348,20 +350,37 @@ impl Agent {
                 st.failures = 0;
                 st.last_failure_at = None;
                 st.last_error = None;
+                st.last_error_code = None;
                 st.last_renewal = Some(now);
                 st.revoked = None;
                 st.renewal_refused = None;
+                st.superseded = None;
                 self.metrics.renewals.inc();
             }
             Err(e) => {
                 st.failures = st.failures.saturating_add(1);
                 st.last_failure_at = Some(now);
                 st.last_error = Some(e.to_string());
-                if let AgentError::Refused { status: 403, message, .. } = e {
-                    if message.contains("revoked") {
-                        st.revoked = Some((cur.info.serial.clone(), message.clone()));
-                    } else {
-                        st.renewal_refused = Some((cur.info.serial.clone(), message.clone()));
+                st.last_error_code = e.code().map(|c| c.as_str().to_owned());
+                if let AgentError::Refused { code, message, .. } = e {
+                    match code {
+                        ProblemCode::Revoked => {
+                            st.revoked = Some((cur.info.serial.clone(), message.clone()));
+                        }
+                        // Final for this certificate: a new token is needed. A renewal
+                        // conflict is also the sign of a copy of this device's key.
+                        ProblemCode::ExpiredBeyondGrace
+                        | ProblemCode::CertificateUnknown
+                        | ProblemCode::RenewalConflict => {
+                            st.renewal_refused = Some((cur.info.serial.clone(), message.clone()));
+                        }
+                        _ => {}
+                    }
+                }
+                if !e.retryable() {
+                    // A refusal that will not change: the next attempt starts from a new key.
+                    if let Err(e) = self.store.clear_staged() {
+                        tracing::warn!(error = %e, "cannot drop the staged renewal key");
                     }
                 }
                 self.metrics.renewal_failure(e.kind());
@@ -379,8 +398,20 @@ impl Agent {
             cur.client_auth(),
             self.cfg.ca.timeout,
         )?;
-        let policy = self.effective_policy();
-        let key = DeviceKey::generate(policy.preferred_key())?;
+        // A renewal interrupted after the CA answered (a crash, a lost answer) left its key
+        // staged: the CA answers the same key with the same certificate. Otherwise a new
+        // key, staged before the request for the same reason.
+        let key = match self.store.staged(&cur.info.serial)? {
+            Some(pkcs8) => {
+                tracing::info!(serial = %cur.info.serial, "retrying an interrupted renewal with its staged key");
+                DeviceKey::from_pkcs8(&pkcs8)?
+            }
+            None => {
+                let key = DeviceKey::generate(self.effective_policy().preferred_key())?;
+                self.store.stage(&key.pkcs8(), &cur.info.serial)?;
+                key
+            }
+        };
         let csr = key.csr(&cur.info.identity)?;
         let spki = key.spki_der();
         let leaf = client.simplereenroll(&csr, &spki).await?;
@@ -420,15 +451,24 @@ impl Agent {
                 st.group = Some(s.group);
                 st.policy = Some(s.policy);
                 st.last_checkin = Some(self.clock.now());
-                st.revoked = (s.status == "revoked").then(|| {
-                    (s.serial.clone(), s.revocation_reason.unwrap_or_else(|| "revoked".into()))
+                let reason = s.revocation_reason.clone().unwrap_or_else(|| "unspecified".into());
+                // Revoked as superseded: the CA renewed this certificate and the answer was
+                // never stored here. The next renewal fetches it again with the staged key.
+                st.superseded =
+                    (s.status == "revoked" && reason == "superseded").then(|| s.serial.clone());
+                st.revoked = (s.status == "revoked" && reason != "superseded").then(|| {
+                    (
+                        s.serial.clone(),
+                        format!(
+                            "the device certificate {} was revoked ({reason}); enrol again with a new token",
+                            s.serial
+                        ),
+                    )
                 });
                 self.save_state(&st);
                 Ok(())
             }
-            Err(AgentError::Refused { status: 403, message, .. })
-                if message.contains("revoked") =>
-            {
+            Err(AgentError::Refused { code: ProblemCode::Revoked, message, .. }) => {
                 st.revoked = Some((cur.info.serial.clone(), message.clone()));
                 self.save_state(&st);
                 Ok(())
@@ -456,6 +496,14 @@ impl Agent {
             return Decision::NeedsEnrolment(format!(
                 "the CA refused to renew certificate {serial}: {message}"
             ));
+        }
+        if let (Some(serial), Some(c)) = (&st.superseded, &cur)
+            && *serial == c.info.serial
+            && st.failures == 0
+        {
+            return Decision::RenewNow(
+                "the CA says this certificate was renewed; fetching the renewed certificate",
+            );
         }
         let jitter = cur.as_ref().map(|c| schedule::stable_jitter(&c.info.serial)).unwrap_or(0.0);
         let failures = Failures { count: st.failures, last_at: st.last_failure_at };
@@ -489,6 +537,7 @@ impl Agent {
             state,
             store: self.store.describe(),
             last_error: st.last_error.clone(),
+            last_error_code: st.last_error_code.clone(),
             ca_url: self.cfg.ca.url.clone().or(st.ca_url.clone()),
             group: st.group.clone(),
             seconds_until_expiry: cur.as_ref().map(|c| (c.info.not_after - now).whole_seconds()),

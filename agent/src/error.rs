@@ -1,6 +1,7 @@
 //! The agent's one error type. Whether an error is worth retrying is a property of the
 //! error ([`AgentError::retryable`]), so the renewal loop does not guess.
 
+use lanyard_proto::ProblemCode;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -10,9 +11,10 @@ pub enum AgentError {
     /// The CA could not be reached (DNS, connect, TLS, timeout).
     #[error("cannot reach the CA at {url}: {reason}")]
     Unreachable { url: String, reason: String },
-    /// The CA answered with an error status.
-    #[error("the CA refused ({status}): {message}")]
-    Refused { status: u16, message: String, retry_after: Option<Duration> },
+    /// The CA answered with an error status; `code` is what to decide on (from its
+    /// problem+json body, else from the status).
+    #[error("the CA refused ({status} {code}): {message}")]
+    Refused { status: u16, code: ProblemCode, message: String, retry_after: Option<Duration> },
     /// The CA answered something that is not what EST promises.
     #[error("the CA's answer is not usable: {0}")]
     BadAnswer(String),
@@ -53,6 +55,14 @@ impl AgentError {
             }
             AgentError::Store(e) => e.is_transient(),
             _ => false,
+        }
+    }
+
+    /// The CA's problem code, for `lanyard status` (`last_error_code`).
+    pub fn code(&self) -> Option<ProblemCode> {
+        match self {
+            AgentError::Refused { code, .. } => Some(*code),
+            _ => None,
         }
     }
 

@@ -87,10 +87,20 @@ impl EstClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = resp.text().await.unwrap_or_default();
-        let message: String = body.trim().chars().take(300).collect();
+        let body = resp.bytes().await.unwrap_or_default();
+        // A problem+json body (RFC 9457) carries the code to decide on; anything else (an
+        // older CA, a proxy in between) is judged by its status.
+        let (code, text) = match lanyard_proto::Problem::parse(&body) {
+            Some(p) => (p.code, p.detail),
+            None => (
+                lanyard_proto::ProblemCode::from_status(status.as_u16()),
+                String::from_utf8_lossy(&body).into_owned(),
+            ),
+        };
+        let message: String = text.trim().chars().take(300).collect();
         Err(AgentError::Refused {
             status: status.as_u16(),
+            code,
             message: if message.is_empty() { status.to_string() } else { message },
             retry_after,
         })

@@ -39,6 +39,28 @@ impl DeviceKey {
         Ok(DeviceKey { key, algorithm: alg })
     }
 
+    /// A key kept before (the staged key of an interrupted renewal), from PKCS#8 DER.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self> {
+        let key = rcgen::KeyPair::try_from(der).map_err(|e| {
+            AgentError::Crypto(format!("the staged renewal key is not usable: {e}"))
+        })?;
+        let alg = key.algorithm();
+        let algorithm = if alg == &rcgen::PKCS_ECDSA_P256_SHA256 {
+            KeyAlgorithm::EcdsaP256
+        } else if alg == &rcgen::PKCS_ECDSA_P384_SHA384 {
+            KeyAlgorithm::EcdsaP384
+        } else {
+            use rcgen::PublicKeyData;
+            // RSA: the modulus length sets the size (SPKI of 2048-bit keys is ~294 bytes).
+            match key.subject_public_key_info().len() {
+                0..=350 => KeyAlgorithm::Rsa2048,
+                351..=480 => KeyAlgorithm::Rsa3072,
+                _ => KeyAlgorithm::Rsa4096,
+            }
+        };
+        Ok(DeviceKey { key, algorithm })
+    }
+
     /// A PKCS#10 CSR (DER) with subject CN = identity and no extensions: the CA decides the
     /// rest of the profile.
     pub fn csr(&self, identity: &str) -> Result<Vec<u8>> {

@@ -21,6 +21,12 @@ pub struct AgentState {
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_failure_at: Option<OffsetDateTime>,
     pub last_error: Option<String>,
+    /// The CA's problem code for the last error, when the CA refused (`renewal-conflict`).
+    pub last_error_code: Option<String>,
+    /// Set when the CA reported the current certificate superseded (renewed, the renewal's
+    /// answer never stored here): the agent fetches the renewed certificate again with the
+    /// staged key. The serial.
+    pub superseded: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_checkin: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]

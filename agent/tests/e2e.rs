@@ -65,7 +65,7 @@ async fn enrol_status_renew_and_export() {
         .await
         .expect("db")
         .expect("record");
-    assert_eq!(rec.renewed_from.as_deref(), Some(first.as_str()));
+    assert_eq!(rec.parent_serial.as_deref(), Some(first.as_str()));
 
     // Enrolling again over a valid credential needs --force.
     let token = ca.token("dev-1.fleet.example.com").await;
@@ -185,7 +185,7 @@ async fn a_revoked_device_cannot_renew_and_says_so() {
     let state = tmp.path().join("agent");
     let serial = enrol(&ca, &state, "dev-6").await["serial"].as_str().expect("serial").to_owned();
     ca.auth()
-        .revoke(&serial, Reason::KeyCompromise, "test", &RequestMeta::default())
+        .revoke(&serial, Reason::KeyCompromise, false, "test", &RequestMeta::default())
         .await
         .expect("revoke");
     let o = lanyard(&state, &["renew", "--force"]).await;
@@ -369,4 +369,120 @@ async fn an_expired_certificate_renews_within_the_grace_only() {
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("status json");
     assert_eq!(s["serial"], other.as_str(), "the credential is kept: {s}");
     assert!(s["action"].as_str().is_some_and(|a| a.contains("new token")), "{s}");
+}
+
+/// Copies a state directory as an attacker copying a device's files would (0700 kept).
+fn copy_state(from: &std::path::Path, to: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to).expect("mkdir");
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_state(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).expect("copy");
+        }
+    }
+}
+
+/// Two agents hold one copied credential. The first renews; the second is refused with
+/// `renewal-conflict`, says so in `status --json`, keeps its still-valid certificate (its
+/// proxy gate stays open), and the CA's audit names the conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloned_credential_is_caught_at_renewal() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let s = enrol(&ca, &a, "twin.fleet.example.com").await;
+    let shared = s["serial"].as_str().expect("serial").to_owned();
+    copy_state(&a, &b);
+    assert_eq!(status(&b).await["serial"].as_str(), Some(shared.as_str()));
+
+    let o = lanyard(&a, &["renew", "--force"]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let o = lanyard(&b, &["renew", "--force"]).await;
+    assert!(!o.status.success(), "the clone must not renew: {}", text(&o));
+    assert!(text(&o).contains("renewal-conflict"), "{}", text(&o));
+
+    let s = status(&b).await;
+    assert_eq!(s["last_error_code"], "renewal-conflict", "{s}");
+    assert_eq!(s["serial"].as_str(), Some(shared.as_str()), "the clone keeps its certificate");
+    assert_eq!(s["state"], "valid", "{s}");
+    assert!(s["action"].as_str().is_some_and(|a| a.contains("refused")), "{s}");
+    // Retrying does not loop on the CA: the refusal is final until a new token.
+    let o = lanyard(&b, &["renew"]).await;
+    assert!(!o.status.success(), "{}", text(&o));
+    assert_eq!(status(&b).await["last_error_code"], "renewal-conflict");
+
+    let conflicts = ca.auth().conflicts().await.expect("audit");
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].subject, shared);
+    assert!(conflicts[0].remote.is_some(), "{conflicts:?}");
+    // The original renewed normally and goes on.
+    assert_eq!(status(&a).await["state"], "valid");
+    assert!(status(&a).await["last_error_code"].is_null());
+}
+
+/// SIGKILL in the window after the CA recorded (and answered) a renewal and before the
+/// agent committed it: the next renewal uses the staged key and gets that same
+/// certificate. Over all runs: no conflict, no lost or mismatched credential, no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_the_ca_answered_retries_with_the_same_key() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let state = tmp.path().join("agent");
+    let id = "window.fleet.example.com";
+    enrol(&ca, &state, id).await;
+    let count = || async {
+        ca.auth().certs(lanyard_ca::store::CertFilter::identity(id)).await.expect("certs")
+    };
+    let (mut in_window, mut runs) = (0, 0);
+    while runs < 12 && (in_window < 3 || runs < 6) {
+        runs += 1;
+        let before = status(&state).await["serial"].as_str().expect("serial").to_owned();
+        let known = count().await.len();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(["--store", "file", "--state-dir"])
+            .arg(&state)
+            .args(["renew", "--force"])
+            .env("LANYARD_CONFIG", "/dev/null")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("renew");
+        // Kill as soon as the CA has recorded the renewal: the answer is on its way or read,
+        // and the agent still has the CA-certificates request, checks and the swap to do.
+        let t = Instant::now();
+        while count().await.len() == known && t.elapsed() < Duration::from_secs(20) {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        let certs = count().await;
+        let child_serial = certs
+            .iter()
+            .find(|c| c.parent_serial.as_deref() == Some(before.as_str()))
+            .map(|c| c.serial.clone())
+            .expect("the CA recorded a renewal");
+        let s = status(&state).await;
+        assert_eq!(s["state"], "valid", "after the kill: {s}");
+        if s["serial"].as_str() == Some(before.as_str()) {
+            // The kill landed in the window: the CA has a child the agent never stored.
+            in_window += 1;
+            let o = lanyard(&state, &["renew", "--force"]).await;
+            assert!(o.status.success(), "the retry renews: {}", text(&o));
+            assert_eq!(
+                status(&state).await["serial"].as_str(),
+                Some(child_serial.as_str()),
+                "the retry gets the certificate the CA issued before the kill"
+            );
+        } else {
+            assert_eq!(s["serial"].as_str(), Some(child_serial.as_str()));
+        }
+    }
+    assert!(in_window >= 1, "no kill landed between the CA's answer and the commit in {runs} runs");
+    assert!(ca.auth().conflicts().await.expect("audit").is_empty(), "no renewal conflict");
+    let o = lanyard(&state, &["renew", "--force"]).await;
+    assert!(o.status.success(), "{}", text(&o));
 }

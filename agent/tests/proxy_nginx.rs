@@ -371,7 +371,7 @@ async fn proxy_against_nginx() {
 
     // Revoked: the CA says so, the proxy answers 503 naming the reason.
     ca.auth()
-        .revoke(&second, Reason::KeyCompromise, "test", &RequestMeta::default())
+        .revoke(&second, Reason::KeyCompromise, false, "test", &RequestMeta::default())
         .await
         .expect("revoke");
     let _ = lanyard(&state, &["status", "--refresh"]).await;

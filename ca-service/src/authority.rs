@@ -15,8 +15,8 @@ use crate::store::{
     TokenRecord,
 };
 use crate::tokens::TokenSecret;
-use lanyard_proto::GroupPolicy;
 use lanyard_proto::policy::PolicyDocument;
+use lanyard_proto::{GroupPolicy, ProblemCode};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
@@ -249,14 +249,16 @@ impl Authority {
         // Authorize.
         profile::validate_identity(identity)?;
         let Some(tok) = self.store.token(&token.hash()).await? else {
-            return Err(CaError::Unauthorized(format!(
-                "unknown enrolment token for identity {identity:?}"
-            )));
+            return Err(CaError::refused(
+                ProblemCode::TokenInvalid,
+                format!("unknown enrolment token for identity {identity:?}"),
+            ));
         };
         if tok.identity != identity {
-            return Err(CaError::Forbidden(format!(
-                "this token is bound to another identity, not {identity:?}"
-            )));
+            return Err(CaError::refused(
+                ProblemCode::IdentityMismatch,
+                format!("this token is bound to another identity, not {identity:?}"),
+            ));
         }
         let csr = csr::check(csr_der)?;
         if let Some(used) = &tok.used {
@@ -264,10 +266,17 @@ impl Authority {
         }
         let now = self.now();
         if now >= tok.expires_at {
-            return Err(CaError::Forbidden(format!(
-                "enrolment token for {identity:?} expired at {}; create a new one",
-                tok.expires_at
-            )));
+            return Err(CaError::refused(
+                ProblemCode::TokenExpired,
+                format!(
+                    "enrolment token for {identity:?} expired at {}; create a new one",
+                    tok.expires_at
+                ),
+            ));
+        }
+        if let Err(e) = self.refuse_reused_key(identity, &csr.spki_sha256).await {
+            // A concurrent request with this token and key may have just won.
+            return self.replay_if_used(&tok.hash, &csr).await?.ok_or(e);
         }
         // Policy and profile, sign, record.
         let policy = self.policy(&tok.group).await?;
@@ -285,6 +294,12 @@ impl Authority {
         );
         match self.store.record_issuance(record.clone(), Some(tok.hash.clone()), ev).await? {
             RecordOutcome::Recorded => Ok(Issued { record, chain: self.chain(), replayed: false }),
+            RecordOutcome::KeyReused { serial } => {
+                self.replay_if_used(&tok.hash, &csr).await?.ok_or_else(|| key_reused(&serial))
+            }
+            RecordOutcome::ParentAlreadyRenewed { .. } => {
+                Err(CaError::Storage("an enrolment has no parent".into()))
+            }
             RecordOutcome::TokenAlreadyUsed => {
                 // A concurrent request with this token won; answer as a retry would be.
                 let tok = self
@@ -303,56 +318,100 @@ impl Authority {
 
     async fn replay(&self, tok: &TokenRecord, same_key: bool, serial: &str) -> Result<Issued> {
         if !same_key {
-            return Err(CaError::Forbidden(format!(
-                "enrolment token for {:?} was already used; create a new token",
-                tok.identity
-            )));
+            return Err(CaError::refused(
+                ProblemCode::TokenUsed,
+                format!(
+                    "enrolment token for {:?} was already used; create a new token",
+                    tok.identity
+                ),
+            ));
         }
         let record = self.store.cert(serial).await?.ok_or_else(|| {
             CaError::Storage(format!("certificate {serial} of a used token is missing"))
         })?;
         if let Some(r) = &record.revocation {
-            return Err(CaError::Forbidden(format!(
-                "the certificate issued for this token ({serial}) was revoked ({}) at {}",
-                r.reason.name(),
-                r.at
-            )));
+            return Err(CaError::refused(
+                ProblemCode::Revoked,
+                format!(
+                    "the certificate issued for this token ({serial}) was revoked ({}) at {}",
+                    r.reason.name(),
+                    r.at
+                ),
+            ));
         }
         Ok(Issued { record, chain: self.chain(), replayed: true })
     }
 
+    /// The answer to a retry, if the token has been used meanwhile (by any key).
+    async fn replay_if_used(&self, hash: &str, csr: &CheckedCsr) -> Result<Option<Issued>> {
+        let Some(t) = self.store.token(hash).await? else { return Ok(None) };
+        let Some(used) = &t.used else { return Ok(None) };
+        self.replay(&t, used.spki_sha256 == csr.spki_sha256, &used.serial).await.map(Some)
+    }
+
+    /// Refuses a key that was ever certified for `identity` (a key is used once).
+    async fn refuse_reused_key(&self, identity: &str, spki_sha256: &str) -> Result<()> {
+        match self.store.cert_by_key(identity, spki_sha256).await? {
+            Some(serial) => Err(key_reused(&serial)),
+            None => Ok(()),
+        }
+    }
+
     /// EST `simplereenroll`: renewal authenticated by the current certificate, which must
     /// be one this CA issued, unrevoked, and unexpired (or within the group's grace).
+    ///
+    /// A certificate renews once. A second renewal of the same certificate with the key of
+    /// the first (a device retrying after a lost answer or a crash) gets the same
+    /// certificate again; with any other key it is refused as `renewal-conflict` and
+    /// audited: two holders of one key are the sign of a cloned device.
     pub async fn reenroll(
         &self,
         client_cert_der: &[u8],
         csr_der: &[u8],
         meta: &RequestMeta,
     ) -> Result<Issued> {
-        let current = self.authenticate_device(client_cert_der).await?;
+        let current = self.known_device_cert(client_cert_der).await?;
+        if let Some(r) = &current.revocation
+            && r.reason != Reason::Superseded
+        {
+            return Err(revoked_error(&current.serial, r));
+        }
+        let csr = csr::check(csr_der)?;
+        if let Some(child) = &current.superseded_by {
+            return self.renewal_retry(&current, child, &csr, meta).await;
+        }
+        if let Some(r) = &current.revocation {
+            return Err(revoked_error(&current.serial, r));
+        }
         let now = self.now();
         let policy = self.policy(&current.group).await?;
         let grace =
             time::Duration::try_from(policy.expired_grace()).unwrap_or(time::Duration::ZERO);
         if now > current.not_after + grace {
-            return Err(CaError::Forbidden(format!(
-                "certificate {} expired at {}{}; enrol again with a new token",
-                current.serial,
-                current.not_after,
-                if grace.is_zero() {
-                    String::new()
-                } else {
-                    format!(", beyond the group's grace of {grace}")
-                }
-            )));
-        }
-        let csr = csr::check(csr_der)?;
-        if csr.spki_sha256 == current.spki_sha256 {
-            return Err(CaError::BadRequest(
-                "renewal CSR reuses the current key; Lanyard renews with a new key every time"
-                    .into(),
+            return Err(CaError::refused(
+                ProblemCode::ExpiredBeyondGrace,
+                format!(
+                    "certificate {} expired at {}{}; enrol again with a new token",
+                    current.serial,
+                    current.not_after,
+                    if grace.is_zero() {
+                        String::new()
+                    } else {
+                        format!(", beyond the group's grace of {grace}")
+                    }
+                ),
             ));
         }
+        if csr.spki_sha256 == current.spki_sha256 {
+            return Err(CaError::Refused {
+                code: ProblemCode::KeyReused,
+                detail:
+                    "renewal CSR reuses the current key; Lanyard renews with a new key every time"
+                        .into(),
+                serial: Some(current.serial.clone()),
+            });
+        }
+        self.refuse_reused_key(&current.identity, &csr.spki_sha256).await?;
         let record = self.sign_device(
             &current.identity,
             &current.group,
@@ -367,23 +426,151 @@ impl Authority {
             "renew",
             &record.serial,
             format!(
-                "from={} key={} not_after={}",
-                current.serial, csr.key_algorithm, record.not_after
+                "from={} key={} key_sha256={} not_after={}",
+                current.serial, csr.key_algorithm, csr.spki_sha256, record.not_after
             ),
             meta,
         );
-        self.store.record_issuance(record.clone(), None, ev).await?;
+        match self.store.record_issuance(record.clone(), None, ev).await? {
+            RecordOutcome::Recorded => {}
+            RecordOutcome::ParentAlreadyRenewed { child } => {
+                // A concurrent renewal of the same certificate won.
+                return self.renewal_retry(&current, &child, &csr, meta).await;
+            }
+            RecordOutcome::KeyReused { serial } => return Err(key_reused(&serial)),
+            RecordOutcome::TokenAlreadyUsed => {
+                return Err(CaError::Storage("a renewal consumed no token".into()));
+            }
+        }
+        // Renewing with a certificate is using it: its own parent retires now.
+        self.retire_parent(&current, meta).await;
         Ok(Issued { record, chain: self.chain(), replayed: false })
+    }
+
+    /// A renewal of a certificate that was already renewed, as `child_serial`.
+    async fn renewal_retry(
+        &self,
+        parent: &CertRecord,
+        child_serial: &str,
+        csr: &CheckedCsr,
+        meta: &RequestMeta,
+    ) -> Result<Issued> {
+        let child = self.store.cert(child_serial).await?.ok_or_else(|| {
+            CaError::Storage(format!(
+                "certificate {child_serial}, renewed from {}, is missing",
+                parent.serial
+            ))
+        })?;
+        if child.spki_sha256 == csr.spki_sha256 {
+            if let Some(r) = &child.revocation {
+                return Err(revoked_error(&child.serial, r));
+            }
+            return Ok(Issued { record: child, chain: self.chain(), replayed: true });
+        }
+        let now = self.now();
+        let ev = audit(
+            now,
+            format!("device:{}", parent.identity),
+            "renewal_conflict",
+            &parent.serial,
+            format!(
+                "identity={} parent={} child={} child_key_sha256={} presented_key_sha256={}",
+                parent.identity, parent.serial, child.serial, child.spki_sha256, csr.spki_sha256
+            ),
+            meta,
+        );
+        tracing::warn!(identity = %parent.identity, parent = %parent.serial, child = %child.serial, remote = meta.remote.as_deref().unwrap_or("-"), "renewal conflict: a second key renewed one certificate (a copied device key?)");
+        self.store.audit(ev).await?;
+        Err(CaError::Refused {
+            code: ProblemCode::RenewalConflict,
+            detail: format!(
+                "certificate {} was already renewed, as {}, with another key; a copy of this device's key may be in use elsewhere. The fleet manager sees it in `lanyard-ca certs list --conflicts`",
+                parent.serial, child.serial
+            ),
+            serial: Some(child.serial),
+        })
+    }
+
+    /// Revokes the parent of a certificate that was just used (a check-in or a renewal),
+    /// as `superseded`, so that one certificate per device stays live. Best effort: the
+    /// sweep ([`Self::retire_superseded`]) catches what this misses.
+    pub async fn retire_parent(&self, rec: &CertRecord, meta: &RequestMeta) {
+        let Some(parent) = &rec.parent_serial else { return };
+        match self.store.cert(parent).await {
+            Ok(Some(p)) if p.revocation.is_none() => {
+                if let Err(e) =
+                    self.revoke_one(parent, Reason::Superseded, "ca:lineage", meta).await
+                {
+                    tracing::warn!(serial = %parent, error = %e, "could not retire a superseded certificate");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(serial = %parent, error = %e, "could not read a parent certificate")
+            }
+        }
+    }
+
+    /// Revokes, as `superseded`, every renewed certificate whose child was issued longer
+    /// ago than its group's `superseded_grace`. Returns the serials revoked.
+    pub async fn retire_superseded(&self) -> Result<Vec<String>> {
+        let now = self.now();
+        let candidates = self
+            .store
+            .certs(CertFilter { superseded_unrevoked_before: Some(now), ..Default::default() })
+            .await?;
+        let mut policies: HashMap<String, GroupPolicy> = HashMap::new();
+        let mut retired = Vec::new();
+        for c in candidates {
+            let policy = match policies.get(&c.group) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = self.policy(&c.group).await?;
+                    policies.insert(c.group.clone(), p.clone());
+                    p
+                }
+            };
+            let grace =
+                time::Duration::try_from(policy.superseded_grace()).unwrap_or(time::Duration::HOUR);
+            if c.superseded_at.is_some_and(|at| at + grace <= now)
+                && self
+                    .revoke_one(
+                        &c.serial,
+                        Reason::Superseded,
+                        "ca:lineage",
+                        &RequestMeta::default(),
+                    )
+                    .await?
+                    == RevokeOutcome::Revoked
+            {
+                retired.push(c.serial);
+            }
+        }
+        Ok(retired)
     }
 
     /// Finds the record of a certificate a device presents: issued by this CA (signature
     /// checked here too, since behind a TLS-terminating front the certificate arrives in a
     /// header), known to the store, byte-identical, not revoked. Expiry is left to callers.
     pub async fn authenticate_device(&self, cert_der: &[u8]) -> Result<CertRecord> {
-        let unknown =
-            || CaError::Unauthorized("client certificate was not issued by this CA".into());
-        let (_, cert) = X509Certificate::from_der(cert_der)
-            .map_err(|_| CaError::Unauthorized("client certificate does not parse".into()))?;
+        let rec = self.known_device_cert(cert_der).await?;
+        if let Some(r) = &rec.revocation {
+            return Err(revoked_error(&rec.serial, r));
+        }
+        Ok(rec)
+    }
+
+    /// The record of a certificate this CA issued (revoked or not).
+    pub async fn known_device_cert(&self, cert_der: &[u8]) -> Result<CertRecord> {
+        let unknown = || {
+            CaError::refused(
+                ProblemCode::CertificateUnknown,
+                "client certificate was not issued by this CA",
+            )
+        };
+        let (_, cert) = X509Certificate::from_der(cert_der).map_err(|_| {
+            CaError::refused(ProblemCode::CertificateUnknown, "client certificate does not parse")
+        })?;
         let (_, issuing) = X509Certificate::from_der(&self.keys.issuing_der)
             .map_err(|e| CaError::Config(format!("issuing CA certificate: {e}")))?;
         cert.verify_signature(Some(issuing.public_key())).map_err(|_| unknown())?;
@@ -391,13 +578,6 @@ impl Authority {
         let rec = self.store.cert(&serial).await?.ok_or_else(unknown)?;
         if rec.der != cert_der {
             return Err(unknown());
-        }
-        if let Some(r) = &rec.revocation {
-            return Err(CaError::Forbidden(format!(
-                "certificate {serial} was revoked ({}) at {}; enrol again with a new token",
-                r.reason.name(),
-                r.at
-            )));
         }
         Ok(rec)
     }
@@ -409,21 +589,27 @@ impl Authority {
         csr: &CheckedCsr,
         policy: &GroupPolicy,
         now: OffsetDateTime,
-        renewed_from: Option<String>,
+        parent_serial: Option<String>,
     ) -> Result<CertRecord> {
         if !policy.key_algorithms.contains(&csr.key_algorithm) {
-            return Err(CaError::BadRequest(format!(
-                "key algorithm {} is not allowed by the policy of group {group:?}; allowed: {}",
-                csr.key_algorithm,
-                policy.key_algorithms.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
-            )));
+            return Err(CaError::refused(
+                ProblemCode::KeyNotAllowed,
+                format!(
+                    "key algorithm {} is not allowed by the policy of group {group:?}; allowed: {}",
+                    csr.key_algorithm,
+                    policy.key_algorithms.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
         }
         if let Some(cn) = &csr.common_name
             && cn != identity
         {
-            return Err(CaError::BadRequest(format!(
-                "CSR subject CN {cn:?} does not match the identity {identity:?}; leave the subject empty or use the identity"
-            )));
+            return Err(CaError::refused(
+                ProblemCode::IdentityMismatch,
+                format!(
+                    "CSR subject CN {cn:?} does not match the identity {identity:?}; leave the subject empty or use the identity"
+                ),
+            ));
         }
         let serial = profile::random_serial();
         let params =
@@ -440,32 +626,94 @@ impl Authority {
             issued_at: now,
             spki_sha256: csr.spki_sha256.clone(),
             der: cert.der().to_vec(),
-            renewed_from,
+            parent_serial,
+            superseded_by: None,
+            superseded_at: None,
             revocation: None,
         })
     }
 
-    /// Revokes a serial. Idempotent: revoking twice reports the first revocation.
+    /// Revokes a serial and, for `keyCompromise` (or with `lineage`), every certificate
+    /// renewed from it, transitively: a copied key must not buy a branch of identities that
+    /// outlives revocation. Idempotent: revoking twice reports the first revocation.
+    /// Returns the outcome for `serial`, then one `(serial, outcome)` per descendant.
     pub async fn revoke(
+        &self,
+        serial: &str,
+        reason: Reason,
+        lineage: bool,
+        actor: &str,
+        meta: &RequestMeta,
+    ) -> Result<(RevokeOutcome, Vec<(String, RevokeOutcome)>)> {
+        let bytes = lanyard_proto::serial::parse_hex(serial)
+            .map_err(|e| CaError::BadRequest(e.to_string()))?;
+        let serial = lanyard_proto::serial::to_hex(&bytes);
+        let out = self.revoke_one(&serial, reason, actor, meta).await?;
+        let mut descendants = Vec::new();
+        if (lineage || reason == Reason::KeyCompromise) && out != RevokeOutcome::NotFound {
+            for d in self.descendants(&serial).await? {
+                let o = self.revoke_one(&d, reason, actor, meta).await?;
+                descendants.push((d, o));
+            }
+        }
+        Ok((out, descendants))
+    }
+
+    /// Revokes every live (unrevoked, unexpired) certificate of an identity.
+    pub async fn revoke_identity(
+        &self,
+        identity: &str,
+        reason: Reason,
+        actor: &str,
+        meta: &RequestMeta,
+    ) -> Result<Vec<String>> {
+        let now = self.now();
+        let mut revoked = Vec::new();
+        for c in self.store.certs(CertFilter::identity(identity)).await? {
+            if c.revocation.is_none()
+                && c.not_after > now
+                && self.revoke_one(&c.serial, reason, actor, meta).await? == RevokeOutcome::Revoked
+            {
+                revoked.push(c.serial);
+            }
+        }
+        Ok(revoked)
+    }
+
+    /// Every certificate renewed from `serial`, directly or not, oldest first.
+    pub async fn descendants(&self, serial: &str) -> Result<Vec<String>> {
+        let Some(root) = self.store.cert(serial).await? else { return Ok(Vec::new()) };
+        let family = self.store.certs(CertFilter::identity(&root.identity)).await?;
+        let mut out = Vec::new();
+        let mut frontier = vec![root.serial];
+        while let Some(parent) = frontier.pop() {
+            for c in family.iter().filter(|c| c.parent_serial.as_deref() == Some(parent.as_str())) {
+                if !out.contains(&c.serial) {
+                    out.push(c.serial.clone());
+                    frontier.push(c.serial.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn revoke_one(
         &self,
         serial: &str,
         reason: Reason,
         actor: &str,
         meta: &RequestMeta,
     ) -> Result<RevokeOutcome> {
-        let bytes = lanyard_proto::serial::parse_hex(serial)
-            .map_err(|e| CaError::BadRequest(e.to_string()))?;
-        let serial = lanyard_proto::serial::to_hex(&bytes);
         let now = self.now();
         let ev = audit(
             now,
             actor.to_owned(),
             "revoke",
-            &serial,
+            serial,
             format!("reason={}", reason.name()),
             meta,
         );
-        let out = self.store.revoke(&serial, Revocation { at: now, reason }, ev).await?;
+        let out = self.store.revoke(serial, Revocation { at: now, reason }, ev).await?;
         if out == RevokeOutcome::Revoked
             && let Ok(mut c) = self.crl_cache.lock()
         {
@@ -477,7 +725,7 @@ impl Authority {
     /// Revoked serials in CloudFront's colon-hex form, for its KeyValueStore and the
     /// connection function (`lanyard-ca revoked`).
     pub async fn revoked_export(&self) -> Result<Vec<RevokedEntry>> {
-        let certs = self.store.certs(CertFilter { identity: None, revoked_only: true }).await?;
+        let certs = self.store.certs(CertFilter::revoked()).await?;
         Ok(certs
             .into_iter()
             .filter_map(|c| {
@@ -495,6 +743,17 @@ impl Authority {
 
     pub async fn certs(&self, filter: CertFilter) -> Result<Vec<CertRecord>> {
         self.store.certs(filter).await
+    }
+
+    /// Renewal conflicts from the audit trail, newest first.
+    pub async fn conflicts(&self) -> Result<Vec<AuditEvent>> {
+        Ok(self
+            .store
+            .audit_log(100_000)
+            .await?
+            .into_iter()
+            .filter(|e| e.action == "renewal_conflict")
+            .collect())
     }
 
     /// The issuing CA's CRL (DER), regenerated when a revocation happened or half its
@@ -528,10 +787,7 @@ impl Authority {
                 })?,
                 Vec::new(),
             ),
-            _ => (
-                &self.issuer,
-                self.store.certs(CertFilter { identity: None, revoked_only: true }).await?,
-            ),
+            _ => (&self.issuer, self.store.certs(CertFilter::revoked()).await?),
         };
         let number = self.store.next_crl_number(scope).await?;
         let params = rcgen::CertificateRevocationListParams {
@@ -571,4 +827,25 @@ impl Authority {
     pub(crate) fn root_signer(&self) -> Option<&SharedSigner> {
         self.keys.root.as_ref()
     }
+}
+
+fn key_reused(serial: &str) -> CaError {
+    CaError::Refused {
+        code: ProblemCode::KeyReused,
+        detail: format!(
+            "this public key was certified before for this identity (certificate {serial}); generate a new key"
+        ),
+        serial: Some(serial.to_owned()),
+    }
+}
+
+fn revoked_error(serial: &str, r: &Revocation) -> CaError {
+    CaError::refused(
+        ProblemCode::Revoked,
+        format!(
+            "certificate {serial} was revoked ({}) at {}; enrol again with a new token",
+            r.reason.name(),
+            r.at
+        ),
+    )
 }

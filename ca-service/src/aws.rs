@@ -223,6 +223,11 @@ impl AwsBackend {
             ));
         };
         let s = self.settings().await?;
+        // Superseded certificates whose grace ran out go onto this CRL.
+        let retired = auth.retire_superseded().await?;
+        if !retired.is_empty() {
+            tracing::info!(count = retired.len(), "revoked superseded certificates");
+        }
         let bundle = crate::bundle::build(&s.name, &auth.keys().root_der, &auth.keys().issuing_der);
         let issuing_crl = auth.issuing_crl().await?;
         let root_crl = auth.root_crl().await?;

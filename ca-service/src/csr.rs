@@ -3,7 +3,7 @@
 //! the CSR, decides subject, SANs, EKU and lifetime.
 
 use crate::error::{CaError, Result};
-use lanyard_proto::KeyAlgorithm;
+use lanyard_proto::{KeyAlgorithm, ProblemCode};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::FromDer;
@@ -22,7 +22,11 @@ pub struct CheckedCsr {
 }
 
 fn bad(msg: impl Into<String>) -> CaError {
-    CaError::BadRequest(msg.into())
+    CaError::refused(ProblemCode::CsrInvalid, msg)
+}
+
+fn key_refused(msg: impl Into<String>) -> CaError {
+    CaError::refused(ProblemCode::KeyNotAllowed, msg)
 }
 
 /// Classifies a SubjectPublicKeyInfo, refusing what CloudFront would refuse.
@@ -43,11 +47,11 @@ pub fn key_algorithm_of(
         } else if curve == oids::OID_NIST_EC_P384 {
             Ok(KeyAlgorithm::EcdsaP384)
         } else if curve == oids::OID_NIST_EC_P521 {
-            Err(bad(
+            Err(key_refused(
                 "key is ECDSA P-521, which CloudFront does not accept; use ecdsa-p256 or ecdsa-p384",
             ))
         } else {
-            Err(bad(format!(
+            Err(key_refused(format!(
                 "key is on EC curve {curve}, which is not allowed; use ecdsa-p256 or ecdsa-p384"
             )))
         };
@@ -61,13 +65,17 @@ pub fn key_algorithm_of(
             2048 => Ok(KeyAlgorithm::Rsa2048),
             3072 => Ok(KeyAlgorithm::Rsa3072),
             4096 => Ok(KeyAlgorithm::Rsa4096),
-            b => Err(bad(format!("key is RSA-{b}; allowed RSA sizes are 2048, 3072 and 4096"))),
+            b => Err(key_refused(format!(
+                "key is RSA-{b}; allowed RSA sizes are 2048, 3072 and 4096"
+            ))),
         };
     }
     if *alg == oids::OID_SIG_ED25519 {
-        return Err(bad("key is Ed25519, which CloudFront does not accept; use ecdsa-p256"));
+        return Err(key_refused(
+            "key is Ed25519, which CloudFront does not accept; use ecdsa-p256",
+        ));
     }
-    Err(bad(format!(
+    Err(key_refused(format!(
         "key algorithm {alg} is not allowed; allowed are {}",
         KeyAlgorithm::allowed_names()
     )))

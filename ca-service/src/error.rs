@@ -5,6 +5,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use lanyard_proto::{Problem, ProblemCode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -24,6 +25,15 @@ pub enum CaError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// A refusal with its own stable code (`renewal-conflict`, `token-used`, ...); the
+    /// status follows from the code.
+    #[error("{detail}")]
+    Refused {
+        code: ProblemCode,
+        detail: String,
+        /// A serial the refusal is about (the earlier certificate of a reused key).
+        serial: Option<String>,
+    },
     /// A backend is throttled or down; the client should retry after the given seconds.
     #[error("CA busy: {reason}; retry after {retry_after_secs}s")]
     Unavailable { reason: String, retry_after_secs: u64 },
@@ -50,38 +60,72 @@ impl CaError {
         move |source| CaError::Io { context, source }
     }
 
-    pub fn status(&self) -> StatusCode {
+    /// A refusal with a stable code.
+    pub fn refused(code: ProblemCode, detail: impl Into<String>) -> CaError {
+        CaError::Refused { code, detail: detail.into(), serial: None }
+    }
+
+    /// The stable code clients decide on.
+    pub fn code(&self) -> ProblemCode {
         match self {
-            CaError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            CaError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            CaError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            CaError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            CaError::Forbidden(_) => StatusCode::FORBIDDEN,
-            CaError::NotFound(_) => StatusCode::NOT_FOUND,
-            CaError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            CaError::BadRequest(_) => ProblemCode::BadRequest,
+            CaError::UnsupportedMediaType { .. } => ProblemCode::UnsupportedMediaType,
+            CaError::TooLarge { .. } => ProblemCode::TooLarge,
+            CaError::Unauthorized(_) => ProblemCode::Unauthorized,
+            CaError::Forbidden(_) => ProblemCode::Forbidden,
+            CaError::NotFound(_) => ProblemCode::NotFound,
+            CaError::Refused { code, .. } => *code,
+            CaError::Unavailable { .. } => ProblemCode::Busy,
             CaError::Config(_) | CaError::Storage(_) | CaError::Signing(_) | CaError::Io { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
+                ProblemCode::Internal
             }
         }
     }
+
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code().status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// The problem document a client gets (internal details stay in the log).
+    pub fn problem(&self) -> Problem {
+        let code = self.code();
+        let detail = if code == ProblemCode::Internal {
+            "internal error; see the CA's log".to_owned()
+        } else {
+            self.to_string()
+        };
+        let mut p = Problem::new(code, detail);
+        if let CaError::Refused { serial, .. } = self {
+            p.serial = serial.clone();
+        }
+        p
+    }
+}
+
+/// A problem+json response with the status of its code.
+pub fn problem_response(problem: &Problem) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, problem.to_json()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(lanyard_proto::problem::CONTENT_TYPE),
+    );
+    resp
 }
 
 impl IntoResponse for CaError {
     fn into_response(self) -> Response {
-        let status = self.status();
+        let problem = self.problem();
         // Internal details go to the log, not to the client.
-        let body = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        if problem.code == ProblemCode::Internal {
             tracing::error!(error = %self, "request failed");
-            "internal error; see the CA's log\n".to_owned()
         } else {
-            tracing::info!(status = status.as_u16(), error = %self, "request refused");
-            format!("{self}\n")
-        };
-        let mut resp = (status, body).into_response();
+            tracing::info!(status = problem.status, code = %problem.code, error = %self, "request refused");
+        }
+        let mut resp = problem_response(&problem);
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         match &self {
-            CaError::Unauthorized(_) => {
+            CaError::Unauthorized(_) | CaError::Refused { code: ProblemCode::TokenInvalid, .. } => {
                 h.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Basic realm=\"lanyard-est\""),

@@ -107,17 +107,25 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
-    /// Revoke a certificate by serial.
+    /// Revoke a certificate by serial (with its renewals for keyCompromise or --lineage), or
+    /// every live certificate of an identity.
     Revoke {
         #[command(flatten)]
         dir: DirArg,
         /// Serial in hex (colons allowed), as `certs list` prints it.
+        #[arg(long, required_unless_present = "identity", conflicts_with = "identity")]
+        serial: Option<String>,
+        /// Revoke every live certificate of this identity.
         #[arg(long)]
-        serial: String,
+        identity: Option<String>,
         /// unspecified | keyCompromise | cACompromise | affiliationChanged | superseded |
-        /// cessationOfOperation | privilegeWithdrawn | aACompromise
+        /// cessationOfOperation | privilegeWithdrawn | aACompromise. keyCompromise also
+        /// revokes every certificate renewed from the serial.
         #[arg(long, default_value = "unspecified")]
         reason: String,
+        /// Also revoke every certificate renewed from the serial, whatever the reason.
+        #[arg(long, conflicts_with = "identity")]
+        lineage: bool,
     },
     /// Write the CRLs (DIR/crl/) and optionally both as PEM to a file.
     Crl {
@@ -211,6 +219,10 @@ enum PolicyCmd {
         /// How long after expiry a certificate may still renew itself (0s = never).
         #[arg(long, value_parser = duration::parse_or_zero)]
         expired_grace: Option<std::time::Duration>,
+        /// How long a renewed certificate stays valid beside its successor before it is
+        /// revoked as superseded (sooner once the successor is used; default 1h).
+        #[arg(long, value_parser = duration::parse_or_zero)]
+        superseded_grace: Option<std::time::Duration>,
         /// Renew every certificate issued before this instant (RFC 3339, or "now").
         #[arg(long)]
         rotate_issued_before: Option<String>,
@@ -236,6 +248,10 @@ enum CertsCmd {
         identity: Option<String>,
         #[arg(long)]
         revoked: bool,
+        /// List renewal conflicts instead: a certificate renewed a second time with another
+        /// key (a copied device key), from the audit trail.
+        #[arg(long)]
+        conflicts: bool,
     },
 }
 
@@ -323,22 +339,47 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             println!("{}", secret.expose());
             eprintln!("token for {identity} (group {group}) valid until {}", rec.expires_at);
         }
-        Cmd::Revoke { dir, serial, reason } => {
+        Cmd::Revoke { dir, serial, identity, reason, lineage } => {
             let reason: Reason = reason.parse()?;
             let (d, a) = open(&dir).await?;
-            match a.revoke(&serial, reason, &ca_dir::actor(), &Default::default()).await? {
-                RevokeOutcome::Revoked => {
-                    let crl = d.publish(&a).await?;
-                    eprintln!("revoked {serial} ({}); CRL published to {crl}", reason.name());
+            let actor = ca_dir::actor();
+            let mut revoked = Vec::new();
+            if let Some(identity) = identity {
+                revoked = a.revoke_identity(&identity, reason, &actor, &Default::default()).await?;
+                if revoked.is_empty() {
+                    eprintln!("{identity} has no live certificate; nothing revoked");
                 }
-                RevokeOutcome::AlreadyRevoked(r) => {
-                    eprintln!("{serial} was already revoked ({}) at {}", r.reason.name(), r.at);
+            } else if let Some(serial) = serial {
+                let (out, descendants) =
+                    a.revoke(&serial, reason, lineage, &actor, &Default::default()).await?;
+                match out {
+                    RevokeOutcome::Revoked => revoked.push(serial.clone()),
+                    RevokeOutcome::AlreadyRevoked(r) => {
+                        eprintln!("{serial} was already revoked ({}) at {}", r.reason.name(), r.at);
+                    }
+                    RevokeOutcome::NotFound => {
+                        return Err(CaError::NotFound(format!(
+                            "no certificate with serial {serial} was issued by this CA"
+                        )));
+                    }
                 }
-                RevokeOutcome::NotFound => {
-                    return Err(CaError::NotFound(format!(
-                        "no certificate with serial {serial} was issued by this CA"
-                    )));
+                for (s, o) in descendants {
+                    match o {
+                        RevokeOutcome::Revoked => revoked.push(s),
+                        RevokeOutcome::AlreadyRevoked(r) => eprintln!(
+                            "{s} (renewed from {serial}) was already revoked ({})",
+                            r.reason.name()
+                        ),
+                        RevokeOutcome::NotFound => {}
+                    }
                 }
+            }
+            if !revoked.is_empty() {
+                let crl = d.publish(&a).await?;
+                for s in &revoked {
+                    eprintln!("revoked {s} ({})", reason.name());
+                }
+                eprintln!("CRL published to {crl}");
             }
         }
         Cmd::Crl { dir, out } => {
@@ -385,10 +426,33 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             }
         }
         Cmd::Policy { cmd } => policy(cmd).await?,
-        Cmd::Certs { cmd: CertsCmd::List { dir, json, identity, revoked } } => {
+        Cmd::Certs { cmd: CertsCmd::List { dir, json, conflicts: true, .. } } => {
+            let (_, a) = open(&dir).await?;
+            let rows = a.conflicts().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows)
+                        .map_err(|e| CaError::Config(e.to_string()))?
+                );
+            } else {
+                for e in rows {
+                    println!(
+                        "{} {} from {}: {}",
+                        e.at,
+                        e.subject,
+                        e.remote.as_deref().unwrap_or("-"),
+                        e.detail
+                    );
+                }
+            }
+        }
+        Cmd::Certs { cmd: CertsCmd::List { dir, json, identity, revoked, .. } } => {
             let (_, a) = open(&dir).await?;
             let now = a.now();
-            let certs = a.certs(CertFilter { identity, revoked_only: revoked }).await?;
+            let certs = a
+                .certs(CertFilter { identity, revoked_only: revoked, ..Default::default() })
+                .await?;
             if json {
                 println!(
                     "{}",
@@ -401,10 +465,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                     "SERIAL", "IDENTITY", "GROUP", "NOT AFTER"
                 );
                 for c in certs {
-                    let status = match (&c.revocation, now > c.not_after) {
-                        (Some(r), _) => format!("revoked ({})", r.reason.name()),
-                        (None, true) => "expired".into(),
-                        (None, false) => "valid".into(),
+                    let status = match (&c.revocation, now > c.not_after, &c.superseded_by) {
+                        (Some(r), _, _) => format!("revoked ({})", r.reason.name()),
+                        (None, true, _) => "expired".into(),
+                        (None, false, Some(child)) => format!("superseded by {child}"),
+                        (None, false, None) => "valid".into(),
                     };
                     println!(
                         "{:<36} {:<24} {:<10} {:<25} {status}",
@@ -492,6 +557,7 @@ async fn policy(cmd: PolicyCmd) -> Result<(), CaError> {
             retry_floor,
             retry_cap,
             expired_grace,
+            superseded_grace,
             rotate_issued_before,
         } => {
             let (_, a) = open(&dir).await?;
@@ -516,6 +582,9 @@ async fn policy(cmd: PolicyCmd) -> Result<(), CaError> {
             }
             if let Some(v) = expired_grace {
                 p.expired_grace_secs = v.as_secs();
+            }
+            if let Some(v) = superseded_grace {
+                p.superseded_grace_secs = v.as_secs();
             }
             if let Some(t) = rotate_issued_before {
                 p.rotate_issued_before = Some(if t == "now" {

@@ -80,7 +80,22 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
         tasks.spawn(async move {
             let mut last = u64::MAX;
             let mut published_at = auth.now();
+            let mut swept_at = auth.now() - time::Duration::HOUR;
             loop {
+                // Renewed certificates whose successor has not been used within the group's
+                // superseded grace are revoked as `superseded` (about once a minute).
+                if auth.now() - swept_at >= time::Duration::MINUTE {
+                    swept_at = auth.now();
+                    match auth.retire_superseded().await {
+                        Ok(r) if !r.is_empty() => {
+                            tracing::info!(count = r.len(), "revoked superseded certificates")
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "retiring superseded certificates failed")
+                        }
+                    }
+                }
                 let generation = auth.store().revocation_generation().await.unwrap_or(last);
                 let stale = auth.now() - published_at > auth.publication().crl_validity / 2;
                 if generation != last || stale {

@@ -25,5 +25,11 @@ on_sqlite!(
     renewal_rules,
     foreign_certificate_is_refused,
     crl_lists_revocations_and_changes_number,
-    concurrent_enrolments_issue_once
+    concurrent_enrolments_issue_once,
+    a_certificate_renews_once,
+    revocation_follows_the_lineage,
+    revoke_identity_revokes_every_live_certificate,
+    key_reuse_is_refused,
+    superseded_parents_retire,
+    refusals_carry_codes,
 );

@@ -190,6 +190,12 @@ async fn serverless_ca_on_moto() {
         foreign_certificate_is_refused,
         crl_lists_revocations_and_changes_number,
         concurrent_enrolments_issue_once,
+        a_certificate_renews_once,
+        revocation_follows_the_lineage,
+        revoke_identity_revokes_every_live_certificate,
+        key_reuse_is_refused,
+        superseded_parents_retire,
+        refusals_carry_codes,
     );
 
     // init with KMS keys; a second init refuses.
@@ -318,7 +324,9 @@ async fn serverless_ca_on_moto() {
     // Revocation reaches the S3 CRL, the export and the KeyValueStore plan.
     let (_, x) = x509_parser::parse_x509_certificate(&renewed).expect("parse");
     let serial = lanyard_proto::serial::to_hex(x.raw_serial());
-    auth.revoke(&serial, Reason::KeyCompromise, "test", &Default::default()).await.expect("revoke");
+    auth.revoke(&serial, Reason::KeyCompromise, false, "test", &Default::default())
+        .await
+        .expect("revoke");
     backend.publish(&auth).await.expect("publish");
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&cfg).force_path_style(true).build(),

@@ -9,6 +9,7 @@
 //! - [`policy`]: a group's renewal policy as the CA serves it at `/v1/policy`.
 //! - [`est`]: EST (RFC 7030) bodies: base64 DER, certs-only PKCS#7.
 //! - [`csrattrs`]: EST `/csrattrs`: which key the CA wants the device to generate.
+//! - [`problem`]: refusals on the wire (RFC 9457 problem+json) and their stable codes.
 //! - [`serial`]: certificate serials in hex and CloudFront's colon-hex form.
 //! - [`token`]: the enrolment token format (it carries the identity).
 //! - [`duration`]: human durations (`24h`, `7d`) for CLI flags and config.
@@ -20,8 +21,10 @@ pub mod duration;
 pub mod est;
 pub mod keyalg;
 pub mod policy;
+pub mod problem;
 pub mod serial;
 pub mod token;
 
 pub use keyalg::KeyAlgorithm;
 pub use policy::{GroupPolicy, PolicyError};
+pub use problem::{Problem, ProblemCode};

@@ -36,6 +36,10 @@ pub struct GroupPolicy {
     /// How long after expiry a certificate may still authenticate its own renewal, so a
     /// device that was offline through its expiry recovers without a new token. 0 = never.
     pub expired_grace_secs: u64,
+    /// How long a renewed certificate stays valid beside its successor before the CA
+    /// revokes it as `superseded` (sooner, once the successor is used), so that one
+    /// certificate per device stays live.
+    pub superseded_grace_secs: u64,
     /// "Rotate everything issued before T": certificates issued before this instant are
     /// due for renewal now.
     #[serde(with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
@@ -52,6 +56,7 @@ impl Default for GroupPolicy {
             retry_floor_secs: 10,
             retry_cap_secs: 15 * 60,
             expired_grace_secs: 3 * 86_400,
+            superseded_grace_secs: 3600,
             rotate_issued_before: None,
         }
     }
@@ -81,6 +86,10 @@ impl GroupPolicy {
     }
     pub fn expired_grace(&self) -> Duration {
         Duration::from_secs(self.expired_grace_secs)
+    }
+    /// The superseded grace in force: never longer than the lifetime.
+    pub fn superseded_grace(&self) -> Duration {
+        Duration::from_secs(self.superseded_grace_secs).min(self.lifetime())
     }
     /// The algorithm agents of this group generate.
     pub fn preferred_key(&self) -> KeyAlgorithm {
@@ -139,6 +148,9 @@ impl GroupPolicy {
         }
         if self.expired_grace() > MAX_LIFETIME {
             return Err(bad("expired_grace", "is longer than the longest lifetime"));
+        }
+        if self.superseded_grace_secs > MAX_LIFETIME.as_secs() {
+            return Err(bad("superseded_grace", "is longer than the longest lifetime"));
         }
         Ok(())
     }

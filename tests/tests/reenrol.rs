@@ -38,8 +38,8 @@ fn reenrol_with_a_new_key() {
         .find(|c| c["serial"].as_str().is_some_and(|s| s.eq_ignore_ascii_case(&serial2)))
         .expect("renewed certificate recorded");
     assert!(
-        new["renewed_from"].as_str().is_some_and(|s| s.eq_ignore_ascii_case(&serial1)),
-        "renewed_from should name {serial1}: {new}"
+        new["parent_serial"].as_str().is_some_and(|s| s.eq_ignore_ascii_case(&serial1)),
+        "parent_serial should name {serial1}: {new}"
     );
     assert!(certs.iter().all(|c| c["revocation"].is_null()), "{certs:?}");
 

@@ -78,6 +78,36 @@ impl Pointer {
     }
 }
 
+/// `renewal-key.json`: the key of a renewal in flight, kept until its certificate is
+/// stored, so a renewal interrupted after the CA answered (a crash, a lost answer) is
+/// retried with the same key and gets the same certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Staged {
+    pub version: u64,
+    pub key_ref: String,
+    pub key_sha256: String,
+    /// Serial of the certificate this key renews.
+    pub renews: String,
+    pub staged_at: u64,
+}
+
+impl Staged {
+    pub fn read(path: &Path) -> Result<Option<Staged>, StoreError> {
+        let Some(bytes) = crate::fsio::read_bounded(path, MAX_POINTER_BYTES)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::CorruptPointer {
+            path: path.to_path_buf(),
+            reason: format!("not a staged renewal key: {e}"),
+        })
+    }
+
+    pub fn to_json(&self) -> Result<Vec<u8>, StoreError> {
+        to_json(self)
+    }
+}
+
 /// `pending.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

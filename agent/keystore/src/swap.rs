@@ -25,7 +25,7 @@ use crate::file_store::FileVault;
 use crate::fsio::{self, StateLock};
 use crate::keyring_store::KeyringVault;
 use crate::kind::StoreKind;
-use crate::pointer::{POINTER_VERSION, Pointer, key_digest};
+use crate::pointer::{POINTER_VERSION, Pointer, Staged, key_digest};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
@@ -34,6 +34,8 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 /// The name of the pointer file in the state directory.
 pub const POINTER_FILE: &str = "credential.json";
+/// The name of the staged renewal key's file in the state directory.
+pub const STAGED_FILE: &str = "renewal-key.json";
 
 /// Where the agent keeps its credential. Every implementation replaces a credential
 /// crash-safely (see the module docs); all methods block (run them off an async runtime's
@@ -65,6 +67,17 @@ pub trait CredentialStore: Send + Sync + fmt::Debug {
     /// directory (non-recursively) and filter on this file name: the file is replaced, so a
     /// watch on the file itself would stay on the old inode.
     fn watch_path(&self) -> PathBuf;
+
+    /// Keeps `key` (PKCS#8) as the key of a renewal of certificate `renews`, in the same
+    /// backend as credentials, until [`store`](Self::store) commits a credential (which
+    /// drops it) or [`clear_staged`](Self::clear_staged). Replaces an earlier staged key.
+    fn stage(&self, key: &[u8], renews: &str) -> std::result::Result<(), StoreError>;
+
+    /// The staged key, if one is kept for a renewal of `renews`.
+    fn staged(&self, renews: &str) -> std::result::Result<Option<Zeroizing<Vec<u8>>>, StoreError>;
+
+    /// Drops the staged key (the CA refused the renewal for good).
+    fn clear_staged(&self) -> std::result::Result<(), StoreError>;
 }
 
 /// Opens the credential store of `kind` with its state in `state_dir` (created 0700 on the
@@ -133,13 +146,56 @@ pub trait KeyVault: Send + Sync + fmt::Debug {
 pub struct SwapStore<V> {
     dir: PathBuf,
     pointer_path: PathBuf,
+    staged_path: PathBuf,
     vault: V,
 }
 
 impl<V: KeyVault> SwapStore<V> {
     /// A store over `vault` with its pointer in `dir`.
     pub fn new(dir: &Path, vault: V) -> Self {
-        SwapStore { dir: dir.to_path_buf(), pointer_path: dir.join(POINTER_FILE), vault }
+        SwapStore {
+            dir: dir.to_path_buf(),
+            pointer_path: dir.join(POINTER_FILE),
+            staged_path: dir.join(STAGED_FILE),
+            vault,
+        }
+    }
+
+    /// Removes the staged file (under the state lock) and returns the key name it held; the
+    /// key itself is left to the caller or the garbage collection.
+    fn unstage(&self) -> Result<Option<String>> {
+        let staged = Staged::read(&self.staged_path).ok().flatten().map(|s| s.key_ref);
+        if self.staged_path.exists() {
+            fsio::remove_if_exists(&self.staged_path)?;
+            fsio::sync_dir(&self.dir)?;
+        }
+        Ok(staged)
+    }
+
+    /// Stores `key` under a fresh name and reads it back (steps 2 and 3 of a swap).
+    fn put_verified(&self, key: &[u8]) -> Result<String> {
+        let new_ref = self.vault.new_ref()?;
+        self.vault.intend(&new_ref)?;
+        crash_point!("intended");
+        if let Err(e) = self.vault.put(&new_ref, key) {
+            self.discard(&new_ref);
+            return Err(e);
+        }
+        crash_point!("key-stored");
+        match self.vault.get(&new_ref) {
+            Ok(Some(back)) if back.as_slice() == key => Ok(new_ref),
+            Ok(_) => {
+                self.discard(&new_ref);
+                Err(StoreError::ReadBackMismatch {
+                    key_ref: new_ref,
+                    store_name: self.vault.kind().platform_name(),
+                })
+            }
+            Err(e) => {
+                self.discard(&new_ref);
+                Err(e)
+            }
+        }
     }
 
     fn read_pointer(&self) -> Result<Option<Pointer>> {
@@ -286,28 +342,7 @@ impl<V: KeyVault> CredentialStore for SwapStore<V> {
         };
 
         // 2-3: the new key, under a fresh name, read back.
-        let new_ref = self.vault.new_ref()?;
-        self.vault.intend(&new_ref)?;
-        crash_point!("intended");
-        if let Err(e) = self.vault.put(&new_ref, key) {
-            self.discard(&new_ref);
-            return Err(e);
-        }
-        crash_point!("key-stored");
-        match self.vault.get(&new_ref) {
-            Ok(Some(back)) if back.as_slice() == key => {}
-            Ok(_) => {
-                self.discard(&new_ref);
-                return Err(StoreError::ReadBackMismatch {
-                    key_ref: new_ref,
-                    store_name: self.vault.kind().platform_name(),
-                });
-            }
-            Err(e) => {
-                self.discard(&new_ref);
-                return Err(e);
-            }
-        }
+        let new_ref = self.put_verified(key)?;
         crash_point!("key-verified");
 
         // 4: the commit point.
@@ -333,6 +368,13 @@ impl<V: KeyVault> CredentialStore for SwapStore<V> {
         }
 
         // 5: clean-up. The new credential is in place; failures here only leave stale keys.
+        // A staged renewal key has served its purpose (its copy is the new key, or the
+        // credential was replaced some other way): its file goes first, its key with the
+        // garbage below.
+        if let Err(e) = self.unstage() {
+            tracing::warn!(error = %e, "cannot remove the staged renewal key's file");
+        }
+        crash_point!("unstaged");
         if let Some(prev) = previous.filter(|p| *p != new_ref)
             && let Err(e) = self.vault.delete(&prev)
         {
@@ -353,6 +395,7 @@ impl<V: KeyVault> CredentialStore for SwapStore<V> {
         // orphans, which the next store() or remove() deletes.
         let current = self.read_pointer().ok().flatten().map(|p| p.key_ref);
         fsio::remove_if_exists(&self.pointer_path)?;
+        fsio::remove_if_exists(&self.staged_path)?;
         fsio::sync_dir(&self.dir)?;
         crash_point!("pointer-removed");
         let mut failures = Vec::new();
@@ -370,5 +413,56 @@ impl<V: KeyVault> CredentialStore for SwapStore<V> {
 
     fn watch_path(&self) -> PathBuf {
         self.pointer_path.clone()
+    }
+
+    fn stage(&self, key: &[u8], renews: &str) -> Result<()> {
+        fsio::ensure_private_dir(&self.dir)?;
+        let _lock = StateLock::acquire(&self.dir)?;
+        self.vault.prepare()?;
+        let previous = Staged::read(&self.staged_path).ok().flatten().map(|s| s.key_ref);
+        let key_ref = self.put_verified(key)?;
+        let staged = Staged {
+            version: POINTER_VERSION,
+            key_ref: key_ref.clone(),
+            key_sha256: key_digest(key),
+            renews: renews.to_owned(),
+            staged_at: crate::clock::unix_now(),
+        };
+        if let Err(e) = fsio::replace_file(&self.staged_path, &staged.to_json()?, "staged") {
+            self.discard(&key_ref);
+            return Err(e);
+        }
+        crash_point!("staged");
+        let current = self.read_pointer().ok().flatten().map(|p| p.key_ref);
+        if let Some(prev) = previous.filter(|p| *p != key_ref && Some(p) != current.as_ref()) {
+            self.discard(&prev);
+        }
+        Ok(())
+    }
+
+    fn staged(&self, renews: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        if !fsio::check_private_dir(&self.dir)? {
+            return Ok(None);
+        }
+        let Some(s) = Staged::read(&self.staged_path)? else { return Ok(None) };
+        if s.renews != renews || !self.vault.is_valid_ref(&s.key_ref) {
+            return Ok(None);
+        }
+        match self.vault.get(&s.key_ref)? {
+            Some(key) if key_digest(&key) == s.key_sha256 => Ok(Some(key)),
+            _ => Ok(None),
+        }
+    }
+
+    fn clear_staged(&self) -> Result<()> {
+        if !fsio::check_private_dir(&self.dir)? {
+            return Ok(());
+        }
+        let _lock = StateLock::acquire(&self.dir)?;
+        let current = self.read_pointer().ok().flatten().map(|p| p.key_ref);
+        if let Some(r) = self.unstage()?.filter(|r| Some(r) != current.as_ref()) {
+            self.discard(&r);
+        }
+        Ok(())
     }
 }

@@ -35,13 +35,8 @@ pub fn gate(agent: &Agent) -> Gate {
     if let Some((serial, reason)) = agent.state().revoked
         && serial == cur.info.serial
     {
-        return Gate::Closed(if reason.contains("revoked") {
-            reason
-        } else {
-            format!(
-                "the device certificate {serial} was revoked ({reason}); enrol again with a new token"
-            )
-        });
+        // The agent records a whole sentence (the CA's words, or its own).
+        return Gate::Closed(reason);
     }
     Gate::Open
 }

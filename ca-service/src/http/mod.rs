@@ -17,7 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
-use lanyard_proto::est;
+use lanyard_proto::{Problem, ProblemCode, est};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -43,7 +43,46 @@ pub fn router(auth: App) -> Router {
         .route("/v1/certificate", get(certificate_status))
         .merge(publication_router())
         .layer(DefaultBodyLimit::max(est::MAX_BODY))
+        .layer(axum::middleware::map_response(problem_for_bare_errors))
         .with_state(auth)
+}
+
+/// Every 4xx and 5xx is problem+json, also those made outside the handlers (an unknown
+/// path, a wrong method, a body over the limit): the status picks the code, and the text
+/// the response had becomes the detail. Headers such as `Retry-After` are kept.
+async fn problem_for_bare_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(lanyard_proto::problem::CONTENT_TYPE.as_bytes()));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_owned();
+    let mut problem = Problem::new(
+        ProblemCode::from_status(status.as_u16()),
+        if text.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_owned()
+        } else {
+            text
+        },
+    );
+    if problem.code == ProblemCode::RenewalConflict || problem.code == ProblemCode::Unknown {
+        problem.code =
+            if status.is_server_error() { ProblemCode::Internal } else { ProblemCode::BadRequest };
+        problem.type_uri = problem.code.type_uri();
+        problem.title = problem.code.title().to_owned();
+    }
+    problem.status = status.as_u16();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(lanyard_proto::problem::CONTENT_TYPE),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(problem.to_json()))
 }
 
 /// The public, unauthenticated part, also served over plain HTTP: CRL and OCSP clients
@@ -64,6 +103,7 @@ pub fn publication_app(auth: App) -> Router {
     publication_router()
         .route("/.well-known/est/cacerts", get(cacerts))
         .layer(DefaultBodyLimit::max(crate::ocsp::MAX_REQUEST))
+        .layer(axum::middleware::map_response(problem_for_bare_errors))
         .with_state(auth)
 }
 
@@ -149,7 +189,7 @@ async fn simplereenroll(
     })?;
     let csr = csr_from_body(&headers, &body)?;
     let issued = auth.reenroll(&cert, &csr, &meta(&remote)).await?;
-    tracing::info!(identity = %issued.record.identity, serial = %issued.record.serial, from = ?issued.record.renewed_from, "renewed");
+    tracing::info!(identity = %issued.record.identity, serial = %issued.record.serial, from = issued.record.parent_serial.as_deref().unwrap_or("-"), replayed = issued.replayed, "renewed");
     pkcs7_response(&[issued.record.der])
 }
 
@@ -170,7 +210,7 @@ async fn group_of(
         {
             return Ok(t.group);
         }
-        return Err(CaError::Unauthorized("unknown enrolment token".into()));
+        return Err(CaError::refused(ProblemCode::TokenInvalid, "unknown enrolment token"));
     }
     Ok(crate::authority::DEFAULT_GROUP.to_owned())
 }
@@ -214,18 +254,15 @@ async fn policy(
 async fn certificate_status(
     State(auth): State<App>,
     peer: Option<axum::Extension<PeerCert>>,
+    remote: Option<axum::Extension<Remote>>,
 ) -> Result<Response> {
     let der = peer.and_then(|p| p.0.0).ok_or_else(|| {
         CaError::Unauthorized("present the certificate as TLS client certificate".into())
     })?;
-    let (_, x) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|_| CaError::BadRequest("client certificate does not parse".into()))?;
-    let serial = lanyard_proto::serial::to_hex(x.raw_serial());
-    let rec = auth.store().cert(&serial).await?.ok_or_else(|| {
-        CaError::Unauthorized("client certificate was not issued by this CA".into())
-    })?;
-    if rec.der != der {
-        return Err(CaError::Unauthorized("client certificate was not issued by this CA".into()));
+    let rec = auth.known_device_cert(&der).await?;
+    if rec.revocation.is_none() {
+        // A device checking in with a renewed certificate has it: its parent retires.
+        auth.retire_parent(&rec, &meta(&remote)).await;
     }
     let status = if rec.revocation.is_some() {
         "revoked"

@@ -3,14 +3,16 @@
 //! ```text
 //! CERT#<serial>     an issued certificate (DER, identity, group, validity, revocation)
 //! TOKEN#<sha256>    an enrolment token (hash only); `ttl` lets DynamoDB drop it later
+//! KEY#<identity>#<spki sha256>  the serial that certified a key (no key is certified twice)
 //! POLICY#<group>    a group's policy (JSON)
 //! COUNTER#<name>    CRL numbers, the revocation generation
 //! AUDIT#<ns>#<rnd>  the audit trail
 //! ```
 //!
 //! The contract of [`Store`] holds under concurrency through conditional writes: an
-//! issuance with a token is one transaction that updates the token only if it is unused
-//! and puts the certificate only if the serial is new.
+//! issuance is one transaction that updates the token only if it is unused, marks the
+//! parent superseded only if nothing superseded it yet, claims the key only if it was never
+//! certified for the identity, and puts the certificate only if the serial is new.
 
 use super::{
     AuditEvent, CertFilter, CertRecord, RecordOutcome, Revocation, RevokeOutcome, Store,
@@ -92,10 +94,14 @@ fn cert_item(c: &CertRecord) -> Item {
     i.insert("issued_at".into(), n(ts(c.issued_at)));
     i.insert("spki_sha256".into(), s(&c.spki_sha256));
     i.insert("der".into(), AttributeValue::B(Blob::new(c.der.clone())));
-    if let Some(r) = &c.renewed_from {
+    if let Some(r) = &c.parent_serial {
         i.insert("renewed_from".into(), s(r));
     }
     i
+}
+
+fn key_pk(identity: &str, spki_sha256: &str) -> String {
+    format!("KEY#{identity}#{spki_sha256}")
 }
 
 fn cert_from(i: &Item) -> Option<CertRecord> {
@@ -114,7 +120,9 @@ fn cert_from(i: &Item) -> Option<CertRecord> {
         issued_at: from_ts(get_n(i, "issued_at")?),
         spki_sha256: get_s(i, "spki_sha256")?,
         der: i.get("der").and_then(|v| v.as_b().ok()).map(|b| b.as_ref().to_vec())?,
-        renewed_from: get_s(i, "renewed_from"),
+        parent_serial: get_s(i, "renewed_from"),
+        superseded_by: get_s(i, "superseded_by"),
+        superseded_at: get_n(i, "superseded_at").map(from_ts),
         revocation,
     })
 }
@@ -320,8 +328,12 @@ impl Store for DynamoStore {
         token_hash: Option<String>,
         audit: AuditEvent,
     ) -> Result<RecordOutcome> {
+        // Which transaction item stands for which condition, to read cancellation reasons.
         let mut items = Vec::new();
+        let mut token_at = None;
+        let mut parent_at = None;
         if let Some(hash) = &token_hash {
+            token_at = Some(items.len());
             items.push(self.update_tx(
                 format!("TOKEN#{hash}"),
                 "SET used_at = :at, used_serial = :serial, used_spki = :spki",
@@ -333,20 +345,52 @@ impl Store for DynamoStore {
                 ],
             )?);
         }
+        if let Some(parent) = &cert.parent_serial {
+            parent_at = Some(items.len());
+            items.push(self.update_tx(
+                format!("CERT#{parent}"),
+                "SET superseded_by = :child, superseded_at = :at",
+                "attribute_exists(pk) AND attribute_not_exists(superseded_by)",
+                vec![(":child", s(&cert.serial)), (":at", n(ts(cert.issued_at)))],
+            )?);
+        }
+        let key_at = items.len();
+        let mut key = Item::new();
+        key.insert("pk".into(), s(key_pk(&cert.identity, &cert.spki_sha256)));
+        key.insert("serial".into(), s(&cert.serial));
+        items.push(self.put_tx(key, Some("attribute_not_exists(pk)"))?);
         items.push(self.put_tx(cert_item(&cert), Some("attribute_not_exists(pk)"))?);
         items.push(self.put_tx(audit_item(&audit), None)?);
-        match self.transact(items).await? {
-            Ok(()) => Ok(RecordOutcome::Recorded),
-            Err(codes)
-                if token_hash.is_some()
-                    && codes.first().is_some_and(|c| c == "ConditionalCheckFailed") =>
-            {
-                Ok(RecordOutcome::TokenAlreadyUsed)
-            }
-            Err(codes) => {
-                Err(CaError::Storage(format!("issuance not recorded: {}", codes.join(", "))))
-            }
+        let codes = match self.transact(items).await? {
+            Ok(()) => return Ok(RecordOutcome::Recorded),
+            Err(codes) => codes,
+        };
+        let failed = |at: Option<usize>| {
+            at.and_then(|i| codes.get(i)).is_some_and(|c| c == "ConditionalCheckFailed")
+        };
+        if failed(token_at) {
+            return Ok(RecordOutcome::TokenAlreadyUsed);
         }
+        if failed(parent_at) {
+            let parent = cert.parent_serial.as_deref().unwrap_or_default();
+            return match self.cert(parent).await?.and_then(|p| p.superseded_by) {
+                Some(child) => Ok(RecordOutcome::ParentAlreadyRenewed { child }),
+                None => {
+                    Err(CaError::Storage(format!("parent certificate {parent} is not recorded")))
+                }
+            };
+        }
+        if failed(Some(key_at)) {
+            return match self.cert_by_key(&cert.identity, &cert.spki_sha256).await? {
+                Some(serial) => Ok(RecordOutcome::KeyReused { serial }),
+                None => Err(CaError::Storage("key claim failed without an owner".into())),
+            };
+        }
+        Err(CaError::Storage(format!("issuance not recorded: {}", codes.join(", "))))
+    }
+
+    async fn cert_by_key(&self, identity: &str, spki_sha256: &str) -> Result<Option<String>> {
+        Ok(self.get(key_pk(identity, spki_sha256)).await?.and_then(|i| get_s(&i, "serial")))
     }
 
     async fn cert(&self, serial: &str) -> Result<Option<CertRecord>> {
@@ -359,8 +403,7 @@ impl Store for DynamoStore {
             .await?
             .iter()
             .filter_map(cert_from)
-            .filter(|c| filter.identity.as_ref().is_none_or(|i| *i == c.identity))
-            .filter(|c| !filter.revoked_only || c.revocation.is_some())
+            .filter(|c| filter.matches(c))
             .collect();
         v.sort_by(|a, b| (a.issued_at, &a.serial).cmp(&(b.issued_at, &b.serial)));
         Ok(v)

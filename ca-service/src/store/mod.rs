@@ -33,9 +33,13 @@ pub struct CertRecord {
     pub spki_sha256: String,
     #[serde(skip)]
     pub der: Vec<u8>,
-    /// Serial of the certificate this one renewed (`simplereenroll`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub renewed_from: Option<String>,
+    /// Serial of the certificate that authenticated this one's renewal (`simplereenroll`);
+    /// none for an enrolment.
+    pub parent_serial: Option<String>,
+    /// Serial of the one certificate renewed from this one: a certificate renews once.
+    pub superseded_by: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub superseded_at: Option<OffsetDateTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revocation: Option<Revocation>,
 }
@@ -90,6 +94,16 @@ pub enum RecordOutcome {
     /// The token was consumed by another issuance in the meantime (the certificate just
     /// signed must not be returned).
     TokenAlreadyUsed,
+    /// The parent was renewed by another issuance in the meantime: `child` is the
+    /// certificate that won. Nothing was recorded.
+    ParentAlreadyRenewed {
+        child: String,
+    },
+    /// The public key was certified before for this identity, as `serial`. Nothing was
+    /// recorded.
+    KeyReused {
+        serial: String,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -104,6 +118,26 @@ pub enum RevokeOutcome {
 pub struct CertFilter {
     pub identity: Option<String>,
     pub revoked_only: bool,
+    /// Only certificates superseded (renewed) before this instant and not revoked: the
+    /// parents whose grace has run out.
+    pub superseded_unrevoked_before: Option<OffsetDateTime>,
+}
+
+impl CertFilter {
+    pub fn identity(identity: &str) -> Self {
+        CertFilter { identity: Some(identity.to_owned()), ..Default::default() }
+    }
+    pub fn revoked() -> Self {
+        CertFilter { revoked_only: true, ..Default::default() }
+    }
+    /// Whether a record passes the filter (for backends that filter after reading).
+    pub fn matches(&self, c: &CertRecord) -> bool {
+        self.identity.as_ref().is_none_or(|i| *i == c.identity)
+            && (!self.revoked_only || c.revocation.is_some())
+            && self
+                .superseded_unrevoked_before
+                .is_none_or(|t| c.revocation.is_none() && c.superseded_at.is_some_and(|at| at < t))
+    }
 }
 
 #[async_trait::async_trait]
@@ -111,9 +145,13 @@ pub trait Store: Send + Sync + 'static {
     async fn put_token(&self, token: TokenRecord, audit: AuditEvent) -> Result<()>;
     async fn token(&self, hash: &str) -> Result<Option<TokenRecord>>;
 
-    /// Records an issued certificate and its audit event, atomically. With `token_hash`,
-    /// consumes the token in the same transaction, only if it is still unused; otherwise
-    /// returns [`RecordOutcome::TokenAlreadyUsed`] and records nothing.
+    /// Records an issued certificate and its audit event, atomically, or nothing:
+    /// - with `token_hash`, consumes the token, only if it is still unused (else
+    ///   [`RecordOutcome::TokenAlreadyUsed`]);
+    /// - with `cert.parent_serial`, marks the parent superseded by this certificate, only if
+    ///   no other certificate superseded it (else [`RecordOutcome::ParentAlreadyRenewed`]);
+    /// - only if no certificate of the same identity has the same key (else
+    ///   [`RecordOutcome::KeyReused`]).
     async fn record_issuance(
         &self,
         cert: CertRecord,
@@ -122,6 +160,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<RecordOutcome>;
 
     async fn cert(&self, serial: &str) -> Result<Option<CertRecord>>;
+    /// The serial of a certificate of `identity` with this key (SPKI SHA-256), if any.
+    async fn cert_by_key(&self, identity: &str, spki_sha256: &str) -> Result<Option<String>>;
     async fn certs(&self, filter: CertFilter) -> Result<Vec<CertRecord>>;
 
     /// Marks a serial revoked (once; a second revocation keeps the first).

@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS certs (
     revoke_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS certs_identity ON certs(identity);
+CREATE INDEX IF NOT EXISTS certs_identity_key ON certs(identity, spki_sha256);
 CREATE INDEX IF NOT EXISTS certs_revoked ON certs(revoked_at) WHERE revoked_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS tokens (
     hash          TEXT PRIMARY KEY,
@@ -113,6 +114,7 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             pending: Arc::new(Mutex::new(Vec::new())),
@@ -132,6 +134,23 @@ impl SqliteStore {
         .await
         .map_err(|e| CaError::Storage(format!("store task failed: {e}")))?
     }
+}
+
+/// Columns added after the first release: added in place to databases made before them.
+/// `renewed_from` is the parent serial (its name predates the lineage).
+fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    let columns: Vec<String> = c
+        .prepare("SELECT name FROM pragma_table_info('certs')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, ty) in [("superseded_by", "TEXT"), ("superseded_at", "INTEGER")] {
+        if !columns.iter().any(|c| c == name) {
+            c.execute_batch(&format!("ALTER TABLE certs ADD COLUMN {name} {ty}"))?;
+        }
+    }
+    c.execute_batch(
+        "CREATE INDEX IF NOT EXISTS certs_superseded ON certs(superseded_at) WHERE superseded_at IS NOT NULL AND revoked_at IS NULL",
+    )
 }
 
 fn insert_audit(c: &Connection, e: &AuditEvent) -> rusqlite::Result<usize> {
@@ -185,6 +204,29 @@ fn record_one(c: &Connection, job: &Issuance) -> Result<RecordOutcome> {
             return Ok(RecordOutcome::TokenAlreadyUsed);
         }
     }
+    if let Some(parent) = &cert.parent_serial {
+        let n = c
+            .prepare_cached(
+                "UPDATE certs SET superseded_by = ?2, superseded_at = ?3 WHERE serial = ?1 AND superseded_by IS NULL",
+            )?
+            .execute(params![parent, cert.serial, ts(cert.issued_at)])?;
+        if n != 1 {
+            let child: Option<String> = c
+                .prepare_cached("SELECT superseded_by FROM certs WHERE serial = ?1")?
+                .query_row(params![parent], |r| r.get(0))
+                .optional()?
+                .flatten();
+            return match child {
+                Some(child) => Ok(RecordOutcome::ParentAlreadyRenewed { child }),
+                None => {
+                    Err(CaError::Storage(format!("parent certificate {parent} is not recorded")))
+                }
+            };
+        }
+    }
+    if let Some(serial) = key_owner(c, &cert.identity, &cert.spki_sha256)? {
+        return Ok(RecordOutcome::KeyReused { serial });
+    }
     c.prepare_cached(
         "INSERT INTO certs (serial, identity, group_name, not_before, not_after, issued_at, spki_sha256, der, renewed_from) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
     )?
@@ -197,10 +239,18 @@ fn record_one(c: &Connection, job: &Issuance) -> Result<RecordOutcome> {
         ts(cert.issued_at),
         cert.spki_sha256,
         cert.der,
-        cert.renewed_from
+        cert.parent_serial
     ])?;
     insert_audit(c, &job.audit)?;
     Ok(RecordOutcome::Recorded)
+}
+
+fn key_owner(c: &Connection, identity: &str, spki: &str) -> rusqlite::Result<Option<String>> {
+    c.prepare_cached(
+        "SELECT serial FROM certs WHERE identity = ?1 AND spki_sha256 = ?2 ORDER BY issued_at LIMIT 1",
+    )?
+    .query_row(params![identity, spki], |r| r.get(0))
+    .optional()
 }
 
 fn cert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
@@ -219,7 +269,9 @@ fn cert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
         issued_at: from_ts(r.get("issued_at")?),
         spki_sha256: r.get("spki_sha256")?,
         der: r.get("der")?,
-        renewed_from: r.get("renewed_from")?,
+        parent_serial: r.get("renewed_from")?,
+        superseded_by: r.get("superseded_by")?,
+        superseded_at: r.get::<_, Option<i64>>("superseded_at")?.map(from_ts),
         revocation,
     })
 }
@@ -312,23 +364,33 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn cert_by_key(&self, identity: &str, spki_sha256: &str) -> Result<Option<String>> {
+        let (identity, spki) = (identity.to_owned(), spki_sha256.to_owned());
+        self.with(move |c| Ok(key_owner(c, &identity, &spki)?)).await
+    }
+
     async fn certs(&self, filter: CertFilter) -> Result<Vec<CertRecord>> {
         self.with(move |c| {
-            let mut sql = String::from("SELECT * FROM certs WHERE 1=1");
-            if filter.identity.is_some() {
-                sql.push_str(" AND identity = ?1");
-            }
-            if filter.revoked_only {
-                sql.push_str(" AND revoked_at IS NOT NULL");
+            let mut sql = String::from(
+                "SELECT * FROM certs WHERE (?1 IS NULL OR identity = ?1) AND (?2 = 0 OR revoked_at IS NOT NULL)",
+            );
+            if filter.superseded_unrevoked_before.is_some() {
+                sql.push_str(" AND superseded_at IS NOT NULL AND revoked_at IS NULL AND superseded_at < ?3");
+            } else {
+                sql.push_str(" AND ?3 IS NULL");
             }
             sql.push_str(" ORDER BY issued_at, serial");
             let mut st = c.prepare(&sql)?;
-            let rows = match &filter.identity {
-                Some(id) => {
-                    st.query_map(params![id], cert_from_row)?.collect::<Result<Vec<_>, _>>()
-                }
-                None => st.query_map([], cert_from_row)?.collect::<Result<Vec<_>, _>>(),
-            }?;
+            let rows = st
+                .query_map(
+                    params![
+                        filter.identity,
+                        filter.revoked_only,
+                        filter.superseded_unrevoked_before.map(ts)
+                    ],
+                    cert_from_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
         .await
@@ -486,7 +548,9 @@ mod tests {
             issued_at: now,
             spki_sha256: format!("spki-{serial}"),
             der: vec![0x30, 0x00],
-            renewed_from: None,
+            parent_serial: None,
+            superseded_by: None,
+            superseded_at: None,
             revocation: None,
         }
     }
@@ -529,8 +593,14 @@ mod tests {
             // Two issuances race for token t1; serial 10 is issued twice.
             let serial = if i == 63 { "10".to_string() } else { i.to_string() };
             let token = (i < 2).then(|| "t1".to_string());
+            let mut rec = cert(&serial);
+            if i == 63 {
+                // Another identity and key, so it is the serial alone that collides.
+                rec.identity = "dev-other".into();
+                rec.spki_sha256 = "spki-other".into();
+            }
             tasks.push(tokio::spawn(async move {
-                store.record_issuance(cert(&serial), token, audit(&serial)).await
+                store.record_issuance(rec, token, audit(&serial)).await
             }));
         }
         let (mut recorded, mut token_used, mut failed) = (0, 0, 0);
@@ -538,6 +608,7 @@ mod tests {
             match t.await.unwrap() {
                 Ok(RecordOutcome::Recorded) => recorded += 1,
                 Ok(RecordOutcome::TokenAlreadyUsed) => token_used += 1,
+                Ok(other) => panic!("unexpected outcome {other:?}"),
                 Err(_) => failed += 1,
             }
         }

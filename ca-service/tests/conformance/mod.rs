@@ -92,16 +92,17 @@ pub async fn enrol_retry_with_same_key_gets_same_certificate(ca: Ca) {
     // Another key with the same token is refused.
     let (_k2, other) = csr(None, p256());
     let e = ca.auth.enroll("dev-1", &t, &other, &meta()).await.unwrap_err();
-    assert!(matches!(e, CaError::Forbidden(ref m) if m.contains("already used")), "{e}");
+    assert_eq!(e.code(), lanyard_proto::ProblemCode::TokenUsed, "{e}");
+    assert!(e.to_string().contains("already used"), "{e}");
     assert_eq!(ca.auth.certs(CertFilter::default()).await.expect("list").len(), 1);
 }
 
 pub async fn failed_attempts_do_not_burn_the_token(ca: Ca) {
     let t = token(&ca, "dev-2").await;
-    assert!(matches!(
-        ca.auth.enroll("dev-2", &t, b"junk", &meta()).await,
-        Err(CaError::BadRequest(_))
-    ));
+    assert_eq!(
+        ca.auth.enroll("dev-2", &t, b"junk", &meta()).await.unwrap_err().status().as_u16(),
+        400
+    );
     let (_k, wrong_cn) = csr(Some("someone-else"), p256());
     let e = ca.auth.enroll("dev-2", &t, &wrong_cn, &meta()).await.unwrap_err();
     assert!(e.to_string().contains("does not match the identity"), "{e}");
@@ -115,16 +116,16 @@ pub async fn token_binding_expiry_and_unknown(ca: Ca) {
     let t = token(&ca, "dev-3").await;
     let (_k, der) = csr(None, p256());
     let e = ca.auth.enroll("dev-4", &t, &der, &meta()).await.unwrap_err();
-    assert!(matches!(e, CaError::Forbidden(_)), "{e}");
+    assert_eq!(e.status().as_u16(), 400, "{e}");
     let e = ca
         .auth
         .enroll("dev-3", &TokenSecret::from_presented("lyt.x.y"), &der, &meta())
         .await
         .unwrap_err();
-    assert!(matches!(e, CaError::Unauthorized(_)), "{e}");
+    assert_eq!(e.status().as_u16(), 401, "{e}");
     ca.clock.advance(time::Duration::hours(2));
     let e = ca.auth.enroll("dev-3", &t, &der, &meta()).await.unwrap_err();
-    assert!(matches!(e, CaError::Forbidden(ref m) if m.contains("expired")), "{e}");
+    assert_eq!(e.code(), lanyard_proto::ProblemCode::TokenExpired, "{e}");
 }
 
 pub async fn policy_decides_lifetime_and_keys(ca: Ca) {
@@ -158,7 +159,7 @@ pub async fn renewal_rules(ca: Ca) {
     let (_k, der2) = csr(Some("dev-6"), p256());
     let next = ca.auth.reenroll(&cur.der, &der2, &meta()).await.expect("renew").record;
     assert_ne!(next.serial, cur.serial);
-    assert_eq!(next.renewed_from.as_deref(), Some(cur.serial.as_str()));
+    assert_eq!(next.parent_serial.as_deref(), Some(cur.serial.as_str()));
     assert_eq!(next.identity, "dev-6");
 
     // Expired but within grace: renews. Beyond grace: refused, says to enrol again.
@@ -167,30 +168,32 @@ pub async fn renewal_rules(ca: Ca) {
     let after = ca.auth.reenroll(&next.der, &der3, &meta()).await.expect("renew in grace").record;
     ca.clock.advance(time::Duration::minutes(80));
     let (_k, der4) = csr(None, p256());
-    let e = ca.auth.reenroll(&next.der, &der4, &meta()).await.unwrap_err();
-    assert!(
-        matches!(e, CaError::Forbidden(ref m) if m.contains("expired") && m.contains("new token")),
-        "{e}"
-    );
+    let e = ca.auth.reenroll(&after.der, &der4, &meta()).await.unwrap_err();
+    assert_eq!(e.code(), lanyard_proto::ProblemCode::ExpiredBeyondGrace, "{e}");
+    assert!(e.to_string().contains("expired") && e.to_string().contains("new token"), "{e}");
 
     // Revoked: refused.
     assert_eq!(
-        ca.auth.revoke(&after.serial, Reason::KeyCompromise, "t", &meta()).await.expect("revoke"),
+        ca.auth
+            .revoke(&after.serial, Reason::KeyCompromise, false, "t", &meta())
+            .await
+            .expect("revoke")
+            .0,
         RevokeOutcome::Revoked
     );
     assert!(matches!(
-        ca.auth.revoke(&after.serial, Reason::Superseded, "t", &meta()).await,
-        Ok(RevokeOutcome::AlreadyRevoked(_))
+        ca.auth.revoke(&after.serial, Reason::Superseded, false, "t", &meta()).await,
+        Ok((RevokeOutcome::AlreadyRevoked(_), _))
     ));
     let e = ca.auth.reenroll(&after.der, &der4, &meta()).await.unwrap_err();
-    assert!(matches!(e, CaError::Forbidden(ref m) if m.contains("revoked")), "{e}");
+    assert_eq!(e.code(), lanyard_proto::ProblemCode::Revoked, "{e}");
 }
 
 pub async fn foreign_certificate_is_refused(ca: Ca) {
     let other = ca_other_cert();
     let (_k, der) = csr(None, p256());
     let e = ca.auth.reenroll(&other, &der, &meta()).await.unwrap_err();
-    assert!(matches!(e, CaError::Unauthorized(_)), "{e}");
+    assert_eq!(e.code(), lanyard_proto::ProblemCode::CertificateUnknown, "{e}");
 }
 
 fn ca_other_cert() -> Vec<u8> {
@@ -205,7 +208,7 @@ pub async fn crl_lists_revocations_and_changes_number(ca: Ca) {
     let (_k, der) = csr(None, p256());
     let cert = ca.auth.enroll("dev-7", &t, &der, &meta()).await.expect("enrol").record;
     let before = ca.auth.issuing_crl().await.expect("crl");
-    ca.auth.revoke(&cert.serial, Reason::KeyCompromise, "t", &meta()).await.expect("revoke");
+    ca.auth.revoke(&cert.serial, Reason::KeyCompromise, false, "t", &meta()).await.expect("revoke");
     let after = ca.auth.issuing_crl().await.expect("crl");
     let (_, crl) = x509_parser::parse_x509_crl(&after).expect("parse");
     let serials: Vec<String> = crl
@@ -251,17 +254,236 @@ pub async fn concurrent_enrolments_issue_once(ca: Ca) {
     for task in tasks {
         match task.await.expect("task") {
             Ok(_) => ok += 1,
-            Err(e) => {
-                assert!(matches!(e, CaError::Forbidden(ref m) if m.contains("already used")), "{e}")
-            }
+            Err(e) => assert_eq!(e.code(), lanyard_proto::ProblemCode::TokenUsed, "{e}"),
         }
     }
     assert_eq!(ok, 1);
-    assert_eq!(
-        auth.certs(CertFilter { identity: Some("dev-9".into()), revoked_only: false })
-            .await
-            .expect("list")
-            .len(),
-        1
+    assert_eq!(auth.certs(CertFilter::identity("dev-9")).await.expect("list").len(), 1);
+}
+
+fn code(e: &CaError) -> lanyard_proto::ProblemCode {
+    // Every refusal renders as a problem document that parses back with its code.
+    let p = lanyard_proto::Problem::parse(e.problem().to_json().as_bytes()).expect("problem+json");
+    assert_eq!(p.code, e.code());
+    assert_eq!(p.status, e.status().as_u16());
+    p.code
+}
+
+async fn enrolled(ca: &Ca, id: &str) -> (rcgen::KeyPair, lanyard_ca::store::CertRecord) {
+    let t = token(ca, id).await;
+    let (k, der) = csr(None, p256());
+    (k, ca.auth.enroll(id, &t, &der, &meta()).await.expect("enrol").record)
+}
+
+async fn renewed(ca: &Ca, cur: &lanyard_ca::store::CertRecord) -> lanyard_ca::store::CertRecord {
+    let (_k, der) = csr(None, p256());
+    ca.auth.reenroll(&cur.der, &der, &meta()).await.expect("renew").record
+}
+
+/// 20 renewals of one parent with 20 keys, at once: one wins, 19 are `renewal-conflict`
+/// and audited; the winner's key gets the same certificate again.
+pub async fn a_certificate_renews_once(ca: Ca) {
+    use lanyard_proto::ProblemCode;
+    let (_k, parent) = enrolled(&ca, "dev-10").await;
+    let auth = Arc::new(ca.auth);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (auth, parent) = (auth.clone(), parent.der.clone());
+        let (_k, der) = csr(None, p256());
+        tasks.push(tokio::spawn(async move { (auth.reenroll(&parent, &der, &meta()).await, der) }));
+    }
+    let (mut won, mut conflicts) = (Vec::new(), 0);
+    for t in tasks {
+        match t.await.expect("task") {
+            (Ok(issued), der) => won.push((issued.record, der)),
+            (Err(e), _) => {
+                assert_eq!(code(&e), ProblemCode::RenewalConflict, "{e}");
+                assert_eq!(e.status().as_u16(), 409);
+                conflicts += 1;
+            }
+        }
+    }
+    assert_eq!((won.len(), conflicts), (1, 19));
+    let (child, winning_csr) = won.pop().expect("one winner");
+    assert_eq!(child.parent_serial.as_deref(), Some(parent.serial.as_str()));
+
+    // The agent retrying after a lost answer: same key, same certificate, nothing new.
+    let again = auth.reenroll(&parent.der, &winning_csr, &meta()).await.expect("retry");
+    assert!(again.replayed);
+    assert_eq!(again.record.serial, child.serial);
+    let all = auth.certs(CertFilter::identity("dev-10")).await.expect("list");
+    assert_eq!(all.len(), 2, "one enrolment and one renewal recorded");
+    let p = all.iter().find(|c| c.serial == parent.serial).expect("parent");
+    assert_eq!(p.superseded_by.as_deref(), Some(child.serial.as_str()));
+
+    // Each conflict is in the audit trail with both keys' fingerprints.
+    let audited = auth.conflicts().await.expect("conflicts");
+    assert_eq!(audited.len(), 19);
+    assert!(audited.iter().all(|e| e.subject == parent.serial
+        && e.detail.contains(&child.spki_sha256)
+        && e.detail.contains("presented_key_sha256=")));
+
+    // The child renews on; the parent, now superseded and used, cannot renew again.
+    let (_k, der) = csr(None, p256());
+    let grandchild = auth.reenroll(&child.der, &der, &meta()).await.expect("renew child").record;
+    assert_eq!(grandchild.parent_serial.as_deref(), Some(child.serial.as_str()));
+    let (_k, der) = csr(None, p256());
+    let e = auth.reenroll(&parent.der, &der, &meta()).await.unwrap_err();
+    assert!(matches!(code(&e), ProblemCode::RenewalConflict | ProblemCode::Revoked), "{e}");
+}
+
+/// keyCompromise revokes the serial and everything renewed from it; other reasons revoke
+/// the serial alone unless the lineage is asked for.
+pub async fn revocation_follows_the_lineage(ca: Ca) {
+    let (_k, a) = enrolled(&ca, "dev-11").await;
+    let b = renewed(&ca, &a).await;
+    let c = renewed(&ca, &b).await;
+    // Renewing with b used it: its parent a is retired as superseded.
+    let a_now = ca.auth.store().cert(&a.serial).await.expect("get").expect("a");
+    assert_eq!(a_now.revocation.map(|r| r.reason), Some(Reason::Superseded));
+
+    let (out, descendants) = ca
+        .auth
+        .revoke(&a.serial, Reason::KeyCompromise, false, "t", &meta())
+        .await
+        .expect("revoke");
+    assert!(matches!(out, RevokeOutcome::AlreadyRevoked(_)), "{out:?}");
+    let revoked: Vec<&str> = descendants
+        .iter()
+        .filter(|(_, o)| *o == RevokeOutcome::Revoked)
+        .map(|(s, _)| s.as_str())
+        .collect();
+    let mut revoked = revoked;
+    revoked.sort();
+    let mut want = vec![b.serial.as_str(), c.serial.as_str()];
+    want.sort();
+    assert_eq!(revoked, want);
+    for s in [&b.serial, &c.serial] {
+        let r = ca.auth.store().cert(s).await.expect("get").expect("cert").revocation;
+        assert_eq!(r.map(|r| r.reason), Some(Reason::KeyCompromise), "{s}");
+    }
+    let crl = ca.auth.issuing_crl().await.expect("crl");
+    let (_, crl) = x509_parser::parse_x509_crl(&crl).expect("parse");
+    let on_crl: std::collections::BTreeSet<String> = crl
+        .iter_revoked_certificates()
+        .map(|r| lanyard_proto::serial::to_hex(r.raw_serial()))
+        .collect();
+    for s in [&a.serial, &b.serial, &c.serial] {
+        assert!(on_crl.contains(s), "{s} on the CRL: {on_crl:?}");
+    }
+    let (_k, der) = csr(None, p256());
+    let e = ca.auth.reenroll(&c.der, &der, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), lanyard_proto::ProblemCode::Revoked, "{e}");
+
+    // Another reason: the serial alone, unless --lineage.
+    let (_k, x) = enrolled(&ca, "dev-12").await;
+    let y = renewed(&ca, &x).await;
+    let (_, d) = ca
+        .auth
+        .revoke(&x.serial, Reason::CessationOfOperation, false, "t", &meta())
+        .await
+        .expect("revoke");
+    assert!(d.is_empty());
+    assert!(ca.auth.store().cert(&y.serial).await.expect("get").expect("y").revocation.is_none());
+    let (_, d) = ca
+        .auth
+        .revoke(&x.serial, Reason::CessationOfOperation, true, "t", &meta())
+        .await
+        .expect("revoke");
+    assert_eq!(d, vec![(y.serial.clone(), RevokeOutcome::Revoked)]);
+}
+
+pub async fn revoke_identity_revokes_every_live_certificate(ca: Ca) {
+    let (_k, a) = enrolled(&ca, "dev-13").await;
+    let b = renewed(&ca, &a).await;
+    let (_k, other) = enrolled(&ca, "dev-14").await;
+    let revoked = ca
+        .auth
+        .revoke_identity("dev-13", Reason::AffiliationChanged, "t", &meta())
+        .await
+        .expect("revoke");
+    let mut want = vec![a.serial.clone(), b.serial.clone()];
+    let mut got = revoked.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    assert!(
+        ca.auth.store().cert(&other.serial).await.expect("get").expect("o").revocation.is_none()
     );
+    let again = ca.auth.revoke_identity("dev-13", Reason::Unspecified, "t", &meta()).await;
+    assert_eq!(again.expect("revoke"), Vec::<String>::new());
+}
+
+/// A key is certified once per identity: not at renewal, not with a new token.
+pub async fn key_reuse_is_refused(ca: Ca) {
+    use lanyard_proto::ProblemCode;
+    let t = token(&ca, "dev-15").await;
+    let (_k1, first_csr) = csr(None, p256());
+    let a = ca.auth.enroll("dev-15", &t, &first_csr, &meta()).await.expect("enrol").record;
+    let b = renewed(&ca, &a).await;
+    // b renewing back to a's key.
+    let e = ca.auth.reenroll(&b.der, &first_csr, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), ProblemCode::KeyReused, "{e}");
+    assert!(e.to_string().contains(&a.serial), "names the earlier serial: {e}");
+    assert_eq!(e.problem().serial.as_deref(), Some(a.serial.as_str()));
+    // A new token with the old key.
+    let t2 = token(&ca, "dev-15").await;
+    let e = ca.auth.enroll("dev-15", &t2, &first_csr, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), ProblemCode::KeyReused, "{e}");
+    // Nothing was recorded, and the second token is still unused.
+    assert_eq!(ca.auth.certs(CertFilter::identity("dev-15")).await.expect("list").len(), 2);
+    let (_k, fresh) = csr(None, p256());
+    ca.auth.enroll("dev-15", &t2, &fresh, &meta()).await.expect("token still usable");
+}
+
+/// A renewed certificate is revoked as superseded once its child is used (a check-in) or
+/// after the group's superseded grace.
+pub async fn superseded_parents_retire(ca: Ca) {
+    let (_k, a) = enrolled(&ca, "dev-16").await;
+    let b = renewed(&ca, &a).await;
+    assert!(ca.auth.retire_superseded().await.expect("sweep").is_empty(), "within the grace");
+    ca.clock.advance(time::Duration::minutes(61));
+    assert_eq!(ca.auth.retire_superseded().await.expect("sweep"), vec![a.serial.clone()]);
+    let r = ca.auth.store().cert(&a.serial).await.expect("get").expect("a").revocation;
+    assert_eq!(r.map(|r| r.reason), Some(Reason::Superseded));
+
+    // Used: a check-in with the child retires the parent at once.
+    let (_k, x) = enrolled(&ca, "dev-17").await;
+    let y = renewed(&ca, &x).await;
+    ca.auth.retire_parent(&y, &meta()).await;
+    let r = ca.auth.store().cert(&x.serial).await.expect("get").expect("x").revocation;
+    assert_eq!(r.map(|r| r.reason), Some(Reason::Superseded));
+    // The device that never stored y can still fetch it with y's key: a retry is not a
+    // conflict, even after the parent was retired.
+    let _ = b;
+}
+
+/// Every refusal carries its stable code.
+pub async fn refusals_carry_codes(ca: Ca) {
+    use lanyard_proto::ProblemCode;
+    let t = token(&ca, "dev-18").await;
+    let (_k, der) = csr(None, p256());
+    let e = ca
+        .auth
+        .enroll("dev-18", &TokenSecret::from_presented("lyt.x.y"), &der, &meta())
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), ProblemCode::TokenInvalid);
+    let e = ca.auth.enroll("dev-19", &t, &der, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), ProblemCode::IdentityMismatch);
+    let e = ca.auth.enroll("dev-18", &t, b"junk", &meta()).await.unwrap_err();
+    assert_eq!(code(&e), ProblemCode::CsrInvalid);
+    let (_k, ed) = csr(None, &rcgen::PKCS_ED25519);
+    let e = ca.auth.enroll("dev-18", &t, &ed, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), ProblemCode::KeyNotAllowed);
+    ca.auth.enroll("dev-18", &t, &der, &meta()).await.expect("enrol");
+    let (_k, other) = csr(None, p256());
+    let e = ca.auth.enroll("dev-18", &t, &other, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), ProblemCode::TokenUsed);
+    let t2 = token(&ca, "dev-20").await;
+    ca.clock.advance(time::Duration::hours(2));
+    let e = ca.auth.enroll("dev-20", &t2, &other, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), ProblemCode::TokenExpired);
+    let e = ca.auth.reenroll(&ca_other_cert(), &other, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), ProblemCode::CertificateUnknown);
 }
