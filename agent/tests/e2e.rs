@@ -481,6 +481,7 @@ async fn sigkill_after_the_ca_answered_retries_with_the_same_key() {
             assert_eq!(s["serial"].as_str(), Some(child_serial.as_str()));
         }
     }
+    eprintln!("{in_window} of {runs} kills landed between the CA's answer and the commit");
     assert!(in_window >= 1, "no kill landed between the CA's answer and the commit in {runs} runs");
     assert!(ca.auth().conflicts().await.expect("audit").is_empty(), "no renewal conflict");
     let o = lanyard(&state, &["renew", "--force"]).await;
