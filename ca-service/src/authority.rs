@@ -605,7 +605,7 @@ impl Authority {
             && cn != identity
         {
             return Err(CaError::refused(
-                ProblemCode::IdentityMismatch,
+                ProblemCode::CsrInvalid,
                 format!(
                     "CSR subject CN {cn:?} does not match the identity {identity:?}; leave the subject empty or use the identity"
                 ),

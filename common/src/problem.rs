@@ -31,7 +31,7 @@ pub enum ProblemCode {
     TokenUsed,
     /// The enrolment token expired.
     TokenExpired,
-    /// The identity does not match the token or the CSR's subject.
+    /// The credentials (a token) are bound to another identity.
     IdentityMismatch,
     /// The CSR does not parse, its signature does not verify, or it asks for something the
     /// profile refuses.
@@ -125,12 +125,12 @@ impl ProblemCode {
             | ProblemCode::CsrInvalid
             | ProblemCode::KeyNotAllowed
             | ProblemCode::KeyReused
-            | ProblemCode::IdentityMismatch
             | ProblemCode::PolicyInvalid => 400,
             ProblemCode::Unauthorized
             | ProblemCode::TokenInvalid
             | ProblemCode::CertificateUnknown => 401,
             ProblemCode::Forbidden
+            | ProblemCode::IdentityMismatch
             | ProblemCode::TokenUsed
             | ProblemCode::TokenExpired
             | ProblemCode::Revoked

@@ -116,7 +116,7 @@ pub async fn token_binding_expiry_and_unknown(ca: Ca) {
     let t = token(&ca, "dev-3").await;
     let (_k, der) = csr(None, p256());
     let e = ca.auth.enroll("dev-4", &t, &der, &meta()).await.unwrap_err();
-    assert_eq!(e.status().as_u16(), 400, "{e}");
+    assert_eq!(e.code(), lanyard_proto::ProblemCode::IdentityMismatch, "{e}");
     let e = ca
         .auth
         .enroll("dev-3", &TokenSecret::from_presented("lyt.x.y"), &der, &meta())
