@@ -104,6 +104,11 @@ struct RawRoute {
     x_forwarded_for: bool,
     request_timeout: Option<String>,
     idle_timeout: Option<String>,
+    /// More `Host` values this listener answers (`name` or `name:port`), beside its own
+    /// loopback address and `localhost`.
+    #[serde(default)]
+    hosts: Vec<String>,
+    max_connections: Option<usize>,
 }
 
 // ---- validated config ----------------------------------------------------------------
@@ -205,9 +210,15 @@ pub struct Route {
     /// `None` for a forward-proxy-only listener.
     pub upstream: Option<Upstream>,
     pub upstream_ca: Option<PathBuf>,
-    /// Hosts a forward-proxy request may reach through this listener (`*.example.com`
-    /// allowed). A route's own upstream host is always allowed.
+    /// Hosts a forward-proxy request may reach through this listener: `host[:port]`
+    /// (443 when no port is given), `*.example.com[:port]` allowed. A route's own upstream
+    /// host and port are always allowed.
     pub forward_allow: Vec<String>,
+    /// More `Host` values the listener answers besides its own address and `localhost`:
+    /// requests naming any other host are refused (DNS rebinding).
+    pub hosts: Vec<String>,
+    /// Client connections open at once.
+    pub max_connections: usize,
     pub socket_mode: u32,
     pub x_forwarded_for: bool,
     pub request_timeout: Duration,
@@ -482,11 +493,23 @@ fn route(f: &Option<PathBuf>, i: usize, r: RawRoute) -> Result<Route, ConfigErro
     }
     for h in &r.forward_allow {
         let bare = h.strip_prefix("*.").unwrap_or(h);
-        if bare.is_empty() || bare.contains(['/', ':', '*', ' ']) {
+        let (name, port_ok) = match bare.rsplit_once(':') {
+            Some((n, p)) => (n, p.parse::<u16>().is_ok_and(|p| p > 0)),
+            None => (bare, true),
+        };
+        if name.is_empty() || name.contains(['/', ':', '*', ' ']) || !port_ok {
             return Err(err(
                 f,
-                format!("{} {h:?}: give host names, optionally *.domain", key("forward_allow")),
+                format!(
+                    "{} {h:?}: give host names with an optional port (host[:port], *.domain[:port])",
+                    key("forward_allow")
+                ),
             ));
+        }
+    }
+    for h in &r.hosts {
+        if h.is_empty() || h.contains(['/', '*', ' ', '@']) {
+            return Err(err(f, format!("{} {h:?}: give name or name:port", key("hosts"))));
         }
     }
     let socket_mode = match &r.socket_mode {
@@ -512,6 +535,8 @@ fn route(f: &Option<PathBuf>, i: usize, r: RawRoute) -> Result<Route, ConfigErro
             Duration::from_secs(300),
         )?,
         idle_timeout: dur(f, &key("idle_timeout"), &r.idle_timeout, Duration::from_secs(90))?,
+        hosts: r.hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
+        max_connections: r.max_connections.unwrap_or(1024).max(1),
     })
 }
 

@@ -275,6 +275,8 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                 x_forwarded_for: false,
                 request_timeout: Duration::from_secs(300),
                 idle_timeout: Duration::from_secs(90),
+                hosts: Vec::new(),
+                max_connections: 1024,
             };
             if !route.listen.is_loopback() {
                 return Err(AgentError::Usage(format!(

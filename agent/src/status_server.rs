@@ -7,7 +7,6 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -55,37 +54,53 @@ pub async fn serve(
     addr: ListenAddr,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let svc = move |req: http::Request<Incoming>| {
-        let agent = agent.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(&agent, req.uri().path())) }
-    };
-    match addr {
-        ListenAddr::Tcp(a) => {
-            let l = tokio::net::TcpListener::bind(a).await?;
-            tracing::info!(listen = %a, "status endpoint listening");
-            loop {
-                let (s, _) = tokio::select! { _ = shutdown.cancelled() => return Ok(()), r = l.accept() => r? };
-                let svc = svc.clone();
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), hyper::service::service_fn(svc))
-                        .await;
-                });
-            }
-        }
+    let listener = match &addr {
+        ListenAddr::Tcp(a) => lanyard_net::Listener::Tcp(tokio::net::TcpListener::bind(a).await?),
         ListenAddr::Unix(p) => {
-            let _ = std::fs::remove_file(&p);
-            let l = tokio::net::UnixListener::bind(&p)?;
-            tracing::info!(listen = %p.display(), "status endpoint listening");
-            loop {
-                let (s, _) = tokio::select! { _ = shutdown.cancelled() => return Ok(()), r = l.accept() => r? };
-                let svc = svc.clone();
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), hyper::service::service_fn(svc))
-                        .await;
-                });
-            }
+            let _ = std::fs::remove_file(p);
+            lanyard_net::Listener::Unix(tokio::net::UnixListener::bind(p)?)
         }
-    }
+    };
+    let own: Option<Arc<Vec<String>>> = listener.local_addr().map(|a| {
+        let p = a.port();
+        Arc::new(vec![
+            format!("127.0.0.1:{p}"),
+            format!("localhost:{p}"),
+            format!("[::1]:{p}"),
+            a.to_string(),
+        ])
+    });
+    tracing::info!(listen = %addr, "status endpoint listening");
+    lanyard_net::serve(
+        listener,
+        None,
+        lanyard_net::Limits { max_connections: 256, ..lanyard_net::Limits::local() },
+        move |_conn: &lanyard_net::Conn| {
+            let (agent, own) = (agent.clone(), own.clone());
+            hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let (agent, own) = (agent.clone(), own.clone());
+                async move {
+                    // The same rule as the proxy: a page that rebinds a name to 127.0.0.1
+                    // must not read this device's status.
+                    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok());
+                    if let Some(own) = &own
+                        && !host.is_some_and(|h| crate::proxy::handler::host_is_own(own, h))
+                    {
+                        return Ok::<_, std::convert::Infallible>(respond(
+                            StatusCode::FORBIDDEN,
+                            "text/plain",
+                            format!(
+                                "Host {host:?} is not this status endpoint ({})\n",
+                                own.join(", ")
+                            ),
+                        ));
+                    }
+                    Ok(handle(&agent, req.uri().path()))
+                }
+            })
+        },
+        shutdown,
+    )
+    .await;
+    Ok(())
 }

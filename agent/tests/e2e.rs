@@ -487,3 +487,84 @@ async fn sigkill_after_the_ca_answered_retries_with_the_same_key() {
     let o = lanyard(&state, &["renew", "--force"]).await;
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// The status endpoint keeps serving after its accept loop ran out of file descriptors
+/// (EMFILE): the daemon runs with a small descriptor limit, a burst of connections
+/// exhausts it, and once they close `/healthz` answers again. It also refuses a foreign
+/// `Host` (DNS rebinding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_endpoint_survives_running_out_of_descriptors() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let state = tmp.path().join("agent");
+    enrol(&ca, &state, "fd.fleet.example.com").await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let cfg = tmp.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[ca]\nurl = \"{}\"\nca_bundle = \"{}\"\n[store]\nbackend = \"file\"\npath = \"{}\"\n[status]\nlisten = \"127.0.0.1:{port}\"\n",
+            ca.url,
+            ca.root(),
+            state.display()
+        ),
+    )
+    .expect("config");
+    let _daemon = tokio::process::Command::new("prlimit")
+        .args(["--nofile=64:64", "--"])
+        .arg(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["--config", cfg.to_str().expect("p"), "run"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("daemon under prlimit");
+    async fn get(port: u16, host: &str) -> Option<String> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        s.write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(3), s.read_to_string(&mut out))
+            .await
+            .ok()?
+            .ok()?;
+        Some(out)
+    }
+    let own = format!("127.0.0.1:{port}");
+    let t = Instant::now();
+    while get(port, &own).await.is_none_or(|r| !r.contains("200 OK")) {
+        assert!(t.elapsed() < Duration::from_secs(20), "status endpoint never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // More connections than the daemon has descriptors for.
+    let mut burst = Vec::new();
+    for _ in 0..120 {
+        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            burst.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(burst);
+    let t = Instant::now();
+    let mut answered = None;
+    while t.elapsed() < Duration::from_secs(20) {
+        if let Some(r) = get(port, &own).await
+            && r.contains("200 OK")
+        {
+            answered = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(answered.is_some(), "the status endpoint did not recover after EMFILE");
+    let r = get(port, "attacker.example").await.unwrap_or_default();
+    assert!(r.contains("403"), "a foreign Host is refused: {r}");
+}

@@ -279,6 +279,35 @@ async fn proxy_against_nginx() {
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.ends_with("200"), "an allow-listed absolute URL is fetched: {s}");
 
+    // What a web page could make a browser send (DNS rebinding, cross-site requests) is
+    // refused with 403 and says why; the proxy's own names are served.
+    let curl = |extra: &[&str], url: String| {
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}"])
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let own = format!("http://127.0.0.1:{p2}/own");
+    let s = curl(&["-H", &format!("Host: attacker.example:{p2}")], own.clone());
+    assert!(s.ends_with("403") && s.contains("DNS rebinding"), "{s}");
+    let s = curl(&["-H", "Origin: http://attacker.example"], own.clone());
+    assert!(s.ends_with("403") && s.contains("origin"), "{s}");
+    let s = curl(&["-H", "Sec-Fetch-Site: cross-site"], own.clone());
+    assert!(s.ends_with("403") && s.contains("cross-site"), "{s}");
+    let s = curl(
+        &["-H", &format!("Host: localhost:{p2}"), "-H", &format!("Origin: http://localhost:{p2}")],
+        own.clone(),
+    );
+    assert!(s.ends_with("200"), "the proxy's own name and origin are served: {s}");
+    let s = curl(&["-X", "OPTIONS", "--request-target", "*"], format!("http://127.0.0.1:{p2}"));
+    assert!(s.ends_with("400"), "OPTIONS * is not proxied: {s}");
+    // The allow-list is host and port: the upstream's host on another port is refused.
+    let s = curl(&["-x", &format!("http://127.0.0.1:{p2}")], "http://127.0.0.1:1/".into());
+    assert!(s.ends_with("403") && s.contains("allow-list"), "{s}");
+
     // A renewal by another process while requests run, with nginx retiring connections every
     // 100 requests: none fails, and new connections carry the new certificate within seconds.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

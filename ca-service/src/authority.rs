@@ -99,6 +99,58 @@ pub struct Authority {
     root_issuer: Option<rcgen::Issuer<'static, SharedSigner>>,
     publication: PublicationSettings,
     crl_cache: Mutex<HashMap<&'static str, CachedCrl>>,
+    failures: FailureLimiter,
+}
+
+/// Failed authentications per source address over the last minute. Past the limit, the
+/// source gets `429 rate-limited` until its oldest failure is a minute old.
+struct FailureLimiter {
+    limit: usize,
+    window: std::time::Duration,
+    seen: Mutex<HashMap<std::net::IpAddr, std::collections::VecDeque<std::time::Instant>>>,
+}
+
+/// Failed authentications a source may make in a minute (`lanyard-ca serve` default).
+pub const AUTH_FAILURES_PER_MINUTE: usize = 10;
+
+impl FailureLimiter {
+    fn source(meta: &RequestMeta) -> Option<std::net::IpAddr> {
+        let r = meta.remote.as_deref()?;
+        r.parse::<std::net::SocketAddr>().map(|a| a.ip()).or_else(|_| r.parse()).ok()
+    }
+
+    /// Seconds to wait, if the source is over the limit now.
+    fn blocked(&self, ip: std::net::IpAddr) -> Option<u64> {
+        let mut seen = self.seen.lock().ok()?;
+        let q = seen.get_mut(&ip)?;
+        while q.front().is_some_and(|t| t.elapsed() >= self.window) {
+            q.pop_front();
+        }
+        if q.is_empty() {
+            seen.remove(&ip);
+            return None;
+        }
+        (q.len() >= self.limit).then(|| {
+            let oldest = q.front().map(|t| t.elapsed()).unwrap_or_default();
+            self.window.saturating_sub(oldest).as_secs().max(1)
+        })
+    }
+
+    /// Records a failure; returns how many the source has in the window now.
+    fn note(&self, ip: std::net::IpAddr) -> usize {
+        let Ok(mut seen) = self.seen.lock() else { return 0 };
+        // Bounded memory under a flood from many addresses: forget the quiet ones.
+        if seen.len() > 100_000 {
+            let window = self.window;
+            seen.retain(|_, q| q.back().is_some_and(|t| t.elapsed() < window));
+        }
+        let q = seen.entry(ip).or_default();
+        q.push_back(std::time::Instant::now());
+        while q.len() > self.limit + 1 {
+            q.pop_front();
+        }
+        q.len()
+    }
 }
 
 impl std::fmt::Debug for Authority {
@@ -150,7 +202,63 @@ impl Authority {
             root_issuer,
             publication,
             crl_cache: Mutex::new(HashMap::new()),
+            failures: FailureLimiter {
+                limit: AUTH_FAILURES_PER_MINUTE,
+                window: std::time::Duration::from_secs(60),
+                seen: Mutex::new(HashMap::new()),
+            },
         })
+    }
+
+    /// Sets how many failed authentications a source address may make in a minute.
+    pub fn with_auth_failure_limit(mut self, per_minute: usize) -> Self {
+        self.failures.limit = per_minute.max(1);
+        self
+    }
+
+    /// Refuses a source that failed to authenticate too often (429 with `Retry-After`).
+    fn check_source(&self, meta: &RequestMeta) -> Result<()> {
+        match FailureLimiter::source(meta).and_then(|ip| self.failures.blocked(ip)) {
+            Some(retry_after_secs) => Err(CaError::RateLimited { retry_after_secs }),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts and audits a failed authentication (the reason, never the secret). Past the
+    /// limit, one more event says the source is being refused.
+    async fn note_auth_failure(&self, meta: &RequestMeta, actor: &str, e: &CaError) {
+        let failed_auth = matches!(
+            e.code(),
+            ProblemCode::TokenInvalid
+                | ProblemCode::IdentityMismatch
+                | ProblemCode::TokenUsed
+                | ProblemCode::TokenExpired
+                | ProblemCode::CertificateUnknown
+                | ProblemCode::Unauthorized
+        );
+        if !failed_auth {
+            return;
+        }
+        let count = FailureLimiter::source(meta).map(|ip| self.failures.note(ip)).unwrap_or(0);
+        let mut events = vec![("auth_failed", format!("code={} reason={e}", e.code()))];
+        if count == self.failures.limit {
+            tracing::warn!(
+                remote = meta.remote.as_deref().unwrap_or("-"),
+                "failed authentications over the limit; refusing the address for a minute"
+            );
+            events.push((
+                "auth_rate_limited",
+                format!(
+                    "{count} failed authentications in a minute; the address is refused (429) until the oldest is a minute old"
+                ),
+            ));
+        }
+        for (action, detail) in events {
+            let ev = audit(self.now(), actor.to_owned(), action, actor, detail, meta);
+            if let Err(err) = self.store.audit(ev).await {
+                tracing::warn!(error = %err, "could not audit a failed authentication");
+            }
+        }
     }
 
     pub fn now(&self) -> OffsetDateTime {
@@ -240,6 +348,21 @@ impl Authority {
     /// public key after a success returns the certificate already issued, so a device that
     /// lost the answer can still finish.
     pub async fn enroll(
+        &self,
+        identity: &str,
+        token: &TokenSecret,
+        csr_der: &[u8],
+        meta: &RequestMeta,
+    ) -> Result<Issued> {
+        self.check_source(meta)?;
+        let r = self.enroll_checked(identity, token, csr_der, meta).await;
+        if let Err(e) = &r {
+            self.note_auth_failure(meta, &format!("token:{identity}"), e).await;
+        }
+        r
+    }
+
+    async fn enroll_checked(
         &self,
         identity: &str,
         token: &TokenSecret,
@@ -365,6 +488,20 @@ impl Authority {
     /// certificate again; with any other key it is refused as `renewal-conflict` and
     /// audited: two holders of one key are the sign of a cloned device.
     pub async fn reenroll(
+        &self,
+        client_cert_der: &[u8],
+        csr_der: &[u8],
+        meta: &RequestMeta,
+    ) -> Result<Issued> {
+        self.check_source(meta)?;
+        let r = self.reenroll_checked(client_cert_der, csr_der, meta).await;
+        if let Err(e) = &r {
+            self.note_auth_failure(meta, "device:unknown", e).await;
+        }
+        r
+    }
+
+    async fn reenroll_checked(
         &self,
         client_cert_der: &[u8],
         csr_der: &[u8],

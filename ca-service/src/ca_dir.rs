@@ -146,7 +146,7 @@ impl CaDir {
                 remote: None,
             })
             .await?;
-        fsutil::write_atomic(&self.settings_path(), toml.as_bytes(), 0o644)?;
+        fsutil::write_atomic(&self.settings_path(), toml.as_bytes(), 0o600)?;
 
         // Publish the first CRLs so nginx and friends have them from the start.
         let auth = self.open(Arc::new(crate::clock::SystemClock))?;

@@ -106,8 +106,14 @@ pub fn check(der: &[u8]) -> Result<CheckedCsr> {
         bad("CSR signature does not verify: the request must be signed by the key it carries")
     })?;
 
-    if let Some(exts) = csr.requested_extensions() {
-        for ext in exts {
+    // Every extensionRequest attribute, not only the first (a second one must not slip a
+    // CA:TRUE past the check).
+    let requested = info.iter_attributes().filter_map(|a| match a.parsed_attribute() {
+        x509_parser::cri_attributes::ParsedCriAttribute::ExtensionRequest(r) => Some(r),
+        _ => None,
+    });
+    for request in requested {
+        for ext in request.extensions.iter().map(|e| e.parsed_extension()) {
             match ext {
                 ParsedExtension::BasicConstraints(bc) if bc.ca => {
                     return Err(bad("CSR asks for CA:TRUE; device certificates are never CAs"));

@@ -34,6 +34,9 @@ pub enum CaError {
         /// A serial the refusal is about (the earlier certificate of a reused key).
         serial: Option<String>,
     },
+    /// Too many failed authentications from one source address.
+    #[error("too many failed authentications from this address; retry after {retry_after_secs}s")]
+    RateLimited { retry_after_secs: u64 },
     /// A backend is throttled or down; the client should retry after the given seconds.
     #[error("CA busy: {reason}; retry after {retry_after_secs}s")]
     Unavailable { reason: String, retry_after_secs: u64 },
@@ -76,6 +79,7 @@ impl CaError {
             CaError::NotFound(_) => ProblemCode::NotFound,
             CaError::Refused { code, .. } => *code,
             CaError::Unavailable { .. } => ProblemCode::Busy,
+            CaError::RateLimited { .. } => ProblemCode::RateLimited,
             CaError::Config(_) | CaError::Storage(_) | CaError::Signing(_) | CaError::Io { .. } => {
                 ProblemCode::Internal
             }
@@ -131,7 +135,8 @@ impl IntoResponse for CaError {
                     HeaderValue::from_static("Basic realm=\"lanyard-est\""),
                 );
             }
-            CaError::Unavailable { retry_after_secs, .. } => {
+            CaError::Unavailable { retry_after_secs, .. }
+            | CaError::RateLimited { retry_after_secs } => {
                 if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                     h.insert(header::RETRY_AFTER, v);
                 }

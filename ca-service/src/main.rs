@@ -101,6 +101,12 @@ enum Cmd {
         /// Write the bound addresses as JSON to this file once listening (for scripts).
         #[arg(long)]
         addr_file: Option<PathBuf>,
+        /// Connections open at once, per listener; over it new connections are closed.
+        #[arg(long, env = "LANYARD_CA_MAX_CONNECTIONS", default_value_t = 4096)]
+        max_connections: usize,
+        /// Connections open at once from one source address, per listener.
+        #[arg(long, env = "LANYARD_CA_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 64)]
+        max_connections_per_source: usize,
     },
     /// Enrolment tokens.
     Token {
@@ -330,8 +336,21 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 d.bundle_path().display()
             );
         }
-        Cmd::Serve { dir, listen, tls_names, http_listen, addr_file } => {
-            serve(dir, listen, tls_names, http_listen, addr_file).await?;
+        Cmd::Serve {
+            dir,
+            listen,
+            tls_names,
+            http_listen,
+            addr_file,
+            max_connections,
+            max_connections_per_source,
+        } => {
+            let limits = lanyard_ca::http::server::Limits {
+                max_connections: max_connections.max(1),
+                max_per_source: Some(max_connections_per_source.max(1)),
+                ..lanyard_ca::http::server::Limits::server()
+            };
+            serve(dir, listen, tls_names, http_listen, addr_file, limits).await?;
         }
         Cmd::Token { cmd: TokenCmd::Create { dir, identity, group, ttl } } => {
             let (_, a) = open(&dir).await?;
@@ -615,6 +634,7 @@ async fn serve(
     tls_names: Vec<String>,
     http_listen: String,
     addr_file: Option<PathBuf>,
+    limits: lanyard_ca::http::server::Limits,
 ) -> Result<(), CaError> {
     let (ca, auth) = open(&dir).await?;
     #[allow(irrefutable_let_patterns)] // refutable with the aws feature
@@ -627,7 +647,7 @@ async fn serve(
     let running = lanyard_ca::serve::start(
         d,
         auth,
-        lanyard_ca::serve::ServeOptions { listen, tls_names, http_listen },
+        lanyard_ca::serve::ServeOptions { listen, tls_names, http_listen, limits },
     )
     .await?;
     if let Some(f) = addr_file {

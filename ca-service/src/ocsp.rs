@@ -83,12 +83,26 @@ fn crl_reason(r: Reason) -> CrlReason {
     }
 }
 
+/// RFC 8954: a nonce, if sent, is an OCTET STRING of 1 to 32 octets (inside the
+/// extension's own OCTET STRING). Anything else is a malformed request, not something to
+/// echo back.
+fn nonce_ok(req: &OcspRequest) -> bool {
+    let Some(exts) = req.tbs_request.request_extensions.as_ref() else { return true };
+    exts.iter().filter(|e| e.extn_id == ID_PKIX_OCSP_NONCE).all(|e| {
+        OctetString::from_der(e.extn_value.as_bytes())
+            .is_ok_and(|n| (1..=32).contains(&n.as_bytes().len()))
+    }) && exts.iter().filter(|e| e.extn_id == ID_PKIX_OCSP_NONCE).count() <= 1
+}
+
 /// Answers one DER OCSP request.
 pub async fn respond(auth: &Authority, request_der: &[u8]) -> Vec<u8> {
     let Ok(req) = OcspRequest::from_der(request_der) else {
         return status_only(OcspResponseStatus::MalformedRequest);
     };
     if req.tbs_request.request_list.is_empty() || req.tbs_request.request_list.len() > 16 {
+        return status_only(OcspResponseStatus::MalformedRequest);
+    }
+    if !nonce_ok(&req) {
         return status_only(OcspResponseStatus::MalformedRequest);
     }
     match build(auth, &req).await {

@@ -58,6 +58,14 @@ pub fn validate_identity(id: &str) -> Result<()> {
             "invalid identity {id:?}: use 1 to {MAX_IDENTITY} letters, digits, '.', '_', '-' or '@', not starting with '.' or '-'"
         )));
     }
+    // One spelling per device: identities are lower case (DNS names compare without case;
+    // a CA that accepted both would hold two identities for one name).
+    if id.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(CaError::BadRequest(format!(
+            "invalid identity {id:?}: identities are lower case; use {:?}",
+            id.to_ascii_lowercase()
+        )));
+    }
     Ok(())
 }
 

@@ -18,6 +18,20 @@ pub struct ServeOptions {
     pub tls_names: Vec<String>,
     /// `None` for no plain-HTTP publication listener.
     pub http_listen: Option<String>,
+    /// Timeouts, connection caps and HTTP/2 limits of both listeners.
+    pub limits: http::server::Limits,
+}
+
+impl ServeOptions {
+    /// Listen on `listen` (HTTPS only) with the default limits.
+    pub fn new(listen: impl Into<String>) -> Self {
+        ServeOptions {
+            listen: listen.into(),
+            tls_names: Vec::new(),
+            http_listen: None,
+            limits: http::server::Limits::server(),
+        }
+    }
 }
 
 /// A CA being served. Dropping it does not stop it: call [`Running::stop`].
@@ -56,10 +70,11 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
         .map_err(CaError::io(format!("binding {}", opts.listen)))?;
     let https = listener.local_addr().map_err(CaError::io("local address"))?;
     let mut tasks = JoinSet::new();
-    tasks.spawn(http::server::serve(
+    tasks.spawn(http::server::serve_with(
         listener,
         Some(Arc::new(tls)),
         http::router(auth.clone()),
+        opts.limits.clone(),
         shutdown.clone(),
     ));
     let mut http_addr = None;
@@ -67,10 +82,11 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
         let l =
             tokio::net::TcpListener::bind(h).await.map_err(CaError::io(format!("binding {h}")))?;
         http_addr = Some(l.local_addr().map_err(CaError::io("local address"))?);
-        tasks.spawn(http::server::serve(
+        tasks.spawn(http::server::serve_with(
             l,
             None,
             http::publication_app(auth.clone()),
+            opts.limits.clone(),
             shutdown.clone(),
         ));
     }

@@ -244,8 +244,17 @@ fn cacerts_csrattrs_policy() {
         assert!(subjects.contains(&pki::subject(&ca.issuing_crt())), "{url}: no issuing CA");
     }
 
-    // csrattrs: default group wants P-256; a token of group p384 learns P-384.
-    let r = est::get(&srv, "/.well-known/est/csrattrs").expect(200);
+    // csrattrs and the policy are for devices: a device certificate or an unused token.
+    let r = est::get(&srv, "/.well-known/est/csrattrs").expect(401);
+    assert!(r.content_type.starts_with("application/problem+json"), "{r}");
+    est::get(&srv, "/v1/policy?group=p384").expect(401);
+    // The default group wants P-256; a token of group p384 learns P-384.
+    let tok = ca.token("dev-4");
+    let r = Request::get(srv.url("/.well-known/est/csrattrs"))
+        .cacert(&srv.cacert)
+        .basic("dev-4", &tok)
+        .send()
+        .expect(200);
     let parsed = asn1parse_b64(&ca.work, &r.body);
     assert!(parsed.contains("prime256v1"), "default csrattrs should ask for P-256:\n{parsed}");
     let tok = ca.token_with("dev-5", &["--group", "p384"]);
@@ -257,7 +266,11 @@ fn cacerts_csrattrs_policy() {
     let parsed = asn1parse_b64(&ca.work, &r.body);
     assert!(parsed.contains("secp384r1"), "group p384 csrattrs should ask for P-384:\n{parsed}");
 
-    let r = est::get(&srv, "/v1/policy?group=p384").expect(200);
+    let r = Request::get(srv.url("/v1/policy?group=p384"))
+        .cacert(&srv.cacert)
+        .basic("dev-5", &tok)
+        .send()
+        .expect(200);
     let v: serde_json::Value = serde_json::from_slice(&r.body).expect("policy JSON");
     assert_eq!(v["group"], "p384", "{v}");
     assert!(v.to_string().contains("ecdsa-p384"), "{v}");

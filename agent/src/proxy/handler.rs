@@ -47,6 +47,9 @@ pub struct Ctx {
     pub name: String,
     pub upstreams: Upstreams,
     pub gate: arc_swap::ArcSwap<Gate>,
+    /// The `Host` values this listener answers (see [`own_hosts`]); `None` on a UNIX
+    /// socket, which no web page can reach.
+    pub own_hosts: Option<Vec<String>>,
     /// Set when an upstream refused our certificate: the listener asks the CA soon.
     pub recheck: tokio::sync::Notify,
 }
@@ -91,20 +94,116 @@ fn strip_hop_by_hop(h: &mut http::HeaderMap) {
     }
 }
 
-/// Whether `host` may be reached through this listener.
-pub fn allowed(route: &Route, host: &str) -> bool {
+/// Whether `host:port` may be reached through this listener: the route's upstream, or an
+/// allow-list entry `host[:port]` (443 when the entry names no port).
+pub fn allowed(route: &Route, host: &str, port: u16) -> bool {
     let host = host.to_ascii_lowercase();
-    if route.upstream.as_ref().is_some_and(|u| u.host == host) {
+    if route.upstream.as_ref().is_some_and(|u| u.host == host && u.port == port) {
         return true;
     }
-    route.forward_allow.iter().any(|p| match p.strip_prefix("*.") {
-        Some(suffix) => {
-            host.len() > suffix.len() + 1
-                && host.ends_with(suffix)
-                && host[..host.len() - suffix.len()].ends_with('.')
-        }
-        None => *p == host,
+    route.forward_allow.iter().any(|entry| {
+        let (pattern, entry_port) = match entry.rsplit_once(':') {
+            Some((p, n)) => (p, n.parse::<u16>().unwrap_or(0)),
+            None => (entry.as_str(), 443),
+        };
+        entry_port == port
+            && match pattern.strip_prefix("*.") {
+                Some(suffix) => {
+                    host.len() > suffix.len() + 1
+                        && host.ends_with(suffix)
+                        && host[..host.len() - suffix.len()].ends_with('.')
+                }
+                None => pattern == host,
+            }
     })
+}
+
+/// The `Host` values a TCP listener answers: its own port under the loopback names
+/// (`127.0.0.1`, `localhost`, `[::1]`), its own address if it is not loopback, and the
+/// route's `hosts`. `None` for a UNIX socket.
+pub fn own_hosts(local: Option<std::net::SocketAddr>, route: &Route) -> Option<Vec<String>> {
+    let a = local?;
+    let p = a.port();
+    let mut v = vec![format!("127.0.0.1:{p}"), format!("localhost:{p}"), format!("[::1]:{p}")];
+    if !a.ip().is_loopback() && !a.ip().is_unspecified() {
+        v.push(a.to_string());
+    }
+    v.extend(route.hosts.iter().cloned());
+    Some(v)
+}
+
+/// Whether `host` (as a `Host` header or `:authority` gives it) is one of `own`: exactly,
+/// or by name alone for entries configured without a port.
+pub fn host_is_own(own: &[String], host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    let name = match host.rsplit_once(':') {
+        Some((n, p)) if !p.contains(']') && p.parse::<u16>().is_ok() => n,
+        _ => host.as_str(),
+    };
+    own.iter().any(|o| *o == host || (!o.contains(':') && o == name))
+}
+
+/// Refuses what a web page could make a browser send to a proxy on this machine: a request
+/// naming another host (DNS rebinding), a cross-site `Origin` or `Sec-Fetch-Site`, and
+/// asterisk-form targets. The answers say why, for the person who finds them in a log.
+fn admit<B>(own: Option<&[String]>, req: &Request<B>) -> Result<(), Refusal> {
+    if req.uri() == "*" {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "asterisk-form requests (OPTIONS *) are not proxied".into(),
+        ));
+    }
+    let absolute = req.version() != http::Version::HTTP_2 && req.uri().host().is_some();
+    if let Some(own) = own
+        && !absolute
+    {
+        let host = match req.uri().authority() {
+            Some(a) if req.version() == http::Version::HTTP_2 => Some(a.as_str().to_owned()),
+            _ => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned),
+        };
+        match host {
+            None => {
+                return Err(Refusal(
+                    StatusCode::BAD_REQUEST,
+                    "the request names no Host; send Host: 127.0.0.1:PORT".into(),
+                ));
+            }
+            Some(h) if !host_is_own(own, &h) => {
+                return Err(Refusal(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "Host {h:?} is not this proxy ({}): a web page may be trying to use this device's certificate through DNS rebinding. If the name is yours, add it to the route's `hosts`",
+                        own.join(", ")
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let h = req.headers();
+    if h.get("sec-fetch-site").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site")) {
+        return Err(Refusal(
+            StatusCode::FORBIDDEN,
+            "cross-site browser request refused: a web page may not use this device's certificate"
+                .into(),
+        ));
+    }
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("").to_ascii_lowercase();
+        let own_origin = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|o| own.is_some_and(|own| host_is_own(own, o)));
+        if !own_origin {
+            return Err(Refusal(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "browser request from origin {origin:?} refused: only pages served by this proxy itself may use it"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn allow_list(route: &Route) -> String {
@@ -120,10 +219,14 @@ struct Refusal(StatusCode, String);
 fn target(route: &Route, req: &Request<Incoming>) -> Result<String, Refusal> {
     if req.method() == Method::CONNECT {
         let host = req.uri().host().unwrap_or("").to_owned();
-        if !allowed(route, &host) {
+        let port = req.uri().port_u16().unwrap_or(443);
+        if !allowed(route, &host, port) {
             return Err(Refusal(
                 StatusCode::FORBIDDEN,
-                format!("{host:?} is not on this listener's allow-list ({})", allow_list(route)),
+                format!(
+                    "\"{host}:{port}\" is not on this listener's allow-list ({})",
+                    allow_list(route)
+                ),
             ));
         }
         return Err(Refusal(
@@ -137,19 +240,20 @@ fn target(route: &Route, req: &Request<Incoming>) -> Result<String, Refusal> {
     match forward_host {
         // Absolute form: forward-proxy mode.
         Some(host) => {
-            if !allowed(route, host) {
-                return Err(Refusal(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "{host:?} is not on this listener's allow-list ({})",
-                        allow_list(route)
-                    ),
-                ));
-            }
+            // http:// URLs are sent with TLS: port 80 (or none) means 443.
             let port = match req.uri().port_u16() {
                 None | Some(80) | Some(443) => 443,
                 Some(p) => p,
             };
+            if !allowed(route, host, port) {
+                return Err(Refusal(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "\"{host}:{port}\" is not on this listener's allow-list ({})",
+                        allow_list(route)
+                    ),
+                ));
+            }
             Ok(if port == 443 {
                 host.to_ascii_lowercase()
             } else {
@@ -251,6 +355,9 @@ pub async fn handle(ctx: Arc<Ctx>, peer: Option<String>, req: Request<Incoming>)
 }
 
 async fn forward(ctx: &Ctx, peer: Option<String>, req: Request<Incoming>) -> Response<Body> {
+    if let Err(Refusal(status, message)) = admit(ctx.own_hosts.as_deref(), &req) {
+        return text(status, message);
+    }
     let authority = match target(&ctx.route, &req) {
         Ok(a) => a,
         Err(Refusal(status, message)) => return text(status, message),
@@ -273,25 +380,24 @@ async fn forward(ctx: &Ctx, peer: Option<String>, req: Request<Incoming>) -> Res
             return text(StatusCode::BAD_REQUEST, format!("cannot build the upstream URL: {e}"));
         }
     };
-    let original_host =
-        parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned);
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
+    // What a client says it forwarded is not to be trusted; neither is its Host.
+    parts.headers.remove("x-forwarded-for");
+    parts.headers.remove(header::FORWARDED);
     if ctx.route.x_forwarded_for {
+        // Only what the proxy knows: the client's address and the listener's own.
         let client = peer.unwrap_or_else(|| "unix".into());
-        let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {client}"),
-            None => client.clone(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        if let Ok(v) = HeaderValue::from_str(&client) {
             parts.headers.insert(HeaderName::from_static("x-forwarded-for"), v);
         }
+        let own = ctx.own_hosts.as_ref().and_then(|h| h.first());
         let fwd = format!(
             "for=\"{client}\";proto=http{}",
-            original_host.map(|h| format!(";host=\"{h}\"")).unwrap_or_default()
+            own.map(|h| format!(";host=\"{h}\"")).unwrap_or_default()
         );
         if let Ok(v) = HeaderValue::from_str(&fwd) {
-            parts.headers.append(header::FORWARDED, v);
+            parts.headers.insert(header::FORWARDED, v);
         }
     }
     parts.uri = uri;
@@ -391,20 +497,84 @@ mod tests {
             x_forwarded_for: false,
             request_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(1),
+            hosts: vec!["devbox.internal".into()],
+            max_connections: 16,
         }
     }
 
     #[test]
     fn allow_list_matching() {
-        let r = route(Some("web.example.com"), &["*.apps.example.com", "api.example.org"]);
-        assert!(allowed(&r, "web.example.com"));
-        assert!(allowed(&r, "WEB.example.com"));
-        assert!(allowed(&r, "a.apps.example.com"));
-        assert!(allowed(&r, "api.example.org"));
-        assert!(!allowed(&r, "apps.example.com"));
-        assert!(!allowed(&r, "evilapps.example.com"));
-        assert!(!allowed(&r, "example.com"));
-        assert!(!allowed(&route(None, &[]), "anything"));
+        let r = route(
+            Some("web.example.com"),
+            &["*.apps.example.com", "api.example.org", "alt.example.org:8443"],
+        );
+        assert!(allowed(&r, "web.example.com", 443));
+        assert!(allowed(&r, "WEB.example.com", 443));
+        assert!(!allowed(&r, "web.example.com", 8443), "the upstream's port only");
+        assert!(allowed(&r, "a.apps.example.com", 443));
+        assert!(allowed(&r, "api.example.org", 443));
+        assert!(!allowed(&r, "api.example.org", 22), "no port means 443");
+        assert!(allowed(&r, "alt.example.org", 8443));
+        assert!(!allowed(&r, "alt.example.org", 443));
+        assert!(!allowed(&r, "apps.example.com", 443));
+        assert!(!allowed(&r, "evilapps.example.com", 443));
+        assert!(!allowed(&r, "example.com", 443));
+        assert!(!allowed(&route(None, &[]), "anything", 443));
+    }
+
+    #[test]
+    fn own_hosts_and_host_matching() {
+        let r = route(Some("web.example.com"), &[]);
+        let own = own_hosts(Some("127.0.0.1:8181".parse().unwrap()), &r).unwrap();
+        for h in ["127.0.0.1:8181", "localhost:8181", "LOCALHOST:8181", "[::1]:8181"] {
+            assert!(host_is_own(&own, h), "{h}");
+        }
+        assert!(host_is_own(&own, "devbox.internal:8181"), "a configured bare name, any port");
+        for h in ["attacker.example:8181", "127.0.0.1:8182", "localhost", "127.0.0.1"] {
+            assert!(!host_is_own(&own, h), "{h}");
+        }
+        assert!(own_hosts(None, &r).is_none(), "UNIX sockets have no Host to check");
+    }
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn requests_a_web_page_could_send_are_refused() {
+        let own = own_hosts(Some("127.0.0.1:8181".parse().unwrap()), &route(Some("u"), &[]));
+        let own = own.as_deref();
+        let ok = |r: &Request<()>| admit(own, r).is_ok();
+        let status = |r: &Request<()>| admit(own, r).err().map(|Refusal(s, _)| s.as_u16());
+        assert!(ok(&req("/x", &[("host", "127.0.0.1:8181")])));
+        assert!(ok(&req("/x", &[("host", "localhost:8181"), ("origin", "http://localhost:8181")])));
+        assert!(ok(&req("/x", &[("host", "localhost:8181"), ("sec-fetch-site", "same-origin")])));
+        assert_eq!(status(&req("/x", &[("host", "attacker.example:8181")])), Some(403));
+        assert_eq!(status(&req("/x", &[])), Some(400), "no Host at all");
+        assert_eq!(
+            status(&req(
+                "/x",
+                &[("host", "127.0.0.1:8181"), ("origin", "http://attacker.example")]
+            )),
+            Some(403)
+        );
+        assert_eq!(
+            status(&req("/x", &[("host", "127.0.0.1:8181"), ("origin", "null")])),
+            Some(403)
+        );
+        assert_eq!(
+            status(&req("/x", &[("host", "127.0.0.1:8181"), ("sec-fetch-site", "cross-site")])),
+            Some(403)
+        );
+        assert_eq!(status(&req("*", &[("host", "127.0.0.1:8181")])), Some(400));
+        // Absolute-form (forward proxy): the allow-list decides, not Host; UNIX sockets have
+        // no Host to check.
+        assert!(ok(&req("http://api.example.org/x", &[("host", "api.example.org")])));
+        assert!(admit(None, &req("/x", &[("host", "anything")])).is_ok());
     }
 
     #[test]

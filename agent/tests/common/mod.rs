@@ -68,8 +68,7 @@ impl Ca {
     pub async fn up(&mut self) {
         let d = CaDir::new(&self.dir);
         let auth = d.open(self.clock.clone()).expect("open");
-        let opts =
-            ServeOptions { listen: self.listen.clone(), tls_names: vec![], http_listen: None };
+        let opts = ServeOptions::new(self.listen.clone());
         let r = lanyard_ca::serve::start(d, auth, opts).await.expect("serve");
         self.listen = r.https.to_string();
         self.url = format!("https://{}", r.https);

@@ -193,8 +193,9 @@ async fn simplereenroll(
     pkcs7_response(&[issued.record.der])
 }
 
-/// Group whose policy applies to a request: the client certificate's, the token's (Basic
-/// credentials, checked but not consumed), else the default group.
+/// Group whose policy applies to a request: the client certificate's (valid, issued here),
+/// or the token's (HTTP Basic, unused and unexpired; checked, not consumed). Anyone else is
+/// refused: a group's policy is for its devices.
 async fn group_of(
     auth: &Authority,
     peer: Option<&PeerCert>,
@@ -203,16 +204,31 @@ async fn group_of(
     if let Some(der) = peer.and_then(|p| p.0.as_ref()) {
         return Ok(auth.authenticate_device(der).await?.group);
     }
-    if headers.contains_key(header::AUTHORIZATION) {
-        let (identity, token) = basic_credentials(headers)?;
-        if let Some(t) = auth.store().token(&token.hash()).await?
-            && t.identity == identity
-        {
-            return Ok(t.group);
-        }
-        return Err(CaError::refused(ProblemCode::TokenInvalid, "unknown enrolment token"));
+    if !headers.contains_key(header::AUTHORIZATION) {
+        return Err(CaError::Unauthorized(
+            "present a device certificate, or an unused enrolment token as HTTP Basic credentials (identity:token)".into(),
+        ));
     }
-    Ok(crate::authority::DEFAULT_GROUP.to_owned())
+    let (identity, token) = basic_credentials(headers)?;
+    match auth.store().token(&token.hash()).await? {
+        Some(t) if t.identity != identity => Err(CaError::refused(
+            ProblemCode::IdentityMismatch,
+            format!("this token is bound to another identity, not {identity:?}"),
+        )),
+        Some(t) if t.used.is_some() => Err(CaError::refused(
+            ProblemCode::TokenUsed,
+            format!("enrolment token for {identity:?} was already used; create a new token"),
+        )),
+        Some(t) if auth.now() >= t.expires_at => Err(CaError::refused(
+            ProblemCode::TokenExpired,
+            format!(
+                "enrolment token for {identity:?} expired at {}; create a new one",
+                t.expires_at
+            ),
+        )),
+        Some(t) => Ok(t.group),
+        None => Err(CaError::refused(ProblemCode::TokenInvalid, "unknown enrolment token")),
+    }
 }
 
 async fn csrattrs(
@@ -241,13 +257,14 @@ async fn policy(
     headers: HeaderMap,
     Query(q): Query<PolicyQuery>,
 ) -> Result<Response> {
-    let group = match (peer.as_ref().and_then(|p| p.0.0.as_ref()), q.group) {
-        (None, Some(g)) => {
-            crate::profile::validate_group(&g)?;
-            g
-        }
-        _ => group_of(&auth, peer.as_ref().map(|p| &p.0), &headers).await?,
-    };
+    let group = group_of(&auth, peer.as_ref().map(|p| &p.0), &headers).await?;
+    if let Some(g) = q.group
+        && g != group
+    {
+        return Err(CaError::Forbidden(format!(
+            "these credentials are for group {group:?}, not {g:?}"
+        )));
+    }
     Ok(axum::Json(auth.policy_document(&group).await?).into_response())
 }
 

@@ -96,7 +96,17 @@ fn from_ts(s: i64) -> OffsetDateTime {
 }
 
 impl SqliteStore {
+    /// Opens (or creates) the database at `path`, readable by its owner only: it holds the
+    /// token hashes and the audit trail. SQLite gives its -wal and -shm files the same mode.
     pub fn open(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+            .map_err(|e| CaError::Storage(format!("opening {}: {e}", path.display())))?;
         let conn = Connection::open(path)
             .map_err(|e| CaError::Storage(format!("opening {}: {e}", path.display())))?;
         Self::setup(conn)
