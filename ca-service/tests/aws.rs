@@ -56,8 +56,10 @@ fn moto() -> Option<Moto> {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("port");
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+    // One request at a time: see moto_serial.py (DynamoDB's serializable transactions).
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/moto_serial.py");
+    let child = Command::new("python3")
+        .args([script, &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
