@@ -247,12 +247,15 @@ mod tests {
 
     #[test]
     fn identity_rules() {
-        for ok in ["dev-1", "sensor.fleet.example.com", "alice@example.com", "A_b.c"] {
+        for ok in ["dev-1", "sensor.fleet.example.com", "alice@example.com", "a_b.c"] {
             assert!(validate_identity(ok).is_ok(), "{ok}");
         }
         for bad in ["", "-x", ".x", "a b", "a/b", "é", &"x".repeat(65)] {
             assert!(validate_identity(bad).is_err(), "{bad}");
         }
+        // One spelling per device: upper case is refused, naming the lower-case form.
+        let e = validate_identity("Sensor-1.Fleet.example.com").unwrap_err().to_string();
+        assert!(e.contains("\"sensor-1.fleet.example.com\""), "{e}");
     }
 
     #[test]
