@@ -83,12 +83,34 @@ impl Loaded {
 /// Arguments of `lanyard enrol`.
 #[derive(Debug, Default)]
 pub struct EnrolArgs {
-    pub ca_url: String,
+    /// `--ca`; `None` takes `[ca] url` from the config.
+    pub ca_url: Option<String>,
     pub token: Zeroizing<String>,
     pub identity: Option<String>,
     pub ca_bundle: Option<PathBuf>,
     pub ca_fingerprint: Option<String>,
     pub force: bool,
+}
+
+/// The identity to enrol as: the one the token carries, or `--identity` for a token that
+/// is not in Lanyard's format. A Lanyard token that is cut off is refused as such (asking
+/// for `--identity` would only lead to "unknown enrolment token").
+pub fn enrolment_identity(token: &str, given: Option<&str>) -> Result<String> {
+    use lanyard_proto::token::{Malformed, parse_identity};
+    match (parse_identity(token), given) {
+        (Ok(from_token), Some(g)) if g != from_token => Err(AgentError::Usage(format!(
+            "--identity {g:?} differs from the identity the token was made for ({from_token:?}); leave --identity out"
+        ))),
+        (Ok(from_token), _) => Ok(from_token),
+        (Err(Malformed::NotLanyard), Some(g)) => Ok(g.to_owned()),
+        (Err(Malformed::NotLanyard), None) if token.trim().is_empty() => {
+            Err(AgentError::Usage("the enrolment token is empty".into()))
+        }
+        (Err(Malformed::NotLanyard), None) => Err(AgentError::Usage(
+            "the token is not a Lanyard enrolment token (they start with \"lyt.\"); give the token `lanyard-ca token create` printed, or --identity for a token from elsewhere".into(),
+        )),
+        (Err(m), _) => Err(AgentError::MalformedToken(m)),
+    }
 }
 
 /// The `state` field of `lanyard status`.
@@ -243,32 +265,42 @@ impl Agent {
                 cur.info.identity, cur.info.serial, cur.info.not_after
             )));
         }
-        let identity = args
-            .identity
-            .clone()
-            .or_else(|| lanyard_proto::token::identity_of(&args.token))
-            .ok_or_else(|| {
-                AgentError::Usage("the token does not name an identity; give --identity".into())
-            })?;
-        let ca_url = args.ca_url.trim_end_matches('/').to_owned();
+        // Everything that can be checked on this device is checked before the token is
+        // sent anywhere: its format, the CA's URL and pin, and that the store can write.
+        let identity = enrolment_identity(&args.token, args.identity.as_deref())?;
+        let ca_url = match args.ca_url.as_deref().or(self.cfg.ca.url.as_deref()) {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => {
+                return Err(AgentError::Usage(
+                    "no CA URL: give --ca URL, or set [ca] url in the config".into(),
+                ));
+            }
+        };
         if !ca_url.starts_with("https://") {
             return Err(AgentError::Usage(format!(
                 "--ca {ca_url:?}: the CA must be reached over https://"
             )));
         }
+        let fingerprint = match &args.ca_fingerprint {
+            Some(fp) => Some(crate::trust::parse_fingerprint(fp)?),
+            None if args.ca_bundle.is_none() => self.cfg.ca.ca_fingerprint.clone(),
+            None => None,
+        };
+        self.store.probe().map_err(|source| AgentError::StoreUnusable {
+            store: self.cfg.store.backend,
+            source,
+        })?;
         let timeout = self.cfg.ca.timeout;
 
         // Trust for the CA connection; pinned roots are saved for later runs.
         let roots_file = state::roots_path(self.state_dir());
         let pinned: Option<Vec<CertificateDer<'static>>> = if let Some(b) = &args.ca_bundle {
             Some(crate::trust::read_pem_certs(b)?)
-        } else if let Some(fp) =
-            args.ca_fingerprint.as_ref().or(self.cfg.ca.ca_fingerprint.as_ref())
-        {
+        } else if let Some(fp) = &fingerprint {
             let boot =
                 EstClient::new(&ca_url, Trust::AcceptAnyForBootstrap, ClientAuth::None, timeout)?;
             let certs = boot.cacerts().await?;
-            Some(vec![crate::trust::select_pinned_root(&certs, fp)?])
+            Some(vec![crate::trust::select_pinned_root(&certs, fp, &ca_url)?])
         } else {
             None
         };

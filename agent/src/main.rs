@@ -44,12 +44,13 @@ struct Cli {
 enum Cmd {
     /// Generate a key on this device and enrol with the CA using a one-time token.
     Enrol {
-        /// The CA's URL, e.g. https://ca.example.com:8443
+        /// The CA's URL, e.g. https://ca.example.com:8443 (default: [ca] url in the config).
         #[arg(long)]
-        ca: String,
+        ca: Option<String>,
         /// The enrolment token (or --token-file, or LANYARD_TOKEN).
         #[arg(long, env = "LANYARD_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
         token: Option<String>,
+        /// A file holding the enrolment token.
         #[arg(long)]
         token_file: Option<PathBuf>,
         /// The identity, when the token does not carry it.
@@ -58,7 +59,8 @@ enum Cmd {
         /// Trust the CA's TLS certificate through this PEM bundle.
         #[arg(long, conflicts_with = "ca_fingerprint")]
         ca_bundle: Option<PathBuf>,
-        /// Trust the CA whose root certificate has this SHA-256 fingerprint.
+        /// Trust the CA whose root certificate has this SHA-256 fingerprint (64 hex digits;
+        /// `lanyard-ca ca fingerprint` prints it).
         #[arg(long)]
         ca_fingerprint: Option<String>,
         /// Enrol even if a valid certificate is already stored.
@@ -109,6 +111,24 @@ enum Cmd {
     #[cfg(feature = "docs")]
     #[command(hide = true)]
     Manpage,
+}
+
+/// `println!` for command output that ends the program quietly when stdout is a closed
+/// pipe (`lanyard status --json | head -1`) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => { write_out(format_args!($($arg)*)) };
+}
+
+fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("lanyard: writing to stdout: {e}");
+        std::process::exit(1);
+    }
 }
 
 fn load_config(cli: &Cli) -> Result<Config, AgentError> {
@@ -193,7 +213,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                     force: *force,
                 })
                 .await?;
-            println!(
+            outln!(
                 "enrolled as {} (serial {}, valid until {}); key in {}",
                 info.identity,
                 info.serial,
@@ -219,9 +239,9 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
             }
             let s = agent.status();
             if *json {
-                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             } else {
-                println!(
+                outln!(
                     "state:         {}",
                     serde_json::to_value(s.state)
                         .ok()
@@ -229,7 +249,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                         .unwrap_or_default()
                 );
                 let show = |k: &str, v: Option<String>| {
-                    println!("{k:<14} {}", v.unwrap_or_else(|| "-".into()))
+                    outln!("{k:<14} {}", v.unwrap_or_else(|| "-".into()))
                 };
                 show("identity:", s.identity.clone());
                 show("serial:", s.serial.clone());
@@ -239,7 +259,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                 show("CA:", s.ca_url.clone());
                 show("last error:", s.last_error.clone());
                 if let Some(a) = &s.action {
-                    println!("action:        {a}");
+                    outln!("action:        {a}");
                 }
             }
             return Ok(if matches!(s.state, CredentialState::Valid | CredentialState::Renewing) {
@@ -255,14 +275,14 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                 match agent.decide(&st) {
                     Decision::RenewNow(_) => {}
                     Decision::SleepUntil { at, .. } => {
-                        println!("not due until {}; use --force to renew now", rfc3339(at));
+                        outln!("not due until {}; use --force to renew now", rfc3339(at));
                         return Ok(ExitCode::SUCCESS);
                     }
                     Decision::NeedsEnrolment(m) => return Err(AgentError::Usage(m)),
                 }
             }
             let info = agent.renew().await?;
-            println!("renewed: serial {}, valid until {}", info.serial, rfc3339(info.not_after));
+            outln!("renewed: serial {}, valid until {}", info.serial, rfc3339(info.not_after));
         }
         Cmd::Proxy { listen, upstream, upstream_ca, allow } => {
             let mut cfg = load_config(&cli)?;

@@ -1,0 +1,281 @@
+//! A new user's first hour with the agent, against a real CA (in-process on loopback):
+//! a keystore that cannot write is found out before the one-time token is spent; a token
+//! cut off in copying, a malformed or wrong pin and an untrusted CA are each named as what
+//! they are, with the flag that fixes them; `[ca] url` in the config is enough to enrol;
+//! output into a closed pipe ends quietly.
+
+mod common;
+
+use common::{Ca, status, text};
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// `lanyard ARGS...` with no config file and extra environment.
+async fn lanyard_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"));
+    cmd.args(args).env("LANYARD_CONFIG", "/dev/null").env("LANYARD_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().await.expect("run lanyard")
+}
+
+fn state_arg(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Enrols `state` with the file store and `token`; panics on failure.
+async fn enrol_file(ca: &Ca, state: &Path, token: &str) {
+    let o = lanyard_env(
+        &[
+            "--store",
+            "file",
+            "--state-dir",
+            state_arg(state),
+            "enrol",
+            "--ca",
+            &ca.url,
+            "--token",
+            token,
+            "--ca-bundle",
+            &ca.root(),
+        ],
+        &[],
+    )
+    .await;
+    assert!(o.status.success(), "enrol with the file store: {}", text(&o));
+    assert_eq!(status(state).await["state"], "valid");
+}
+
+/// `lanyard --store keyring enrol` with the session bus at `bus`.
+async fn enrol_keyring(ca: &Ca, state: &Path, token: &str, bus: &str) -> (Output, Duration) {
+    let started = Instant::now();
+    let o = lanyard_env(
+        &[
+            "--store",
+            "keyring",
+            "--state-dir",
+            state_arg(state),
+            "enrol",
+            "--ca",
+            &ca.url,
+            "--token",
+            token,
+            "--ca-bundle",
+            &ca.root(),
+        ],
+        &[("DBUS_SESSION_BUS_ADDRESS", bus)],
+    )
+    .await;
+    (o, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyring_without_a_session_bus_fails_at_once_and_the_token_still_enrols() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let token = ca.token("laptop-1.fleet.example.com").await;
+    let state = tmp.path().join("agent");
+    let bus = format!("unix:path={}", tmp.path().join("no-such-bus").display());
+    let (o, took) = enrol_keyring(&ca, &state, &token, &bus).await;
+    let msg = text(&o);
+    assert!(!o.status.success(), "{msg}");
+    assert!(took < Duration::from_secs(5), "took {took:?}: {msg}");
+    for needle in ["keyring", "Secret Service", "--store file", "session bus", "still unused"] {
+        assert!(msg.contains(needle), "no {needle:?} in: {msg}");
+    }
+    assert_eq!(status(&state).await["state"], "not_enrolled");
+    // The token was never sent: the same token enrols with the file store.
+    enrol_file(&ca, &state, &token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_bus_that_never_answers_times_out_naming_the_store() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let token = ca.token("laptop-2.fleet.example.com").await;
+    // A bus that accepts connections and never says a word.
+    let sock = tmp.path().join("mute-bus");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            held.push(c);
+        }
+    });
+    let state = tmp.path().join("agent");
+    let bus = format!("unix:path={}", sock.display());
+    let (o, took) = enrol_keyring(&ca, &state, &token, &bus).await;
+    let msg = text(&o);
+    assert!(!o.status.success(), "{msg}");
+    assert!(took < Duration::from_secs(30), "took {took:?}: {msg}");
+    for needle in ["Secret Service", "no answer after", "--store file", "still unused"] {
+        assert!(msg.contains(needle), "no {needle:?} in: {msg}");
+    }
+    enrol_file(&ca, &state, &token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_token_and_a_bad_pin_are_named_before_anything_is_spent() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let state = tmp.path().join("agent");
+    let s = state_arg(&state);
+    let token = ca.token("dev-6.fleet.example.com").await;
+    let cut = &token[..token.len() - 8];
+    let o = lanyard_env(
+        &["--store", "file", "--state-dir", s, "enrol", "--ca", &ca.url, "--token", cut],
+        &[],
+    )
+    .await;
+    let msg = text(&o);
+    assert!(!o.status.success() && msg.contains("malformed"), "{msg}");
+    assert!(!msg.contains("--identity"), "no advice to give --identity: {msg}");
+    assert!(!msg.contains(cut), "the token is not echoed: {msg}");
+
+    // A malformed pin is refused without a network call (nothing listens on port 9).
+    let o = lanyard_env(
+        &[
+            "--store",
+            "file",
+            "--state-dir",
+            s,
+            "enrol",
+            "--ca",
+            "https://127.0.0.1:9",
+            "--token",
+            &token,
+            "--ca-fingerprint",
+            "12:34:ab",
+        ],
+        &[],
+    )
+    .await;
+    let msg = text(&o);
+    assert!(!o.status.success(), "{msg}");
+    assert!(msg.contains("--ca-fingerprint") && msg.contains("64 hex"), "{msg}");
+    assert!(!msg.contains("cannot reach"), "checked before any connection: {msg}");
+
+    // A wrong pin: the CA was reached but is not the pinned one; nothing was issued.
+    let o = lanyard_env(
+        &[
+            "--store",
+            "file",
+            "--state-dir",
+            s,
+            "enrol",
+            "--ca",
+            &ca.url,
+            "--token",
+            &token,
+            "--ca-fingerprint",
+            &"ab".repeat(32),
+        ],
+        &[],
+    )
+    .await;
+    let msg = text(&o);
+    assert!(!o.status.success(), "{msg}");
+    assert!(msg.contains("did not trust") && msg.contains("fingerprint"), "{msg}");
+    assert!(!msg.contains("issued certificate was rejected"), "{msg}");
+    enrol_file(&ca, &state, &token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_ca_is_reported_as_reached_but_not_trusted_with_the_flags_that_fix_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let state = tmp.path().join("agent");
+    let s = state_arg(&state);
+    let token = ca.token("dev-7.fleet.example.com").await;
+    // No --ca-bundle: the system roots do not know a private CA.
+    let o = lanyard_env(
+        &["--store", "file", "--state-dir", s, "enrol", "--ca", &ca.url, "--token", &token],
+        &[],
+    )
+    .await;
+    let msg = text(&o);
+    assert!(!o.status.success(), "{msg}");
+    for needle in ["reached the CA", "did not trust", "--ca-bundle", "--ca-fingerprint"] {
+        assert!(msg.contains(needle), "no {needle:?} in: {msg}");
+    }
+    assert!(!msg.contains("cannot reach"), "{msg}");
+
+    // A name the CA's TLS certificate does not carry: --tls-name is the fix.
+    let by_name = ca.url.replace("127.0.0.1", "localhost");
+    let o = lanyard_env(
+        &[
+            "--store",
+            "file",
+            "--state-dir",
+            s,
+            "enrol",
+            "--ca",
+            &by_name,
+            "--token",
+            &token,
+            "--ca-bundle",
+            &ca.root(),
+        ],
+        &[],
+    )
+    .await;
+    let msg = text(&o);
+    assert!(!o.status.success() && msg.contains("--tls-name"), "{msg}");
+
+    // Not enrolled: the hint names the trust flags too.
+    let o = lanyard_env(&["--store", "file", "--state-dir", s, "status"], &[]).await;
+    let msg = text(&o);
+    assert!(msg.contains("--ca-fingerprint") && msg.contains("--ca-bundle"), "{msg}");
+    enrol_file(&ca, &state, &token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_ca_url_is_enough_to_enrol() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let state = tmp.path().join("agent");
+    let cfg = tmp.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[ca]\nurl = \"{}\"\nca_bundle = \"{}\"\n[store]\nbackend = \"file\"\npath = \"{}\"\n",
+            ca.url,
+            ca.root(),
+            state.display()
+        ),
+    )
+    .expect("config");
+    let token = ca.token("dev-8.fleet.example.com").await;
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["--config", cfg.to_str().expect("utf-8"), "enrol", "--token", &token])
+        .env("LANYARD_LOG", "warn")
+        .output()
+        .await
+        .expect("run lanyard");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(status(&state).await["state"], "valid");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_into_a_closed_pipe_ends_quietly() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let state = tmp.path().join("agent");
+    for args in [&["status", "--json"][..], &["status"][..]] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(["--store", "file", "--state-dir", state_arg(&state)])
+            .args(args)
+            .env("LANYARD_CONFIG", "/dev/null")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // The reader goes away before the first line is written, as `| head -0` does.
+        drop(child.stdout.take());
+        let o = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_ne!(o.status.code(), Some(101), "{args:?}: {err}");
+    }
+}
