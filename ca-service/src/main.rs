@@ -9,10 +9,34 @@ use lanyard_ca::error::CaError;
 use lanyard_ca::revocation::Reason;
 use lanyard_ca::store::{CertFilter, RevokeOutcome};
 use lanyard_ca::{Authority, bundle};
+use lanyard_proto::timefmt::rfc3339;
 use lanyard_proto::{GroupPolicy, KeyAlgorithm, duration};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+
+/// `println!` for command output that ends the program quietly when stdout is a closed
+/// pipe (`lanyard-ca audit | head`) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => { write_out(format_args!($($arg)*)) };
+}
+
+fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("lanyard-ca: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Where a relying party finds the publication listener by default; `init --public-url`
+/// and `serve --http-listen` share it so that a CA made and served with defaults agrees
+/// with itself. Not 8080: that is the agent proxy's default port.
+const DEFAULT_HTTP_PORT: u16 = 8081;
 
 #[derive(Parser)]
 #[command(
@@ -82,21 +106,25 @@ enum Cmd {
         /// ecdsa-p256 | ecdsa-p384 | rsa-2048 | rsa-3072 | rsa-4096
         #[arg(long, default_value = "ecdsa-p256")]
         issuing_key: KeyAlgorithm,
-        /// Base URL of the publication listener, written into certificates (AIA, CRL DP).
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        /// Base URL of the publication listener, written into certificates (AIA, CRL DP):
+        /// where relying parties fetch CRLs, OCSP and CA certificates. Its port must reach
+        /// `serve --http-listen`.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
         public_url: String,
     },
     /// Serve EST, CRL, OCSP and the device API over HTTPS (and publication over HTTP).
     Serve {
         #[command(flatten)]
         dir: DirArg,
+        /// HTTPS listener: EST, OCSP, CRLs and the device API.
         #[arg(long, env = "LANYARD_CA_LISTEN", default_value = "127.0.0.1:8443")]
         listen: String,
         /// Extra DNS names or IPs for the HTTPS certificate (127.0.0.1 and ::1 are always in).
         #[arg(long = "tls-name", env = "LANYARD_CA_TLS_NAMES", value_delimiter = ',')]
         tls_names: Vec<String>,
         /// Plain-HTTP listener for CRL, OCSP and CA certificates; "off" disables it.
-        #[arg(long, env = "LANYARD_CA_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+        /// Its port should be the one in `init --public-url` (a warning says when not).
+        #[arg(long, env = "LANYARD_CA_HTTP_LISTEN", default_value = "127.0.0.1:8081")]
         http_listen: String,
         /// Write the bound addresses as JSON to this file once listening (for scripts).
         #[arg(long)]
@@ -123,6 +151,7 @@ enum Cmd {
     Crl {
         #[command(flatten)]
         dir: DirArg,
+        /// Also write the issuing and root CRLs, as PEM, to this file.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -130,8 +159,15 @@ enum Cmd {
     Bundle {
         #[command(flatten)]
         dir: DirArg,
+        /// The bundle to check (default: DIR/ca-bundle.pem).
         #[arg(long)]
         check: Option<PathBuf>,
+    },
+    /// The CA's own certificates.
+    #[command(name = "ca")]
+    CaCerts {
+        #[command(subcommand)]
+        cmd: CaCmd,
     },
     /// Group renewal policies.
     Policy {
@@ -161,8 +197,10 @@ enum Cmd {
     Audit {
         #[command(flatten)]
         dir: DirArg,
+        /// How many entries, newest first.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// JSON instead of one line per entry.
         #[arg(long)]
         json: bool,
     },
@@ -174,8 +212,11 @@ enum TokenCmd {
     Create {
         #[command(flatten)]
         dir: DirArg,
+        /// The device's identity: the certificate's CN and SAN (e.g. a DNS name).
         #[arg(long)]
         identity: String,
+        /// The group whose policy the device gets; it must have one (`policy set`), except
+        /// "default".
         #[arg(long, default_value = "default")]
         group: String,
         /// How long the token may be used (e.g. 1h, 24h, 7d).
@@ -185,11 +226,21 @@ enum TokenCmd {
 }
 
 #[derive(Subcommand)]
+enum CaCmd {
+    /// Print the root certificate's SHA-256, for `lanyard enrol --ca-fingerprint`.
+    Fingerprint {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
+#[derive(Subcommand)]
 enum PolicyCmd {
     /// Set a group's policy; unspecified fields keep their current (or default) value.
     Set {
         #[command(flatten)]
         dir: DirArg,
+        /// The group (created by its first `policy set`).
         #[arg(long, default_value = "default")]
         group: String,
         /// Certificate lifetime (5m to 397d).
@@ -204,8 +255,10 @@ enum PolicyCmd {
         /// Allowed key algorithms, comma-separated; the first is what agents generate.
         #[arg(long, value_delimiter = ',')]
         key_algorithms: Option<Vec<KeyAlgorithm>>,
+        /// Shortest wait after a failed renewal.
         #[arg(long, value_parser = duration::parse)]
         retry_floor: Option<std::time::Duration>,
+        /// Longest wait between renewal attempts.
         #[arg(long, value_parser = duration::parse)]
         retry_cap: Option<std::time::Duration>,
         /// How long after expiry a certificate may still renew itself (0s = never).
@@ -219,6 +272,7 @@ enum PolicyCmd {
     Show {
         #[command(flatten)]
         dir: DirArg,
+        /// The group.
         #[arg(long, default_value = "default")]
         group: String,
     },
@@ -230,10 +284,13 @@ enum CertsCmd {
     List {
         #[command(flatten)]
         dir: DirArg,
+        /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only this identity's certificates.
         #[arg(long)]
         identity: Option<String>,
+        /// Only revoked certificates.
         #[arg(long)]
         revoked: bool,
     },
@@ -261,6 +318,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -313,6 +371,17 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 d.dir.display(),
                 d.bundle_path().display()
             );
+            let root = d.open(Arc::new(SystemClock))?.keys().root_der.clone();
+            eprintln!(
+                "root certificate SHA-256, for `lanyard enrol --ca-fingerprint`: {}",
+                ca_dir::fingerprint(&root)
+            );
+            let default_http = std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT));
+            if let Some(note) =
+                lanyard_ca::serve::publication_mismatch(&opts.public_url, Some(default_http))
+            {
+                eprintln!("note: with serve's default --http-listen {default_http}, {note}");
+            }
         }
         Cmd::Serve { dir, listen, tls_names, http_listen, addr_file } => {
             serve(dir, listen, tls_names, http_listen, addr_file).await?;
@@ -320,8 +389,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
         Cmd::Token { cmd: TokenCmd::Create { dir, identity, group, ttl } } => {
             let (_, a) = open(&dir).await?;
             let (secret, rec) = a.create_token(&identity, &group, ttl, &ca_dir::actor()).await?;
-            println!("{}", secret.expose());
-            eprintln!("token for {identity} (group {group}) valid until {}", rec.expires_at);
+            outln!("{}", secret.expose());
+            eprintln!(
+                "token for {identity} (group {group}) valid until {}",
+                rfc3339(rec.expires_at)
+            );
         }
         Cmd::Revoke { dir, serial, reason } => {
             let reason: Reason = reason.parse()?;
@@ -332,7 +404,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                     eprintln!("revoked {serial} ({}); CRL published to {crl}", reason.name());
                 }
                 RevokeOutcome::AlreadyRevoked(r) => {
-                    eprintln!("{serial} was already revoked ({}) at {}", r.reason.name(), r.at);
+                    eprintln!(
+                        "{serial} was already revoked ({}) at {}",
+                        r.reason.name(),
+                        rfc3339(r.at)
+                    );
                 }
                 RevokeOutcome::NotFound => {
                     return Err(CaError::NotFound(format!(
@@ -365,14 +441,14 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 std::fs::read(&path).map_err(CaError::io(format!("reading {}", path.display())))?;
             match bundle::check(&data) {
                 Ok(s) => {
-                    println!(
+                    outln!(
                         "{}: OK for CloudFront ({} certificates, {} bytes)",
                         path.display(),
                         s.certificates,
                         s.bytes
                     );
                     for subj in s.subjects {
-                        println!("  {subj}");
+                        outln!("  {subj}");
                     }
                 }
                 Err(violations) => {
@@ -384,21 +460,32 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 }
             }
         }
+        Cmd::CaCerts { cmd: CaCmd::Fingerprint { dir } } => {
+            let (_, a) = open(&dir).await?;
+            outln!("{}", ca_dir::fingerprint(&a.keys().root_der));
+        }
         Cmd::Policy { cmd } => policy(cmd).await?,
         Cmd::Certs { cmd: CertsCmd::List { dir, json, identity, revoked } } => {
             let (_, a) = open(&dir).await?;
             let now = a.now();
             let certs = a.certs(CertFilter { identity, revoked_only: revoked }).await?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&certs)
                         .map_err(|e| CaError::Config(e.to_string()))?
                 );
             } else {
-                println!(
-                    "{:<36} {:<24} {:<10} {:<25} STATUS",
-                    "SERIAL", "IDENTITY", "GROUP", "NOT AFTER"
+                // Columns as wide as their longest value, so long identities stay aligned.
+                let id_w = certs.iter().map(|c| c.identity.len()).max().unwrap_or(0).max(8);
+                let group_w = certs.iter().map(|c| c.group.len()).max().unwrap_or(0).max(5);
+                let serial_w = certs.iter().map(|c| c.serial.len()).max().unwrap_or(0).max(6);
+                outln!(
+                    "{:<serial_w$}  {:<id_w$}  {:<group_w$}  {:<20}  STATUS",
+                    "SERIAL",
+                    "IDENTITY",
+                    "GROUP",
+                    "NOT AFTER"
                 );
                 for c in certs {
                     let status = match (&c.revocation, now > c.not_after) {
@@ -406,12 +493,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                         (None, true) => "expired".into(),
                         (None, false) => "valid".into(),
                     };
-                    println!(
-                        "{:<36} {:<24} {:<10} {:<25} {status}",
+                    outln!(
+                        "{:<serial_w$}  {:<id_w$}  {:<group_w$}  {:<20}  {status}",
                         c.serial,
                         c.identity,
                         c.group,
-                        c.not_after.to_string()
+                        rfc3339(c.not_after)
                     );
                 }
             }
@@ -420,13 +507,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             let (_, a) = open(&dir).await?;
             let rows = a.revoked_export().await?;
             if format == "json" {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string(&rows).map_err(|e| CaError::Config(e.to_string()))?
                 );
             } else {
                 for r in rows {
-                    println!("{}", r.serial);
+                    outln!("{}", r.serial);
                 }
             }
         }
@@ -449,16 +536,16 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             let (_, a) = open(&dir).await?;
             let log = a.store().audit_log(limit).await?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&log)
                         .map_err(|e| CaError::Config(e.to_string()))?
                 );
             } else {
                 for e in log {
-                    println!(
+                    outln!(
                         "{} {:<12} {:<14} {} {} {}",
-                        e.at,
+                        rfc3339(e.at),
                         e.actor,
                         e.action,
                         e.subject,
@@ -477,7 +564,7 @@ async fn policy(cmd: PolicyCmd) -> Result<(), CaError> {
         PolicyCmd::Show { dir, group } => {
             let (_, a) = open(&dir).await?;
             let doc = a.policy_document(&group).await?;
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&doc).map_err(|e| CaError::Config(e.to_string()))?
             );
@@ -530,7 +617,7 @@ async fn policy(cmd: PolicyCmd) -> Result<(), CaError> {
                 });
             }
             a.set_policy(&group, p, &ca_dir::actor()).await?;
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&a.policy_document(&group).await?)
                     .map_err(|e| CaError::Config(e.to_string()))?

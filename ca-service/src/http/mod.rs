@@ -149,7 +149,7 @@ async fn simplereenroll(
     })?;
     let csr = csr_from_body(&headers, &body)?;
     let issued = auth.reenroll(&cert, &csr, &meta(&remote)).await?;
-    tracing::info!(identity = %issued.record.identity, serial = %issued.record.serial, from = ?issued.record.renewed_from, "renewed");
+    tracing::info!(identity = %issued.record.identity, serial = %issued.record.serial, from = issued.record.renewed_from.as_deref().unwrap_or("-"), "renewed");
     pkcs7_response(&[issued.record.der])
 }
 
