@@ -14,6 +14,7 @@ use crate::verify::{self, CertInfo};
 use arc_swap::ArcSwapOption;
 use lanyard_keystore::{Credential, CredentialStore};
 use lanyard_proto::GroupPolicy;
+use lanyard_proto::timefmt::{Rfc3339Time, rfc3339};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -262,7 +263,9 @@ impl Agent {
         {
             return Err(AgentError::Usage(format!(
                 "already enrolled as {:?} (serial {}, valid until {}); use --force to enrol again",
-                cur.info.identity, cur.info.serial, cur.info.not_after
+                cur.info.identity,
+                cur.info.serial,
+                rfc3339(cur.info.not_after)
             )));
         }
         // Everything that can be checked on this device is checked before the token is
@@ -354,7 +357,7 @@ impl Agent {
             ..Default::default()
         };
         self.save_state(&st);
-        tracing::info!(identity = %info.identity, serial = %info.serial, not_after = %info.not_after, store = %self.store.describe(), "enrolled");
+        tracing::info!(identity = %info.identity, serial = %info.serial, not_after = %Rfc3339Time(info.not_after), store = %self.store.describe(), "enrolled");
         // Learn the group's policy now, so the first renewal decision follows it (expiry
         // grace, renewal point) even if the daemon never ran. Not fatal: `run` checks in.
         if let Err(e) = self.check_in().await {
@@ -432,7 +435,7 @@ impl Agent {
         chain.extend(intermediates.iter().map(|c| c.to_vec()));
         self.store.store(&Credential { key_pkcs8_der: key.pkcs8(), chain_der: chain })?;
         self.reload()?;
-        tracing::info!(identity = %info.identity, serial = %info.serial, previous = %cur.info.serial, not_after = %info.not_after, "renewed");
+        tracing::info!(identity = %info.identity, serial = %info.serial, previous = %cur.info.serial, not_after = %Rfc3339Time(info.not_after), "renewed");
         crate::hooks::run(&self.cfg.hooks, &info).await;
         Ok(info)
     }

@@ -107,7 +107,7 @@ pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> Exit {
                     let left = agent
                         .current()
                         .map(|c| (c.info.not_after - agent.clock.now()).whole_seconds());
-                    tracing::warn!(error = %e, retryable = e.retryable(), seconds_until_expiry = ?left, "renewal failed; keeping the current certificate");
+                    tracing::warn!(error = %e, retryable = e.retryable(), seconds_until_expiry = left.unwrap_or_default(), "renewal failed; keeping the current certificate");
                 }
                 continue;
             }
@@ -122,7 +122,7 @@ pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> Exit {
                 );
                 if line != announced {
                     if let Some(c) = agent.current() {
-                        tracing::info!(identity = %c.info.identity, serial = %c.info.serial, not_after = %c.info.not_after, next_renewal = %at, backing_off, "waiting");
+                        tracing::info!(identity = %c.info.identity, serial = %c.info.serial, not_after = %lanyard_proto::timefmt::Rfc3339Time(c.info.not_after), next_renewal = %lanyard_proto::timefmt::Rfc3339Time(*at), backing_off, "waiting");
                     }
                     notify(&[sd_notify::NotifyState::Status(&line)]);
                     announced = line;

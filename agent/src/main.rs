@@ -11,6 +11,7 @@ use lanyard_agent::daemon::{self, Exit};
 use lanyard_agent::error::AgentError;
 use lanyard_agent::schedule::Decision;
 use lanyard_keystore::StoreKind;
+use lanyard_proto::timefmt::rfc3339;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -34,8 +35,9 @@ struct Cli {
     /// Override [store] path (state directory).
     #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
-    #[arg(short, long, global = true)]
-    verbose: bool,
+    /// More logs: -v for Lanyard's debug logs, -vv for the HTTP and TLS libraries' too.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -71,6 +73,7 @@ enum Cmd {
     Run,
     /// Show the credential's state.
     Status {
+        /// JSON instead of one line per field.
         #[arg(long)]
         json: bool,
         /// Ask the CA first (policy, revocation).
@@ -79,11 +82,13 @@ enum Cmd {
     },
     /// Renew now if due (or always, with --force).
     Renew {
+        /// Renew even if the schedule says it is not due.
         #[arg(long)]
         force: bool,
     },
     /// Run one proxy route in the foreground.
     Proxy {
+        /// Loopback address or unix:/path to accept plain HTTP on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
         /// https://host[:port]
@@ -98,8 +103,10 @@ enum Cmd {
     },
     /// Write the certificate chain and key as PEM files (for curl --cert/--key).
     Export {
+        /// Where to write the certificate chain (PEM, leaf first).
         #[arg(long)]
         cert: PathBuf,
+        /// Where to write the private key (PEM, 0600).
         #[arg(long)]
         key: PathBuf,
     },
@@ -324,7 +331,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                 cert.display(),
                 key.display(),
                 cur.info.serial,
-                cur.info.not_after
+                rfc3339(cur.info.not_after)
             );
         }
         #[cfg(feature = "docs")]
@@ -373,10 +380,6 @@ fn watch_store(agent: Arc<Agent>, stop: CancellationToken) -> tokio::task::JoinH
             }
         }
     })
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 fn write_private(path: &std::path::Path, data: &[u8]) -> Result<(), AgentError> {
