@@ -279,3 +279,38 @@ async fn output_into_a_closed_pipe_ends_quietly() {
         assert_ne!(o.status.code(), Some(101), "{args:?}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_with_nothing_to_serve_says_so() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let state = tmp.path().join("agent");
+    enrol_file(&ca, &state, &ca.token("dev-9.fleet.example.com").await).await;
+    let cfg = tmp.path().join("agent.toml");
+    std::fs::write(&cfg, format!("[store]\nbackend = \"file\"\npath = \"{}\"\n", state.display()))
+        .expect("config");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["--config", cfg.to_str().expect("utf-8"), "run"])
+        .env("LANYARD_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut seen = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while !seen.contains("[[proxy.routes]]") {
+            match stderr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    })
+    .await;
+    let _ = child.kill().await;
+    assert!(seen.contains("no proxy routes and no status listener"), "{seen}");
+    assert!(seen.contains(cfg.to_str().expect("utf-8")), "names the config file: {seen}");
+}
