@@ -168,7 +168,13 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("lanyard: {e}");
-            ExitCode::FAILURE
+            // 2 for what the user gave (as clap does for bad flags), 1 for what happened.
+            match e {
+                AgentError::Usage(_) | AgentError::Config(_) | AgentError::MalformedToken(_) => {
+                    ExitCode::from(2)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

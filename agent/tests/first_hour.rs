@@ -131,6 +131,7 @@ async fn a_cut_off_token_and_a_bad_pin_are_named_before_anything_is_spent() {
     .await;
     let msg = text(&o);
     assert!(!o.status.success() && msg.contains("malformed"), "{msg}");
+    assert_eq!(o.status.code(), Some(2), "a usage error: {msg}");
     assert!(!msg.contains("--identity"), "no advice to give --identity: {msg}");
     assert!(!msg.contains(cut), "the token is not echoed: {msg}");
 
