@@ -9,6 +9,7 @@ mod common;
 use common::{Ca, status, text};
 use std::path::Path;
 use std::process::{Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `lanyard ARGS...` with no config file and extra environment.
@@ -314,4 +315,103 @@ async fn a_daemon_with_nothing_to_serve_says_so() {
     let _ = child.kill().await;
     assert!(seen.contains("no proxy routes and no status listener"), "{seen}");
     assert!(seen.contains(cfg.to_str().expect("utf-8")), "names the config file: {seen}");
+}
+
+/// `GET /` through the proxy at `port`: the status code and the body.
+async fn get_via(port: u16) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return (0, String::new());
+    };
+    let req = "GET / HTTP/1.1\r\nHost: upstream\r\nConnection: close\r\n\r\n";
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_refuses_the_certificate_makes_the_proxy_check_in_at_once() {
+    use lanyard_ca::authority::RequestMeta;
+    use lanyard_ca::revocation::Reason;
+    use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let state = tmp.path().join("agent");
+    enrol_file(&ca, &state, &ca.token("dev-10.fleet.example.com").await).await;
+    let serial = status(&state).await["serial"].as_str().expect("serial").to_owned();
+    ca.auth()
+        .revoke(&serial, Reason::KeyCompromise, "test", &RequestMeta::default())
+        .await
+        .expect("revoke");
+
+    // An upstream that checks the CA's CRL in the handshake, as CloudFront checks its
+    // revocation list at the edge: it refuses the device's certificate with a TLS alert.
+    let crl = ca.auth().issuing_crl().await.expect("crl");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(ca.auth().keys().root_der.clone())).expect("root");
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .with_crls(vec![CertificateRevocationListDer::from(crl)])
+        .only_check_end_entity_revocation()
+        .build()
+        .expect("verifier");
+    let (chain, key) = lanyard_ca::ca_dir::CaDir::new(&ca.dir)
+        .tls_identity(&ca.auth(), &["127.0.0.1".into()])
+        .expect("tls identity");
+    let server = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            chain.into_iter().map(CertificateDer::from).collect(),
+            PrivateKeyDer::try_from(key).expect("key"),
+        )
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let up_port = upstream.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = upstream.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let _ =
+                        tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n").await;
+                }
+            });
+        }
+    });
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let _proxy = tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["--store", "file", "--state-dir", state_arg(&state), "proxy", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--upstream")
+        .arg(format!("https://127.0.0.1:{up_port}"))
+        .args(["--upstream-ca", &ca.root()])
+        .env("LANYARD_CONFIG", "/dev/null")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("proxy");
+
+    // No `status --refresh`: the refusal itself makes the proxy ask the CA.
+    let started = Instant::now();
+    let (mut code, mut body) = (0, String::new());
+    while started.elapsed() < Duration::from_secs(20) {
+        (code, body) = get_via(port).await;
+        if code == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("revoked"), "{body}");
 }
