@@ -45,6 +45,9 @@ const DEFAULT_HTTP_PORT: u16 = 8081;
     about = "The Lanyard CA service: device client certificates for CloudFront viewer mTLS"
 )]
 struct Cli {
+    /// Where the CA is; given before or after the subcommand.
+    #[command(flatten)]
+    target: DirArg,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -52,18 +55,22 @@ struct Cli {
 #[derive(Args, Clone)]
 struct DirArg {
     /// The CA directory (created by `init`), for the embedded backend.
-    #[arg(long, env = "LANYARD_CA_DIR", required_if_eq("backend", "embedded"))]
+    #[arg(long, env = "LANYARD_CA_DIR", global = true)]
     dir: Option<PathBuf>,
     /// embedded (a directory: key files and SQLite) | aws (KMS, DynamoDB, S3; the table
     /// from LANYARD_AWS_TABLE, the bucket from LANYARD_AWS_BUCKET).
-    #[arg(long, env = "LANYARD_CA_BACKEND", default_value = "embedded", value_parser = ["embedded", "aws"])]
+    #[arg(long, env = "LANYARD_CA_BACKEND", default_value = "embedded", value_parser = ["embedded", "aws"], global = true)]
     backend: String,
 }
 
 impl DirArg {
     fn dir(&self) -> Result<&std::path::Path, CaError> {
         self.dir.as_deref().ok_or_else(|| {
-            CaError::Config("give the CA directory with --dir (or LANYARD_CA_DIR)".into())
+            // A usage error (exit 2), like a missing flag.
+            CaError::BadRequest(
+                "give the CA directory with --dir DIR (before or after the command) or LANYARD_CA_DIR"
+                    .into(),
+            )
         })
     }
 }
@@ -95,8 +102,6 @@ async fn aws_backend() -> Result<lanyard_ca::aws::AwsBackend, CaError> {
 enum Cmd {
     /// Create a two-tier CA (root and issuing) and its CloudFront-ready bundle.
     Init {
-        #[command(flatten)]
-        dir: DirArg,
         /// Organisation name shown in the CA certificates.
         #[arg(long, default_value = "Lanyard")]
         name: String,
@@ -114,8 +119,6 @@ enum Cmd {
     },
     /// Serve EST, CRL, OCSP and the device API over HTTPS (and publication over HTTP).
     Serve {
-        #[command(flatten)]
-        dir: DirArg,
         /// HTTPS listener: EST, OCSP, CRLs and the device API.
         #[arg(long, env = "LANYARD_CA_LISTEN", default_value = "127.0.0.1:8443")]
         listen: String,
@@ -137,8 +140,6 @@ enum Cmd {
     },
     /// Revoke a certificate by serial.
     Revoke {
-        #[command(flatten)]
-        dir: DirArg,
         /// Serial in hex (colons allowed), as `certs list` prints it.
         #[arg(long)]
         serial: String,
@@ -149,16 +150,12 @@ enum Cmd {
     },
     /// Write the CRLs (DIR/crl/) and optionally both as PEM to a file.
     Crl {
-        #[command(flatten)]
-        dir: DirArg,
         /// Also write the issuing and root CRLs, as PEM, to this file.
         #[arg(long)]
         out: Option<PathBuf>,
     },
     /// Check a bundle against CloudFront's trust store rules (default: DIR/ca-bundle.pem).
     Bundle {
-        #[command(flatten)]
-        dir: DirArg,
         /// The bundle to check (default: DIR/ca-bundle.pem).
         #[arg(long)]
         check: Option<PathBuf>,
@@ -181,8 +178,6 @@ enum Cmd {
     },
     /// Revoked serials, for CloudFront's KeyValueStore (colon-hex keys).
     Revoked {
-        #[command(flatten)]
-        dir: DirArg,
         /// text: one colon-hex serial a line; json: serial, revoked_at, reason, not_after.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         format: String,
@@ -195,8 +190,6 @@ enum Cmd {
     Manpage,
     /// The audit trail, newest first.
     Audit {
-        #[command(flatten)]
-        dir: DirArg,
         /// How many entries, newest first.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -210,8 +203,6 @@ enum Cmd {
 enum TokenCmd {
     /// Create a one-time token; prints the token alone on stdout.
     Create {
-        #[command(flatten)]
-        dir: DirArg,
         /// The device's identity: the certificate's CN and SAN (e.g. a DNS name).
         #[arg(long)]
         identity: String,
@@ -228,18 +219,13 @@ enum TokenCmd {
 #[derive(Subcommand)]
 enum CaCmd {
     /// Print the root certificate's SHA-256, for `lanyard enrol --ca-fingerprint`.
-    Fingerprint {
-        #[command(flatten)]
-        dir: DirArg,
-    },
+    Fingerprint,
 }
 
 #[derive(Subcommand)]
 enum PolicyCmd {
     /// Set a group's policy; unspecified fields keep their current (or default) value.
     Set {
-        #[command(flatten)]
-        dir: DirArg,
         /// The group (created by its first `policy set`).
         #[arg(long, default_value = "default")]
         group: String,
@@ -270,8 +256,6 @@ enum PolicyCmd {
     },
     /// Show a group's policy (JSON).
     Show {
-        #[command(flatten)]
-        dir: DirArg,
         /// The group.
         #[arg(long, default_value = "default")]
         group: String,
@@ -282,8 +266,6 @@ enum PolicyCmd {
 enum CertsCmd {
     /// List issued certificates.
     List {
-        #[command(flatten)]
-        dir: DirArg,
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -340,8 +322,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CaError> {
+    let dir = cli.target;
     match cli.cmd {
-        Cmd::Init { dir, name, root_key, issuing_key, public_url } => {
+        Cmd::Init { name, root_key, issuing_key, public_url } => {
             let opts = InitOptions { name, root_key, issuing_key, public_url };
             if dir.backend == "aws" {
                 #[cfg(feature = "aws")]
@@ -383,10 +366,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 eprintln!("note: with serve's default --http-listen {default_http}, {note}");
             }
         }
-        Cmd::Serve { dir, listen, tls_names, http_listen, addr_file } => {
+        Cmd::Serve { listen, tls_names, http_listen, addr_file } => {
             serve(dir, listen, tls_names, http_listen, addr_file).await?;
         }
-        Cmd::Token { cmd: TokenCmd::Create { dir, identity, group, ttl } } => {
+        Cmd::Token { cmd: TokenCmd::Create { identity, group, ttl } } => {
             let (_, a) = open(&dir).await?;
             let (secret, rec) = a.create_token(&identity, &group, ttl, &ca_dir::actor()).await?;
             outln!("{}", secret.expose());
@@ -395,7 +378,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 rfc3339(rec.expires_at)
             );
         }
-        Cmd::Revoke { dir, serial, reason } => {
+        Cmd::Revoke { serial, reason } => {
             let reason: Reason = reason.parse()?;
             let (d, a) = open(&dir).await?;
             match a.revoke(&serial, reason, &ca_dir::actor(), &Default::default()).await? {
@@ -417,7 +400,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 }
             }
         }
-        Cmd::Crl { dir, out } => {
+        Cmd::Crl { out } => {
             let (d, a) = open(&dir).await?;
             let published = d.publish(&a).await?;
             if let Some(out) = out {
@@ -432,7 +415,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 eprintln!("CRLs published to {published}");
             }
         }
-        Cmd::Bundle { dir, check } => {
+        Cmd::Bundle { check } => {
             let path = match check {
                 Some(p) => p,
                 None => CaDir::new(dir.dir()?).bundle_path(),
@@ -460,12 +443,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 }
             }
         }
-        Cmd::CaCerts { cmd: CaCmd::Fingerprint { dir } } => {
+        Cmd::CaCerts { cmd: CaCmd::Fingerprint } => {
             let (_, a) = open(&dir).await?;
             outln!("{}", ca_dir::fingerprint(&a.keys().root_der));
         }
-        Cmd::Policy { cmd } => policy(cmd).await?,
-        Cmd::Certs { cmd: CertsCmd::List { dir, json, identity, revoked } } => {
+        Cmd::Policy { cmd } => policy(&dir, cmd).await?,
+        Cmd::Certs { cmd: CertsCmd::List { json, identity, revoked } } => {
             let (_, a) = open(&dir).await?;
             let now = a.now();
             let certs = a.certs(CertFilter { identity, revoked_only: revoked }).await?;
@@ -503,7 +486,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 }
             }
         }
-        Cmd::Revoked { dir, format } => {
+        Cmd::Revoked { format } => {
             let (_, a) = open(&dir).await?;
             let rows = a.revoked_export().await?;
             if format == "json" {
@@ -532,7 +515,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 .render(&mut std::io::stdout())
                 .map_err(CaError::io("writing the man page"))?;
         }
-        Cmd::Audit { dir, limit, json } => {
+        Cmd::Audit { limit, json } => {
             let (_, a) = open(&dir).await?;
             let log = a.store().audit_log(limit).await?;
             if json {
@@ -559,10 +542,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn policy(cmd: PolicyCmd) -> Result<(), CaError> {
+async fn policy(dir: &DirArg, cmd: PolicyCmd) -> Result<(), CaError> {
     match cmd {
-        PolicyCmd::Show { dir, group } => {
-            let (_, a) = open(&dir).await?;
+        PolicyCmd::Show { group } => {
+            let (_, a) = open(dir).await?;
             let doc = a.policy_document(&group).await?;
             outln!(
                 "{}",
@@ -570,7 +553,6 @@ async fn policy(cmd: PolicyCmd) -> Result<(), CaError> {
             );
         }
         PolicyCmd::Set {
-            dir,
             group,
             lifetime,
             renew_fraction,
@@ -581,7 +563,7 @@ async fn policy(cmd: PolicyCmd) -> Result<(), CaError> {
             expired_grace,
             rotate_issued_before,
         } => {
-            let (_, a) = open(&dir).await?;
+            let (_, a) = open(dir).await?;
             let mut p: GroupPolicy = a.policy(&group).await?;
             if let Some(v) = lifetime {
                 p.lifetime_secs = v.as_secs();

@@ -157,3 +157,21 @@ fn output_is_rfc3339_and_the_audit_names_the_uid_without_user() {
     assert!(at.len() == 20 && at.ends_with('Z') && at.contains('T'), "{audit}");
     assert!(!first.contains("cli:unknown") && first.contains("cli:"), "{audit}");
 }
+
+#[test]
+fn the_ca_directory_may_come_before_the_command() {
+    let ca = Ca::init();
+    let dir = ca.dir.display().to_string();
+    let before = lanyard_ca_cmd(&["--dir", &dir, "ca", "fingerprint"]).ok();
+    let after = lanyard_ca_cmd(&["ca", "fingerprint", "--dir", &dir]).ok();
+    assert_eq!(before.stdout, after.stdout);
+    lanyard_ca_cmd(&["--dir", &dir, "certs", "list", "--json"]).ok();
+    let missing = Command::new(bins::lanyard_ca())
+        .args(["certs", "list"])
+        .env_remove("LANYARD_CA_DIR")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(2), "a usage error: {err}");
+    assert!(err.contains("--dir"), "{err}");
+}
