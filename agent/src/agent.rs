@@ -293,6 +293,7 @@ impl Agent {
             store: self.cfg.store.backend,
             source,
         })?;
+        tracing::debug!(store = %self.store.describe(), "the credential store can hold a key");
         let timeout = self.cfg.ca.timeout;
 
         // Trust for the CA connection; pinned roots are saved for later runs.
@@ -314,6 +315,7 @@ impl Agent {
         let client = EstClient::new(&ca_url, Trust::Roots(roots), ClientAuth::None, timeout)?;
 
         // Key on the device, of the kind the CA asks for.
+        tracing::debug!(ca = %ca_url, identity = %identity, "asking the CA which key to generate");
         let alg = client
             .csrattrs(Some((&identity, &args.token)))
             .await?
@@ -324,6 +326,7 @@ impl Agent {
 
         // The CA answers a retry with the same token and key with the same certificate, so
         // transient failures are retried here with the same CSR.
+        tracing::debug!(algorithm = %alg, "key generated on this device; sending the enrolment request");
         let mut attempt = 0u32;
         let leaf = loop {
             match client.simpleenroll(&identity, &args.token, &csr, &spki).await {

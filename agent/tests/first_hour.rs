@@ -415,3 +415,32 @@ async fn an_upstream_that_refuses_the_certificate_makes_the_proxy_check_in_at_on
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("revoked"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dash_v_shows_lanyards_debug_logs_and_dash_vv_the_libraries_too() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let mut logs = Vec::new();
+    for (i, v) in ["-v", "-vv"].into_iter().enumerate() {
+        let state = tmp.path().join(format!("agent-{i}"));
+        let token = ca.token(&format!("dev-v{i}.fleet.example.com")).await;
+        let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args([v, "--store", "file", "--state-dir", state_arg(&state), "enrol", "--ca"])
+            .args([&ca.url, "--token", &token, "--ca-bundle", &ca.root()])
+            .env("LANYARD_CONFIG", "/dev/null")
+            .env_remove("LANYARD_LOG")
+            .output()
+            .await
+            .expect("run lanyard");
+        assert!(o.status.success(), "{}", text(&o));
+        logs.push(String::from_utf8_lossy(&o.stderr).into_owned());
+    }
+    assert!(
+        logs[0].contains("DEBUG") && logs[0].contains("credential store can hold"),
+        "{}",
+        logs[0]
+    );
+    assert!(!logs[0].contains("frame="), "-v shows no HTTP/2 frames:\n{}", logs[0]);
+    assert!(logs[1].contains("frame="), "-vv shows the libraries' debug logs:\n{}", logs[1]);
+    assert!(!logs[1].contains('\u{1b}'), "no colour codes when stderr is not a terminal");
+}
