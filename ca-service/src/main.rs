@@ -181,6 +181,9 @@ enum Cmd {
         /// text: one colon-hex serial a line; json: serial, revoked_at, reason, not_after.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         format: String,
+        /// The same as --format json, as on every other listing.
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
     },
     /// Print shell completions.
     #[command(hide = true)]
@@ -486,10 +489,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 }
             }
         }
-        Cmd::Revoked { format } => {
+        Cmd::Revoked { format, json } => {
             let (_, a) = open(&dir).await?;
             let rows = a.revoked_export().await?;
-            if format == "json" {
+            if json || format == "json" {
                 outln!(
                     "{}",
                     serde_json::to_string(&rows).map_err(|e| CaError::Config(e.to_string()))?

@@ -165,7 +165,14 @@ fn the_ca_directory_may_come_before_the_command() {
     let before = lanyard_ca_cmd(&["--dir", &dir, "ca", "fingerprint"]).ok();
     let after = lanyard_ca_cmd(&["ca", "fingerprint", "--dir", &dir]).ok();
     assert_eq!(before.stdout, after.stdout);
-    lanyard_ca_cmd(&["--dir", &dir, "certs", "list", "--json"]).ok();
+    for listing in [&["certs", "list"][..], &["audit"][..], &["revoked"][..]] {
+        let mut args = vec!["--dir", dir.as_str()];
+        args.extend_from_slice(listing);
+        args.push("--json");
+        let out = lanyard_ca_cmd(&args).ok();
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(&out.stdout);
+        assert!(parsed.is_ok(), "{listing:?} --json is JSON:\n{out}");
+    }
     let missing = Command::new(bins::lanyard_ca())
         .args(["certs", "list"])
         .env_remove("LANYARD_CA_DIR")
