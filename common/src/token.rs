@@ -73,7 +73,11 @@ mod tests {
         assert_eq!(parse_identity(&t).as_deref(), Ok("dev-1.fleet.example.com"));
         assert_eq!(parse_identity(&t[..t.len() - 5]), Err(Malformed::SecretLength { got: 38 }));
         let head = &t[..t.rfind('.').unwrap_or(0)];
-        assert!(matches!(parse_identity(head), Err(Malformed::SecretLength { .. })));
+        assert_eq!(parse_identity(head), Err(Malformed::NoSecret));
+        assert!(matches!(
+            parse_identity(&format!("{head}.")),
+            Err(Malformed::SecretLength { got: 0 })
+        ));
         assert_eq!(parse_identity("lyt.ZGV2"), Err(Malformed::NoSecret));
         assert_eq!(parse_identity("abc.def"), Err(Malformed::NotLanyard));
         let bad_id = format!("lyt.%%%.{}", "A".repeat(SECRET_CHARS));
