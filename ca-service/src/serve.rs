@@ -139,3 +139,30 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
     }
     Ok(Running { https, http: http_addr, authority: auth, shutdown, tasks })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::publication_mismatch;
+    use std::net::SocketAddr;
+
+    fn at(s: &str) -> Option<SocketAddr> {
+        s.parse().ok()
+    }
+
+    #[test]
+    fn a_public_url_on_the_listeners_port_matches() {
+        assert_eq!(publication_mismatch("http://127.0.0.1:8081", at("0.0.0.0:8081")), None);
+        assert_eq!(publication_mismatch("http://ca.example.com", at("0.0.0.0:80")), None);
+    }
+
+    #[test]
+    fn a_public_url_that_cannot_reach_the_listener_is_explained() {
+        let w = publication_mismatch("http://ca.example.com", at("0.0.0.0:8080"));
+        let w = w.unwrap_or_default();
+        assert!(w.contains("port 80") && w.contains("--http-listen ADDR:80"), "{w}");
+        let w = publication_mismatch("https://ca.example.com", at("0.0.0.0:443"));
+        assert!(w.unwrap_or_default().contains("plain HTTP"));
+        let w = publication_mismatch("http://ca.example.com:8081", None);
+        assert!(w.unwrap_or_default().contains("--http-listen off"));
+    }
+}
