@@ -383,6 +383,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
         }
         Cmd::Revoke { serial, reason } => {
             let reason: Reason = reason.parse()?;
+            // Messages show the serial as every other output does (plain lowercase hex),
+            // whichever form was typed (colons, capitals, 0x).
+            let serial = lanyard_proto::serial::parse_hex(&serial)
+                .map(|der| lanyard_proto::serial::to_hex(&der))
+                .unwrap_or(serial);
             let (d, a) = open(&dir).await?;
             match a.revoke(&serial, reason, &ca_dir::actor(), &Default::default()).await? {
                 RevokeOutcome::Revoked => {

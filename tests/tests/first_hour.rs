@@ -182,3 +182,36 @@ fn the_ca_directory_may_come_before_the_command() {
     assert_eq!(missing.status.code(), Some(2), "a usage error: {err}");
     assert!(err.contains("--dir"), "{err}");
 }
+
+#[test]
+fn a_serial_typed_in_any_form_is_shown_in_the_one_form_certs_list_uses() {
+    use lanyard_e2e::est;
+    use lanyard_e2e::pki::{self, KeyAlg};
+    if !peers::require_basics() {
+        return;
+    }
+    let ca = Ca::init();
+    let srv = ca.serve();
+    let id = "a-rather-long-device-name-0042.sensors.fleet.example.com";
+    let (_, csr) = pki::key_and_csr(&ca.work, KeyAlg::P256, id);
+    let r = est::enroll(&srv, id, &ca.token(id), &csr.b64).expect(200);
+    let leaf = pki::leaf_from_est(&r.body, &ca.work, "leaf");
+    let serial = pki::serial_hex(&leaf).to_ascii_lowercase();
+    let listed = ca.cli(&["certs", "list"]).ok();
+    let row = listed.stdout.lines().find(|l| l.contains(id)).unwrap_or_default().to_owned();
+    assert!(row.starts_with(&serial), "certs list shows plain lowercase hex:\n{listed}");
+    let header = listed.stdout.lines().next().unwrap_or_default();
+    assert_eq!(
+        header.find("GROUP"),
+        row.find("default"),
+        "columns stay aligned with a long identity:\n{listed}"
+    );
+    let colon = serial
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(":");
+    let out = ca.cli(&["revoke", "--serial", &colon]).ok();
+    assert!(out.stderr.contains(&format!("revoked {serial} ")), "{out}");
+}
