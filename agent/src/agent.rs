@@ -150,7 +150,8 @@ pub struct Status {
 pub struct Agent {
     pub cfg: Config,
     pub clock: Arc<dyn Clock>,
-    store: Box<dyn CredentialStore>,
+    /// Shared with the blocking threads that run its calls ([`Agent::in_store`]).
+    store: Arc<dyn CredentialStore>,
     current: Arc<ArcSwapOption<Loaded>>,
     pub metrics: Arc<Metrics>,
 }
@@ -163,7 +164,8 @@ impl std::fmt::Debug for Agent {
 
 impl Agent {
     pub fn open(cfg: Config, clock: Arc<dyn Clock>) -> Result<Agent> {
-        let store = lanyard_keystore::open(cfg.store.backend, &cfg.store.path, &cfg.store.profile)?;
+        let store: Arc<dyn CredentialStore> =
+            lanyard_keystore::open(cfg.store.backend, &cfg.store.path, &cfg.store.profile)?.into();
         let agent = Agent {
             cfg,
             clock,
@@ -198,6 +200,25 @@ impl Agent {
 
     pub fn current_handle(&self) -> Arc<ArcSwapOption<Loaded>> {
         self.current.clone()
+    }
+
+    /// Runs a store call on tokio's blocking threads: keystore calls (D-Bus, flock, fsync)
+    /// may take seconds (each is bounded by the keystore's own timeout), and the proxy and
+    /// status listeners share the async workers.
+    async fn in_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn CredentialStore) -> std::result::Result<T, lanyard_keystore::StoreError>
+        + Send
+        + 'static,
+    ) -> Result<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| AgentError::Io {
+                context: "credential store call".into(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(AgentError::Store)
     }
 
     /// Re-reads the store; returns true when the certificate changed.
@@ -289,9 +310,11 @@ impl Agent {
             None if args.ca_bundle.is_none() => self.cfg.ca.ca_fingerprint.clone(),
             None => None,
         };
-        self.store.probe().map_err(|source| AgentError::StoreUnusable {
-            store: self.cfg.store.backend,
-            source,
+        self.in_store(|s| s.probe()).await.map_err(|e| match e {
+            AgentError::Store(source) => {
+                AgentError::StoreUnusable { store: self.cfg.store.backend, source }
+            }
+            other => other,
         })?;
         tracing::debug!(store = %self.store.describe(), "the credential store can hold a key");
         let timeout = self.cfg.ca.timeout;
@@ -348,7 +371,8 @@ impl Agent {
 
         let mut chain = vec![leaf];
         chain.extend(intermediates.iter().map(|c| c.to_vec()));
-        self.store.store(&Credential { key_pkcs8_der: key.pkcs8(), chain_der: chain })?;
+        let cred = Credential { key_pkcs8_der: key.pkcs8(), chain_der: chain };
+        self.in_store(move |s| s.store(&cred)).await?;
         if let Some(p) = &pinned {
             crate::fsutil::write_atomic(&roots_file, crate::trust::to_pem(p).as_bytes(), 0o644)?;
         }
@@ -436,7 +460,8 @@ impl Agent {
         )?;
         let mut chain = vec![leaf];
         chain.extend(intermediates.iter().map(|c| c.to_vec()));
-        self.store.store(&Credential { key_pkcs8_der: key.pkcs8(), chain_der: chain })?;
+        let cred = Credential { key_pkcs8_der: key.pkcs8(), chain_der: chain };
+        self.in_store(move |s| s.store(&cred)).await?;
         self.reload()?;
         tracing::info!(identity = %info.identity, serial = %info.serial, previous = %cur.info.serial, not_after = %Rfc3339Time(info.not_after), "renewed");
         crate::hooks::run(&self.cfg.hooks, &info).await;
