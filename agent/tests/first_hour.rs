@@ -12,14 +12,19 @@ use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// `lanyard ARGS...` with no config file and extra environment.
+/// `lanyard ARGS...` with no config file and extra environment. A run that has not ended
+/// after a minute is a hang (the bug these tests are about), not a slow machine.
 async fn lanyard_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"));
     cmd.args(args).env("LANYARD_CONFIG", "/dev/null").env("LANYARD_LOG", "warn");
+    cmd.kill_on_drop(true);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.output().await.expect("run lanyard")
+    match tokio::time::timeout(Duration::from_secs(60), cmd.output()).await {
+        Ok(o) => o.expect("run lanyard"),
+        Err(_) => panic!("lanyard {args:?} hung for 60 s"),
+    }
 }
 
 fn state_arg(p: &Path) -> &str {
