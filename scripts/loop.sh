@@ -5,5 +5,9 @@
 # Set LANYARD_LOOP_DIR=/some/dir to keep the CA, agent state and logs afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet -p lanyard-ca -p lanyard-agent -p lanyard-local-loop
+# The first build compiles every dependency (minutes on a small machine): say so, and let
+# cargo show its progress rather than stay silent.
+echo "loop.sh: building lanyard-ca, lanyard and the loop's helpers (the first build takes a few minutes)..." >&2
+cargo build -p lanyard-ca -p lanyard-agent -p lanyard-local-loop
+echo "loop.sh: built; running the loop" >&2
 exec "${CARGO_TARGET_DIR:-target}/debug/lanyard-loop"

@@ -13,6 +13,7 @@ use crate::state::{self, AgentState};
 use crate::verify::{self, CertInfo};
 use arc_swap::ArcSwapOption;
 use lanyard_keystore::{Credential, CredentialStore};
+use lanyard_proto::timefmt::{Rfc3339Time, rfc3339};
 use lanyard_proto::{GroupPolicy, ProblemCode};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
@@ -83,12 +84,34 @@ impl Loaded {
 /// Arguments of `lanyard enrol`.
 #[derive(Debug, Default)]
 pub struct EnrolArgs {
-    pub ca_url: String,
+    /// `--ca`; `None` takes `[ca] url` from the config.
+    pub ca_url: Option<String>,
     pub token: Zeroizing<String>,
     pub identity: Option<String>,
     pub ca_bundle: Option<PathBuf>,
     pub ca_fingerprint: Option<String>,
     pub force: bool,
+}
+
+/// The identity to enrol as: the one the token carries, or `--identity` for a token that
+/// is not in Lanyard's format. A Lanyard token that is cut off is refused as such (asking
+/// for `--identity` would only lead to "unknown enrolment token").
+pub fn enrolment_identity(token: &str, given: Option<&str>) -> Result<String> {
+    use lanyard_proto::token::{Malformed, parse_identity};
+    match (parse_identity(token), given) {
+        (Ok(from_token), Some(g)) if g != from_token => Err(AgentError::Usage(format!(
+            "--identity {g:?} differs from the identity the token was made for ({from_token:?}); leave --identity out"
+        ))),
+        (Ok(from_token), _) => Ok(from_token),
+        (Err(Malformed::NotLanyard), Some(g)) => Ok(g.to_owned()),
+        (Err(Malformed::NotLanyard), None) if token.trim().is_empty() => {
+            Err(AgentError::Usage("the enrolment token is empty".into()))
+        }
+        (Err(Malformed::NotLanyard), None) => Err(AgentError::Usage(
+            "the token is not a Lanyard enrolment token (they start with \"lyt.\"); give the token `lanyard-ca token create` printed, or --identity for a token from elsewhere".into(),
+        )),
+        (Err(m), _) => Err(AgentError::MalformedToken(m)),
+    }
 }
 
 /// The `state` field of `lanyard status`.
@@ -129,7 +152,8 @@ pub struct Status {
 pub struct Agent {
     pub cfg: Config,
     pub clock: Arc<dyn Clock>,
-    store: Box<dyn CredentialStore>,
+    /// Shared with the blocking threads that run its calls ([`Agent::in_store`]).
+    store: Arc<dyn CredentialStore>,
     current: Arc<ArcSwapOption<Loaded>>,
     pub metrics: Arc<Metrics>,
 }
@@ -142,7 +166,8 @@ impl std::fmt::Debug for Agent {
 
 impl Agent {
     pub fn open(cfg: Config, clock: Arc<dyn Clock>) -> Result<Agent> {
-        let store = lanyard_keystore::open(cfg.store.backend, &cfg.store.path, &cfg.store.profile)?;
+        let store: Arc<dyn CredentialStore> =
+            lanyard_keystore::open(cfg.store.backend, &cfg.store.path, &cfg.store.profile)?.into();
         let agent = Agent {
             cfg,
             clock,
@@ -177,6 +202,25 @@ impl Agent {
 
     pub fn current_handle(&self) -> Arc<ArcSwapOption<Loaded>> {
         self.current.clone()
+    }
+
+    /// Runs a store call on tokio's blocking threads: keystore calls (D-Bus, flock, fsync)
+    /// may take seconds (each is bounded by the keystore's own timeout), and the proxy and
+    /// status listeners share the async workers.
+    async fn in_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn CredentialStore) -> std::result::Result<T, lanyard_keystore::StoreError>
+        + Send
+        + 'static,
+    ) -> Result<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| AgentError::Io {
+                context: "credential store call".into(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(AgentError::Store)
     }
 
     /// Re-reads the store; returns true when the certificate changed.
@@ -242,35 +286,50 @@ impl Agent {
         {
             return Err(AgentError::Usage(format!(
                 "already enrolled as {:?} (serial {}, valid until {}); use --force to enrol again",
-                cur.info.identity, cur.info.serial, cur.info.not_after
+                cur.info.identity,
+                cur.info.serial,
+                rfc3339(cur.info.not_after)
             )));
         }
-        let identity = args
-            .identity
-            .clone()
-            .or_else(|| lanyard_proto::token::identity_of(&args.token))
-            .ok_or_else(|| {
-                AgentError::Usage("the token does not name an identity; give --identity".into())
-            })?;
-        let ca_url = args.ca_url.trim_end_matches('/').to_owned();
+        // Everything that can be checked on this device is checked before the token is
+        // sent anywhere: its format, the CA's URL and pin, and that the store can write.
+        let identity = enrolment_identity(&args.token, args.identity.as_deref())?;
+        let ca_url = match args.ca_url.as_deref().or(self.cfg.ca.url.as_deref()) {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => {
+                return Err(AgentError::Usage(
+                    "no CA URL: give --ca URL, or set [ca] url in the config".into(),
+                ));
+            }
+        };
         if !ca_url.starts_with("https://") {
             return Err(AgentError::Usage(format!(
                 "--ca {ca_url:?}: the CA must be reached over https://"
             )));
         }
+        let fingerprint = match &args.ca_fingerprint {
+            Some(fp) => Some(crate::trust::parse_fingerprint(fp)?),
+            None if args.ca_bundle.is_none() => self.cfg.ca.ca_fingerprint.clone(),
+            None => None,
+        };
+        self.in_store(|s| s.probe()).await.map_err(|e| match e {
+            AgentError::Store(source) => {
+                AgentError::StoreUnusable { store: self.cfg.store.backend, source }
+            }
+            other => other,
+        })?;
+        tracing::debug!(store = %self.store.describe(), "the credential store can hold a key");
         let timeout = self.cfg.ca.timeout;
 
         // Trust for the CA connection; pinned roots are saved for later runs.
         let roots_file = state::roots_path(self.state_dir());
         let pinned: Option<Vec<CertificateDer<'static>>> = if let Some(b) = &args.ca_bundle {
             Some(crate::trust::read_pem_certs(b)?)
-        } else if let Some(fp) =
-            args.ca_fingerprint.as_ref().or(self.cfg.ca.ca_fingerprint.as_ref())
-        {
+        } else if let Some(fp) = &fingerprint {
             let boot =
                 EstClient::new(&ca_url, Trust::AcceptAnyForBootstrap, ClientAuth::None, timeout)?;
             let certs = boot.cacerts().await?;
-            Some(vec![crate::trust::select_pinned_root(&certs, fp)?])
+            Some(vec![crate::trust::select_pinned_root(&certs, fp, &ca_url)?])
         } else {
             None
         };
@@ -281,6 +340,7 @@ impl Agent {
         let client = EstClient::new(&ca_url, Trust::Roots(roots), ClientAuth::None, timeout)?;
 
         // Key on the device, of the kind the CA asks for.
+        tracing::debug!(ca = %ca_url, identity = %identity, "asking the CA which key to generate");
         let alg = client
             .csrattrs(Some((&identity, &args.token)))
             .await?
@@ -291,6 +351,7 @@ impl Agent {
 
         // The CA answers a retry with the same token and key with the same certificate, so
         // transient failures are retried here with the same CSR.
+        tracing::debug!(algorithm = %alg, "key generated on this device; sending the enrolment request");
         let mut attempt = 0u32;
         let leaf = loop {
             match client.simpleenroll(&identity, &args.token, &csr, &spki).await {
@@ -312,7 +373,8 @@ impl Agent {
 
         let mut chain = vec![leaf];
         chain.extend(intermediates.iter().map(|c| c.to_vec()));
-        self.store.store(&Credential { key_pkcs8_der: key.pkcs8(), chain_der: chain })?;
+        let cred = Credential { key_pkcs8_der: key.pkcs8(), chain_der: chain };
+        self.in_store(move |s| s.store(&cred)).await?;
         if let Some(p) = &pinned {
             crate::fsutil::write_atomic(&roots_file, crate::trust::to_pem(p).as_bytes(), 0o644)?;
         }
@@ -324,7 +386,7 @@ impl Agent {
             ..Default::default()
         };
         self.save_state(&st);
-        tracing::info!(identity = %info.identity, serial = %info.serial, not_after = %info.not_after, store = %self.store.describe(), "enrolled");
+        tracing::info!(identity = %info.identity, serial = %info.serial, not_after = %Rfc3339Time(info.not_after), store = %self.store.describe(), "enrolled");
         // Learn the group's policy now, so the first renewal decision follows it (expiry
         // grace, renewal point) even if the daemon never ran. Not fatal: `run` checks in.
         if let Err(e) = self.check_in().await {
@@ -429,9 +491,10 @@ impl Agent {
         )?;
         let mut chain = vec![leaf];
         chain.extend(intermediates.iter().map(|c| c.to_vec()));
-        self.store.store(&Credential { key_pkcs8_der: key.pkcs8(), chain_der: chain })?;
+        let cred = Credential { key_pkcs8_der: key.pkcs8(), chain_der: chain };
+        self.in_store(move |s| s.store(&cred)).await?;
         self.reload()?;
-        tracing::info!(identity = %info.identity, serial = %info.serial, previous = %cur.info.serial, not_after = %info.not_after, "renewed");
+        tracing::info!(identity = %info.identity, serial = %info.serial, previous = %cur.info.serial, not_after = %Rfc3339Time(info.not_after), "renewed");
         crate::hooks::run(&self.cfg.hooks, &info).await;
         Ok(info)
     }

@@ -358,19 +358,14 @@ impl Config {
 
         let fingerprint = match &raw.ca.ca_fingerprint {
             None => None,
-            Some(s) => {
-                let hexs: String =
-                    s.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
-                if hexs.len() != 64 || !hexs.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(err(
-                        f,
-                        format!(
-                            "[ca] ca_fingerprint {s:?}: give the SHA-256 of the root certificate, 64 hex digits (colons allowed)"
-                        ),
-                    ));
-                }
-                Some(hexs)
-            }
+            Some(s) => Some(crate::trust::normalize_fingerprint(s).ok_or_else(|| {
+                err(
+                    f,
+                    format!(
+                        "[ca] ca_fingerprint {s:?}: give the SHA-256 of the root certificate, 64 hex digits (colons allowed)"
+                    ),
+                )
+            })?),
         };
         if let Some(u) = &raw.ca.url
             && !u.starts_with("https://")

@@ -54,8 +54,41 @@ fn watch(agent: &Agent, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatch
     Some(w)
 }
 
+/// What a daemon with this config serves, in one line for the start-up log; a warning
+/// when it serves nothing (it then only renews, which is rarely what was meant).
+pub fn describe_services(agent: &Agent) -> (String, Option<String>) {
+    let mut parts: Vec<String> = agent
+        .cfg
+        .routes
+        .iter()
+        .map(|r| match &r.upstream {
+            Some(u) => format!("proxy {} -> https://{}:{}", r.listen, u.host, u.port),
+            None => format!("proxy {} (forward only)", r.listen),
+        })
+        .collect();
+    if let Some(s) = &agent.cfg.status {
+        parts.push(format!("status {s}"));
+    }
+    let config = agent
+        .cfg
+        .source
+        .as_ref()
+        .map_or_else(|| "the config file".to_owned(), |p| p.display().to_string());
+    let warning = parts.is_empty().then(|| {
+        format!(
+            "no proxy routes and no status listener in {config}: this daemon only renews the certificate; add [[proxy.routes]] (listen, upstream) or [status] listen"
+        )
+    });
+    (if parts.is_empty() { "nothing".to_owned() } else { parts.join(", ") }, warning)
+}
+
 pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> Exit {
     let tasks = tokio_util::task::TaskTracker::new();
+    let (serving, warning) = describe_services(&agent);
+    tracing::info!(serving = %serving, "lanyard daemon starting");
+    if let Some(w) = warning {
+        tracing::warn!("{w}");
+    }
     if let Some(addr) = agent.cfg.status.clone() {
         let (a, s) = (agent.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -107,7 +140,7 @@ pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> Exit {
                     let left = agent
                         .current()
                         .map(|c| (c.info.not_after - agent.clock.now()).whole_seconds());
-                    tracing::warn!(error = %e, retryable = e.retryable(), seconds_until_expiry = ?left, "renewal failed; keeping the current certificate");
+                    tracing::warn!(error = %e, retryable = e.retryable(), seconds_until_expiry = left.unwrap_or_default(), "renewal failed; keeping the current certificate");
                 }
                 continue;
             }
@@ -122,7 +155,7 @@ pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> Exit {
                 );
                 if line != announced {
                     if let Some(c) = agent.current() {
-                        tracing::info!(identity = %c.info.identity, serial = %c.info.serial, not_after = %c.info.not_after, next_renewal = %at, backing_off, "waiting");
+                        tracing::info!(identity = %c.info.identity, serial = %c.info.serial, not_after = %lanyard_proto::timefmt::Rfc3339Time(c.info.not_after), next_renewal = %lanyard_proto::timefmt::Rfc3339Time(*at), backing_off, "waiting");
                     }
                     notify(&[sd_notify::NotifyState::Status(&line)]);
                     announced = line;

@@ -11,6 +11,25 @@ pub enum AgentError {
     /// The CA could not be reached (DNS, connect, TLS, timeout).
     #[error("cannot reach the CA at {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    /// The CA was reached, but its TLS certificate is not one this device trusts (or the
+    /// pinned fingerprint matches none of its certificates).
+    #[error("reached the CA at {url}, but did not trust it: {reason}; {fix}")]
+    Untrusted { url: String, reason: String, fix: String },
+    /// The enrolment token is cut off or otherwise not a Lanyard token (never printed: it
+    /// is a secret).
+    #[error(
+        "the enrolment token is malformed: {0}; copy the whole line `lanyard-ca token create` printed (lyt.<identity>.<secret>)"
+    )]
+    MalformedToken(lanyard_proto::token::Malformed),
+    /// The credential store cannot hold a key; found before any token is spent.
+    #[error(
+        "the {store} credential store cannot hold a key, so nothing was sent to the CA and the token is still unused: {source}"
+    )]
+    StoreUnusable {
+        store: lanyard_keystore::StoreKind,
+        #[source]
+        source: lanyard_keystore::StoreError,
+    },
     /// The CA answered with an error status; `code` is what to decide on (from its
     /// problem+json body, else from the status).
     #[error("the CA refused ({status} {code}): {message}")]
@@ -23,7 +42,9 @@ pub enum AgentError {
     Verification(String),
     #[error("credential store: {0}")]
     Store(#[from] lanyard_keystore::StoreError),
-    #[error("not enrolled: run `lanyard enrol --ca URL --token TOKEN` first")]
+    #[error(
+        "not enrolled: run `lanyard enrol --ca URL --token TOKEN --ca-fingerprint SHA256` (or --ca-bundle FILE) first"
+    )]
     NotEnrolled,
     #[error("{0}")]
     Usage(String),
@@ -49,11 +70,15 @@ impl AgentError {
     /// a locked keystore. Not: refusals that will not change (used token, revoked).
     pub fn retryable(&self) -> bool {
         match self {
-            AgentError::Unreachable { .. } | AgentError::BadAnswer(_) => true,
+            // A CA whose certificate is not trusted may be mid-way through a change (a new
+            // server certificate, a DNS move): worth another try, like an unreachable one.
+            AgentError::Unreachable { .. }
+            | AgentError::Untrusted { .. }
+            | AgentError::BadAnswer(_) => true,
             AgentError::Refused { status, .. } => {
                 *status >= 500 || *status == 408 || *status == 429
             }
-            AgentError::Store(e) => e.is_transient(),
+            AgentError::Store(e) | AgentError::StoreUnusable { source: e, .. } => e.is_transient(),
             _ => false,
         }
     }
@@ -71,11 +96,13 @@ impl AgentError {
         match self {
             AgentError::Config(_) | AgentError::Usage(_) => "config",
             AgentError::Unreachable { .. } => "unreachable",
+            AgentError::Untrusted { .. } => "untrusted",
+            AgentError::MalformedToken(_) => "config",
             AgentError::Refused { status, .. } if *status >= 500 => "ca_error",
             AgentError::Refused { .. } => "refused",
             AgentError::BadAnswer(_) => "bad_answer",
             AgentError::Verification(_) => "verification",
-            AgentError::Store(_) => "store",
+            AgentError::Store(_) | AgentError::StoreUnusable { .. } => "store",
             AgentError::NotEnrolled => "not_enrolled",
             AgentError::Io { .. } => "io",
             AgentError::Crypto(_) => "crypto",

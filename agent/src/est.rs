@@ -73,9 +73,9 @@ impl EstClient {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-        let resp = req.send().await.map_err(|e| AgentError::Unreachable {
-            url: self.base.clone(),
-            reason: error_chain(&e),
+        let resp = req.send().await.map_err(|e| match tls_refusal(&e) {
+            Some(rustls::Error::InvalidCertificate(c)) => untrusted(&self.base, c),
+            _ => AgentError::Unreachable { url: self.base.clone(), reason: error_chain(&e) },
         })?;
         let status = resp.status();
         if status.is_success() {
@@ -194,6 +194,50 @@ impl EstClient {
         let r = self.send(self.http.get(self.url("/v1/certificate"))).await?;
         r.json().await.map_err(|e| AgentError::BadAnswer(format!("/v1/certificate: {e}")))
     }
+}
+
+/// The rustls error under a request error, if the TLS handshake is what failed. An
+/// `io::Error` hides its inner error from `source()`, so it is opened with `get_ref`.
+fn tls_refusal<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(t) = c.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(t) = tls_refusal(inner)
+        {
+            return Some(t);
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// A server certificate the handshake refused, as what a person can act on: the CA was
+/// reached, but not trusted.
+fn untrusted(url: &str, e: &rustls::CertificateError) -> AgentError {
+    use rustls::CertificateError as C;
+    let fix = match e {
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "the CA's TLS certificate does not name the host in this URL: use a name it has in --ca, or start the CA with `lanyard-ca serve --tls-name HOST`"
+        }
+        C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+            "check this device's clock, or restart `lanyard-ca serve` for a fresh TLS certificate"
+        }
+        _ => {
+            "give the CA's root certificate with --ca-bundle FILE (root.crt or ca-bundle.pem from the CA's directory) or pin it with --ca-fingerprint SHA256 (`lanyard-ca ca fingerprint --dir DIR` prints it); or set [ca] ca_bundle / ca_fingerprint in the config"
+        }
+    };
+    let reason = match e {
+        C::UnknownIssuer => {
+            "its TLS certificate is issued by a CA this device does not trust (UnknownIssuer)"
+                .into()
+        }
+        _ => format!("its TLS certificate: {e}"),
+    };
+    AgentError::Untrusted { url: url.to_owned(), reason, fix: fix.to_owned() }
 }
 
 /// The error and its causes on one line (reqwest hides the TLS reason in `source()`).

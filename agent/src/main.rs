@@ -11,6 +11,7 @@ use lanyard_agent::daemon::{self, Exit};
 use lanyard_agent::error::AgentError;
 use lanyard_agent::schedule::Decision;
 use lanyard_keystore::StoreKind;
+use lanyard_proto::timefmt::rfc3339;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -34,8 +35,9 @@ struct Cli {
     /// Override [store] path (state directory).
     #[arg(long, global = true)]
     state_dir: Option<PathBuf>,
-    #[arg(short, long, global = true)]
-    verbose: bool,
+    /// More logs: -v for Lanyard's debug logs, -vv for the HTTP and TLS libraries' too.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -44,12 +46,13 @@ struct Cli {
 enum Cmd {
     /// Generate a key on this device and enrol with the CA using a one-time token.
     Enrol {
-        /// The CA's URL, e.g. https://ca.example.com:8443
+        /// The CA's URL, e.g. https://ca.example.com:8443 (default: [ca] url in the config).
         #[arg(long)]
-        ca: String,
+        ca: Option<String>,
         /// The enrolment token (or --token-file, or LANYARD_TOKEN).
         #[arg(long, env = "LANYARD_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
         token: Option<String>,
+        /// A file holding the enrolment token.
         #[arg(long)]
         token_file: Option<PathBuf>,
         /// The identity, when the token does not carry it.
@@ -58,7 +61,8 @@ enum Cmd {
         /// Trust the CA's TLS certificate through this PEM bundle.
         #[arg(long, conflicts_with = "ca_fingerprint")]
         ca_bundle: Option<PathBuf>,
-        /// Trust the CA whose root certificate has this SHA-256 fingerprint.
+        /// Trust the CA whose root certificate has this SHA-256 fingerprint (64 hex digits;
+        /// `lanyard-ca ca fingerprint` prints it).
         #[arg(long)]
         ca_fingerprint: Option<String>,
         /// Enrol even if a valid certificate is already stored.
@@ -69,6 +73,7 @@ enum Cmd {
     Run,
     /// Show the credential's state.
     Status {
+        /// JSON instead of one line per field.
         #[arg(long)]
         json: bool,
         /// Ask the CA first (policy, revocation).
@@ -77,11 +82,13 @@ enum Cmd {
     },
     /// Renew now if due (or always, with --force).
     Renew {
+        /// Renew even if the schedule says it is not due.
         #[arg(long)]
         force: bool,
     },
     /// Run one proxy route in the foreground.
     Proxy {
+        /// Loopback address or unix:/path to accept plain HTTP on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
         /// https://host[:port]
@@ -96,8 +103,10 @@ enum Cmd {
     },
     /// Write the certificate chain and key as PEM files (for curl --cert/--key).
     Export {
+        /// Where to write the certificate chain (PEM, leaf first).
         #[arg(long)]
         cert: PathBuf,
+        /// Where to write the private key (PEM, 0600).
         #[arg(long)]
         key: PathBuf,
     },
@@ -109,6 +118,24 @@ enum Cmd {
     #[cfg(feature = "docs")]
     #[command(hide = true)]
     Manpage,
+}
+
+/// `println!` for command output that ends the program quietly when stdout is a closed
+/// pipe (`lanyard status --json | head -1`) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => { write_out(format_args!($($arg)*)) };
+}
+
+fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("lanyard: writing to stdout: {e}");
+        std::process::exit(1);
+    }
 }
 
 fn load_config(cli: &Cli) -> Result<Config, AgentError> {
@@ -141,7 +168,13 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("lanyard: {e}");
-            ExitCode::FAILURE
+            // 2 for what the user gave (as clap does for bad flags), 1 for what happened.
+            match e {
+                AgentError::Usage(_) | AgentError::Config(_) | AgentError::MalformedToken(_) => {
+                    ExitCode::from(2)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -193,7 +226,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                     force: *force,
                 })
                 .await?;
-            println!(
+            outln!(
                 "enrolled as {} (serial {}, valid until {}); key in {}",
                 info.identity,
                 info.serial,
@@ -219,9 +252,9 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
             }
             let s = agent.status();
             if *json {
-                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             } else {
-                println!(
+                outln!(
                     "state:         {}",
                     serde_json::to_value(s.state)
                         .ok()
@@ -229,7 +262,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                         .unwrap_or_default()
                 );
                 let show = |k: &str, v: Option<String>| {
-                    println!("{k:<14} {}", v.unwrap_or_else(|| "-".into()))
+                    outln!("{k:<14} {}", v.unwrap_or_else(|| "-".into()))
                 };
                 show("identity:", s.identity.clone());
                 show("serial:", s.serial.clone());
@@ -239,7 +272,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                 show("CA:", s.ca_url.clone());
                 show("last error:", s.last_error.clone());
                 if let Some(a) = &s.action {
-                    println!("action:        {a}");
+                    outln!("action:        {a}");
                 }
             }
             return Ok(if matches!(s.state, CredentialState::Valid | CredentialState::Renewing) {
@@ -255,14 +288,14 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                 match agent.decide(&st) {
                     Decision::RenewNow(_) => {}
                     Decision::SleepUntil { at, .. } => {
-                        println!("not due until {}; use --force to renew now", rfc3339(at));
+                        outln!("not due until {}; use --force to renew now", rfc3339(at));
                         return Ok(ExitCode::SUCCESS);
                     }
                     Decision::NeedsEnrolment(m) => return Err(AgentError::Usage(m)),
                 }
             }
             let info = agent.renew().await?;
-            println!("renewed: serial {}, valid until {}", info.serial, rfc3339(info.not_after));
+            outln!("renewed: serial {}, valid until {}", info.serial, rfc3339(info.not_after));
         }
         Cmd::Proxy { listen, upstream, upstream_ca, allow } => {
             let mut cfg = load_config(&cli)?;
@@ -306,7 +339,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                 cert.display(),
                 key.display(),
                 cur.info.serial,
-                cur.info.not_after
+                rfc3339(cur.info.not_after)
             );
         }
         #[cfg(feature = "docs")]
@@ -355,10 +388,6 @@ fn watch_store(agent: Arc<Agent>, stop: CancellationToken) -> tokio::task::JoinH
             }
         }
     })
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 fn write_private(path: &std::path::Path, data: &[u8]) -> Result<(), AgentError> {

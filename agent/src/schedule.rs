@@ -89,7 +89,7 @@ pub fn decide(
 ) -> Decision {
     let Some(v) = cert else {
         return Decision::NeedsEnrolment(
-            "not enrolled: run `lanyard enrol --ca URL --token TOKEN`".into(),
+            "not enrolled: run `lanyard enrol --ca URL --token TOKEN --ca-fingerprint SHA256` (or --ca-bundle FILE)".into(),
         );
     };
     if revoked {

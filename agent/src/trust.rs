@@ -61,14 +61,43 @@ pub fn sha256_hex(der: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
 }
 
-/// Finds the pinned root among certificates fetched from `/cacerts` and checks that every
-/// other certificate there chains to it.
-pub fn select_pinned_root(certs: &[Vec<u8>], fingerprint: &str) -> Result<CertificateDer<'static>> {
-    let want = fingerprint.replace(':', "").to_ascii_lowercase();
-    let root = certs.iter().find(|c| sha256_hex(c) == want).ok_or_else(|| {
-        AgentError::Verification(format!(
-            "no CA certificate at this URL has the SHA-256 fingerprint {want}; check the fingerprint (`openssl x509 -noout -fingerprint -sha256 -in root.crt`) or the URL"
+/// Where a fingerprint comes from, for messages.
+pub const FINGERPRINT_SOURCE: &str =
+    "`lanyard-ca ca fingerprint --dir DIR` prints it, as do `lanyard-ca init` and `serve`";
+
+/// A SHA-256 fingerprint as 64 lowercase hex digits, from hex with or without colons
+/// (`openssl x509 -fingerprint` style), or `None` when it is not one.
+pub fn normalize_fingerprint(s: &str) -> Option<String> {
+    let hexs: String = s.trim().chars().filter(|c| *c != ':').collect::<String>();
+    let hexs = hexs.strip_prefix("sha256:").unwrap_or(&hexs).to_ascii_lowercase();
+    (hexs.len() == 64 && hexs.chars().all(|c| c.is_ascii_hexdigit())).then_some(hexs)
+}
+
+/// `--ca-fingerprint` checked before anything goes on the network.
+pub fn parse_fingerprint(s: &str) -> Result<String> {
+    normalize_fingerprint(s).ok_or_else(|| {
+        AgentError::Usage(format!(
+            "--ca-fingerprint {s:?}: not a SHA-256 fingerprint; give the CA root certificate's SHA-256 as 64 hex digits (colons allowed): {FINGERPRINT_SOURCE}"
         ))
+    })
+}
+
+/// Finds the pinned root among certificates fetched from `/cacerts` at `url` and checks
+/// that every other certificate there chains to it.
+pub fn select_pinned_root(
+    certs: &[Vec<u8>],
+    fingerprint: &str,
+    url: &str,
+) -> Result<CertificateDer<'static>> {
+    let want = normalize_fingerprint(fingerprint).unwrap_or_default();
+    let root = certs.iter().find(|c| sha256_hex(c) == want).ok_or_else(|| {
+        AgentError::Untrusted {
+            url: url.to_owned(),
+            reason: format!("none of its CA certificates has the pinned SHA-256 fingerprint {want}"),
+            fix: format!(
+                "nothing was issued and the token is still unused; check the URL and --ca-fingerprint: {FINGERPRINT_SOURCE}"
+            ),
+        }
     })?;
     let (_, r) = x509_parser::parse_x509_certificate(root)
         .map_err(|e| AgentError::BadAnswer(format!("pinned root does not parse: {e}")))?;

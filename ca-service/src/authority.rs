@@ -312,6 +312,18 @@ impl Authority {
     ) -> Result<(TokenSecret, TokenRecord)> {
         profile::validate_identity(identity)?;
         profile::validate_group(group)?;
+        // A mistyped group would silently give the device the default policy.
+        if group != DEFAULT_GROUP && self.store.policy(group).await?.is_none() {
+            let mut known: Vec<String> =
+                self.store.policies().await?.into_iter().map(|(g, _)| g).collect();
+            if !known.iter().any(|g| g == DEFAULT_GROUP) {
+                known.insert(0, DEFAULT_GROUP.to_owned());
+            }
+            return Err(CaError::BadRequest(format!(
+                "group {group:?} has no policy; known groups: {}; set one first with `lanyard-ca policy set --group {group} ...`, or give a known group",
+                known.join(", ")
+            )));
+        }
         if ttl.is_zero() || ttl > std::time::Duration::from_secs(90 * 86_400) {
             return Err(CaError::BadRequest("token ttl must be between 1s and 90d".into()));
         }
@@ -333,7 +345,7 @@ impl Authority {
             identity,
             format!(
                 "group={group} expires={} token_sha256_prefix={}",
-                rec.expires_at,
+                lanyard_proto::timefmt::rfc3339(rec.expires_at),
                 &rec.hash[..12]
             ),
             &RequestMeta::default(),

@@ -286,12 +286,35 @@ fn url_base(u: &str) -> Result<String> {
     Ok(u.trim_end_matches('/').to_owned())
 }
 
-/// The operator running a CLI command, for the audit trail.
+/// The SHA-256 of a certificate (the root's is what `lanyard enrol --ca-fingerprint`
+/// pins), as 64 lowercase hex digits.
+pub fn fingerprint(der: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
+}
+
+/// The operator running a CLI command, for the audit trail: `$USER` (or `$LOGNAME`), else
+/// the name of the process's uid in /etc/passwd, else the uid itself.
 pub fn actor() -> String {
-    format!(
-        "cli:{}",
-        std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "unknown".into())
-    )
+    if let Some(name) = ["USER", "LOGNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|n| !n.trim().is_empty())
+    {
+        return format!("cli:{name}");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return "cli:unknown".into();
+    };
+    let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|passwd| {
+        passwd.lines().find_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            (f.nth(1)? == uid.to_string()).then(|| name.to_owned())
+        })
+    });
+    match name {
+        Some(n) => format!("cli:{n}"),
+        None => format!("cli:uid={uid}"),
+    }
 }

@@ -9,10 +9,34 @@ use lanyard_ca::error::CaError;
 use lanyard_ca::revocation::Reason;
 use lanyard_ca::store::{CertFilter, RevokeOutcome};
 use lanyard_ca::{Authority, bundle};
+use lanyard_proto::timefmt::rfc3339;
 use lanyard_proto::{GroupPolicy, KeyAlgorithm, duration};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+
+/// `println!` for command output that ends the program quietly when stdout is a closed
+/// pipe (`lanyard-ca audit | head`) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => { write_out(format_args!($($arg)*)) };
+}
+
+fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("lanyard-ca: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Where a relying party finds the publication listener by default; `init --public-url`
+/// and `serve --http-listen` share it so that a CA made and served with defaults agrees
+/// with itself. Not 8080: that is the agent proxy's default port.
+const DEFAULT_HTTP_PORT: u16 = 8081;
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +45,9 @@ use std::sync::Arc;
     about = "The Lanyard CA service: device client certificates for CloudFront viewer mTLS"
 )]
 struct Cli {
+    /// Where the CA is; given before or after the subcommand.
+    #[command(flatten)]
+    target: DirArg,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -28,18 +55,22 @@ struct Cli {
 #[derive(Args, Clone)]
 struct DirArg {
     /// The CA directory (created by `init`), for the embedded backend.
-    #[arg(long, env = "LANYARD_CA_DIR", required_if_eq("backend", "embedded"))]
+    #[arg(long, env = "LANYARD_CA_DIR", global = true)]
     dir: Option<PathBuf>,
     /// embedded (a directory: key files and SQLite) | aws (KMS, DynamoDB, S3; the table
     /// from LANYARD_AWS_TABLE, the bucket from LANYARD_AWS_BUCKET).
-    #[arg(long, env = "LANYARD_CA_BACKEND", default_value = "embedded", value_parser = ["embedded", "aws"])]
+    #[arg(long, env = "LANYARD_CA_BACKEND", default_value = "embedded", value_parser = ["embedded", "aws"], global = true)]
     backend: String,
 }
 
 impl DirArg {
     fn dir(&self) -> Result<&std::path::Path, CaError> {
         self.dir.as_deref().ok_or_else(|| {
-            CaError::Config("give the CA directory with --dir (or LANYARD_CA_DIR)".into())
+            // A usage error (exit 2), like a missing flag.
+            CaError::BadRequest(
+                "give the CA directory with --dir DIR (before or after the command) or LANYARD_CA_DIR"
+                    .into(),
+            )
         })
     }
 }
@@ -71,8 +102,6 @@ async fn aws_backend() -> Result<lanyard_ca::aws::AwsBackend, CaError> {
 enum Cmd {
     /// Create a two-tier CA (root and issuing) and its CloudFront-ready bundle.
     Init {
-        #[command(flatten)]
-        dir: DirArg,
         /// Organisation name shown in the CA certificates.
         #[arg(long, default_value = "Lanyard")]
         name: String,
@@ -82,21 +111,23 @@ enum Cmd {
         /// ecdsa-p256 | ecdsa-p384 | rsa-2048 | rsa-3072 | rsa-4096
         #[arg(long, default_value = "ecdsa-p256")]
         issuing_key: KeyAlgorithm,
-        /// Base URL of the publication listener, written into certificates (AIA, CRL DP).
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        /// Base URL of the publication listener, written into certificates (AIA, CRL DP):
+        /// where relying parties fetch CRLs, OCSP and CA certificates. Its port must reach
+        /// `serve --http-listen`.
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
         public_url: String,
     },
     /// Serve EST, CRL, OCSP and the device API over HTTPS (and publication over HTTP).
     Serve {
-        #[command(flatten)]
-        dir: DirArg,
+        /// HTTPS listener: EST, OCSP, CRLs and the device API.
         #[arg(long, env = "LANYARD_CA_LISTEN", default_value = "127.0.0.1:8443")]
         listen: String,
         /// Extra DNS names or IPs for the HTTPS certificate (127.0.0.1 and ::1 are always in).
         #[arg(long = "tls-name", env = "LANYARD_CA_TLS_NAMES", value_delimiter = ',')]
         tls_names: Vec<String>,
         /// Plain-HTTP listener for CRL, OCSP and CA certificates; "off" disables it.
-        #[arg(long, env = "LANYARD_CA_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+        /// Its port should be the one in `init --public-url` (a warning says when not).
+        #[arg(long, env = "LANYARD_CA_HTTP_LISTEN", default_value = "127.0.0.1:8081")]
         http_listen: String,
         /// Write the bound addresses as JSON to this file once listening (for scripts).
         #[arg(long)]
@@ -116,8 +147,6 @@ enum Cmd {
     /// Revoke a certificate by serial (with its renewals for keyCompromise or --lineage), or
     /// every live certificate of an identity.
     Revoke {
-        #[command(flatten)]
-        dir: DirArg,
         /// Serial in hex (colons allowed), as `certs list` prints it.
         #[arg(long, required_unless_present = "identity", conflicts_with = "identity")]
         serial: Option<String>,
@@ -135,17 +164,21 @@ enum Cmd {
     },
     /// Write the CRLs (DIR/crl/) and optionally both as PEM to a file.
     Crl {
-        #[command(flatten)]
-        dir: DirArg,
+        /// Also write the issuing and root CRLs, as PEM, to this file.
         #[arg(long)]
         out: Option<PathBuf>,
     },
     /// Check a bundle against CloudFront's trust store rules (default: DIR/ca-bundle.pem).
     Bundle {
-        #[command(flatten)]
-        dir: DirArg,
+        /// The bundle to check (default: DIR/ca-bundle.pem).
         #[arg(long)]
         check: Option<PathBuf>,
+    },
+    /// The CA's own certificates.
+    #[command(name = "ca")]
+    CaCerts {
+        #[command(subcommand)]
+        cmd: CaCmd,
     },
     /// Group renewal policies.
     Policy {
@@ -159,11 +192,12 @@ enum Cmd {
     },
     /// Revoked serials, for CloudFront's KeyValueStore (colon-hex keys).
     Revoked {
-        #[command(flatten)]
-        dir: DirArg,
         /// text: one colon-hex serial a line; json: serial, revoked_at, reason, not_after.
         #[arg(long, default_value = "text", value_parser = ["text", "json"])]
         format: String,
+        /// The same as --format json, as on every other listing.
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
     },
     /// Print shell completions.
     #[command(hide = true)]
@@ -173,10 +207,10 @@ enum Cmd {
     Manpage,
     /// The audit trail, newest first.
     Audit {
-        #[command(flatten)]
-        dir: DirArg,
+        /// How many entries, newest first.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// JSON instead of one line per entry.
         #[arg(long)]
         json: bool,
     },
@@ -186,10 +220,11 @@ enum Cmd {
 enum TokenCmd {
     /// Create a one-time token; prints the token alone on stdout.
     Create {
-        #[command(flatten)]
-        dir: DirArg,
+        /// The device's identity: the certificate's CN and SAN (e.g. a DNS name).
         #[arg(long)]
         identity: String,
+        /// The group whose policy the device gets; it must have one (`policy set`), except
+        /// "default".
         #[arg(long, default_value = "default")]
         group: String,
         /// How long the token may be used (e.g. 1h, 24h, 7d).
@@ -199,11 +234,16 @@ enum TokenCmd {
 }
 
 #[derive(Subcommand)]
+enum CaCmd {
+    /// Print the root certificate's SHA-256, for `lanyard enrol --ca-fingerprint`.
+    Fingerprint,
+}
+
+#[derive(Subcommand)]
 enum PolicyCmd {
     /// Set a group's policy; unspecified fields keep their current (or default) value.
     Set {
-        #[command(flatten)]
-        dir: DirArg,
+        /// The group (created by its first `policy set`).
         #[arg(long, default_value = "default")]
         group: String,
         /// Certificate lifetime (5m to 397d).
@@ -218,8 +258,10 @@ enum PolicyCmd {
         /// Allowed key algorithms, comma-separated; the first is what agents generate.
         #[arg(long, value_delimiter = ',')]
         key_algorithms: Option<Vec<KeyAlgorithm>>,
+        /// Shortest wait after a failed renewal.
         #[arg(long, value_parser = duration::parse)]
         retry_floor: Option<std::time::Duration>,
+        /// Longest wait between renewal attempts.
         #[arg(long, value_parser = duration::parse)]
         retry_cap: Option<std::time::Duration>,
         /// How long after expiry a certificate may still renew itself (0s = never).
@@ -235,8 +277,7 @@ enum PolicyCmd {
     },
     /// Show a group's policy (JSON).
     Show {
-        #[command(flatten)]
-        dir: DirArg,
+        /// The group.
         #[arg(long, default_value = "default")]
         group: String,
     },
@@ -246,12 +287,13 @@ enum PolicyCmd {
 enum CertsCmd {
     /// List issued certificates.
     List {
-        #[command(flatten)]
-        dir: DirArg,
+        /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only this identity's certificates.
         #[arg(long)]
         identity: Option<String>,
+        /// Only revoked certificates.
         #[arg(long)]
         revoked: bool,
         /// List renewal conflicts instead: a certificate renewed a second time with another
@@ -283,6 +325,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
@@ -304,8 +347,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CaError> {
+    let dir = cli.target;
     match cli.cmd {
-        Cmd::Init { dir, name, root_key, issuing_key, public_url } => {
+        Cmd::Init { name, root_key, issuing_key, public_url } => {
             let opts = InitOptions { name, root_key, issuing_key, public_url };
             if dir.backend == "aws" {
                 #[cfg(feature = "aws")]
@@ -335,9 +379,19 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 d.dir.display(),
                 d.bundle_path().display()
             );
+            let root = d.open(Arc::new(SystemClock))?.keys().root_der.clone();
+            eprintln!(
+                "root certificate SHA-256, for `lanyard enrol --ca-fingerprint`: {}",
+                ca_dir::fingerprint(&root)
+            );
+            let default_http = std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT));
+            if let Some(note) =
+                lanyard_ca::serve::publication_mismatch(&opts.public_url, Some(default_http))
+            {
+                eprintln!("note: with serve's default --http-listen {default_http}, {note}");
+            }
         }
         Cmd::Serve {
-            dir,
             listen,
             tls_names,
             http_listen,
@@ -352,14 +406,24 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             };
             serve(dir, listen, tls_names, http_listen, addr_file, limits).await?;
         }
-        Cmd::Token { cmd: TokenCmd::Create { dir, identity, group, ttl } } => {
+        Cmd::Token { cmd: TokenCmd::Create { identity, group, ttl } } => {
             let (_, a) = open(&dir).await?;
             let (secret, rec) = a.create_token(&identity, &group, ttl, &ca_dir::actor()).await?;
-            println!("{}", secret.expose());
-            eprintln!("token for {identity} (group {group}) valid until {}", rec.expires_at);
+            outln!("{}", secret.expose());
+            eprintln!(
+                "token for {identity} (group {group}) valid until {}",
+                rfc3339(rec.expires_at)
+            );
         }
-        Cmd::Revoke { dir, serial, identity, reason, lineage } => {
+        Cmd::Revoke { serial, identity, reason, lineage } => {
             let reason: Reason = reason.parse()?;
+            // Messages show the serial as every other output does (plain lowercase hex),
+            // whichever form was typed (colons, capitals, 0x).
+            let serial = serial.map(|serial| {
+                lanyard_proto::serial::parse_hex(&serial)
+                    .map(|der| lanyard_proto::serial::to_hex(&der))
+                    .unwrap_or(serial)
+            });
             let (d, a) = open(&dir).await?;
             let actor = ca_dir::actor();
             let mut revoked = Vec::new();
@@ -374,7 +438,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 match out {
                     RevokeOutcome::Revoked => revoked.push(serial.clone()),
                     RevokeOutcome::AlreadyRevoked(r) => {
-                        eprintln!("{serial} was already revoked ({}) at {}", r.reason.name(), r.at);
+                        eprintln!(
+                            "{serial} was already revoked ({}) at {}",
+                            r.reason.name(),
+                            rfc3339(r.at)
+                        );
                     }
                     RevokeOutcome::NotFound => {
                         return Err(CaError::NotFound(format!(
@@ -401,7 +469,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 eprintln!("CRL published to {crl}");
             }
         }
-        Cmd::Crl { dir, out } => {
+        Cmd::Crl { out } => {
             let (d, a) = open(&dir).await?;
             let published = d.publish(&a).await?;
             if let Some(out) = out {
@@ -416,7 +484,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 eprintln!("CRLs published to {published}");
             }
         }
-        Cmd::Bundle { dir, check } => {
+        Cmd::Bundle { check } => {
             let path = match check {
                 Some(p) => p,
                 None => CaDir::new(dir.dir()?).bundle_path(),
@@ -425,14 +493,14 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 std::fs::read(&path).map_err(CaError::io(format!("reading {}", path.display())))?;
             match bundle::check(&data) {
                 Ok(s) => {
-                    println!(
+                    outln!(
                         "{}: OK for CloudFront ({} certificates, {} bytes)",
                         path.display(),
                         s.certificates,
                         s.bytes
                     );
                     for subj in s.subjects {
-                        println!("  {subj}");
+                        outln!("  {subj}");
                     }
                 }
                 Err(violations) => {
@@ -444,21 +512,25 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 }
             }
         }
-        Cmd::Policy { cmd } => policy(cmd).await?,
-        Cmd::Certs { cmd: CertsCmd::List { dir, json, conflicts: true, .. } } => {
+        Cmd::CaCerts { cmd: CaCmd::Fingerprint } => {
+            let (_, a) = open(&dir).await?;
+            outln!("{}", ca_dir::fingerprint(&a.keys().root_der));
+        }
+        Cmd::Policy { cmd } => policy(&dir, cmd).await?,
+        Cmd::Certs { cmd: CertsCmd::List { json, conflicts: true, .. } } => {
             let (_, a) = open(&dir).await?;
             let rows = a.conflicts().await?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&rows)
                         .map_err(|e| CaError::Config(e.to_string()))?
                 );
             } else {
                 for e in rows {
-                    println!(
+                    outln!(
                         "{} {} from {}: {}",
-                        e.at,
+                        rfc3339(e.at),
                         e.subject,
                         e.remote.as_deref().unwrap_or("-"),
                         e.detail
@@ -466,22 +538,29 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 }
             }
         }
-        Cmd::Certs { cmd: CertsCmd::List { dir, json, identity, revoked, .. } } => {
+        Cmd::Certs { cmd: CertsCmd::List { json, identity, revoked, .. } } => {
             let (_, a) = open(&dir).await?;
             let now = a.now();
             let certs = a
                 .certs(CertFilter { identity, revoked_only: revoked, ..Default::default() })
                 .await?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&certs)
                         .map_err(|e| CaError::Config(e.to_string()))?
                 );
             } else {
-                println!(
-                    "{:<36} {:<24} {:<10} {:<25} STATUS",
-                    "SERIAL", "IDENTITY", "GROUP", "NOT AFTER"
+                // Columns as wide as their longest value, so long identities stay aligned.
+                let id_w = certs.iter().map(|c| c.identity.len()).max().unwrap_or(0).max(8);
+                let group_w = certs.iter().map(|c| c.group.len()).max().unwrap_or(0).max(5);
+                let serial_w = certs.iter().map(|c| c.serial.len()).max().unwrap_or(0).max(6);
+                outln!(
+                    "{:<serial_w$}  {:<id_w$}  {:<group_w$}  {:<20}  STATUS",
+                    "SERIAL",
+                    "IDENTITY",
+                    "GROUP",
+                    "NOT AFTER"
                 );
                 for c in certs {
                     let status = match (&c.revocation, now > c.not_after, &c.superseded_by) {
@@ -490,27 +569,27 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                         (None, false, Some(child)) => format!("superseded by {child}"),
                         (None, false, None) => "valid".into(),
                     };
-                    println!(
-                        "{:<36} {:<24} {:<10} {:<25} {status}",
+                    outln!(
+                        "{:<serial_w$}  {:<id_w$}  {:<group_w$}  {:<20}  {status}",
                         c.serial,
                         c.identity,
                         c.group,
-                        c.not_after.to_string()
+                        rfc3339(c.not_after)
                     );
                 }
             }
         }
-        Cmd::Revoked { dir, format } => {
+        Cmd::Revoked { format, json } => {
             let (_, a) = open(&dir).await?;
             let rows = a.revoked_export().await?;
-            if format == "json" {
-                println!(
+            if json || format == "json" {
+                outln!(
                     "{}",
                     serde_json::to_string(&rows).map_err(|e| CaError::Config(e.to_string()))?
                 );
             } else {
                 for r in rows {
-                    println!("{}", r.serial);
+                    outln!("{}", r.serial);
                 }
             }
         }
@@ -529,20 +608,20 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 .render(&mut std::io::stdout())
                 .map_err(CaError::io("writing the man page"))?;
         }
-        Cmd::Audit { dir, limit, json } => {
+        Cmd::Audit { limit, json } => {
             let (_, a) = open(&dir).await?;
             let log = a.store().audit_log(limit).await?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&log)
                         .map_err(|e| CaError::Config(e.to_string()))?
                 );
             } else {
                 for e in log {
-                    println!(
+                    outln!(
                         "{} {:<12} {:<14} {} {} {}",
-                        e.at,
+                        rfc3339(e.at),
                         e.actor,
                         e.action,
                         e.subject,
@@ -556,18 +635,17 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn policy(cmd: PolicyCmd) -> Result<(), CaError> {
+async fn policy(dir: &DirArg, cmd: PolicyCmd) -> Result<(), CaError> {
     match cmd {
-        PolicyCmd::Show { dir, group } => {
-            let (_, a) = open(&dir).await?;
+        PolicyCmd::Show { group } => {
+            let (_, a) = open(dir).await?;
             let doc = a.policy_document(&group).await?;
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&doc).map_err(|e| CaError::Config(e.to_string()))?
             );
         }
         PolicyCmd::Set {
-            dir,
             group,
             lifetime,
             renew_fraction,
@@ -579,7 +657,7 @@ async fn policy(cmd: PolicyCmd) -> Result<(), CaError> {
             superseded_grace,
             rotate_issued_before,
         } => {
-            let (_, a) = open(&dir).await?;
+            let (_, a) = open(dir).await?;
             let mut p: GroupPolicy = a.policy(&group).await?;
             if let Some(v) = lifetime {
                 p.lifetime_secs = v.as_secs();
@@ -618,7 +696,7 @@ async fn policy(cmd: PolicyCmd) -> Result<(), CaError> {
                 });
             }
             a.set_policy(&group, p, &ca_dir::actor()).await?;
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&a.policy_document(&group).await?)
                     .map_err(|e| CaError::Config(e.to_string()))?

@@ -34,6 +34,31 @@ impl ServeOptions {
     }
 }
 
+/// Whether the URLs that `init --public-url` wrote into every certificate (CRL
+/// distribution point, OCSP, CA issuers) can reach the publication listener at `http`
+/// (`None`: turned off). A warning when they cannot match, `None` when they can (or when a
+/// front end in between cannot be ruled out: an https URL, or another host).
+pub fn publication_mismatch(public_url: &str, http: Option<SocketAddr>) -> Option<String> {
+    let url = url::Url::parse(public_url).ok()?;
+    let port = url.port_or_known_default()?;
+    let Some(bound) = http else {
+        return Some(format!(
+            "the publication listener is off (--http-listen off), but the certificates name {public_url} for CRLs, OCSP and CA certificates: serve those URLs some other way"
+        ));
+    };
+    if url.scheme() == "https" {
+        return Some(format!(
+            "the certificates name {public_url} (https) for CRLs, OCSP and CA certificates, but the publication listener {bound} speaks plain HTTP: something in front must end TLS on port {port} and forward to it"
+        ));
+    }
+    (port != bound.port()).then(|| {
+        format!(
+            "the certificates name {public_url} (port {port}) for CRLs, OCSP and CA certificates, but the publication listener is on {bound}: nothing answers there unless port {port} is forwarded to {}; serve with --http-listen ADDR:{port}, or make the CA again with a matching --public-url",
+            bound.port()
+        )
+    })
+}
+
 /// A CA being served. Dropping it does not stop it: call [`Running::stop`].
 pub struct Running {
     pub https: SocketAddr,
@@ -65,9 +90,9 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
         http::tls::server_config(chain, key, &auth.keys().issuing_der).map_err(CaError::Config)?;
 
     let shutdown = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind(&opts.listen)
-        .await
-        .map_err(CaError::io(format!("binding {}", opts.listen)))?;
+    let listener = tokio::net::TcpListener::bind(&opts.listen).await.map_err(CaError::io(
+        format!("cannot listen for HTTPS on {} (--listen, LANYARD_CA_LISTEN)", opts.listen),
+    ))?;
     let https = listener.local_addr().map_err(CaError::io("local address"))?;
     let mut tasks = JoinSet::new();
     tasks.spawn(http::server::serve_with(
@@ -79,8 +104,9 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
     ));
     let mut http_addr = None;
     if let Some(h) = &opts.http_listen {
-        let l =
-            tokio::net::TcpListener::bind(h).await.map_err(CaError::io(format!("binding {h}")))?;
+        let l = tokio::net::TcpListener::bind(h).await.map_err(CaError::io(format!(
+            "cannot listen for plain-HTTP publication on {h} (--http-listen, LANYARD_CA_HTTP_LISTEN; \"off\" turns it off)"
+        )))?;
         http_addr = Some(l.local_addr().map_err(CaError::io("local address"))?);
         tasks.spawn(http::server::serve_with(
             l,
@@ -130,6 +156,44 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
             }
         });
     }
-    tracing::info!(https = %https, http = ?http_addr, signer = %auth.keys().issuing.0.describe(), "lanyard-ca serving");
+    let http_shown = http_addr.map_or_else(|| "off".to_owned(), |a| a.to_string());
+    let root_sha256 = crate::ca_dir::fingerprint(&auth.keys().root_der);
+    tracing::info!(https = %https, http = %http_shown, root_sha256 = %root_sha256, signer = %auth.keys().issuing.0.describe(), "lanyard-ca serving");
+    tracing::info!(
+        "devices trust this CA with: lanyard enrol --ca https://<this host>:{} --ca-fingerprint {root_sha256}",
+        https.port()
+    );
+    let public_url =
+        auth.publication().urls.crl.strip_suffix("/crl").unwrap_or_default().to_owned();
+    if let Some(warning) = publication_mismatch(&public_url, http_addr) {
+        tracing::warn!("{warning}");
+    }
     Ok(Running { https, http: http_addr, authority: auth, shutdown, tasks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::publication_mismatch;
+    use std::net::SocketAddr;
+
+    fn at(s: &str) -> Option<SocketAddr> {
+        s.parse().ok()
+    }
+
+    #[test]
+    fn a_public_url_on_the_listeners_port_matches() {
+        assert_eq!(publication_mismatch("http://127.0.0.1:8081", at("0.0.0.0:8081")), None);
+        assert_eq!(publication_mismatch("http://ca.example.com", at("0.0.0.0:80")), None);
+    }
+
+    #[test]
+    fn a_public_url_that_cannot_reach_the_listener_is_explained() {
+        let w = publication_mismatch("http://ca.example.com", at("0.0.0.0:8080"));
+        let w = w.unwrap_or_default();
+        assert!(w.contains("port 80") && w.contains("--http-listen ADDR:80"), "{w}");
+        let w = publication_mismatch("https://ca.example.com", at("0.0.0.0:443"));
+        assert!(w.unwrap_or_default().contains("plain HTTP"));
+        let w = publication_mismatch("http://ca.example.com:8081", None);
+        assert!(w.unwrap_or_default().contains("--http-listen off"));
+    }
 }

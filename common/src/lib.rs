@@ -13,6 +13,7 @@
 //! - [`serial`]: certificate serials in hex and CloudFront's colon-hex form.
 //! - [`token`]: the enrolment token format (it carries the identity).
 //! - [`duration`]: human durations (`24h`, `7d`) for CLI flags and config.
+//! - [`timefmt`]: RFC 3339 timestamps for output, logs and the audit trail.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod keyalg;
 pub mod policy;
 pub mod problem;
 pub mod serial;
+pub mod timefmt;
 pub mod token;
 
 pub use keyalg::KeyAlgorithm;

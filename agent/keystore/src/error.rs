@@ -90,6 +90,20 @@ pub enum StoreError {
         transient: bool,
     },
 
+    /// An OS keystore call gave no answer within its deadline (a locked keyring waiting on
+    /// a prompt, a hung daemon or bus). The call was abandoned.
+    #[error("{store_name}: {op} entry {entry:?}: no answer after {}s{hint}", after.as_secs())]
+    TimedOut {
+        store: StoreKind,
+        store_name: &'static str,
+        /// "store", "read", "delete", "connect for".
+        op: &'static str,
+        entry: String,
+        after: std::time::Duration,
+        /// Advice, starting with "; ".
+        hint: &'static str,
+    },
+
     /// This store kind does not exist on this operating system.
     #[error("the {kind} credential store is not available on {os}; use \"file\"{alternative}")]
     Unsupported { kind: StoreKind, os: &'static str, alternative: &'static str },
@@ -127,7 +141,7 @@ impl StoreError {
                     | io::ErrorKind::ResourceBusy
             ),
             StoreError::Keyring { transient, .. } => *transient,
-            StoreError::Entropy { .. } => true,
+            StoreError::TimedOut { .. } | StoreError::Entropy { .. } => true,
             StoreError::Insecure { .. }
             | StoreError::CorruptPointer { .. }
             | StoreError::UnsupportedVersion { .. }

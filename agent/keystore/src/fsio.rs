@@ -9,7 +9,7 @@
 
 use crate::error::StoreError;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -263,9 +263,19 @@ pub struct StateLock {
     path: PathBuf,
 }
 
+/// How long [`StateLock::acquire`] waits for another process's swap. A swap takes
+/// milliseconds, or a few keystore calls of at most their own timeout each; a lock held
+/// longer belongs to a process that is stuck, and waiting on it would hang this one too.
+pub const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl StateLock {
-    /// Blocks until the lock on `dir/lock` is held.
+    /// Waits (at most [`LOCK_TIMEOUT`]) until the lock on `dir/lock` is held.
     pub fn acquire(dir: &Path) -> Result<StateLock> {
+        Self::acquire_within(dir, LOCK_TIMEOUT)
+    }
+
+    /// Waits at most `limit` until the lock on `dir/lock` is held.
+    pub fn acquire_within(dir: &Path, limit: std::time::Duration) -> Result<StateLock> {
         let path = dir.join("lock");
         let mut opts = OpenOptions::new();
         opts.read(true).write(true).create(true).truncate(false);
@@ -273,8 +283,27 @@ impl StateLock {
         opts.mode(FILE_MODE);
         let file = opts.open(&path).map_err(StoreError::io("open", &path))?;
         // Fully qualified: std's own `File::lock` is newer than the workspace's MSRV.
-        fs4::FileExt::lock(&file).map_err(StoreError::io("lock", &path))?;
-        Ok(StateLock { file, path })
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match fs4::FileExt::try_lock(&file) {
+                Ok(()) => return Ok(StateLock { file, path }),
+                Err(fs4::TryLockError::Error(e)) => return Err(StoreError::io("lock", &path)(e)),
+                Err(fs4::TryLockError::WouldBlock) if std::time::Instant::now() >= deadline => {
+                    return Err(StoreError::io("lock", &path)(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "another lanyard process has held it for {}s (a renewal or an \
+                             enrolment, or a process stuck on its keystore): try again, or stop \
+                             that process",
+                            limit.as_secs()
+                        ),
+                    )));
+                }
+                Err(fs4::TryLockError::WouldBlock) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        }
     }
 }
 

@@ -24,6 +24,12 @@
 //!
 //! Connections are made on first use and dropped after a transient failure, so a keyring
 //! daemon that starts after the agent, or restarts, is picked up on the next call.
+//!
+//! Every call into a keystore (connect, store, read, delete) runs on its own thread and is
+//! given [`CALL_TIMEOUT`]: a Secret Service that waits on a password prompt nobody can
+//! answer, or a bus that accepts a connection and never replies, becomes a
+//! [`StoreError::TimedOut`] that names the store and the fix, not a hang. A call that
+//! timed out is abandoned (its thread ends whenever the keystore answers, if ever).
 
 use crate::error::StoreError;
 use crate::fsio;
@@ -34,6 +40,7 @@ use keyring_core::Entry;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use zeroize::Zeroizing;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -44,12 +51,45 @@ pub const SERVICE: &str = "lanyard";
 /// The name of the pending-entries file in the state directory.
 pub const PENDING_FILE: &str = "pending.json";
 
+/// How long one keystore call may take. Secret Service answers in milliseconds when it
+/// works; a call still waiting after this is waiting for something that will not come
+/// (an unanswerable unlock prompt, a hung daemon).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why [`with_deadline`] has no answer.
+#[derive(Debug)]
+pub enum Deadline {
+    /// The call did not return in time; it is left running on its own thread.
+    TimedOut,
+    /// No thread could be started for the call.
+    NoThread(std::io::Error),
+}
+
+/// Runs `f` on a new thread and waits at most `timeout` for its result. A call that
+/// blocks forever costs one parked thread, not the caller.
+pub fn with_deadline<T: Send + 'static>(
+    timeout: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, Deadline> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("lanyard-keystore".into())
+        .spawn(move || {
+            // The receiver is gone when the caller gave up: nothing left to do.
+            let _ = tx.send(f());
+        })
+        .map_err(Deadline::NoThread)?;
+    rx.recv_timeout(timeout).map_err(|_| Deadline::TimedOut)
+}
+
 /// Keys in an OS keystore.
 pub struct KeyringVault {
     kind: StoreKind,
     profile: String,
     pending_path: PathBuf,
     backend: Mutex<Option<Arc<keyring_core::CredentialStore>>>,
+    /// The limit of every keystore call ([`CALL_TIMEOUT`] unless a test sets it).
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for KeyringVault {
@@ -87,7 +127,14 @@ impl KeyringVault {
             profile: profile.to_string(),
             pending_path: state_dir.join(PENDING_FILE),
             backend: Mutex::new(None),
+            timeout: CALL_TIMEOUT,
         })
+    }
+
+    /// The same vault with another limit per keystore call.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     fn backend(&self, key_ref: &str) -> Result<Arc<keyring_core::CredentialStore>> {
@@ -95,23 +142,83 @@ impl KeyringVault {
         if let Some(store) = guard.as_ref() {
             return Ok(store.clone());
         }
-        let store = connect(self.kind).map_err(|e| self.error("connect for", key_ref, e))?;
-        *guard = Some(store.clone());
-        Ok(store)
+        let kind = self.kind;
+        let connected = with_deadline(self.timeout, move || connect(kind));
+        if let Ok(Ok(store)) = &connected {
+            *guard = Some(store.clone());
+        }
+        // `error` and `no_answer` take the lock to drop a broken connection: release it.
+        drop(guard);
+        match connected {
+            Ok(Ok(store)) => Ok(store),
+            Ok(Err(e)) => Err(self.error("connect for", key_ref, e)),
+            Err(d) => Err(self.no_answer("connect for", key_ref, d)),
+        }
     }
 
-    fn entry(&self, key_ref: &str) -> Result<Entry> {
+    /// One keystore call on the entry `key_ref`, within the deadline.
+    fn call<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        key_ref: &str,
+        f: impl FnOnce(&Entry) -> keyring_core::Result<T> + Send + 'static,
+    ) -> Result<T> {
         let store = self.backend(key_ref)?;
-        let label = format!("Lanyard device key {key_ref}");
-        let mut modifiers: HashMap<&str, &str> = HashMap::new();
-        if cfg!(target_os = "linux") && self.kind == StoreKind::Keyring {
-            modifiers.insert("label", &label);
+        let kind = self.kind;
+        let user = key_ref.to_string();
+        let outcome = with_deadline(self.timeout, move || {
+            let label = format!("Lanyard device key {user}");
+            let mut modifiers: HashMap<&str, &str> = HashMap::new();
+            if cfg!(target_os = "linux") && kind == StoreKind::Keyring {
+                modifiers.insert("label", &label);
+            }
+            if cfg!(windows) {
+                modifiers.insert("persistence", "Local");
+            }
+            let entry = Entry::new_in_store_with_modifiers(&store, SERVICE, &user, &modifiers)?;
+            f(&entry)
+        });
+        match outcome {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.error(op, key_ref, e)),
+            Err(d) => Err(self.no_answer(op, key_ref, d)),
         }
-        if cfg!(windows) {
-            modifiers.insert("persistence", "Local");
+    }
+
+    /// A call that gave no answer: the connection is dropped, so that the next call
+    /// starts afresh instead of queueing behind the stuck one.
+    fn no_answer(&self, op: &'static str, key_ref: &str, d: Deadline) -> StoreError {
+        let mut guard = self.backend.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *guard = None;
+        drop(guard);
+        let entry = format!("service={SERVICE} user={key_ref}");
+        match d {
+            Deadline::TimedOut => StoreError::TimedOut {
+                store: self.kind,
+                store_name: self.kind.platform_name(),
+                op,
+                entry,
+                after: self.timeout,
+                hint: match self.kind {
+                    StoreKind::Keyring if cfg!(target_os = "linux") => {
+                        "; the keyring may be locked and waiting for a password prompt that \
+                         nobody can answer, or its daemon is stuck: unlock the keyring (log in \
+                         to the desktop session), or use the file store (--store file, or \
+                         [store] backend = \"file\")"
+                    }
+                    _ => "; use the file store (--store file, or [store] backend = \"file\")",
+                },
+            },
+            Deadline::NoThread(e) => StoreError::Keyring {
+                store: self.kind,
+                store_name: self.kind.platform_name(),
+                op,
+                entry,
+                reason: format!("cannot start a thread for the call: {e}"),
+                hint: "",
+                transient: true,
+            },
         }
-        Entry::new_in_store_with_modifiers(&store, SERVICE, key_ref, &modifiers)
-            .map_err(|e| self.error("open", key_ref, e))
     }
 
     /// A keyring error as a [`StoreError`], without the data some variants carry; a
@@ -124,10 +231,11 @@ impl KeyringVault {
                 format!("no access to the keystore: {err}"),
                 ipc,
                 if ipc {
-                    "; unlock the keyring (a system service has no user keyring: use the file store)"
+                    "; unlock the keyring, or use the file store (--store file, or [store] \
+                     backend = \"file\"; a system service has no user keyring)"
                 } else {
                     "; the process has no session keyring (systemd services get one; in a shell \
-                     run under `keyctl session -`)"
+                     run under `keyctl session -`), or use the file store (--store file)"
                 },
             ),
             K::PlatformFailure(err) => (
@@ -135,9 +243,11 @@ impl KeyringVault {
                 ipc,
                 if ipc && cfg!(target_os = "linux") {
                     "; is a Secret Service (gnome-keyring, KWallet) running on this user's session \
-                     D-Bus? A system service has none: use the file store"
+                     D-Bus (DBUS_SESSION_BUS_ADDRESS)? Start a session bus and unlock the keyring \
+                     (a desktop login does both), or use the file store (--store file, or \
+                     [store] backend = \"file\"); a system service has no session bus"
                 } else {
-                    ""
+                    "; use the file store (--store file)"
                 },
             ),
             K::NoEntry => ("no such entry".to_string(), false, ""),
@@ -157,8 +267,12 @@ impl KeyringVault {
                 false,
                 "",
             ),
-            K::NoDefaultStore => ("no keystore configured".to_string(), false, ""),
-            K::NotSupportedByStore(what) => (format!("not supported: {what}"), false, ""),
+            K::NoDefaultStore => {
+                ("no keystore configured".to_string(), false, "; use the file store (--store file)")
+            }
+            K::NotSupportedByStore(what) => {
+                (format!("not supported: {what}"), false, "; use the file store (--store file)")
+            }
             _ => ("keystore error".to_string(), false, ""),
         };
         if transient {
@@ -254,22 +368,23 @@ impl KeyVault for KeyringVault {
     }
 
     fn put(&self, key_ref: &str, key: &[u8]) -> Result<()> {
-        self.entry(key_ref)?.set_secret(key).map_err(|e| self.error("store", key_ref, e))
+        let key = Zeroizing::new(key.to_vec());
+        self.call("store", key_ref, move |entry| entry.set_secret(&key))
     }
 
     fn get(&self, key_ref: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
-        match self.entry(key_ref)?.get_secret() {
+        self.call("read", key_ref, |entry| match entry.get_secret() {
             Ok(secret) => Ok(Some(Zeroizing::new(secret))),
             Err(keyring_core::Error::NoEntry) => Ok(None),
-            Err(e) => Err(self.error("read", key_ref, e)),
-        }
+            Err(e) => Err(e),
+        })
     }
 
     fn delete(&self, key_ref: &str) -> Result<()> {
-        match self.entry(key_ref)?.delete_credential() {
+        self.call("delete", key_ref, |entry| match entry.delete_credential() {
             Ok(()) | Err(keyring_core::Error::NoEntry) => Ok(()),
-            Err(e) => Err(self.error("delete", key_ref, e)),
-        }
+            Err(e) => Err(e),
+        })
     }
 
     fn known_refs(&self) -> Result<Vec<String>> {

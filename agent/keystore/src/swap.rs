@@ -58,6 +58,13 @@ pub trait CredentialStore: Send + Sync + fmt::Debug {
     /// either may be current and both keys are kept.
     fn store(&self, cred: &Credential) -> std::result::Result<(), StoreError>;
 
+    /// Checks, without touching the current credential, that this store can hold a new
+    /// one: the state directory is created (0700) and locked, and a throwaway secret is
+    /// written to the key store, read back, compared and deleted. Enrolment calls this
+    /// before it spends its one-time token, so a keyring that cannot be reached, is locked
+    /// or does not answer is found out while the token is still good.
+    fn probe(&self) -> std::result::Result<(), StoreError>;
+
     /// Deletes the credential: the pointer first (so a crash cannot leave a pointer to a
     /// deleted key), then every key this store created.
     fn remove(&self) -> std::result::Result<(), StoreError>;
@@ -384,6 +391,35 @@ impl<V: KeyVault> CredentialStore for SwapStore<V> {
         self.collect_garbage(Some(&new_ref));
         crash_point!("collected");
         Ok(())
+    }
+
+    fn probe(&self) -> Result<()> {
+        fsio::ensure_private_dir(&self.dir)?;
+        let _lock = StateLock::acquire(&self.dir)?;
+        self.vault.prepare()?;
+        let probe_ref = self.vault.new_ref()?;
+        self.vault.intend(&probe_ref)?;
+        let secret = Zeroizing::new(fsio::random_hex_id()?.into_bytes());
+        let outcome = self.vault.put(&probe_ref, &secret).and_then(|()| {
+            match self.vault.get(&probe_ref)? {
+                Some(back) if back.as_slice() == secret.as_slice() => Ok(()),
+                _ => Err(StoreError::ReadBackMismatch {
+                    key_ref: probe_ref.clone(),
+                    store_name: self.vault.kind().platform_name(),
+                }),
+            }
+        });
+        // A store that gave no answer would only make the clean-up wait as long again; the
+        // name stays recorded and the next store() collects it.
+        if let Err(e @ StoreError::TimedOut { .. }) = outcome {
+            return Err(e);
+        }
+        let cleaned = self.vault.delete(&probe_ref).and_then(|()| {
+            let rest: Vec<String> =
+                self.vault.known_refs()?.into_iter().filter(|r| *r != probe_ref).collect();
+            self.vault.forget_all_but(&rest)
+        });
+        outcome.and(cleaned)
     }
 
     fn remove(&self) -> Result<()> {

@@ -140,3 +140,33 @@ fn transient_and_fatal_errors_are_told_apart() {
     assert!(msg.contains("/s/credential.json") && msg.contains("reboot"), "{msg}");
     assert!(msg.contains("enrol again"), "{msg}");
 }
+
+#[test]
+fn a_keystore_call_that_never_answers_is_abandoned_at_its_deadline() {
+    use crate::keyring_store::{Deadline, with_deadline};
+    use std::time::{Duration, Instant};
+    let started = Instant::now();
+    let hung = with_deadline(Duration::from_millis(200), || {
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    assert!(matches!(hung, Err(Deadline::TimedOut)), "{hung:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+    let quick = with_deadline(Duration::from_secs(5), || 42);
+    assert!(matches!(quick, Ok(42)), "{quick:?}");
+}
+
+#[test]
+fn a_keystore_timeout_names_the_store_and_the_fix() {
+    let err = StoreError::TimedOut {
+        store: StoreKind::Keyring,
+        store_name: StoreKind::Keyring.platform_name(),
+        op: "store",
+        entry: "service=lanyard user=p/0".into(),
+        after: std::time::Duration::from_secs(10),
+        hint: "; use the file store (--store file)",
+    };
+    let msg = err.to_string();
+    assert!(msg.contains(StoreKind::Keyring.platform_name()) && msg.contains("10s"), "{msg}");
+    assert!(msg.contains("--store file"), "{msg}");
+    assert!(err.is_transient());
+}

@@ -286,3 +286,35 @@ fn concurrent_swaps_and_loads_always_see_a_complete_pair() {
     which(&store.load().expect("load").expect("some"), &[2, 3]);
     env.assert_clean();
 }
+
+#[test]
+fn a_probe_writes_reads_back_and_leaves_nothing_behind() {
+    let env = TestEnv::new(StoreKind::File);
+    let store = env.open();
+    // Before any credential: the probe makes the private state directory, and no key.
+    store.probe().expect("probe an empty store");
+    assert_eq!(mode(&env.dir), 0o700);
+    assert!(key_files(&env).is_empty(), "probe key left: {:?}", key_files(&env));
+    assert!(store.load().expect("load").is_none());
+    // With a credential: it stays current, untouched.
+    store.store(&sample(1)).expect("store");
+    store.probe().expect("probe a store in use");
+    assert!(same(&store.load().expect("load").expect("some"), &sample(1)));
+    env.assert_clean();
+}
+
+#[test]
+fn a_lock_held_by_a_stuck_process_is_given_up_on_with_a_clear_error() {
+    let env = TestEnv::new(StoreKind::File);
+    fs::create_dir(&env.dir).expect("mkdir");
+    chmod(&env.dir, 0o700);
+    let _held = crate::fsio::StateLock::acquire(&env.dir).expect("first lock");
+    let started = std::time::Instant::now();
+    let err =
+        crate::fsio::StateLock::acquire_within(&env.dir, std::time::Duration::from_millis(300))
+            .expect_err("second lock in the same process must wait, then give up");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let msg = err.to_string();
+    assert!(msg.contains("another lanyard process") && msg.contains("lock"), "{msg}");
+    assert!(err.is_transient(), "{msg}");
+}

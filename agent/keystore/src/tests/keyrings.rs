@@ -49,6 +49,10 @@ fn round_trip(kind: StoreKind) {
     assert_ne!(first, second);
     assert_eq!(keyring_secret(kind, &first), None, "the previous entry is deleted");
     env.assert_clean();
+    // The probe enrolment makes before spending a token: it works, and leaves no entry.
+    store.probe().expect("probe");
+    assert_eq!(current_ref(&env), second);
+    env.assert_clean();
 
     // An entry deleted behind the store's back (a reboot, for the kernel keyring).
     keyring_delete(kind, &second);
