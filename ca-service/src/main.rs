@@ -227,6 +227,12 @@ enum CaCmd {
 
 #[derive(Subcommand)]
 enum PolicyCmd {
+    /// List the groups that have a policy ("default" always does), for `token create --group`.
+    List {
+        /// JSON: each group with its policy.
+        #[arg(long)]
+        json: bool,
+    },
     /// Set a group's policy; unspecified fields keep their current (or default) value.
     Set {
         /// The group (created by its first `policy set`).
@@ -552,6 +558,31 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
 
 async fn policy(dir: &DirArg, cmd: PolicyCmd) -> Result<(), CaError> {
     match cmd {
+        PolicyCmd::List { json } => {
+            let (_, a) = open(dir).await?;
+            let mut groups = a.store().policies().await?;
+            if !groups.iter().any(|(g, _)| g == lanyard_ca::authority::DEFAULT_GROUP) {
+                groups.insert(
+                    0,
+                    (lanyard_ca::authority::DEFAULT_GROUP.to_owned(), GroupPolicy::default()),
+                );
+            }
+            if json {
+                let docs: Vec<_> = groups
+                    .into_iter()
+                    .map(|(group, policy)| lanyard_proto::policy::PolicyDocument { group, policy })
+                    .collect();
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&docs)
+                        .map_err(|e| CaError::Config(e.to_string()))?
+                );
+            } else {
+                for (g, _) in groups {
+                    outln!("{g}");
+                }
+            }
+        }
         PolicyCmd::Show { group } => {
             let (_, a) = open(dir).await?;
             let doc = a.policy_document(&group).await?;
