@@ -349,6 +349,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                         "created CA with KMS keys {} (root) and {} (issuing); {published}",
                         s.root_key_id, s.issuing_key_id
                     );
+                    eprintln!(
+                        "root certificate SHA-256, for `lanyard enrol --ca-fingerprint`: {}",
+                        ca_dir::fingerprint(&a.keys().root_der)
+                    );
                     return Ok(ExitCode::SUCCESS);
                 }
                 #[cfg(not(feature = "aws"))]
