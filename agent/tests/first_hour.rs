@@ -23,7 +23,11 @@ async fn lanyard_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     }
     match tokio::time::timeout(Duration::from_secs(60), cmd.output()).await {
         Ok(o) => o.expect("run lanyard"),
-        Err(_) => panic!("lanyard {args:?} hung for 60 s"),
+        // The command line holds the token: name the command only.
+        Err(_) => {
+            let cmd = args.iter().find(|a| ["enrol", "status", "run", "proxy"].contains(*a));
+            panic!("lanyard {cmd:?} hung for 60 s")
+        }
     }
 }
 

@@ -320,7 +320,7 @@ impl Authority {
                 known.insert(0, DEFAULT_GROUP.to_owned());
             }
             return Err(CaError::BadRequest(format!(
-                "group {group:?} has no policy; known groups: {}; set one first with `lanyard-ca policy set --group {group} ...`, or give a known group",
+                "group {group:?} has no policy; known groups: {} (`lanyard-ca policy list`); set one first with `lanyard-ca policy set --group {group} ...`, or give a known group",
                 known.join(", ")
             )));
         }

@@ -241,6 +241,12 @@ enum CaCmd {
 
 #[derive(Subcommand)]
 enum PolicyCmd {
+    /// List the groups that have a policy ("default" always does), for `token create --group`.
+    List {
+        /// JSON: each group with its policy.
+        #[arg(long)]
+        json: bool,
+    },
     /// Set a group's policy; unspecified fields keep their current (or default) value.
     Set {
         /// The group (created by its first `policy set`).
@@ -364,6 +370,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                     eprintln!(
                         "created CA with KMS keys {} (root) and {} (issuing); {published}",
                         s.root_key_id, s.issuing_key_id
+                    );
+                    eprintln!(
+                        "root certificate SHA-256, for `lanyard enrol --ca-fingerprint`: {}",
+                        ca_dir::fingerprint(&a.keys().root_der)
                     );
                     return Ok(ExitCode::SUCCESS);
                 }
@@ -637,6 +647,31 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
 
 async fn policy(dir: &DirArg, cmd: PolicyCmd) -> Result<(), CaError> {
     match cmd {
+        PolicyCmd::List { json } => {
+            let (_, a) = open(dir).await?;
+            let mut groups = a.store().policies().await?;
+            if !groups.iter().any(|(g, _)| g == lanyard_ca::authority::DEFAULT_GROUP) {
+                groups.insert(
+                    0,
+                    (lanyard_ca::authority::DEFAULT_GROUP.to_owned(), GroupPolicy::default()),
+                );
+            }
+            if json {
+                let docs: Vec<_> = groups
+                    .into_iter()
+                    .map(|(group, policy)| lanyard_proto::policy::PolicyDocument { group, policy })
+                    .collect();
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&docs)
+                        .map_err(|e| CaError::Config(e.to_string()))?
+                );
+            } else {
+                for (g, _) in groups {
+                    outln!("{g}");
+                }
+            }
+        }
         PolicyCmd::Show { group } => {
             let (_, a) = open(dir).await?;
             let doc = a.policy_document(&group).await?;

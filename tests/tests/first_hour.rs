@@ -53,6 +53,11 @@ fn a_token_for_a_group_without_a_policy_is_refused() {
     ca.token_with("s-1", &["--group", "sensors"]);
     // "default" needs no policy of its own.
     ca.token_with("s-2", &["--group", "default"]);
+    let groups = ca.cli(&["policy", "list"]).ok();
+    assert_eq!(groups.stdout.lines().collect::<Vec<_>>(), ["default", "sensors"], "{groups}");
+    let json = ca.cli(&["policy", "list", "--json"]).ok();
+    let parsed: serde_json::Value = serde_json::from_str(&json.stdout).expect("policy list --json");
+    assert_eq!(parsed[1]["group"], "sensors", "{json}");
 }
 
 #[test]
