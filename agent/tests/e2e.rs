@@ -257,6 +257,19 @@ async fn the_daemon_renews_on_schedule_runs_hooks_and_stops_on_sigterm() {
     assert!(exit.success(), "{exit}");
 }
 
+/// `lanyard renew --force` as a child process, for the tests that kill it.
+fn spawn_forced_renewal(state: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["--store", "file", "--state-dir"])
+        .arg(state)
+        .args(["renew", "--force"])
+        .env("LANYARD_CONFIG", "/dev/null")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("renew")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_renewal_always_leaves_a_valid_matching_credential() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -269,15 +282,7 @@ async fn sigkill_during_renewal_always_leaves_a_valid_matching_credential() {
     let span = u64::try_from(t.elapsed().as_millis()).unwrap_or(200).max(20) * 5 / 4;
     let mut serials = std::collections::BTreeSet::new();
     for i in 0..30u64 {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
-            .args(["--store", "file", "--state-dir"])
-            .arg(&state)
-            .args(["renew", "--force"])
-            .env("LANYARD_CONFIG", "/dev/null")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("renew");
+        let mut child = spawn_forced_renewal(&state);
         // Spread the kills over the renewal: key generation, the request, the swap.
         let delay = (i * 7919) % span;
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -442,15 +447,7 @@ async fn sigkill_after_the_ca_answered_retries_with_the_same_key() {
         runs += 1;
         let before = status(&state).await["serial"].as_str().expect("serial").to_owned();
         let known = count().await.len();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
-            .args(["--store", "file", "--state-dir"])
-            .arg(&state)
-            .args(["renew", "--force"])
-            .env("LANYARD_CONFIG", "/dev/null")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("renew");
+        let mut child = spawn_forced_renewal(&state);
         // Kill as soon as the CA has recorded the renewal: the answer is on its way or read,
         // and the agent still has the CA-certificates request, checks and the swap to do.
         let t = Instant::now();
