@@ -94,17 +94,19 @@ fn nonce_ok(req: &OcspRequest) -> bool {
     }) && exts.iter().filter(|e| e.extn_id == ID_PKIX_OCSP_NONCE).count() <= 1
 }
 
+/// Parses and checks a DER OCSP request: 1 to 16 certificates asked about, a nonce of 1
+/// to 32 octets if any. `None` is a malformed request.
+pub fn parse_request(request_der: &[u8]) -> Option<OcspRequest> {
+    let req = OcspRequest::from_der(request_der).ok()?;
+    let n = req.tbs_request.request_list.len();
+    ((1..=16).contains(&n) && nonce_ok(&req)).then_some(req)
+}
+
 /// Answers one DER OCSP request.
 pub async fn respond(auth: &Authority, request_der: &[u8]) -> Vec<u8> {
-    let Ok(req) = OcspRequest::from_der(request_der) else {
+    let Some(req) = parse_request(request_der) else {
         return status_only(OcspResponseStatus::MalformedRequest);
     };
-    if req.tbs_request.request_list.is_empty() || req.tbs_request.request_list.len() > 16 {
-        return status_only(OcspResponseStatus::MalformedRequest);
-    }
-    if !nonce_ok(&req) {
-        return status_only(OcspResponseStatus::MalformedRequest);
-    }
     match build(auth, &req).await {
         Ok(Some(der)) => der,
         Ok(None) => status_only(OcspResponseStatus::Unauthorized),

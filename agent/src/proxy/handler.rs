@@ -146,7 +146,7 @@ pub fn host_is_own(own: &[String], host: &str) -> bool {
 /// Refuses what a web page could make a browser send to a proxy on this machine: a request
 /// naming another host (DNS rebinding), a cross-site `Origin` or `Sec-Fetch-Site`, and
 /// asterisk-form targets. The answers say why, for the person who finds them in a log.
-fn admit<B>(own: Option<&[String]>, req: &Request<B>) -> Result<(), Refusal> {
+pub fn admit<B>(own: Option<&[String]>, req: &Request<B>) -> Result<(), Refusal> {
     if req.uri() == "*" {
         return Err(Refusal(
             StatusCode::BAD_REQUEST,
@@ -214,7 +214,7 @@ fn allow_list(route: &Route) -> String {
 
 /// The upstream authority (`host[:port]`) for a request, or the answer that refuses it.
 /// A request the proxy answers itself, without a connection upstream.
-struct Refusal(StatusCode, String);
+pub struct Refusal(pub StatusCode, pub String);
 
 fn target(route: &Route, req: &Request<Incoming>) -> Result<String, Refusal> {
     if req.method() == Method::CONNECT {
