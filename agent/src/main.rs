@@ -120,23 +120,7 @@ enum Cmd {
     Manpage,
 }
 
-/// `println!` for command output that ends the program quietly when stdout is a closed
-/// pipe (`lanyard status --json | head -1`) instead of panicking.
-macro_rules! outln {
-    ($($arg:tt)*) => { write_out(format_args!($($arg)*)) };
-}
-
-fn write_out(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("lanyard: writing to stdout: {e}");
-        std::process::exit(1);
-    }
-}
+use lanyard_proto::outln;
 
 fn load_config(cli: &Cli) -> Result<Config, AgentError> {
     let mut cfg = Config::load(cli.config.as_deref())?;

@@ -61,15 +61,8 @@ pub async fn serve(
             lanyard_net::Listener::Unix(tokio::net::UnixListener::bind(p)?)
         }
     };
-    let own: Option<Arc<Vec<String>>> = listener.local_addr().map(|a| {
-        let p = a.port();
-        Arc::new(vec![
-            format!("127.0.0.1:{p}"),
-            format!("localhost:{p}"),
-            format!("[::1]:{p}"),
-            a.to_string(),
-        ])
-    });
+    let own: Option<Arc<Vec<String>>> =
+        crate::proxy::handler::listener_hosts(listener.local_addr(), &[]).map(Arc::new);
     tracing::info!(listen = %addr, "status endpoint listening");
     lanyard_net::serve(
         listener,

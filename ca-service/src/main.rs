@@ -15,23 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-/// `println!` for command output that ends the program quietly when stdout is a closed
-/// pipe (`lanyard-ca audit | head`) instead of panicking.
-macro_rules! outln {
-    ($($arg:tt)*) => { write_out(format_args!($($arg)*)) };
-}
-
-fn write_out(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("lanyard-ca: writing to stdout: {e}");
-        std::process::exit(1);
-    }
-}
+use lanyard_proto::outln;
 
 /// Where a relying party finds the publication listener by default; `init --public-url`
 /// and `serve --http-listen` share it so that a CA made and served with defaults agrees

@@ -10,6 +10,7 @@
 //! - [`est`]: EST (RFC 7030) bodies: base64 DER, certs-only PKCS#7.
 //! - [`csrattrs`]: EST `/csrattrs`: which key the CA wants the device to generate.
 //! - [`problem`]: refusals on the wire (RFC 9457 problem+json) and their stable codes.
+//! - [`output`]: command output that ends quietly on a closed pipe (`outln!`).
 //! - [`serial`]: certificate serials in hex and CloudFront's colon-hex form.
 //! - [`token`]: the enrolment token format (it carries the identity).
 //! - [`duration`]: human durations (`24h`, `7d`) for CLI flags and config.
@@ -21,6 +22,7 @@ pub mod csrattrs;
 pub mod duration;
 pub mod est;
 pub mod keyalg;
+pub mod output;
 pub mod policy;
 pub mod problem;
 pub mod serial;

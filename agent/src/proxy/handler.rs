@@ -122,13 +122,23 @@ pub fn allowed(route: &Route, host: &str, port: u16) -> bool {
 /// (`127.0.0.1`, `localhost`, `[::1]`), its own address if it is not loopback, and the
 /// route's `hosts`. `None` for a UNIX socket.
 pub fn own_hosts(local: Option<std::net::SocketAddr>, route: &Route) -> Option<Vec<String>> {
+    listener_hosts(local, &route.hosts)
+}
+
+/// The `Host` values a local TCP listener answers: its port under the loopback names, its
+/// own address if it is not loopback, and `extra`. `None` for a UNIX socket. The status
+/// endpoint uses it too.
+pub fn listener_hosts(
+    local: Option<std::net::SocketAddr>,
+    extra: &[String],
+) -> Option<Vec<String>> {
     let a = local?;
     let p = a.port();
     let mut v = vec![format!("127.0.0.1:{p}"), format!("localhost:{p}"), format!("[::1]:{p}")];
     if !a.ip().is_loopback() && !a.ip().is_unspecified() {
         v.push(a.to_string());
     }
-    v.extend(route.hosts.iter().cloned());
+    v.extend(extra.iter().cloned());
     Some(v)
 }
 
