@@ -9,14 +9,19 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 ARCHES=${LANYARD_DEB_ARCHES:-amd64 arm64}
+# Which packages to build for arm64: devices run the agent; the CA on arm64 is for small
+# single-board deployments. CI builds only the agent for arm64 (each fat-LTO cross build
+# costs minutes); a release builds both.
+ARM64_PACKAGES=${LANYARD_ARM64_PACKAGES:-lanyard lanyard-ca}
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 mkdir -p dist "$ROOT/packaging/generated"
 
-# Man pages and completions come from the programs themselves (same on every arch).
-cargo build --release -p lanyard-agent -p lanyard-ca
+# Man pages and completions come from the programs themselves (same on every arch and
+# profile, so the debug build, which the tests have already made, is enough).
+cargo build -p lanyard-agent -p lanyard-ca
 gen="$ROOT/packaging/generated"
 for bin in lanyard lanyard-ca; do
-  exe="$TARGET_DIR/release/$bin"
+  exe="$TARGET_DIR/debug/$bin"
   "$exe" completions bash > "$gen/$bin.bash"
   "$exe" completions zsh > "$gen/_$bin"
   "$exe" completions fish > "$gen/$bin.fish"
@@ -31,13 +36,15 @@ for arch in $ARCHES; do
   case "$arch" in
     amd64)
       cargo deb -p lanyard-agent $AGENT_FLAGS --output dist/
-      cargo deb -p lanyard-ca --no-build --output dist/
+      cargo deb -p lanyard-ca --output dist/
       ;;
     arm64)
       rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
       export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
       cargo deb -p lanyard-agent $AGENT_FLAGS --target aarch64-unknown-linux-gnu --output dist/
-      cargo deb -p lanyard-ca --target aarch64-unknown-linux-gnu --output dist/
+      if [[ " $ARM64_PACKAGES " == *" lanyard-ca "* ]]; then
+        cargo deb -p lanyard-ca --target aarch64-unknown-linux-gnu --output dist/
+      fi
       ;;
     *) echo "unknown architecture $arch (amd64, arm64)" >&2; exit 2 ;;
   esac
