@@ -8,7 +8,7 @@ use crate::error::{AgentError, Result};
 use crate::est::{ClientAuth, EstClient, Trust};
 use crate::keys::DeviceKey;
 use crate::metrics::Metrics;
-use crate::schedule::{self, Decision, Failures, Validity};
+use crate::schedule::{self, Decision, Failures, Inputs, Validity};
 use crate::state::{self, AgentState};
 use crate::verify::{self, CertInfo};
 use arc_swap::ArcSwapOption;
@@ -18,7 +18,7 @@ use lanyard_proto::{GroupPolicy, ProblemCode};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
@@ -156,6 +156,19 @@ pub struct Agent {
     store: Arc<dyn CredentialStore>,
     current: Arc<ArcSwapOption<Loaded>>,
     pub metrics: Arc<Metrics>,
+    /// `agent-state.json`, loaded once and written through; re-read by [`Agent::reload`]
+    /// when the daemon sees the state directory change (another `lanyard` process).
+    state: Mutex<Memory>,
+}
+
+/// What the agent keeps in memory besides the credential.
+#[derive(Default)]
+struct Memory {
+    state: AgentState,
+    /// Why the state file could not be read, until it can (or is written anew).
+    state_error: Option<String>,
+    /// The local policy file, when configured: the policy, or why it is not used.
+    local_policy: Option<std::result::Result<GroupPolicy, String>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -174,7 +187,9 @@ impl Agent {
             store,
             current: Arc::new(ArcSwapOption::empty()),
             metrics: Arc::new(Metrics::new()),
+            state: Mutex::new(Memory::default()),
         };
+        agent.reload_state();
         if let Err(e) = agent.reload() {
             // A corrupt store is reported by status and by the daemon; enrol can fix it.
             tracing::warn!(error = %e, "could not load the stored credential");
@@ -238,14 +253,61 @@ impl Agent {
         Ok(before != after)
     }
 
-    pub fn state(&self) -> AgentState {
-        AgentState::load(self.state_dir()).unwrap_or_default()
+    fn memory(&self) -> MutexGuard<'_, Memory> {
+        // A panic while holding the lock leaves plain data behind, still usable.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The agent's state, from memory (no file read).
+    pub fn state(&self) -> AgentState {
+        self.memory().state.clone()
+    }
+
+    /// The serial the CA reported revoked, with its sentence (for the proxy's gate).
+    pub fn revoked(&self) -> Option<(String, String)> {
+        self.memory().state.revoked.clone()
+    }
+
+    /// Why the state file could not be read, if it could not.
+    pub fn state_error(&self) -> Option<String> {
+        self.memory().state_error.clone()
+    }
+
+    /// Re-reads the state file and the local policy file into memory. A state file that
+    /// does not parse is reported (log, `status`) and left on disk untouched until the
+    /// agent next writes its state; the agent goes on from an empty state meanwhile.
+    pub fn reload_state(&self) {
+        let loaded = AgentState::load(self.state_dir());
+        let local_policy = self.cfg.renewal.policy_file.as_ref().map(|p| {
+            crate::policy_file::read(p).map_err(|e| {
+                tracing::warn!(error = %e, "ignoring the local policy file");
+                e.to_string()
+            })
+        });
+        let mut m = self.memory();
+        match loaded {
+            Ok(st) => {
+                m.state = st;
+                m.state_error = None;
+            }
+            Err(e) => {
+                if m.state_error.as_deref() != Some(e.to_string().as_str()) {
+                    tracing::error!(error = %e, "cannot read the agent state; going on without it");
+                }
+                m.state_error = Some(e.to_string());
+            }
+        }
+        m.local_policy = local_policy;
+    }
+
+    /// Writes the state through to its file, then to memory.
     fn save_state(&self, s: &AgentState) {
         if let Err(e) = s.save(self.state_dir()) {
             tracing::error!(error = %e, "could not save the agent state");
         }
+        let mut m = self.memory();
+        m.state = s.clone();
+        m.state_error = None;
     }
 
     pub fn ca_url(&self) -> Result<String> {
@@ -268,13 +330,11 @@ impl Agent {
 
     /// The policy in force: a local policy file where configured, else the CA's.
     pub fn effective_policy(&self) -> GroupPolicy {
-        if let Some(p) = &self.cfg.renewal.policy_file {
-            match crate::policy_file::read(p) {
-                Ok(pol) => return pol,
-                Err(e) => tracing::warn!(error = %e, "ignoring the local policy file"),
-            }
+        let m = self.memory();
+        if let Some(Ok(pol)) = &m.local_policy {
+            return pol.clone();
         }
-        self.state().policy.unwrap_or_default()
+        m.state.policy.clone().unwrap_or_default()
     }
 
     pub async fn enrol(&self, args: EnrolArgs) -> Result<CertInfo> {
@@ -383,6 +443,9 @@ impl Agent {
             ca_url: Some(ca_url),
             identity: Some(identity),
             last_renewal: Some(self.clock.now()),
+            // Spread the first renewal over the whole interval (a fleet enrolled in one
+            // hour must not renew in one hour ever after).
+            resync: true,
             ..Default::default()
         };
         self.save_state(&st);
@@ -401,6 +464,12 @@ impl Agent {
     pub async fn renew(&self) -> Result<CertInfo> {
         let cur = self.current().ok_or(AgentError::NotEnrolled)?;
         let mut st = self.state();
+        // A renewal off schedule (after failures, for a rotation, to fetch a superseded
+        // certificate's successor) spreads the next one over the whole interval.
+        let validity = Validity::new(cur.info.not_before, cur.info.not_after, st.last_renewal);
+        let off_schedule = st.failures > 0
+            || st.superseded.is_some()
+            || schedule::rotation_applies(&self.effective_policy(), validity, self.clock.now());
         st.renewing_pid = Some(std::process::id());
         self.save_state(&st);
         let result = self.renew_inner(&cur).await;
@@ -411,33 +480,34 @@ impl Agent {
             Ok(_) => {
                 st.failures = 0;
                 st.last_failure_at = None;
+                st.failure_jitter = 0.0;
+                st.retry_not_before = None;
                 st.last_error = None;
                 st.last_error_code = None;
                 st.last_renewal = Some(now);
+                st.resync = off_schedule;
                 st.revoked = None;
-                st.renewal_refused = None;
                 st.superseded = None;
                 self.metrics.renewals.inc();
             }
             Err(e) => {
                 st.failures = st.failures.saturating_add(1);
                 st.last_failure_at = Some(now);
+                // Drawn once per failure and stored: every wake and every `status` sees
+                // the same next attempt.
+                st.failure_jitter = schedule::failure_jitter();
                 st.last_error = Some(e.to_string());
                 st.last_error_code = e.code().map(|c| c.as_str().to_owned());
-                if let AgentError::Refused { code, message, .. } = e {
-                    match code {
-                        ProblemCode::Revoked => {
-                            st.revoked = Some((cur.info.serial.clone(), message.clone()));
-                        }
-                        // Final for this certificate: a new token is needed. A renewal
-                        // conflict is also the sign of a copy of this device's key.
-                        ProblemCode::ExpiredBeyondGrace
-                        | ProblemCode::CertificateUnknown
-                        | ProblemCode::RenewalConflict => {
-                            st.renewal_refused = Some((cur.info.serial.clone(), message.clone()));
-                        }
-                        _ => {}
+                st.retry_not_before = None;
+                // Final refusals (a renewal conflict is also the sign of a copy of this
+                // device's key) are in `last_error_code`: the decision needs a new token.
+                if let AgentError::Refused { code, message, retry_after, .. } = e {
+                    if *code == ProblemCode::Revoked {
+                        st.revoked = Some((cur.info.serial.clone(), message.clone()));
                     }
+                    st.retry_not_before = retry_after
+                        .and_then(|d| time::Duration::try_from(*d).ok())
+                        .map(|d| now + d);
                 }
                 if !e.retryable() {
                     // A refusal that will not change: the next attempt starts from a new key.
@@ -463,14 +533,16 @@ impl Agent {
         // A renewal interrupted after the CA answered (a crash, a lost answer) left its key
         // staged: the CA answers the same key with the same certificate. Otherwise a new
         // key, staged before the request for the same reason.
-        let key = match self.store.staged(&cur.info.serial)? {
+        let serial = cur.info.serial.clone();
+        let key = match self.in_store(move |s| s.staged(&serial)).await? {
             Some(pkcs8) => {
                 tracing::info!(serial = %cur.info.serial, "retrying an interrupted renewal with its staged key");
                 DeviceKey::from_pkcs8(&pkcs8)?
             }
             None => {
                 let key = DeviceKey::generate(self.effective_policy().preferred_key())?;
-                self.store.stage(&key.pkcs8(), &cur.info.serial)?;
+                let (pkcs8, serial) = (key.pkcs8(), cur.info.serial.clone());
+                self.in_store(move |s| s.stage(&pkcs8, &serial)).await?;
                 key
             }
         };
@@ -542,35 +614,27 @@ impl Agent {
 
     /// The renewal decision for now.
     pub fn decide(&self, st: &AgentState) -> Decision {
-        let now = self.clock.now();
         let cur = self.current();
         let policy = self.effective_policy();
-        let validity = cur
-            .as_ref()
-            .map(|c| Validity::new(c.info.not_before, c.info.not_after, st.last_renewal));
-        let revoked = match (&st.revoked, &cur) {
-            (Some((serial, _)), Some(c)) => *serial == c.info.serial,
-            _ => false,
-        };
-        if let (Some((serial, message)), Some(c)) = (&st.renewal_refused, &cur)
-            && *serial == c.info.serial
-            && !revoked
-        {
-            return Decision::NeedsEnrolment(format!(
-                "the CA refused to renew certificate {serial}: {message}"
-            ));
-        }
-        if let (Some(serial), Some(c)) = (&st.superseded, &cur)
-            && *serial == c.info.serial
-            && st.failures == 0
-        {
-            return Decision::RenewNow(
-                "the CA says this certificate was renewed; fetching the renewed certificate",
-            );
-        }
-        let jitter = cur.as_ref().map(|c| schedule::stable_jitter(&c.info.serial)).unwrap_or(0.0);
-        let failures = Failures { count: st.failures, last_at: st.last_failure_at };
-        schedule::decide(now, validity, revoked, &policy, failures, jitter, rand::random::<f64>())
+        let is_current = |serial: &str| cur.as_ref().is_some_and(|c| c.info.serial == serial);
+        schedule::decide(&Inputs {
+            now: self.clock.now(),
+            cert: cur
+                .as_ref()
+                .map(|c| Validity::new(c.info.not_before, c.info.not_after, st.last_renewal)),
+            policy: &policy,
+            jitter: cur.as_ref().map(|c| schedule::stable_jitter(&c.info.serial)).unwrap_or(0.0),
+            failures: Failures {
+                count: st.failures,
+                last_at: st.last_failure_at,
+                jitter: st.failure_jitter,
+                code: st.last_error_code.as_deref().and_then(|c| c.parse().ok()),
+                retry_not_before: st.retry_not_before,
+            },
+            revoked: st.revoked.as_ref().is_some_and(|(s, _)| is_current(s)),
+            resync: st.resync,
+            superseded: st.superseded.as_deref().is_some_and(is_current),
+        })
     }
 
     pub fn status(&self) -> Status {
@@ -599,7 +663,7 @@ impl Agent {
             next_renewal,
             state,
             store: self.store.describe(),
-            last_error: st.last_error.clone(),
+            last_error: self.state_error().or(st.last_error.clone()),
             last_error_code: st.last_error_code.clone(),
             ca_url: self.cfg.ca.url.clone().or(st.ca_url.clone()),
             group: st.group.clone(),

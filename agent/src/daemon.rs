@@ -183,9 +183,18 @@ pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> Exit {
                 // Another process renewed or enrolled, or the policy file changed.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while rx.try_recv().is_ok() {}
-                match agent.reload() {
-                    Ok(true) => tracing::info!("credential changed in the store; now in use"),
-                    Ok(false) => {}
+                // The state and policy files are read into memory here, not on every
+                // tick; the keystore call runs off the async workers.
+                let a = agent.clone();
+                let reloaded = tokio::task::spawn_blocking(move || {
+                    a.reload_state();
+                    a.reload()
+                })
+                .await;
+                match reloaded {
+                    Ok(Ok(true)) => tracing::info!("credential changed in the store; now in use"),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not reload the credential"),
                     Err(e) => tracing::warn!(error = %e, "could not reload the credential"),
                 }
             }

@@ -20,6 +20,15 @@ pub struct AgentState {
     pub failures: u32,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_failure_at: Option<OffsetDateTime>,
+    /// In `[0, 1)`, drawn once when the last failure was recorded: where the retry falls
+    /// inside the backoff window, the same on every wake and every `status`.
+    pub failure_jitter: f64,
+    /// The CA's `Retry-After` with the last failure, as an instant: no attempt before it.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub retry_not_before: Option<OffsetDateTime>,
+    /// The current certificate was obtained off schedule (an enrolment, a rotation, a
+    /// renewal that needed retries): its renewal point is drawn over the whole interval.
+    pub resync: bool,
     pub last_error: Option<String>,
     /// The CA's problem code for the last error, when the CA refused (`renewal-conflict`).
     pub last_error_code: Option<String>,
@@ -33,9 +42,6 @@ pub struct AgentState {
     pub last_renewal: Option<OffsetDateTime>,
     /// Set when the CA reported the current certificate revoked: `(serial, reason)`.
     pub revoked: Option<(String, String)>,
-    /// Set when the CA refused to renew the current certificate for good (403: expired
-    /// beyond the grace, unknown to the CA): `(serial, the CA's words)`.
-    pub renewal_refused: Option<(String, String)>,
     /// PID of a process in the middle of a renewal (cleared after).
     pub renewing_pid: Option<u32>,
 }

@@ -13,6 +13,8 @@
 //! - [`ca_dir`]: the embedded CA's directory (init, load, published files).
 //! - [`serve`]: `lanyard-ca serve` as a library call (listeners, CRL refresh).
 //! - [`http`]: EST, publication and `/v1/` endpoints; TLS and accept loops.
+//! - [`fleet`]: `fleet simulate`, a fleet's renewals in virtual time with the agent's own
+//!   decision against a model of the CA's admission control.
 //! - `aws` (feature `aws`): the serverless CA: KMS signer, DynamoDB store, S3 publishing.
 //! - [`tokens`], [`revocation`], [`clock`], [`error`], [`fsutil`]: small shared pieces.
 #![forbid(unsafe_code)]
@@ -27,6 +29,7 @@ pub mod ca_dir;
 pub mod clock;
 pub mod csr;
 pub mod error;
+pub mod fleet;
 pub mod fsutil;
 pub mod http;
 pub mod ocsp;

@@ -189,6 +189,11 @@ enum Cmd {
     /// Print the man page (roff).
     #[command(hide = true)]
     Manpage,
+    /// Plan a fleet: renewals of N devices in virtual time (no CA is contacted).
+    Fleet {
+        #[command(subcommand)]
+        cmd: FleetCmd,
+    },
     /// The audit trail, newest first.
     Audit {
         /// How many entries, newest first.
@@ -215,6 +220,62 @@ enum TokenCmd {
         #[arg(long, default_value = "24h", value_parser = duration::parse)]
         ttl: std::time::Duration,
     },
+}
+
+#[derive(Subcommand)]
+enum FleetCmd {
+    /// Simulate a group's renewals: every device runs the agent's own renewal decision
+    /// against a model of the CA's admission control; prints renewals per hour, queues,
+    /// rotation and outage recovery times, expired devices and the signing cost.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// The group whose policy to simulate (read from the CA in --dir).
+    #[arg(long, default_value = "default", conflicts_with = "policy_file")]
+    group: String,
+    /// A policy file instead (JSON as `policy show` prints it, or TOML with the same keys).
+    #[arg(long)]
+    policy_file: Option<PathBuf>,
+    /// Devices in the fleet (1 to 1,000,000).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    devices: u32,
+    /// Days to simulate (1 to 400).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=400))]
+    days: u32,
+    /// The CA's (or KMS's) issuances per second. KMS's shared default for ECC keys is 300.
+    #[arg(long, default_value_t = 300.0)]
+    capacity: f64,
+    /// How long an issuance may queue at the CA before it is refused as busy
+    /// (`serve --max-issuance-queue`).
+    #[arg(long, default_value = "2s", value_parser = duration::parse)]
+    max_queue: std::time::Duration,
+    /// How often agents check in with the CA (`[renewal] check_interval`).
+    #[arg(long, default_value = "1h", value_parser = duration::parse)]
+    checkin_interval: std::time::Duration,
+    /// Push "rotate everything issued before now" at this time from the start (e.g. 2d).
+    #[arg(long, value_parser = lanyard_ca::fleet::parse_offset)]
+    rotate_at: Option<u64>,
+    /// The CA is down from FROM to TO (times from the start, e.g. 3d..4d).
+    #[arg(long, value_parser = lanyard_ca::fleet::parse_window)]
+    outage: Option<(u64, u64)>,
+    /// The whole fleet is flashed and enrolled within one hour from this time (e.g. 0);
+    /// without it the fleet starts in its steady state.
+    #[arg(long, value_parser = lanyard_ca::fleet::parse_offset)]
+    enrol_all_at: Option<u64>,
+    /// KMS list price per 10,000 asymmetric signatures (US dollars).
+    #[arg(long, default_value_t = 0.15)]
+    usd_per_10k_signatures: f64,
+    /// Seed for the devices' random draws (the same seed gives the same run).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Also draw renewals per hour to this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -511,6 +572,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             outln!("{}", ca_dir::fingerprint(&a.keys().root_der));
         }
         Cmd::Policy { cmd } => policy(&dir, cmd).await?,
+        Cmd::Fleet { cmd: FleetCmd::Simulate(args) } => fleet_simulate(&dir, args).await?,
         Cmd::Certs { cmd: CertsCmd::List { json, conflicts: true, .. } } => {
             let (_, a) = open(&dir).await?;
             let rows = a.conflicts().await?;
@@ -627,6 +689,52 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn fleet_simulate(dir: &DirArg, a: SimulateArgs) -> Result<(), CaError> {
+    let policy = match &a.policy_file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| CaError::Config(format!("{}: {e}", p.display())))?;
+            let parsed: Result<GroupPolicy, String> = if text.trim_start().starts_with('{') {
+                serde_json::from_str(&text).map_err(|e| e.to_string())
+            } else {
+                toml::from_str(&text).map_err(|e| e.to_string())
+            };
+            parsed.map_err(|e| CaError::Config(format!("{}: {e}", p.display())))?
+        }
+        None => open(dir).await?.1.policy(&a.group).await?,
+    };
+    policy.validate().map_err(|e| CaError::Config(e.to_string()))?;
+    if !(a.capacity.is_finite() && a.capacity > 0.0) {
+        return Err(CaError::Config(format!("--capacity {}: must be above 0", a.capacity)));
+    }
+    let scenario = lanyard_ca::fleet::Scenario {
+        policy,
+        devices: a.devices,
+        days: a.days,
+        capacity: a.capacity,
+        max_queue_secs: a.max_queue.as_secs_f64(),
+        checkin_interval_secs: a.checkin_interval.as_secs(),
+        rotate_at: a.rotate_at,
+        outage: a.outage,
+        enrol_all_at: a.enrol_all_at,
+        usd_per_10k_signatures: a.usd_per_10k_signatures,
+        seed: a.seed,
+    };
+    let report = lanyard_ca::fleet::simulate(&scenario);
+    if let Some(p) = &a.plot {
+        lanyard_ca::fleet::plot_svg(&report, p).map_err(CaError::Config)?;
+    }
+    if a.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| CaError::Config(e.to_string()))?
+        );
+    } else {
+        outln!("{}", lanyard_ca::fleet::render_text(&report).trim_end());
+    }
+    Ok(())
 }
 
 async fn policy(dir: &DirArg, cmd: PolicyCmd) -> Result<(), CaError> {

@@ -32,7 +32,7 @@ pub fn gate(agent: &Agent) -> Gate {
             cur.info.serial, cur.info.not_after
         ));
     }
-    if let Some((serial, reason)) = agent.state().revoked
+    if let Some((serial, reason)) = agent.revoked()
         && serial == cur.info.serial
     {
         // The agent records a whole sentence (the CA's words, or its own).
