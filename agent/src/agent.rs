@@ -506,7 +506,7 @@ impl Agent {
                         st.revoked = Some((cur.info.serial.clone(), message.clone()));
                     }
                     st.retry_not_before = retry_after
-                        .and_then(|d| time::Duration::try_from(*d).ok())
+                        .and_then(|d| time::Duration::try_from(d).ok())
                         .map(|d| now + d);
                 }
                 if !e.retryable() {
