@@ -123,6 +123,10 @@ impl IntoResponse for CaError {
         // Internal details go to the log, not to the client.
         if problem.code == ProblemCode::Internal {
             tracing::error!(error = %self, "request failed");
+        } else if problem.code == ProblemCode::Busy {
+            // Under load these come by the thousand; the pacer and the backends log a
+            // summary instead.
+            tracing::debug!(status = problem.status, code = %problem.code, error = %self, "request refused");
         } else {
             tracing::info!(status = problem.status, code = %problem.code, error = %self, "request refused");
         }

@@ -14,9 +14,11 @@
 //! - [`serve`]: `lanyard-ca serve` as a library call (listeners, CRL refresh).
 //! - [`http`]: EST, publication and `/v1/` endpoints; TLS and accept loops.
 //! - `aws` (feature `aws`): the serverless CA: KMS signer, DynamoDB store, S3 publishing.
+//! - [`admission`]: the issuance pacer (`serve --max-issuance-rate`).
 //! - [`tokens`], [`revocation`], [`clock`], [`error`], [`fsutil`]: small shared pieces.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod authority;
 #[cfg(feature = "aws")]
 pub mod aws;

@@ -46,6 +46,11 @@ fn signing_alg(alg: KeyAlgorithm) -> SigningAlgorithmSpec {
     }
 }
 
+/// KMS error codes that mean "too many requests now" (the per-account signing quota).
+fn is_throttling(code: &str) -> bool {
+    matches!(code, "ThrottlingException" | "LimitExceededException" | "TooManyRequestsException")
+}
+
 fn kms_err(op: &str, e: impl std::fmt::Display) -> CaError {
     CaError::Signing(format!("KMS {op}: {e}"))
 }
@@ -125,7 +130,13 @@ impl rcgen::SigningKey for KmsSigner {
                 match call.await {
                     Ok(out) => out.signature.map(|b| b.into_inner()),
                     Err(e) => {
-                        tracing::error!(key_id = %self.key_id, error = %aws_sdk_kms::error::DisplayErrorContext(&e), "KMS Sign failed");
+                        let code = aws_sdk_kms::error::ProvideErrorMetadata::code(&e);
+                        if code.is_some_and(is_throttling) {
+                            // The account's shared signing quota: the CA answers 503 busy.
+                            tracing::warn!(key_id = %self.key_id, code = code.unwrap_or_default(), "KMS Sign throttled");
+                        } else {
+                            tracing::error!(key_id = %self.key_id, error = %aws_sdk_kms::error::DisplayErrorContext(&e), "KMS Sign failed");
+                        }
                         None
                     }
                 }
