@@ -87,16 +87,19 @@ fn get(path: &str, auth: Option<String>) -> http::Request<Full<Bytes>> {
     b.body(Full::new(Bytes::new())).expect("request")
 }
 
-fn csr_b64(identity: &str) -> String {
+fn csr_der(identity: &str) -> Vec<u8> {
     let key = rcgen::KeyPair::generate().expect("key");
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(rcgen::DnType::CommonName, identity);
-    let csr = params.serialize_request(&key).expect("CSR");
-    base64::engine::general_purpose::STANDARD.encode(csr.der())
+    params.serialize_request(&key).expect("CSR").der().to_vec()
 }
 
-async fn start(tmp: &std::path::Path) -> (Running, Arc<rustls::ClientConfig>) {
+fn csr_b64(identity: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(csr_der(identity))
+}
+
+async fn init(tmp: &std::path::Path) -> CaDir {
     let dir = CaDir::new(tmp.join("ca"));
     dir.init(
         &InitOptions {
@@ -109,6 +112,11 @@ async fn start(tmp: &std::path::Path) -> (Running, Arc<rustls::ClientConfig>) {
     )
     .await
     .expect("init");
+    dir
+}
+
+async fn start(tmp: &std::path::Path) -> (Running, Arc<rustls::ClientConfig>) {
+    let dir = init(tmp).await;
     let auth = dir
         .open(Arc::new(SystemClock))
         .expect("open")
@@ -222,4 +230,93 @@ async fn a_burst_of_enrolments_is_paced_refused_with_busy_and_check_ins_do_not_w
     assert_eq!(stats.admitted, DEVICES as u64);
     assert_eq!(stats.refused, refused as u64);
     running.stop().await;
+}
+
+/// A retry answered with the certificate already issued takes no slot, nor does a request
+/// refused for what it asks; a new issuance does.
+#[tokio::test]
+async fn replays_and_refusals_take_no_issuance_slot() {
+    use lanyard_ca::authority::RequestMeta;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let auth = init(tmp.path())
+        .await
+        .open(Arc::new(SystemClock))
+        .expect("open")
+        // One issuance an hour and no queue: the first takes the only slot.
+        .with_admission(Some(AdmissionLimits::new(1.0 / 3_600.0, 0.0).expect("limits")));
+    let meta = RequestMeta::default();
+    let ttl = Duration::from_secs(600);
+    let (a, b) = ("a.fleet.example.com", "b.fleet.example.com");
+    let (token_a, _) = auth.create_token(a, "default", ttl, "test").await.expect("token");
+    let (token_b, _) = auth.create_token(b, "default", ttl, "test").await.expect("token");
+    let csr_a = csr_der(a);
+    let first = auth.enroll(a, &token_a, &csr_a, &meta).await.expect("first enrolment");
+    assert!(!first.replayed);
+    // The same request again (a device that lost the answer): the same certificate.
+    let again = auth.enroll(a, &token_a, &csr_a, &meta).await.expect("replay");
+    assert!(again.replayed && again.record.serial == first.record.serial);
+    // A CSR naming someone else is refused for what it is, not as busy.
+    let wrong = auth.enroll(b, &token_b, &csr_der(a), &meta).await.expect_err("wrong CN");
+    assert_eq!(wrong.code(), lanyard_proto::ProblemCode::CsrInvalid, "{wrong}");
+    // A new issuance has no slot left within the hour.
+    let busy = auth.enroll(b, &token_b, &csr_der(b), &meta).await.expect_err("busy");
+    assert_eq!(busy.code(), lanyard_proto::ProblemCode::Busy, "{busy}");
+    assert_eq!(busy.status().as_u16(), 503);
+    let stats = auth.admission_stats().expect("paced");
+    assert_eq!((stats.admitted, stats.refused), (1, 1), "{stats:?}");
+}
+
+/// `lanyard-ca serve --max-issuance-rate` reaches the pacer (its counters show in
+/// `/healthz`), and an impossible rate is refused with a message naming the flag.
+#[tokio::test]
+async fn the_serve_flags_configure_the_pacer() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = init(tmp.path()).await;
+    let bin = env!("CARGO_BIN_EXE_lanyard-ca");
+    let bad = std::process::Command::new(bin)
+        .args(["serve", "--max-issuance-rate", "0", "--dir"])
+        .arg(&dir.dir)
+        .output()
+        .expect("lanyard-ca");
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(err.contains("--max-issuance-rate"), "{err}");
+
+    let addr_file = tmp.path().join("addr.json");
+    let mut child = std::process::Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--max-issuance-rate", "5", "--max-issuance-queue", "1.5", "--dir"])
+        .arg(&dir.dir)
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .env("LANYARD_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("lanyard-ca serve");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let http = loop {
+        let addrs = std::fs::read_to_string(&addr_file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        if let Some(h) = addrs.as_ref().and_then(|a| a["http"].as_str()) {
+            break h.to_owned();
+        }
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            panic!("lanyard-ca serve did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let tcp = tokio::net::TcpStream::connect(&http).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("handshake");
+    tokio::spawn(conn);
+    let resp = sender.send_request(get("/healthz", None)).await.expect("healthz");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let _ = child.kill();
+    let _ = child.wait();
+    let health: serde_json::Value = serde_json::from_slice(&body).expect("healthz JSON");
+    assert_eq!(health["issuance"]["rate"], 5.0, "{health}");
+    assert_eq!(health["issuance"]["max_queue_secs"], 1.5, "{health}");
+    assert_eq!(health["issuance"]["refused"], 0, "{health}");
 }
