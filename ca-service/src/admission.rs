@@ -67,8 +67,12 @@ impl AdmissionLimits {
     /// `LANYARD_ISSUANCE_INSTANCES` concurrent instances (the function's reserved
     /// concurrency; default 1), and `LANYARD_MAX_ISSUANCE_QUEUE` seconds (default 2).
     pub fn from_env() -> Result<Option<Self>, CaError> {
-        let var =
-            |k: &str| std::env::var(k).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// [`Self::from_env`] with the variables read by `get`.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, CaError> {
+        let var = |k: &str| get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let number = |k: &str, v: String| {
             v.parse::<f64>().map_err(|_| CaError::Config(format!("{k}={v:?} is not a number")))
         };
@@ -259,6 +263,30 @@ mod tests {
         assert!(AdmissionLimits::new(5.0, 60.0).is_err());
         let l = AdmissionLimits::new(2.5, 0.0).expect("a fraction of a second is a rate");
         assert_eq!(l.max_queue, Duration::ZERO);
+    }
+
+    #[test]
+    fn the_serverless_limits_come_from_the_environment() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+        };
+        assert_eq!(AdmissionLimits::from_vars(env(&[])).ok(), Some(None));
+        assert_eq!(
+            AdmissionLimits::from_vars(env(&[("LANYARD_MAX_ISSUANCE_RATE", "0")])).ok(),
+            Some(None)
+        );
+        let shared = AdmissionLimits::from_vars(env(&[
+            ("LANYARD_MAX_ISSUANCE_RATE", "50"),
+            ("LANYARD_ISSUANCE_INSTANCES", "25"),
+        ]));
+        assert_eq!(shared.ok().flatten(), AdmissionLimits::new(2.0, DEFAULT_MAX_QUEUE_SECS).ok());
+        let e = AdmissionLimits::from_vars(env(&[("LANYARD_MAX_ISSUANCE_RATE", "fast")]));
+        assert!(e.is_err_and(|e| e.to_string().contains("LANYARD_MAX_ISSUANCE_RATE")));
+        let e = AdmissionLimits::from_vars(env(&[
+            ("LANYARD_MAX_ISSUANCE_RATE", "50"),
+            ("LANYARD_ISSUANCE_INSTANCES", "0"),
+        ]));
+        assert!(e.is_err_and(|e| e.to_string().contains("LANYARD_ISSUANCE_INSTANCES")));
     }
 
     /// At 10/s with a 2 s queue, 100 requests at once: those admitted run 100 ms apart,
