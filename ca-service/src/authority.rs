@@ -4,6 +4,7 @@
 //! profile, sign, record, return. HTTP handlers and CLI commands only parse, call one of
 //! these, and render. Nothing here knows about HTTP, files or SQLite.
 
+use crate::admission::{AdmissionLimits, AdmissionStats, Pacer};
 use crate::clock::Clock;
 use crate::csr::{self, CheckedCsr};
 use crate::error::{CaError, Result};
@@ -100,6 +101,8 @@ pub struct Authority {
     publication: PublicationSettings,
     crl_cache: Mutex<HashMap<&'static str, CachedCrl>>,
     failures: FailureLimiter,
+    /// Paces enrolments and renewals (`serve --max-issuance-rate`); `None`: unlimited.
+    admission: Option<Pacer>,
 }
 
 /// Failed authentications per source address over the last minute. Past the limit, the
@@ -207,7 +210,28 @@ impl Authority {
                 window: std::time::Duration::from_secs(60),
                 seen: Mutex::new(HashMap::new()),
             },
+            admission: None,
         })
+    }
+
+    /// Paces issuance (enrolment and renewal) to `limits`; `None` for no limit.
+    pub fn with_admission(mut self, limits: Option<AdmissionLimits>) -> Self {
+        self.admission = limits.map(Pacer::new);
+        self
+    }
+
+    /// The issuance pacer's counters, when issuance is paced.
+    pub fn admission_stats(&self) -> Option<AdmissionStats> {
+        self.admission.as_ref().map(Pacer::stats)
+    }
+
+    /// Waits for an issuance slot, or refuses with `503 busy` and `Retry-After`. Called
+    /// once a request has passed every check, just before signing.
+    async fn admit_issuance(&self) -> Result<()> {
+        match &self.admission {
+            Some(p) => p.admit().await,
+            None => Ok(()),
+        }
     }
 
     /// Sets how many failed authentications a source address may make in a minute.
@@ -413,8 +437,11 @@ impl Authority {
             // A concurrent request with this token and key may have just won.
             return self.replay_if_used(&tok.hash, &csr).await?.ok_or(e);
         }
-        // Policy and profile, sign, record.
+        // Policy and profile, wait for an issuance slot, sign, record.
         let policy = self.policy(&tok.group).await?;
+        profile_allows(identity, &tok.group, &csr, &policy)?;
+        self.admit_issuance().await?;
+        let now = self.now();
         let record = self.sign_device(identity, &tok.group, &csr, &policy, now, None)?;
         let ev = audit(
             now,
@@ -561,6 +588,9 @@ impl Authority {
             });
         }
         self.refuse_reused_key(&current.identity, &csr.spki_sha256).await?;
+        profile_allows(&current.identity, &current.group, &csr, &policy)?;
+        self.admit_issuance().await?;
+        let now = self.now();
         let record = self.sign_device(
             &current.identity,
             &current.group,
@@ -740,26 +770,7 @@ impl Authority {
         now: OffsetDateTime,
         parent_serial: Option<String>,
     ) -> Result<CertRecord> {
-        if !policy.key_algorithms.contains(&csr.key_algorithm) {
-            return Err(CaError::refused(
-                ProblemCode::KeyNotAllowed,
-                format!(
-                    "key algorithm {} is not allowed by the policy of group {group:?}; allowed: {}",
-                    csr.key_algorithm,
-                    policy.key_algorithms.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
-        if let Some(cn) = &csr.common_name
-            && cn != identity
-        {
-            return Err(CaError::refused(
-                ProblemCode::CsrInvalid,
-                format!(
-                    "CSR subject CN {cn:?} does not match the identity {identity:?}; leave the subject empty or use the identity"
-                ),
-            ));
-        }
+        profile_allows(identity, group, csr, policy)?;
         let serial = profile::random_serial();
         let params =
             profile::device(identity, &serial, now, policy.lifetime(), &self.publication.urls)?;
@@ -976,6 +987,38 @@ impl Authority {
     pub(crate) fn root_signer(&self) -> Option<&SharedSigner> {
         self.keys.root.as_ref()
     }
+}
+
+/// What the profile refuses in a CSR, whatever its signature: a key algorithm the group's
+/// policy does not allow, a subject naming someone else. Checked before an issuance slot is
+/// taken (and again when signing).
+fn profile_allows(
+    identity: &str,
+    group: &str,
+    csr: &CheckedCsr,
+    policy: &GroupPolicy,
+) -> Result<()> {
+    if !policy.key_algorithms.contains(&csr.key_algorithm) {
+        return Err(CaError::refused(
+            ProblemCode::KeyNotAllowed,
+            format!(
+                "key algorithm {} is not allowed by the policy of group {group:?}; allowed: {}",
+                csr.key_algorithm,
+                policy.key_algorithms.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    if let Some(cn) = &csr.common_name
+        && cn != identity
+    {
+        return Err(CaError::refused(
+            ProblemCode::CsrInvalid,
+            format!(
+                "CSR subject CN {cn:?} does not match the identity {identity:?}; leave the subject empty or use the identity"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn key_reused(serial: &str) -> CaError {

@@ -123,6 +123,10 @@ impl IntoResponse for CaError {
         // Internal details go to the log, not to the client.
         if problem.code == ProblemCode::Internal {
             tracing::error!(error = %self, "request failed");
+        } else if problem.code == ProblemCode::Busy {
+            // Under load these come by the thousand; the pacer and the backends log a
+            // summary instead.
+            tracing::debug!(status = problem.status, code = %problem.code, error = %self, "request refused");
         } else {
             tracing::info!(status = problem.status, code = %problem.code, error = %self, "request refused");
         }
@@ -156,10 +160,19 @@ impl From<rusqlite::Error> for CaError {
 impl From<rcgen::Error> for CaError {
     fn from(e: rcgen::Error) -> Self {
         match e {
-            // A remote signer (KMS) failed or throttled: the device should come back later.
-            rcgen::Error::RemoteKeyError => CaError::Unavailable {
-                reason: "the signing key service is unavailable".into(),
-                retry_after_secs: 5,
+            // A remote signer (KMS) throttled or is down: the device should come back
+            // later (5 to 9 s, so the devices of one throttled moment spread). A failure
+            // retrying cannot cure is an internal error.
+            rcgen::Error::RemoteKeyError => match crate::signer::take_remote_failure() {
+                Some(crate::signer::RemoteFailure::Failed(detail)) => CaError::Signing(detail),
+                Some(crate::signer::RemoteFailure::Busy(reason)) => CaError::Unavailable {
+                    reason,
+                    retry_after_secs: 5 + rand::random_range(0..5u64),
+                },
+                None => CaError::Unavailable {
+                    reason: "the signing key service is unavailable".into(),
+                    retry_after_secs: 5,
+                },
             },
             e => CaError::Signing(e.to_string()),
         }

@@ -16,9 +16,11 @@
 //! - [`fleet`]: `fleet simulate`, a fleet's renewals in virtual time with the agent's own
 //!   decision against a model of the CA's admission control.
 //! - `aws` (feature `aws`): the serverless CA: KMS signer, DynamoDB store, S3 publishing.
+//! - [`admission`]: the issuance pacer (`serve --max-issuance-rate`).
 //! - [`tokens`], [`revocation`], [`clock`], [`error`], [`fsutil`]: small shared pieces.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod authority;
 #[cfg(feature = "aws")]
 pub mod aws;

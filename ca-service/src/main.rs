@@ -122,6 +122,15 @@ enum Cmd {
         /// Connections open at once from one source address, per listener.
         #[arg(long, env = "LANYARD_CA_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 64)]
         max_connections_per_source: usize,
+        /// Issuances (enrolments and renewals) a second, at most; beyond it requests wait
+        /// in a bounded queue, then get 503 `busy` with a Retry-After spread over the
+        /// backlog. Check-ins, CRLs and OCSP are never held. Default: unlimited.
+        #[arg(long, env = "LANYARD_CA_MAX_ISSUANCE_RATE", value_name = "PER_SEC")]
+        max_issuance_rate: Option<f64>,
+        /// Seconds an issuance may wait for its slot under --max-issuance-rate (at most
+        /// rate × this many wait); beyond it the request is refused at once.
+        #[arg(long, env = "LANYARD_CA_MAX_ISSUANCE_QUEUE", value_name = "SECS", default_value_t = lanyard_ca::admission::DEFAULT_MAX_QUEUE_SECS)]
+        max_issuance_queue: f64,
     },
     /// Enrolment tokens.
     Token {
@@ -453,13 +462,26 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             addr_file,
             max_connections,
             max_connections_per_source,
+            max_issuance_rate,
+            max_issuance_queue,
         } => {
+            let admission = max_issuance_rate
+                .map(|rate| {
+                    lanyard_ca::admission::AdmissionLimits::new(rate, max_issuance_queue).map_err(
+                        |e| {
+                            CaError::BadRequest(format!(
+                                "--max-issuance-rate/--max-issuance-queue: {e}"
+                            ))
+                        },
+                    )
+                })
+                .transpose()?;
             let limits = lanyard_ca::http::server::Limits {
                 max_connections: max_connections.max(1),
                 max_per_source: Some(max_connections_per_source.max(1)),
                 ..lanyard_ca::http::server::Limits::server()
             };
-            serve(dir, listen, tls_names, http_listen, addr_file, limits).await?;
+            serve(dir, listen, tls_names, http_listen, addr_file, limits, admission).await?;
         }
         Cmd::Token { cmd: TokenCmd::Create { identity, group, ttl } } => {
             let (_, a) = open(&dir).await?;
@@ -840,8 +862,17 @@ async fn serve(
     http_listen: String,
     addr_file: Option<PathBuf>,
     limits: lanyard_ca::http::server::Limits,
+    admission: Option<lanyard_ca::admission::AdmissionLimits>,
 ) -> Result<(), CaError> {
     let (ca, auth) = open(&dir).await?;
+    if let Some(a) = admission {
+        tracing::info!(
+            rate = a.rate,
+            queue_secs = a.max_queue.as_secs_f64(),
+            "issuance paced (--max-issuance-rate)"
+        );
+    }
+    let auth = auth.with_admission(admission);
     #[allow(irrefutable_let_patterns)] // refutable with the aws feature
     let Ca::Embedded(d) = ca else {
         return Err(CaError::Config(

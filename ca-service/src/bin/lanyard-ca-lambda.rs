@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 use lambda_http::{Error, Request, service_fn};
+use lanyard_ca::admission::AdmissionLimits;
 use lanyard_ca::aws::{AwsBackend, AwsLocation};
 use lanyard_ca::clock::SystemClock;
 use std::sync::Arc;
@@ -14,7 +15,10 @@ use std::sync::Arc;
 async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt().json().with_target(false).without_time().init();
     let backend = Arc::new(AwsBackend::connect(AwsLocation::from_env()?).await);
-    let auth = Arc::new(backend.open(Arc::new(SystemClock)).await?);
+    // Issuance pacing: LANYARD_MAX_ISSUANCE_RATE for the deployment, shared by
+    // LANYARD_ISSUANCE_INSTANCES instances (see lanyard_ca::admission).
+    let admission = AdmissionLimits::from_env()?;
+    let auth = Arc::new(backend.open(Arc::new(SystemClock)).await?.with_admission(admission));
     match std::env::var("LANYARD_LAMBDA_MODE").as_deref() {
         Ok("publish") => {
             lambda_http::lambda_runtime::run(lambda_http::lambda_runtime::service_fn(

@@ -341,7 +341,14 @@ async fn ocsp_get(State(auth): State<App>, Path(req): Path<String>) -> Result<Re
 
 async fn healthz(State(auth): State<App>) -> Response {
     match auth.store().revocation_generation().await {
-        Ok(_) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response(),
+        Ok(_) => {
+            let mut body = serde_json::json!({"status": "ok"});
+            // The issuance pacer's counters (admitted, queued, refused, backlog).
+            if let Some(stats) = auth.admission_stats() {
+                body["issuance"] = serde_json::to_value(stats).unwrap_or_default();
+            }
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
         Err(e) => {
             tracing::error!(error = %e, "health check: store unavailable");
             (

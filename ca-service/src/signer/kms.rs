@@ -3,10 +3,12 @@
 //! rcgen's `SigningKey` is synchronous and KMS is not: this is the one place where the
 //! async call is adapted, with `block_in_place` on the multi-threaded runtime the CLI and
 //! the Lambda run on. KMS returns ECDSA signatures as DER, which is what X.509 wants.
-//! Any KMS failure (throttling included) surfaces as `rcgen::Error::RemoteKeyError`, which
-//! the CA answers with 503 and `Retry-After`, so agents back off.
+//! Any KMS failure surfaces as `rcgen::Error::RemoteKeyError`, with its kind noted for the
+//! CA ([`super::note_remote_failure`]): throttling and KMS being briefly unavailable are
+//! answered with 503 `busy` and `Retry-After`, so agents back off; a failure that retrying
+//! cannot cure (access denied, a disabled key) is a 500.
 
-use super::Signer;
+use super::{RemoteFailure, Signer};
 use crate::error::{CaError, Result};
 use aws_sdk_kms::Client;
 use aws_sdk_kms::primitives::Blob;
@@ -43,6 +45,25 @@ fn signing_alg(alg: KeyAlgorithm) -> SigningAlgorithmSpec {
         KeyAlgorithm::EcdsaP256 => SigningAlgorithmSpec::EcdsaSha256,
         KeyAlgorithm::EcdsaP384 => SigningAlgorithmSpec::EcdsaSha384,
         _ => SigningAlgorithmSpec::RsassaPkcs1V15Sha256,
+    }
+}
+
+/// KMS error codes that mean "too many requests now" (the per-account signing quota).
+fn is_throttling(code: &str) -> bool {
+    matches!(code, "ThrottlingException" | "LimitExceededException" | "TooManyRequestsException")
+}
+
+/// What a failed `Sign` means for the device: throttling, KMS's own transient failures and
+/// failures with no service code (timeouts, connection errors) are worth retrying later;
+/// any other service error (access denied, disabled or missing key) is not.
+fn classify(key_id: &str, code: Option<&str>) -> RemoteFailure {
+    match code {
+        Some(c) if is_throttling(c) => RemoteFailure::Busy("KMS signing throttled".into()),
+        Some(
+            c @ ("KMSInternalException" | "DependencyTimeoutException" | "KeyUnavailableException"),
+        ) => RemoteFailure::Busy(format!("KMS signing unavailable ({c})")),
+        Some(c) => RemoteFailure::Failed(format!("KMS Sign with key {key_id}: {c}")),
+        None => RemoteFailure::Busy("KMS signing did not answer".into()),
     }
 }
 
@@ -123,9 +144,22 @@ impl rcgen::SigningKey for KmsSigner {
         tokio::task::block_in_place(|| {
             self.runtime.block_on(async {
                 match call.await {
-                    Ok(out) => out.signature.map(|b| b.into_inner()),
+                    Ok(out) => {
+                        let sig = out.signature.map(|b| b.into_inner());
+                        super::note_remote_failure(sig.is_none().then(|| {
+                            RemoteFailure::Failed(format!("KMS Sign with key {} returned no signature", self.key_id))
+                        }));
+                        sig
+                    }
                     Err(e) => {
-                        tracing::error!(key_id = %self.key_id, error = %aws_sdk_kms::error::DisplayErrorContext(&e), "KMS Sign failed");
+                        let code = aws_sdk_kms::error::ProvideErrorMetadata::code(&e);
+                        let failure = classify(&self.key_id, code);
+                        if let RemoteFailure::Busy(reason) = &failure {
+                            tracing::warn!(key_id = %self.key_id, code = code.unwrap_or("-"), "{reason}; answering 503 busy");
+                        } else {
+                            tracing::error!(key_id = %self.key_id, error = %aws_sdk_kms::error::DisplayErrorContext(&e), "KMS Sign failed");
+                        }
+                        super::note_remote_failure(Some(failure));
                         None
                     }
                 }
@@ -141,5 +175,44 @@ impl Signer for KmsSigner {
     }
     fn describe(&self) -> String {
         format!("kms:{}", self.key_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RemoteFailure, classify};
+    use crate::error::CaError;
+    use lanyard_proto::ProblemCode;
+
+    /// What the CA answers after a KMS `Sign` failed with `code`: the signer notes the
+    /// failure on its thread and rcgen reports `RemoteKeyError`, as in `sign`.
+    fn answer(code: Option<&str>) -> CaError {
+        crate::signer::note_remote_failure(Some(classify("key-1", code)));
+        CaError::from(rcgen::Error::RemoteKeyError)
+    }
+
+    #[test]
+    fn throttling_is_busy_and_a_denied_key_is_internal() {
+        for code in [
+            Some("ThrottlingException"),
+            Some("LimitExceededException"),
+            Some("KMSInternalException"),
+            None,
+        ] {
+            let e = answer(code);
+            assert_eq!(e.code(), ProblemCode::Busy, "{code:?}: {e}");
+            assert!(matches!(e, CaError::Unavailable { retry_after_secs: 5..=9, .. }), "{e:?}");
+        }
+        for code in ["AccessDeniedException", "DisabledException", "KMSInvalidStateException"] {
+            let e = answer(Some(code));
+            assert_eq!(e.code(), ProblemCode::Internal, "{code}: {e}");
+            assert!(e.to_string().contains(code), "{e}");
+        }
+        assert_eq!(
+            classify("k", Some("ThrottlingException")),
+            RemoteFailure::Busy("KMS signing throttled".into())
+        );
+        // Read once: a later, unrelated failure does not inherit it.
+        assert_eq!(crate::signer::take_remote_failure(), None);
     }
 }

@@ -21,6 +21,33 @@ pub trait Signer: rcgen::SigningKey + Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String;
 }
 
+/// Why a remote signer (KMS) failed, beyond what `rcgen::Error::RemoteKeyError` can say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RemoteFailure {
+    /// Throttled or briefly unavailable: the client should come back later (503 busy).
+    Busy(String),
+    /// A failure that retrying will not cure (access denied, disabled key): 500.
+    Failed(String),
+}
+
+thread_local! {
+    /// The outcome of the last remote signature made on this thread. rcgen's `SigningKey`
+    /// is synchronous, so the failure is read on the same thread, right after `sign`
+    /// returns, when its `RemoteKeyError` becomes a [`crate::CaError`].
+    static REMOTE_FAILURE: std::cell::RefCell<Option<RemoteFailure>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Records the outcome of a remote signature (`None`: it succeeded).
+pub fn note_remote_failure(f: Option<RemoteFailure>) {
+    REMOTE_FAILURE.with(|c| *c.borrow_mut() = f);
+}
+
+/// Takes the failure of the last remote signature on this thread, if it failed.
+pub fn take_remote_failure() -> Option<RemoteFailure> {
+    REMOTE_FAILURE.with(|c| c.borrow_mut().take())
+}
+
 /// The rcgen signature algorithm that goes with a key algorithm.
 pub fn rcgen_algorithm(alg: KeyAlgorithm) -> &'static rcgen::SignatureAlgorithm {
     match alg {

@@ -74,13 +74,56 @@ where
         || code == "ProvisionedThroughputExceededException"
         || code == "RequestLimitExceeded"
     {
-        return CaError::Unavailable {
-            reason: format!("DynamoDB {op} throttled"),
-            retry_after_secs: 5,
-        };
+        tracing::warn!(op, code = %code, "DynamoDB throttled; answering 503 busy");
+        return busy(format!("DynamoDB {op} throttled"));
     }
     let detail = aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string();
     err(op, detail)
+}
+
+/// `503 busy`, with a `Retry-After` of 5 to 9 s so that the devices a throttled moment
+/// refused do not all come back in the same second.
+fn busy(reason: String) -> CaError {
+    CaError::Unavailable { reason, retry_after_secs: 5 + rand::random_range(0..5u64) }
+}
+
+/// Cancellation reasons of a transaction that another writer or DynamoDB's capacity
+/// stopped, rather than one of its conditions: worth retrying later.
+const TRANSIENT_CANCELLATIONS: [&str; 4] = [
+    "TransactionConflict",
+    "ThrottlingError",
+    "ProvisionedThroughputExceeded",
+    "RequestLimitExceeded",
+];
+
+/// What a failed `TransactWriteItems` means: `Ok(codes)` when a condition failed (the
+/// cancellation code of every item, in order); `503 busy` when the transaction was
+/// cancelled by a conflicting transaction or by throttling; otherwise a storage error.
+fn transact_failure<R: std::fmt::Debug>(
+    e: aws_sdk_dynamodb::error::SdkError<
+        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
+        R,
+    >,
+) -> Result<Vec<String>> {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    if let Some(TransactWriteItemsError::TransactionCanceledException(c)) = e.as_service_error() {
+        let codes: Vec<String> = c
+            .cancellation_reasons()
+            .iter()
+            .map(|r| r.code().unwrap_or("None").to_owned())
+            .collect();
+        if codes.iter().any(|c| c == "ConditionalCheckFailed") {
+            return Ok(codes);
+        }
+        if let Some(code) = codes.iter().find(|c| TRANSIENT_CANCELLATIONS.contains(&c.as_str())) {
+            tracing::warn!(code = %code, "DynamoDB transaction cancelled; answering 503 busy");
+            return Err(busy(format!("DynamoDB transaction cancelled ({code})")));
+        }
+    }
+    if let Some(TransactWriteItemsError::TransactionInProgressException(_)) = e.as_service_error() {
+        return Err(busy("DynamoDB transaction in progress".into()));
+    }
+    Err(sdk_err("TransactWriteItems", e))
 }
 
 fn cert_item(c: &CertRecord) -> Item {
@@ -227,24 +270,9 @@ impl DynamoStore {
         &self,
         items: Vec<TransactWriteItem>,
     ) -> Result<std::result::Result<(), Vec<String>>> {
-        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
         match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
             Ok(_) => Ok(Ok(())),
-            Err(e) => {
-                if let Some(TransactWriteItemsError::TransactionCanceledException(c)) =
-                    e.as_service_error()
-                {
-                    let codes: Vec<String> = c
-                        .cancellation_reasons()
-                        .iter()
-                        .map(|r| r.code().unwrap_or("None").to_owned())
-                        .collect();
-                    if codes.iter().any(|c| c == "ConditionalCheckFailed") {
-                        return Ok(Err(codes));
-                    }
-                }
-                Err(sdk_err("TransactWriteItems", e))
-            }
+            Err(e) => transact_failure(e).map(Err),
         }
     }
 
@@ -508,5 +536,64 @@ impl Store for DynamoStore {
                 remote: get_s(i, "remote"),
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transact_failure;
+    use crate::error::CaError;
+    use aws_sdk_dynamodb::error::SdkError;
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+    use aws_sdk_dynamodb::types::CancellationReason;
+    use aws_sdk_dynamodb::types::error::TransactionCanceledException;
+    use lanyard_proto::ProblemCode;
+
+    /// A cancelled transaction as the SDK reports it, with one reason per item. It stands
+    /// in for DynamoDB's real cancellation reasons, which moto does not report faithfully
+    /// (it has no transaction conflicts or per-item throttling).
+    fn cancelled(codes: &[&str]) -> SdkError<TransactWriteItemsError, ()> {
+        let mut ex = TransactionCanceledException::builder().message("Transaction cancelled");
+        for c in codes {
+            ex = ex.cancellation_reasons(CancellationReason::builder().code(*c).build());
+        }
+        SdkError::service_error(
+            TransactWriteItemsError::TransactionCanceledException(ex.build()),
+            (),
+        )
+    }
+
+    #[test]
+    fn a_conflict_or_throttling_cancellation_is_busy() {
+        for reason in ["TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"] {
+            match transact_failure(cancelled(&["None", reason, "None"])) {
+                Err(e @ CaError::Unavailable { retry_after_secs, .. }) => {
+                    assert_eq!(e.code(), ProblemCode::Busy);
+                    assert_eq!(e.status().as_u16(), 503);
+                    assert!((5..10).contains(&retry_after_secs), "{retry_after_secs}");
+                    assert!(e.to_string().contains(reason), "{e}");
+                }
+                other => panic!("{reason}: expected 503 busy, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_condition_still_reports_its_codes() {
+        // Exactly as before: the caller decides (already renewed, token used, key reused),
+        // also when another item of the same transaction conflicted.
+        let codes = ["ConditionalCheckFailed", "TransactionConflict", "None"];
+        match transact_failure(cancelled(&codes)) {
+            Ok(got) => assert_eq!(got, codes),
+            Err(e) => panic!("expected the cancellation codes, got {e:?}"),
+        }
+    }
+
+    #[test]
+    fn another_cancellation_is_a_storage_error() {
+        match transact_failure(cancelled(&["ValidationError"])) {
+            Err(e @ CaError::Storage(_)) => assert_eq!(e.code(), ProblemCode::Internal),
+            other => panic!("expected a storage error, got {other:?}"),
+        }
     }
 }

@@ -308,8 +308,10 @@ resource "aws_lambda_function" "http" {
 
   environment {
     variables = {
-      LANYARD_AWS_TABLE   = aws_dynamodb_table.ca.name
-      LANYARD_LAMBDA_MODE = "http"
+      LANYARD_AWS_TABLE          = aws_dynamodb_table.ca.name
+      LANYARD_LAMBDA_MODE        = "http"
+      LANYARD_MAX_ISSUANCE_RATE  = tostring(var.max_issuance_rate)
+      LANYARD_ISSUANCE_INSTANCES = tostring(var.reserved_concurrency)
     }
   }
 

@@ -86,6 +86,16 @@ variable "reserved_concurrency" {
   }
 }
 
+variable "max_issuance_rate" {
+  description = "Most issuances (enrolments and renewals) a second, for the whole deployment; 0 for no limit. Keep it below the share of the account's KMS signing quota (300/s for ECC by default) the CA may use. Each of the reserved_concurrency instances paces itself to an equal share; beyond a 2 s queue devices get 503 busy with a Retry-After spread over the backlog."
+  type        = number
+  default     = 50
+  validation {
+    condition     = var.max_issuance_rate >= 0 && var.max_issuance_rate <= 10000
+    error_message = "max_issuance_rate must be between 0 (no limit) and 10000 a second."
+  }
+}
+
 variable "publish_schedule" {
   description = "How often CRLs are regenerated and the bundle and revocation export republished (EventBridge expression)."
   type        = string
