@@ -505,9 +505,8 @@ impl Agent {
                     if *code == ProblemCode::Revoked {
                         st.revoked = Some((cur.info.serial.clone(), message.clone()));
                     }
-                    st.retry_not_before = retry_after
-                        .and_then(|d| time::Duration::try_from(d).ok())
-                        .map(|d| now + d);
+                    st.retry_not_before =
+                        retry_after.and_then(|d| time::Duration::try_from(d).ok()).map(|d| now + d);
                 }
                 if !e.retryable() {
                     // A refusal that will not change: the next attempt starts from a new key.

@@ -1,7 +1,8 @@
 //! Admission control for issuance: at most `rate` signatures a second, a bounded queue in
 //! front of them, and `503 busy` with a spread-out `Retry-After` beyond it.
 //!
-//! The pacer keeps a virtual schedule. Each admitted issuance takes the next free slot
+//! The pacer keeps a virtual schedule ([`lanyard_proto::admission::Pacer`], which
+//! `fleet simulate` also runs as its model of the CA). Each admitted issuance takes the next free slot
 //! (`max(now, last slot + 1/rate)`) and waits until it. A request whose slot would lie
 //! further ahead than the queue horizon (`--max-issuance-queue`, 2 s by default, so at most
 //! `rate × horizon` requests wait) is refused at once and takes no slot.
@@ -22,6 +23,7 @@
 //! counted ([`AdmissionStats`], shown by `/healthz`) and logged once per 10 s.
 
 use crate::error::CaError;
+use lanyard_proto::admission::Admission;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -33,7 +35,7 @@ pub const DEFAULT_MAX_QUEUE_SECS: f64 = 2.0;
 /// whole-request timeout (30 s) and a Lambda's (10 s).
 pub const MAX_QUEUE_SECS_LIMIT: f64 = 8.0;
 /// Longest `Retry-After` a refusal gives, however long the backlog of refusals.
-pub const MAX_RETRY_AFTER_SECS: u64 = 3_600;
+pub use lanyard_proto::admission::MAX_RETRY_AFTER_SECS;
 /// Highest rate accepted (a pacer above this would be no limit at all).
 pub const MAX_RATE: f64 = 100_000.0;
 /// Refusals are logged at most this often (with their count).
@@ -138,10 +140,9 @@ impl From<Refusal> for CaError {
 
 #[derive(Debug)]
 struct Schedule {
-    /// The next free issuance slot.
-    next_slot: Instant,
-    /// The next retry hint to hand out.
-    next_hint: Instant,
+    /// The slots and retry hints, in seconds since `Pacer::epoch` (the same state machine
+    /// `fleet simulate` models the CA with).
+    pacer: lanyard_proto::admission::Pacer,
     /// Refusals not yet logged, and when the last log line was written.
     unreported: u64,
     reported_at: Option<Instant>,
@@ -151,7 +152,7 @@ struct Schedule {
 #[derive(Debug)]
 pub struct Pacer {
     limits: AdmissionLimits,
-    interval: Duration,
+    epoch: Instant,
     schedule: Mutex<Schedule>,
     admitted: AtomicU64,
     queued: AtomicU64,
@@ -160,13 +161,14 @@ pub struct Pacer {
 
 impl Pacer {
     pub fn new(limits: AdmissionLimits) -> Self {
-        let now = Instant::now();
         Pacer {
             limits,
-            interval: Duration::from_secs_f64(1.0 / limits.rate),
+            epoch: Instant::now(),
             schedule: Mutex::new(Schedule {
-                next_slot: now,
-                next_hint: now,
+                pacer: lanyard_proto::admission::Pacer::new(
+                    limits.rate,
+                    limits.max_queue.as_secs_f64(),
+                ),
                 unreported: 0,
                 reported_at: None,
             }),
@@ -186,24 +188,21 @@ impl Pacer {
         // A poisoned lock still holds a consistent schedule (plain values, no invariants
         // across fields), so keep using it.
         let mut s = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = s.next_slot.max(now);
-        let wait = slot - now;
-        if wait <= self.limits.max_queue {
-            s.next_slot = slot + self.interval;
-            self.admitted.fetch_add(1, Ordering::Relaxed);
-            if !wait.is_zero() {
-                self.queued.fetch_add(1, Ordering::Relaxed);
+        let t = now.saturating_duration_since(self.epoch).as_secs_f64();
+        let retry_after_secs = match s.pacer.admit(t) {
+            Admission::At(slot) => {
+                let wait = Duration::from_secs_f64((slot - t).max(0.0));
+                self.admitted.fetch_add(1, Ordering::Relaxed);
+                if !wait.is_zero() {
+                    self.queued.fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok(wait);
             }
-            return Ok(wait);
-        }
-        // Refused: the issuance schedule is left alone; the refusal gets the next retry
-        // hint, after the backlog and after the hints already given.
-        let backlog = s.next_slot - now;
-        let max_hint = now + Duration::from_secs(MAX_RETRY_AFTER_SECS);
-        let hint = s.next_hint.max(s.next_slot).min(max_hint);
-        s.next_hint = (hint + self.interval).min(max_hint);
-        let retry_after_secs =
-            ((hint - now).as_secs_f64().ceil() as u64).clamp(1, MAX_RETRY_AFTER_SECS);
+            // Refused: no slot taken; the hint comes after the backlog and after the hints
+            // already given.
+            Admission::Busy { retry_after_secs } => retry_after_secs,
+        };
+        let backlog = Duration::from_secs_f64(s.pacer.backlog_secs(t));
         self.refused.fetch_add(1, Ordering::Relaxed);
         s.unreported += 1;
         if s.reported_at.is_none_or(|t| now - t >= REPORT_EVERY) {
@@ -232,7 +231,7 @@ impl Pacer {
     pub fn stats(&self) -> AdmissionStats {
         let backlog = {
             let s = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
-            s.next_slot.saturating_duration_since(Instant::now())
+            s.pacer.backlog_secs(Instant::now().saturating_duration_since(self.epoch).as_secs_f64())
         };
         AdmissionStats {
             rate: self.limits.rate,
@@ -240,7 +239,7 @@ impl Pacer {
             admitted: self.admitted.load(Ordering::Relaxed),
             queued: self.queued.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
-            backlog_secs: backlog.as_secs_f64(),
+            backlog_secs: backlog,
         }
     }
 }

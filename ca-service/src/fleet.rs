@@ -578,7 +578,7 @@ mod tests {
         });
         let t = r.rotation_complete_secs.expect("rotation completes");
         assert!(r.busy_refusals > 0);
-        assert!(t >= 1000.0 && t <= 1.2 * 1000.0 + 60.0, "{t}");
+        assert!((1000.0..=1.2 * 1000.0 + 60.0).contains(&t), "{t}");
         assert_eq!(r.devices_expired, 0);
         assert!(r.max_wait_secs <= 2.0 + 1e-6);
     }

@@ -8,6 +8,9 @@
 //! same rate, so that refused clients come back spread over the time the backlog needs
 //! instead of landing together in the next second.
 
+/// The longest `Retry-After` the pacer gives.
+pub const MAX_RETRY_AFTER_SECS: u64 = 3600;
+
 /// What the pacer answers a request.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Admission {
@@ -56,9 +59,13 @@ impl Pacer {
         // Past the queue: reserve a later instant at the same rate. Reservations are
         // advice (nothing is held for them); they keep refused clients from coming back
         // together.
-        let at = self.next_reservation.max(slot);
-        self.next_reservation = at + self.interval;
-        Admission::Busy { retry_after_secs: ((at - now).ceil() as u64).max(1) }
+        let latest = now + MAX_RETRY_AFTER_SECS as f64;
+        let at = self.next_reservation.max(slot).min(latest);
+        self.next_reservation = (at + self.interval).min(latest);
+        Admission::Busy {
+            // (Less a microsecond before rounding up: hints are sums of floats.)
+            retry_after_secs: ((at - now - 1e-6).ceil() as u64).clamp(1, MAX_RETRY_AFTER_SECS),
+        }
     }
 
     /// Seconds of issuance already queued at `now`.
