@@ -565,3 +565,57 @@ async fn the_status_endpoint_survives_running_out_of_descriptors() {
     let r = get(port, "attacker.example").await.unwrap_or_default();
     assert!(r.contains("403"), "a foreign Host is refused: {r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_ca_is_obeyed_and_status_shows_one_next_attempt() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut ca = Ca::start(tmp.path()).await;
+    // One issuance per 60 s and no queue: the enrolment takes the slot, the renewal right
+    // after it is refused as busy with a Retry-After near a minute.
+    ca.down().await;
+    ca.admission =
+        Some(lanyard_ca::admission::AdmissionLimits::new(1.0 / 60.0, 0.0).expect("limits"));
+    ca.up().await;
+    let state = tmp.path().join("agent");
+    enrol(&ca, &state, "busy-1.fleet.example.com").await;
+    let refused_at = time::OffsetDateTime::now_utc();
+    let o = lanyard(&state, &["renew", "--force"]).await;
+    assert!(!o.status.success() && text(&o).contains("busy"), "{}", text(&o));
+
+    let s = status(&state).await;
+    assert_eq!(s["last_error_code"], "busy", "{s}");
+    assert_eq!(s["consecutive_failures"], 1, "{s}");
+    let next = time::OffsetDateTime::parse(
+        s["next_renewal"].as_str().expect("next_renewal"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("rfc3339");
+    // The backoff alone (10 s floor) would allow a try within 10 s; Retry-After says ~60.
+    assert!(next - refused_at >= time::Duration::seconds(45), "next attempt {next}, refused {refused_at}");
+    // The same answer on every call: the failure's jitter was drawn once and stored.
+    for _ in 0..3 {
+        assert_eq!(status(&state).await["next_renewal"], s["next_renewal"]);
+    }
+    // An unforced renewal waits for it instead of knocking again.
+    let o = lanyard(&state, &["renew"]).await;
+    assert!(o.status.success() && text(&o).contains("not due"), "{}", text(&o));
+    let busy = ca.auth().admission_stats().expect("admission on").refused;
+    assert_eq!(busy, 1, "only the forced renewal reached the CA's pacer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_state_file_is_reported_not_swallowed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let state = tmp.path().join("agent");
+    enrol(&ca, &state, "corrupt-1.fleet.example.com").await;
+    std::fs::write(state.join("agent-state.json"), b"{ not json").expect("corrupt");
+    let s = status(&state).await;
+    let err = s["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("agent-state.json") && err.contains("remove the file"), "{s}");
+    // The credential is elsewhere and still in use; the CA's URL was in the lost state,
+    // so renewal says what to do instead of failing somewhere obscure.
+    assert_eq!(s["state"], "valid");
+    let o = lanyard(&state, &["renew", "--force"]).await;
+    assert!(!o.status.success() && text(&o).contains("[ca] url"), "{}", text(&o));
+}

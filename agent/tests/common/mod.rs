@@ -37,6 +37,8 @@ pub struct Ca {
     pub running: Option<Running>,
     pub url: String,
     pub listen: String,
+    /// `serve --max-issuance-rate/--max-issuance-queue`, applied at the next `up`.
+    pub admission: Option<lanyard_ca::admission::AdmissionLimits>,
 }
 
 impl Ca {
@@ -60,6 +62,7 @@ impl Ca {
             running: None,
             url: String::new(),
             listen: "127.0.0.1:0".into(),
+            admission: None,
         };
         ca.up().await;
         ca
@@ -67,7 +70,7 @@ impl Ca {
 
     pub async fn up(&mut self) {
         let d = CaDir::new(&self.dir);
-        let auth = d.open(self.clock.clone()).expect("open");
+        let auth = d.open(self.clock.clone()).expect("open").with_admission(self.admission);
         let opts = ServeOptions::new(self.listen.clone());
         let r = lanyard_ca::serve::start(d, auth, opts).await.expect("serve");
         self.listen = r.https.to_string();
