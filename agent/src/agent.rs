@@ -300,6 +300,14 @@ impl Agent {
         m.local_policy = local_policy;
     }
 
+    /// Re-reads all that another `lanyard` process may have changed (the state file, the
+    /// local policy file, the credential); true when the credential changed. Blocking:
+    /// call it from `spawn_blocking` in async code.
+    pub fn reload_all(&self) -> Result<bool> {
+        self.reload_state();
+        self.reload()
+    }
+
     /// Writes the state through to its file, then to memory.
     fn save_state(&self, s: &AgentState) {
         if let Err(e) = s.save(self.state_dir()) {

@@ -30,8 +30,9 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
     let _ = sd_notify::notify(states);
 }
 
-/// Watches the store and the local policy file; sends a wake-up on change.
-fn watch(agent: &Agent, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+/// Watches the store, the state directory and the local policy file; sends a wake-up on
+/// change.
+pub fn watch(agent: &Agent, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if res.is_ok() {
@@ -40,14 +41,14 @@ fn watch(agent: &Agent, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatch
     })
     .map_err(|e| tracing::warn!(error = %e, "cannot watch files; changes apply at the next check"))
     .ok()?;
-    let mut paths = vec![agent.watch_path()];
+    let mut paths = vec![agent.watch_path(), crate::state::path(agent.state_dir())];
     if let Some(p) = &agent.cfg.renewal.policy_file {
         paths.push(p.clone());
     }
-    for p in paths {
-        if let Some(dir) = p.parent().filter(|d| d.exists())
-            && let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive)
-        {
+    let dirs: std::collections::BTreeSet<_> =
+        paths.iter().filter_map(|p| p.parent()).filter(|d| d.exists()).collect();
+    for dir in dirs {
+        if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
             tracing::warn!(path = %dir.display(), error = %e, "cannot watch");
         }
     }
@@ -186,11 +187,7 @@ pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> Exit {
                 // The state and policy files are read into memory here, not on every
                 // tick; the keystore call runs off the async workers.
                 let a = agent.clone();
-                let reloaded = tokio::task::spawn_blocking(move || {
-                    a.reload_state();
-                    a.reload()
-                })
-                .await;
+                let reloaded = tokio::task::spawn_blocking(move || a.reload_all()).await;
                 match reloaded {
                     Ok(Ok(true)) => tracing::info!("credential changed in the store; now in use"),
                     Ok(Ok(false)) => {}

@@ -344,30 +344,21 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
 /// the daemon): reload when the store changes, and every few seconds as a fallback.
 fn watch_store(agent: Arc<Agent>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        use notify::Watcher;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(4);
-        let mut w = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
-            if r.is_ok() {
-                let _ = tx.try_send(());
-            }
-        })
-        .ok();
-        if let (Some(w), Some(dir)) =
-            (w.as_mut(), agent.watch_path().parent().map(|p| p.to_owned()))
-        {
-            let _ = w.watch(&dir, notify::RecursiveMode::NonRecursive);
-        }
+        let _watcher = daemon::watch(&agent, tx);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = rx.recv() => { tokio::time::sleep(Duration::from_millis(50)).await; while rx.try_recv().is_ok() {} }
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
-            match agent.reload() {
-                Ok(true) => {
+            let a = agent.clone();
+            match tokio::task::spawn_blocking(move || a.reload_all()).await {
+                Ok(Ok(true)) => {
                     tracing::info!("credential changed in the store; new handshakes use it")
                 }
-                Ok(false) => {}
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not reload the credential"),
                 Err(e) => tracing::warn!(error = %e, "could not reload the credential"),
             }
         }

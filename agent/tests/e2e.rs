@@ -578,7 +578,7 @@ async fn a_busy_ca_is_obeyed_and_status_shows_one_next_attempt() {
     ca.up().await;
     let state = tmp.path().join("agent");
     enrol(&ca, &state, "busy-1.fleet.example.com").await;
-    let refused_at = time::OffsetDateTime::now_utc();
+    let refused_at = lanyard_agent::clock::Clock::now(&lanyard_agent::clock::SystemClock);
     let o = lanyard(&state, &["renew", "--force"]).await;
     assert!(!o.status.success() && text(&o).contains("busy"), "{}", text(&o));
 
@@ -591,7 +591,10 @@ async fn a_busy_ca_is_obeyed_and_status_shows_one_next_attempt() {
     )
     .expect("rfc3339");
     // The backoff alone (10 s floor) would allow a try within 10 s; Retry-After says ~60.
-    assert!(next - refused_at >= time::Duration::seconds(45), "next attempt {next}, refused {refused_at}");
+    assert!(
+        next - refused_at >= time::Duration::seconds(45),
+        "next attempt {next}, refused {refused_at}"
+    );
     // The same answer on every call: the failure's jitter was drawn once and stored.
     for _ in 0..3 {
         assert_eq!(status(&state).await["next_renewal"], s["next_renewal"]);
