@@ -153,8 +153,22 @@ impl IntoResponse for CaError {
 
 impl From<rusqlite::Error> for CaError {
     fn from(e: rusqlite::Error) -> Self {
-        CaError::Storage(e.to_string())
+        storage_error("", &e)
     }
+}
+
+/// A database error: a full disk is the CA's trouble, passing (503 `busy`, come back in a
+/// minute; SQLite rolled the write back), anything else a storage failure.
+pub fn storage_error(context: &str, e: &rusqlite::Error) -> CaError {
+    let sep = if context.is_empty() { "" } else { ": " };
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        tracing::error!(error = %e, "the CA's disk is full: issuance is refused until space returns");
+        return CaError::Unavailable {
+            reason: format!("{context}{sep}the CA's disk is full"),
+            retry_after_secs: 60,
+        };
+    }
+    CaError::Storage(format!("{context}{sep}{e}"))
 }
 
 impl From<rcgen::Error> for CaError {

@@ -196,7 +196,7 @@ fn commit_issuances(c: &mut Connection, batch: Vec<Issuance>) {
             for job in batch {
                 let _ = job
                     .reply
-                    .send(Err(CaError::Storage(format!("recording the issuance failed: {e}"))));
+                    .send(Err(crate::error::storage_error("recording the issuance failed", &e)));
             }
         }
     }
