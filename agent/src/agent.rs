@@ -526,6 +526,11 @@ impl Agent {
             }
         }
         self.save_state(&st);
+        // Hooks run once the renewal is committed (credential and state): a slow or
+        // failing hook cannot leave a renewal half-recorded.
+        if let Ok(info) = &result {
+            crate::hooks::run(&self.cfg.hooks, info).await;
+        }
         result
     }
 
@@ -574,7 +579,6 @@ impl Agent {
         self.in_store(move |s| s.store(&cred)).await?;
         self.reload()?;
         tracing::info!(identity = %info.identity, serial = %info.serial, previous = %cur.info.serial, not_after = %Rfc3339Time(info.not_after), "renewed");
-        crate::hooks::run(&self.cfg.hooks, &info).await;
         Ok(info)
     }
 
