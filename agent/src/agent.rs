@@ -167,8 +167,9 @@ struct Memory {
     state: AgentState,
     /// Why the state file could not be read, until it can (or is written anew).
     state_error: Option<String>,
-    /// The local policy file, when configured: the policy, or why it is not used.
-    local_policy: Option<std::result::Result<GroupPolicy, String>>,
+    /// The local policy file's policy, when one is configured and valid (an invalid one is
+    /// logged when read, and the CA's policy applies).
+    local_policy: Option<GroupPolicy>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -278,11 +279,10 @@ impl Agent {
     /// agent next writes its state; the agent goes on from an empty state meanwhile.
     pub fn reload_state(&self) {
         let loaded = AgentState::load(self.state_dir());
-        let local_policy = self.cfg.renewal.policy_file.as_ref().map(|p| {
-            crate::policy_file::read(p).map_err(|e| {
-                tracing::warn!(error = %e, "ignoring the local policy file");
-                e.to_string()
-            })
+        let local_policy = self.cfg.renewal.policy_file.as_ref().and_then(|p| {
+            crate::policy_file::read(p)
+                .map_err(|e| tracing::warn!(error = %e, "ignoring the local policy file"))
+                .ok()
         });
         let mut m = self.memory();
         match loaded {
@@ -301,11 +301,19 @@ impl Agent {
     }
 
     /// Re-reads all that another `lanyard` process may have changed (the state file, the
-    /// local policy file, the credential); true when the credential changed. Blocking:
-    /// call it from `spawn_blocking` in async code.
-    pub fn reload_all(&self) -> Result<bool> {
-        self.reload_state();
-        self.reload()
+    /// local policy file, the credential), on a blocking thread; true when the credential
+    /// changed.
+    pub async fn reload_all(self: &Arc<Self>) -> Result<bool> {
+        let agent = self.clone();
+        tokio::task::spawn_blocking(move || {
+            agent.reload_state();
+            agent.reload()
+        })
+        .await
+        .map_err(|e| AgentError::Io {
+            context: "reloading".into(),
+            source: std::io::Error::other(e),
+        })?
     }
 
     /// Writes the state through to its file, then to memory.
@@ -339,7 +347,7 @@ impl Agent {
     /// The policy in force: a local policy file where configured, else the CA's.
     pub fn effective_policy(&self) -> GroupPolicy {
         let m = self.memory();
-        if let Some(Ok(pol)) = &m.local_policy {
+        if let Some(pol) = &m.local_policy {
             return pol.clone();
         }
         m.state.policy.clone().unwrap_or_default()

@@ -186,12 +186,9 @@ pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> Exit {
                 while rx.try_recv().is_ok() {}
                 // The state and policy files are read into memory here, not on every
                 // tick; the keystore call runs off the async workers.
-                let a = agent.clone();
-                let reloaded = tokio::task::spawn_blocking(move || a.reload_all()).await;
-                match reloaded {
-                    Ok(Ok(true)) => tracing::info!("credential changed in the store; now in use"),
-                    Ok(Ok(false)) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "could not reload the credential"),
+                match agent.reload_all().await {
+                    Ok(true) => tracing::info!("credential changed in the store; now in use"),
+                    Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "could not reload the credential"),
                 }
             }

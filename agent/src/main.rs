@@ -352,13 +352,11 @@ fn watch_store(agent: Arc<Agent>, stop: CancellationToken) -> tokio::task::JoinH
                 _ = rx.recv() => { tokio::time::sleep(Duration::from_millis(50)).await; while rx.try_recv().is_ok() {} }
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
-            let a = agent.clone();
-            match tokio::task::spawn_blocking(move || a.reload_all()).await {
-                Ok(Ok(true)) => {
+            match agent.reload_all().await {
+                Ok(true) => {
                     tracing::info!("credential changed in the store; new handshakes use it")
                 }
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "could not reload the credential"),
+                Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "could not reload the credential"),
             }
         }

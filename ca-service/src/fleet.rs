@@ -196,9 +196,11 @@ pub fn simulate(s: &Scenario) -> Report {
     };
     // Devices still holding a certificate from before the push; devices behind because
     // of the outage (they failed during it and have not renewed since).
-    let mut unrotated: u64 = if s.rotate_at.is_some() { u64::from(s.devices) } else { 0 };
+    let mut rotation = Rotation {
+        unrotated: if s.rotate_at.is_some() { u64::from(s.devices) } else { 0 },
+        done: None,
+    };
     let mut behind = std::collections::HashSet::new();
-    let mut rotation_done: Option<f64> = None;
     let mut recovery_done: Option<f64> = None;
     let down = |t: f64| s.outage.is_some_and(|(a, b)| t >= a as f64 && t < b as f64);
 
@@ -227,8 +229,7 @@ pub fn simulate(s: &Scenario) -> Report {
                 }
                 match pacer.admit(now) {
                     Admission::At(slot) => {
-                        r.max_queue = r.max_queue.max(pacer.queued(now));
-                        r.max_wait_secs = r.max_wait_secs.max(slot - now);
+                        r.admitted(pacer.queued(now), slot - now);
                         d.enrolled = true;
                         // Enrolment spreads the first renewal over the whole interval.
                         finish(d, slot, lifetime, &mut rng, true);
@@ -238,10 +239,7 @@ pub fn simulate(s: &Scenario) -> Report {
                             r.enrolments_per_hour[h] += 1;
                         }
                         if push_at.is_some_and(|t| slot >= t) {
-                            unrotated = unrotated.saturating_sub(1);
-                            if unrotated == 0 {
-                                rotation_done.get_or_insert(slot);
-                            }
+                            rotation.one_more(slot);
                         }
                         push(&mut heap, slot, Event::Wake, i);
                     }
@@ -260,20 +258,17 @@ pub fn simulate(s: &Scenario) -> Report {
                 if let Some(since) = d.due_since.take() {
                     r.max_delay_secs = r.max_delay_secs.max(now - since);
                 }
-                let rotation = rotated_policy.as_ref().is_some_and(|p| {
+                let rotated = rotated_policy.as_ref().is_some_and(|p| {
                     d.rotated && renewal::rotation_applies(p, validity(d), at(d.requested_at))
                 });
-                finish(d, now, lifetime, &mut rng, d.failures > 0 || rotation);
+                finish(d, now, lifetime, &mut rng, d.failures > 0 || rotated);
                 r.renewals += 1;
                 r.signatures += 1;
                 if let Some(h) = hour(now, hours) {
                     r.renewals_per_hour[h] += 1;
                 }
                 if before_push && push_at.is_some_and(|t| now >= t) {
-                    unrotated = unrotated.saturating_sub(1);
-                    if unrotated == 0 {
-                        rotation_done.get_or_insert(now);
-                    }
+                    rotation.one_more(now);
                 }
                 if behind.remove(&i)
                     && behind.is_empty()
@@ -331,8 +326,7 @@ pub fn simulate(s: &Scenario) -> Report {
                         }
                         match pacer.admit(now) {
                             Admission::At(slot) => {
-                                r.max_queue = r.max_queue.max(pacer.queued(now));
-                                r.max_wait_secs = r.max_wait_secs.max(slot - now);
+                                r.admitted(pacer.queued(now), slot - now);
                                 d.requested_at = now;
                                 d.pending = true;
                                 push(&mut heap, slot, Event::Issued, i);
@@ -363,9 +357,9 @@ pub fn simulate(s: &Scenario) -> Report {
         }
     };
     if let Some(t) = s.rotate_at {
-        let done = rotation_done.unwrap_or(end);
+        let done = rotation.done.unwrap_or(end);
         exclude(t as f64, done);
-        r.rotation_complete_secs = rotation_done.map(|d| d - t as f64);
+        r.rotation_complete_secs = rotation.done.map(|d| d - t as f64);
     }
     if let Some((a, b)) = s.outage {
         let done = recovery_done.unwrap_or(if behind.is_empty() { b as f64 } else { end });
@@ -388,6 +382,31 @@ pub fn simulate(s: &Scenario) -> Report {
     }
     r.signing_cost_usd = r.signatures as f64 / 10_000.0 * s.usd_per_10k_signatures;
     r
+}
+
+/// Devices still holding a certificate from before the push, and when the last one
+/// stopped.
+struct Rotation {
+    unrotated: u64,
+    done: Option<f64>,
+}
+
+impl Rotation {
+    /// One more device holds a certificate issued after the push, at `t`.
+    fn one_more(&mut self, t: f64) {
+        self.unrotated = self.unrotated.saturating_sub(1);
+        if self.unrotated == 0 {
+            self.done.get_or_insert(t);
+        }
+    }
+}
+
+impl Report {
+    /// A request admitted with `queued` ahead of it, to wait `wait` seconds.
+    fn admitted(&mut self, queued: u64, wait: f64) {
+        self.max_queue = self.max_queue.max(queued);
+        self.max_wait_secs = self.max_wait_secs.max(wait);
+    }
 }
 
 fn hour(t: f64, hours: usize) -> Option<usize> {

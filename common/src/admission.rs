@@ -43,11 +43,6 @@ impl Pacer {
         }
     }
 
-    /// Issuances per second.
-    pub fn rate(&self) -> f64 {
-        1.0 / self.interval
-    }
-
     /// Admits or refuses a request arriving at `now`.
     pub fn admit(&mut self, now: f64) -> Admission {
         let slot = self.next_free.max(now);

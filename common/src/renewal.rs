@@ -158,14 +158,20 @@ pub fn backoff(failures: u32, policy: &GroupPolicy, jitter: f64) -> Duration {
     Duration::seconds_f64(scaled)
 }
 
+/// The CA's `Retry-After` as honoured: no later than [`max_retry_after`] past the failure.
+fn honoured_retry_after(
+    failures: &Failures,
+    policy: &GroupPolicy,
+    last: OffsetDateTime,
+) -> Option<OffsetDateTime> {
+    failures.retry_not_before.map(|r| r.min(last + max_retry_after(policy)))
+}
+
 /// The earliest next attempt after the recorded failures, `None` without failures.
 pub fn retry_at(failures: &Failures, policy: &GroupPolicy) -> Option<OffsetDateTime> {
     let last = failures.last_at.filter(|_| failures.count > 0)?;
-    let mut at = last + backoff(failures.count, policy, failures.jitter);
-    if let Some(ra) = failures.retry_not_before {
-        at = at.max(ra.min(last + max_retry_after(policy)));
-    }
-    Some(at)
+    let at = last + backoff(failures.count, policy, failures.jitter);
+    Some(honoured_retry_after(failures, policy, last).map_or(at, |ra| at.max(ra)))
 }
 
 fn final_refusal_message(code: ProblemCode) -> String {
@@ -233,8 +239,7 @@ pub fn decide(i: &Inputs<'_>) -> Decision {
         // expiry itself; the CA's Retry-After still holds (it is busy: an earlier try
         // would only be refused again).
         if now < v.not_after {
-            let floor =
-                failures.retry_not_before.map_or(last, |r| r.min(last + max_retry_after(policy)));
+            let floor = honoured_retry_after(&failures, policy, last).unwrap_or(last);
             at = at.min(v.not_after - Duration::seconds(1)).max(floor).max(last);
         }
         if now < at {
