@@ -437,6 +437,19 @@ fn fail(d: &mut Device, now: f64, retry_not_before: Option<f64>, rng: &mut impl 
     d.retry_not_before = retry_not_before;
 }
 
+/// A policy file for `--policy-file`: JSON as `policy show` prints it (group and policy)
+/// or the policy alone, or TOML with the same keys as the agent's `policy_file`.
+pub fn parse_policy(text: &str) -> Result<GroupPolicy, String> {
+    if text.trim_start().starts_with('{') {
+        serde_json::from_str::<lanyard_proto::policy::PolicyDocument>(text)
+            .map(|d| d.policy)
+            .or_else(|_| serde_json::from_str(text))
+            .map_err(|e| e.to_string())
+    } else {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
 /// A time from the start of the simulation: `0`, `36h`, `2d`.
 pub fn parse_offset(s: &str) -> Result<u64, String> {
     lanyard_proto::duration::parse_or_zero(s)
@@ -609,6 +622,19 @@ mod tests {
         let t = r.outage_recovery_secs.expect("recovered");
         assert!(t < 3600.0, "{t}");
         assert_eq!(r.devices_expired, 0);
+    }
+
+    #[test]
+    fn policy_files_parse_as_policy_show_prints_them_or_bare() {
+        let doc = serde_json::to_string(&lanyard_proto::policy::PolicyDocument {
+            group: "cams".into(),
+            policy: GroupPolicy { lifetime_secs: 3600, ..GroupPolicy::default() },
+        })
+        .expect("json");
+        assert_eq!(parse_policy(&doc).map(|p| p.lifetime_secs), Ok(3600));
+        assert_eq!(parse_policy("{\"lifetime_secs\": 7200}").map(|p| p.lifetime_secs), Ok(7200));
+        assert_eq!(parse_policy("lifetime_secs = 600\n").map(|p| p.lifetime_secs), Ok(600));
+        assert!(parse_policy("{\"bogus\": 1}").unwrap_err().contains("bogus"));
     }
 
     #[test]

@@ -718,11 +718,7 @@ async fn fleet_simulate(dir: &DirArg, a: SimulateArgs) -> Result<(), CaError> {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| CaError::Config(format!("{}: {e}", p.display())))?;
-            let parsed: Result<GroupPolicy, String> = if text.trim_start().starts_with('{') {
-                serde_json::from_str(&text).map_err(|e| e.to_string())
-            } else {
-                toml::from_str(&text).map_err(|e| e.to_string())
-            };
+            let parsed = lanyard_ca::fleet::parse_policy(&text);
             parsed.map_err(|e| CaError::Config(format!("{}: {e}", p.display())))?
         }
         None => open(dir).await?.1.policy(&a.group).await?,
