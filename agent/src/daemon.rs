@@ -83,6 +83,83 @@ pub fn describe_services(agent: &Agent) -> (String, Option<String>) {
     (if parts.is_empty() { "nothing".to_owned() } else { parts.join(", ") }, warning)
 }
 
+/// What one turn of the renewal loop asks for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// A renewal was attempted: decide again at once.
+    Again,
+    /// Nothing to do for this long (at most [`SLICE`]), unless something wakes the loop.
+    Wait(Duration),
+}
+
+/// The renewal side of `lanyard run`, one turn at a time: check in with the CA when due,
+/// take the decision, renew or say how long to wait. The daemon turns it in its loop; the
+/// fleet test turns thousands of them in one process (each device its own [`Agent`]).
+#[derive(Debug, Default)]
+pub struct Renewer {
+    last_checkin: Option<time::OffsetDateTime>,
+    announced: String,
+    ready: bool,
+}
+
+impl Renewer {
+    pub async fn turn(&mut self, agent: &Agent) -> Turn {
+        let now = agent.clock.now();
+        let enrolled = agent.current().is_some();
+        let checkin_due =
+            self.last_checkin.is_none_or(|t| now - t >= agent.cfg.renewal.check_interval);
+        if enrolled && checkin_due {
+            self.last_checkin = Some(now);
+            if let Err(e) = agent.check_in().await {
+                tracing::warn!(error = %e, "check-in with the CA failed; keeping the current policy");
+            }
+        }
+        let st = agent.state();
+        let decision = agent.decide(&st);
+        let mut wait = SLICE;
+        match &decision {
+            Decision::RenewNow(reason) => {
+                notify(&[sd_notify::NotifyState::Status("renewing")]);
+                tracing::info!(reason, "renewing");
+                if let Err(e) = agent.renew().await {
+                    let left = agent
+                        .current()
+                        .map(|c| (c.info.not_after - agent.clock.now()).whole_seconds());
+                    tracing::warn!(error = %e, retryable = e.retryable(), seconds_until_expiry = left.unwrap_or_default(), "renewal failed; keeping the current certificate");
+                }
+                return Turn::Again;
+            }
+            Decision::SleepUntil { at, backing_off } => {
+                if !self.ready && agent.current().is_some() {
+                    notify(&[sd_notify::NotifyState::Ready]);
+                    self.ready = true;
+                }
+                let line = format!(
+                    "{} until {at}",
+                    if *backing_off { "backing off" } else { "next renewal" }
+                );
+                if line != self.announced {
+                    if let Some(c) = agent.current() {
+                        tracing::info!(identity = %c.info.identity, serial = %c.info.serial, not_after = %lanyard_proto::timefmt::Rfc3339Time(c.info.not_after), next_renewal = %lanyard_proto::timefmt::Rfc3339Time(*at), backing_off, "waiting");
+                    }
+                    notify(&[sd_notify::NotifyState::Status(&line)]);
+                    self.announced = line;
+                }
+                let until = (*at - now).max(time::Duration::ZERO);
+                wait = wait.min(until.try_into().unwrap_or(SLICE));
+            }
+            Decision::NeedsEnrolment(msg) => {
+                if *msg != self.announced {
+                    tracing::warn!(action = %msg, "waiting for enrolment");
+                    notify(&[sd_notify::NotifyState::Status(msg)]);
+                    self.announced = msg.clone();
+                }
+            }
+        }
+        Turn::Wait(wait)
+    }
+}
+
 pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> Exit {
     let tasks = tokio_util::task::TaskTracker::new();
     let (serving, warning) = describe_services(&agent);
@@ -111,9 +188,7 @@ pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> Exit {
     let _watcher = watch(&agent, tx);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
-    let mut ready = false;
-    let mut last_checkin: Option<time::OffsetDateTime> = None;
-    let mut announced = String::new();
+    let mut renewer = Renewer::default();
 
     let exit = loop {
         if let Some(d) = watchdog
@@ -121,57 +196,10 @@ pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> Exit {
         {
             notify(&[sd_notify::NotifyState::Watchdog]);
         }
-        let now = agent.clock.now();
-        let enrolled = agent.current().is_some();
-        let checkin_due = last_checkin.is_none_or(|t| now - t >= agent.cfg.renewal.check_interval);
-        if enrolled && checkin_due {
-            last_checkin = Some(now);
-            if let Err(e) = agent.check_in().await {
-                tracing::warn!(error = %e, "check-in with the CA failed; keeping the current policy");
-            }
-        }
-        let st = agent.state();
-        let decision = agent.decide(&st);
-        let mut wait = SLICE;
-        match &decision {
-            Decision::RenewNow(reason) => {
-                notify(&[sd_notify::NotifyState::Status("renewing")]);
-                tracing::info!(reason, "renewing");
-                if let Err(e) = agent.renew().await {
-                    let left = agent
-                        .current()
-                        .map(|c| (c.info.not_after - agent.clock.now()).whole_seconds());
-                    tracing::warn!(error = %e, retryable = e.retryable(), seconds_until_expiry = left.unwrap_or_default(), "renewal failed; keeping the current certificate");
-                }
-                continue;
-            }
-            Decision::SleepUntil { at, backing_off } => {
-                if !ready && agent.current().is_some() {
-                    notify(&[sd_notify::NotifyState::Ready]);
-                    ready = true;
-                }
-                let line = format!(
-                    "{} until {at}",
-                    if *backing_off { "backing off" } else { "next renewal" }
-                );
-                if line != announced {
-                    if let Some(c) = agent.current() {
-                        tracing::info!(identity = %c.info.identity, serial = %c.info.serial, not_after = %lanyard_proto::timefmt::Rfc3339Time(c.info.not_after), next_renewal = %lanyard_proto::timefmt::Rfc3339Time(*at), backing_off, "waiting");
-                    }
-                    notify(&[sd_notify::NotifyState::Status(&line)]);
-                    announced = line;
-                }
-                let until = (*at - now).max(time::Duration::ZERO);
-                wait = wait.min(until.try_into().unwrap_or(SLICE));
-            }
-            Decision::NeedsEnrolment(msg) => {
-                if *msg != announced {
-                    tracing::warn!(action = %msg, "waiting for enrolment");
-                    notify(&[sd_notify::NotifyState::Status(msg)]);
-                    announced = msg.clone();
-                }
-            }
-        }
+        let mut wait = match renewer.turn(&agent).await {
+            Turn::Again => continue,
+            Turn::Wait(w) => w,
+        };
         if let Some(d) = watchdog
             && !d.is_zero()
         {

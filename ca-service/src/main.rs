@@ -216,11 +216,27 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum TokenCmd {
-    /// Create a one-time token; prints the token alone on stdout.
+    /// Create one-time tokens: one, printed alone on stdout; or `--count N` of them for a
+    /// flashing line, with identities from `--identity-template`, as CSV or JSON
+    /// (identity, token, expiry).
     Create {
         /// The device's identity: the certificate's CN and SAN (e.g. a DNS name).
-        #[arg(long)]
-        identity: String,
+        #[arg(
+            long,
+            required_unless_present = "identity_template",
+            conflicts_with = "identity_template"
+        )]
+        identity: Option<String>,
+        /// Identities for `--count` tokens: `{seq}` is the sequence number, `{seq:05}` the
+        /// same zero-padded to 5 digits (e.g. 'sensor-{seq:05}.fleet.example.com').
+        #[arg(long, requires = "count")]
+        identity_template: Option<String>,
+        /// How many tokens to create (with --identity-template).
+        #[arg(long, requires = "identity_template")]
+        count: Option<u64>,
+        /// The first sequence number.
+        #[arg(long, default_value_t = 1, requires = "identity_template")]
+        start: u64,
         /// The group whose policy the device gets; it must have one (`policy set`), except
         /// "default".
         #[arg(long, default_value = "default")]
@@ -228,6 +244,10 @@ enum TokenCmd {
         /// How long the token may be used (e.g. 1h, 24h, 7d).
         #[arg(long, default_value = "24h", value_parser = duration::parse)]
         ttl: std::time::Duration,
+        /// Output: the token alone (one token's default), csv (identity,token,expires_at;
+        /// the default with --count) or json (an array of objects with those fields).
+        #[arg(long, value_parser = ["token", "csv", "json"])]
+        format: Option<String>,
     },
 }
 
@@ -483,14 +503,96 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             };
             serve(dir, listen, tls_names, http_listen, addr_file, limits, admission).await?;
         }
-        Cmd::Token { cmd: TokenCmd::Create { identity, group, ttl } } => {
+        Cmd::Token {
+            cmd: TokenCmd::Create { identity, identity_template, count, start, group, ttl, format },
+        } => {
+            let identities = match (identity, identity_template, count) {
+                (Some(id), None, None) => vec![id],
+                (None, Some(t), Some(n)) => lanyard_ca::tokens::expand_identities(&t, start, n)
+                    .map_err(CaError::BadRequest)?,
+                _ => {
+                    return Err(CaError::BadRequest(
+                        "give --identity for one token, or --identity-template with --count for many".into(),
+                    ));
+                }
+            };
+            let bulk = identities.len() > 1;
+            let format = format.unwrap_or_else(|| if bulk { "csv".into() } else { "token".into() });
+            if bulk && format == "token" {
+                return Err(CaError::BadRequest(
+                    "--format token prints one token; use csv or json with --count".into(),
+                ));
+            }
+            // Every identity is checked before any token is made.
+            for id in &identities {
+                lanyard_ca::profile::validate_identity(id)?;
+            }
             let (_, a) = open(&dir).await?;
-            let (secret, rec) = a.create_token(&identity, &group, ttl, &ca_dir::actor()).await?;
-            outln!("{}", secret.expose());
-            eprintln!(
-                "token for {identity} (group {group}) valid until {}",
-                rfc3339(rec.expires_at)
-            );
+            let actor = ca_dir::actor();
+            let mut made = Vec::with_capacity(identities.len());
+            let mut failed = None;
+            if format == "csv" {
+                outln!("identity,token,expires_at");
+            }
+            for id in &identities {
+                match a.create_token(id, &group, ttl, &actor).await {
+                    Ok((secret, rec)) => {
+                        if format == "csv" {
+                            // Streamed: what was made is printed even if a later one fails.
+                            outln!("{id},{},{}", secret.expose(), rfc3339(rec.expires_at));
+                        }
+                        made.push((secret, rec));
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            match format.as_str() {
+                "token" => {
+                    if let Some((secret, _)) = made.first() {
+                        outln!("{}", secret.expose());
+                    }
+                }
+                "json" => {
+                    let v: Vec<serde_json::Value> = made
+                        .iter()
+                        .map(|(s, r)| {
+                            serde_json::json!({
+                                "identity": r.identity,
+                                "group": r.group,
+                                "token": s.expose(),
+                                "expires_at": rfc3339(r.expires_at),
+                            })
+                        })
+                        .collect();
+                    outln!("{}", serde_json::Value::Array(v));
+                }
+                _ => {}
+            }
+            if let Some(e) = failed {
+                if !made.is_empty() {
+                    eprintln!(
+                        "{} of {} tokens were created (printed above) before this failure",
+                        made.len(),
+                        identities.len()
+                    );
+                }
+                return Err(e);
+            }
+            match made.as_slice() {
+                [(_, rec)] => eprintln!(
+                    "token for {} (group {group}) valid until {}",
+                    rec.identity,
+                    rfc3339(rec.expires_at)
+                ),
+                all => eprintln!(
+                    "{} tokens (group {group}) valid until {}",
+                    all.len(),
+                    all.last().map(|(_, r)| rfc3339(r.expires_at)).unwrap_or_default()
+                ),
+            }
         }
         Cmd::Revoke { serial, identity, reason, lineage } => {
             let reason: Reason = reason.parse()?;

@@ -149,3 +149,79 @@ fn failed_attempts_do_not_burn_the_token() {
     est::enroll(&srv, id, &token, &good.b64).expect(200);
     assert_eq!(ca.certs().len(), 1);
 }
+
+#[test]
+fn a_thousand_tokens_in_bulk_each_enrols_its_own_identity_once() {
+    if !peers::require_basics() {
+        return;
+    }
+    let ca = Ca::init();
+    let out = ca
+        .cli(&[
+            "token",
+            "create",
+            "--count",
+            "1000",
+            "--identity-template",
+            "sensor-{seq:05}.fleet.example.com",
+            "--ttl",
+            "2h",
+        ])
+        .ok();
+    let mut lines = out.stdout.lines();
+    assert_eq!(lines.next(), Some("identity,token,expires_at"), "{out}");
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 1000, "{out}");
+    assert!(rows.iter().all(|r| r.len() == 3), "a row is not identity,token,expires_at");
+    assert_eq!(rows[0][0], "sensor-00001.fleet.example.com");
+    assert_eq!(rows[999][0], "sensor-01000.fleet.example.com");
+    let tokens: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[1]).collect();
+    assert_eq!(tokens.len(), 1000, "tokens repeat");
+
+    // The tokens work, each for its own identity only.
+    let srv = ca.serve();
+    let id = rows[41][0];
+    let (_, csr) = pki::key_and_csr(&ca.work, KeyAlg::P256, id);
+    est::enroll(&srv, rows[7][0], rows[41][1], &csr.b64).expect(403);
+    est::enroll(&srv, id, rows[41][1], &csr.b64).expect(200);
+
+    // JSON, and a template that would give one bad identity makes none at all.
+    let json = ca
+        .cli(&[
+            "token",
+            "create",
+            "--count",
+            "2",
+            "--identity-template",
+            "gw{seq}.example.com",
+            "--format",
+            "json",
+        ])
+        .ok();
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON array");
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{json}");
+    assert_eq!(v[1]["identity"], "gw2.example.com");
+    let before = ca.cli(&["audit", "--limit", "5000", "--json"]).ok().stdout;
+    let bad = ca
+        .cli(&[
+            "token",
+            "create",
+            "--count",
+            "3",
+            "--start",
+            "9",
+            "--identity-template",
+            "Cam{seq}.example.com",
+        ])
+        .fails();
+    assert!(bad.stderr.contains("lower case"), "{bad}");
+    let no_seq = ca
+        .cli(&["token", "create", "--count", "3", "--identity-template", "cam.example.com"])
+        .fails();
+    assert!(no_seq.stderr.contains("has no {seq}"), "{no_seq}");
+    assert_eq!(
+        ca.cli(&["audit", "--limit", "5000", "--json"]).ok().stdout,
+        before,
+        "a refused batch made tokens"
+    );
+}
