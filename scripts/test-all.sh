@@ -46,6 +46,11 @@ step "CA: renewal after expiry only within the group's grace (started in the bac
 cargo test -p lanyard-e2e --test reenrol -- --ignored > "$TARGET/reenrol.log" 2>&1 &
 reenrol_pid=$!
 
+step "fleet: 300 real agents through pacing, a rotation and an outage (started in the background)"
+# Also #[ignore]d and mostly waiting (4.5 minutes of compressed certificate lifetimes).
+cargo test -p lanyard-e2e --test fleet -- --ignored > "$TARGET/fleet.log" 2>&1 &
+fleet_pid=$!
+
 step "unit, integration and end-to-end tests (openssl, curl, nginx, pkilint)"
 cargo test --workspace
 
@@ -72,6 +77,10 @@ if [ -f packaging/tests/run.sh ]; then
   # Quiet cargo: hundreds of "Compiling" lines would push a failure out of a CI log's tail.
   CARGO_TERM_QUIET=true bash packaging/tests/run.sh
 fi
+
+step "fleet: collect the real-traffic fleet test"
+if ! wait "$fleet_pid"; then cat "$TARGET/fleet.log"; exit 1; fi
+grep "test result" "$TARGET/fleet.log"
 
 step "CA: collect the renewal-after-expiry test"
 if ! wait "$reenrol_pid"; then cat "$TARGET/reenrol.log"; exit 1; fi

@@ -93,6 +93,9 @@ pub struct EnrolArgs {
     pub force: bool,
 }
 
+/// The longest `Retry-After` an enrolment waits out before it gives up (and says so).
+const MAX_ENROL_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The identity to enrol as: the one the token carries, or `--identity` for a token that
 /// is not in Lanyard's format. A Lanyard token that is cut off is refused as such (asking
 /// for `--identity` would only lead to "unknown enrolment token").
@@ -434,8 +437,15 @@ impl Agent {
                 Ok(l) => break l,
                 Err(e) if e.retryable() && attempt < 4 => {
                     attempt += 1;
-                    let wait = std::time::Duration::from_millis(500 * 2u64.pow(attempt));
-                    tracing::warn!(error = %e, attempt, "enrolment failed; retrying with the same key");
+                    // The CA's Retry-After is a floor; one longer than a person waiting
+                    // on `lanyard enrol` should sit through ends the attempt instead.
+                    let backoff = std::time::Duration::from_millis(500 * 2u64.pow(attempt));
+                    let wait = match e.retry_after() {
+                        Some(ra) if ra > MAX_ENROL_RETRY_AFTER => return Err(e),
+                        Some(ra) => ra.max(backoff),
+                        None => backoff,
+                    };
+                    tracing::warn!(error = %e, attempt, wait_secs = wait.as_secs_f64(), "enrolment failed; retrying with the same key");
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => return Err(e),

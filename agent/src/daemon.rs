@@ -100,9 +100,15 @@ pub struct Renewer {
     last_checkin: Option<time::OffsetDateTime>,
     announced: String,
     ready: bool,
+    last_attempt: Option<time::OffsetDateTime>,
 }
 
 impl Renewer {
+    /// When the last renewal attempt started (on the agent's clock).
+    pub fn last_attempt(&self) -> Option<time::OffsetDateTime> {
+        self.last_attempt
+    }
+
     pub async fn turn(&mut self, agent: &Agent) -> Turn {
         let now = agent.clock.now();
         let enrolled = agent.current().is_some();
@@ -121,6 +127,7 @@ impl Renewer {
             Decision::RenewNow(reason) => {
                 notify(&[sd_notify::NotifyState::Status("renewing")]);
                 tracing::info!(reason, "renewing");
+                self.last_attempt = Some(agent.clock.now());
                 if let Err(e) = agent.renew().await {
                     let left = agent
                         .current()

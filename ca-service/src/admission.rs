@@ -146,6 +146,8 @@ struct Schedule {
     /// Refusals not yet logged, and when the last log line was written.
     unreported: u64,
     reported_at: Option<Instant>,
+    /// When the last issuance was let through (see [`Pacer::admit`]).
+    last_grant: Option<Instant>,
 }
 
 /// The issuance pacer (see the module documentation).
@@ -153,6 +155,9 @@ struct Schedule {
 pub struct Pacer {
     limits: AdmissionLimits,
     epoch: Instant,
+    /// `1 / rate`, rounded up to the nanosecond (so `rate` of them never fit in less than
+    /// a second).
+    spacing: Duration,
     schedule: Mutex<Schedule>,
     admitted: AtomicU64,
     queued: AtomicU64,
@@ -161,9 +166,15 @@ pub struct Pacer {
 
 impl Pacer {
     pub fn new(limits: AdmissionLimits) -> Self {
+        let spacing = if limits.rate.is_finite() && limits.rate > 0.0 {
+            Duration::from_nanos((1e9 / limits.rate).ceil().min(u64::MAX as f64) as u64)
+        } else {
+            Duration::ZERO
+        };
         Pacer {
             limits,
             epoch: Instant::now(),
+            spacing,
             schedule: Mutex::new(Schedule {
                 pacer: lanyard_proto::admission::Pacer::new(
                     limits.rate,
@@ -171,6 +182,7 @@ impl Pacer {
                 ),
                 unreported: 0,
                 reported_at: None,
+                last_grant: None,
             }),
             admitted: AtomicU64::new(0),
             queued: AtomicU64::new(0),
@@ -220,12 +232,32 @@ impl Pacer {
     }
 
     /// Waits for the next slot, or refuses at once with `503 busy` and `Retry-After`.
-    pub async fn admit(&self) -> Result<(), CaError> {
+    ///
+    /// Admitted, it returns `stamp()` read at the instant the issuance is let through: the
+    /// caller signs and records with that time. Slots are `1 / rate` apart, but a task can
+    /// wake late (a busy machine), and two late ones would then go through together; so
+    /// each grant is also held `1 / rate` after the previous grant, as measured when it is
+    /// made. The recorded times are therefore never closer than `1 / rate`, and no second
+    /// of the audit trail holds more issuances than the rate.
+    pub async fn admit<T>(&self, stamp: impl Fn() -> T) -> Result<T, CaError> {
         let wait = self.reserve(Instant::now())?;
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        Ok(())
+        loop {
+            let hold = {
+                let mut s = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                match s.last_grant.map(|l| l + self.spacing) {
+                    Some(next) if now < next => next - now,
+                    _ => {
+                        s.last_grant = Some(now);
+                        return Ok(stamp());
+                    }
+                }
+            };
+            tokio::time::sleep(hold).await;
+        }
     }
 
     pub fn stats(&self) -> AdmissionStats {
@@ -299,16 +331,16 @@ mod tests {
             let p = p.clone();
             tasks.spawn(async move {
                 let asked = Instant::now();
-                let r = p.admit().await;
-                (r, asked.elapsed(), Instant::now())
+                let r = p.admit(Instant::now).await;
+                (r, asked.elapsed())
             });
         }
         let mut admitted_at = Vec::new();
         let mut retry_after = Vec::new();
         while let Some(done) = tasks.join_next().await {
-            let (r, took, at) = done.expect("task");
+            let (r, took) = done.expect("task");
             match r {
-                Ok(()) => admitted_at.push(at),
+                Ok(at) => admitted_at.push(at),
                 Err(CaError::Unavailable { retry_after_secs, .. }) => {
                     assert!(took.is_zero(), "a refusal must not wait: it took {took:?}");
                     retry_after.push(retry_after_secs);
@@ -340,11 +372,38 @@ mod tests {
         // Refusals took no slot: once the queue has drained (2.1 s), a request runs at once.
         tokio::time::sleep_until(start + Duration::from_millis(2_100)).await;
         let t = Instant::now();
-        p.admit().await.expect("the queue has drained");
+        p.admit(|| ()).await.expect("the queue has drained");
         assert!(t.elapsed().is_zero(), "waited {:?} for slots refused requests took", t.elapsed());
 
         let stats = p.stats();
         assert_eq!((stats.admitted, stats.refused, stats.queued), (22, 79, 20));
+    }
+
+    /// Tasks that wake late (a busy machine) do not go through together: each grant is
+    /// held `1 / rate` after the previous one, so the recorded times keep the rate.
+    #[tokio::test(start_paused = true)]
+    async fn late_wakeups_do_not_bunch_issuances() {
+        let p = pacer(10.0, 5.0);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let p = p.clone();
+            tasks.spawn(async move { p.admit(Instant::now).await });
+        }
+        // Every task takes its slot (0, 0.1, ..., 0.9 s) and sleeps...
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        // ...and all of them wake 2 s late, together.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let mut at = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            at.push(done.expect("task").expect("admitted"));
+        }
+        at.sort();
+        assert_eq!(at.len(), 10);
+        for w in at.windows(2) {
+            assert!(w[1] - w[0] >= Duration::from_millis(100), "grants {:?} apart", w[1] - w[0]);
+        }
     }
 
     #[tokio::test(start_paused = true)]

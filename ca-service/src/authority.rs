@@ -226,11 +226,12 @@ impl Authority {
     }
 
     /// Waits for an issuance slot, or refuses with `503 busy` and `Retry-After`. Called
-    /// once a request has passed every check, just before signing.
-    async fn admit_issuance(&self) -> Result<()> {
+    /// once a request has passed every check, just before signing; answers the time to
+    /// sign and record the issuance with (the instant it was let through).
+    async fn admit_issuance(&self) -> Result<OffsetDateTime> {
         match &self.admission {
-            Some(p) => p.admit().await,
-            None => Ok(()),
+            Some(p) => p.admit(|| self.now()).await,
+            None => Ok(self.now()),
         }
     }
 
@@ -440,8 +441,7 @@ impl Authority {
         // Policy and profile, wait for an issuance slot, sign, record.
         let policy = self.policy(&tok.group).await?;
         profile_allows(identity, &tok.group, &csr, &policy)?;
-        self.admit_issuance().await?;
-        let now = self.now();
+        let now = self.admit_issuance().await?;
         let record = self.sign_device(identity, &tok.group, &csr, &policy, now, None)?;
         let ev = audit(
             now,
@@ -589,8 +589,7 @@ impl Authority {
         }
         self.refuse_reused_key(&current.identity, &csr.spki_sha256).await?;
         profile_allows(&current.identity, &current.group, &csr, &policy)?;
-        self.admit_issuance().await?;
-        let now = self.now();
+        let now = self.admit_issuance().await?;
         let record = self.sign_device(
             &current.identity,
             &current.group,
