@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every Lanyard test, the way CI runs them (CI=true: a test whose peer is missing fails).
 # Peers it uses: openssl, curl, nginx, pkilint, keyutils, gnome-keyring, terraform,
-# checkov, node, lintian, systemd-analyze, qemu-user. `.ci/run` installs them.
+# checkov, node, lintian, systemd-analyze, qemu-user; a nightly toolchain and cargo-fuzz
+# for the fuzz regression runs. `.ci/run` installs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,10 +73,30 @@ if [ -x infra/tests/run.sh ] || [ -f infra/tests/run.sh ]; then
   rm -rf "$bundle_dir"
 fi
 
+fuzz_pid=""
+if command -v cargo-fuzz >/dev/null 2>&1 && rustup run nightly rustc --version >/dev/null 2>&1; then
+  step "fuzz: every target for 60 s, two at a time (started in the background)"
+  # Its own instrumented build (fuzz/target); it runs beside packaging, whose fat-LTO links
+  # leave a core idle, and is collected at the end.
+  FUZZ_SECONDS=60 FUZZ_PARALLEL=2 CARGO_TERM_QUIET=true bash fuzz/run.sh > "$TARGET/fuzz.log" 2>&1 &
+  fuzz_pid=$!
+elif [ "${CI:-}" = "true" ]; then
+  echo "fuzz: a nightly toolchain and cargo-fuzz are needed (.ci/run installs them)" >&2
+  exit 1
+else
+  echo "note: skipping the fuzz regression runs (needs a nightly toolchain and cargo-fuzz)"
+fi
+
 if [ -f packaging/tests/run.sh ]; then
   step "packaging: .deb build, lintian, systemd-analyze, install and purge"
   # Quiet cargo: hundreds of "Compiling" lines would push a failure out of a CI log's tail.
   CARGO_TERM_QUIET=true bash packaging/tests/run.sh
+fi
+
+if [ -n "$fuzz_pid" ]; then
+  step "fuzz: collect the 60 s runs"
+  if ! wait "$fuzz_pid"; then cat "$TARGET/fuzz.log"; exit 1; fi
+  grep "^fuzz " "$TARGET/fuzz.log"
 fi
 
 step "fleet: collect the real-traffic fleet test"

@@ -180,6 +180,16 @@ fn start_ca(dir: &Path, https: u16, http: u16, a: &Args, log: &Path) -> Result<C
     Ok(child)
 }
 
+/// The CA process, killed (and reaped) however the run ends.
+struct CaProcess(Child);
+
+impl Drop for CaProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn unix(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
 }
@@ -387,7 +397,7 @@ async fn run(args: Args) -> Result<bool, String> {
     }
     let (https, http) = (lanyard_e2e::ca::free_port(), lanyard_e2e::ca::free_port());
     let log = work.join("serve.log");
-    let mut ca = start_ca(&ca_dir, https, http, &args, &log)?;
+    let mut ca = CaProcess(start_ca(&ca_dir, https, http, &args, &log)?);
 
     let shared = Arc::new(Shared {
         obtained: (0..args.devices).map(|_| AtomicI64::new(0)).collect(),
@@ -468,16 +478,18 @@ async fn run(args: Args) -> Result<bool, String> {
             None if el >= args.outage_at => {
                 refused_before = refused_now;
                 refused_now = 0;
-                let _ = ca.kill();
-                let _ = ca.wait();
+                let _ = ca.0.kill();
+                let _ = ca.0.wait();
                 eprintln!("{:>6.0}s CA killed", el.as_secs_f64());
                 outage = Some((Instant::now(), None));
             }
             Some((down, None)) if down.elapsed() >= args.outage_for => {
                 let (d, l, a) = (ca_dir.clone(), log.clone(), args.clone());
-                ca = tokio::task::spawn_blocking(move || start_ca(&d, https, http, &a, &l))
-                    .await
-                    .map_err(|e| e.to_string())??;
+                ca = CaProcess(
+                    tokio::task::spawn_blocking(move || start_ca(&d, https, http, &a, &l))
+                        .await
+                        .map_err(|e| e.to_string())??,
+                );
                 eprintln!("{:>6.0}s CA restarted", t0.elapsed().as_secs_f64());
                 outage = Some((down, Some(Instant::now())));
             }
@@ -566,8 +578,7 @@ async fn run(args: Args) -> Result<bool, String> {
             args.rate
         ));
     }
-    let _ = ca.kill();
-    let _ = ca.wait();
+    drop(ca);
 
     let violations = shared.violations.lock().map(|v| v.clone()).unwrap_or_default();
     let figures = serde_json::json!({
