@@ -236,11 +236,15 @@ pub fn decide(i: &Inputs<'_>) -> Decision {
     }
     if let (Some(mut at), Some(last)) = (retry_at(&failures, policy), failures.last_at) {
         // Before expiry, never let the exponential backoff carry the next try past the
-        // expiry itself; the CA's Retry-After still holds (it is busy: an earlier try
-        // would only be refused again).
-        if now < v.not_after {
+        // expiry itself: one last try a second before it. The CA's Retry-After still holds
+        // (it is busy: an earlier try would only be refused again). Once that last try has
+        // failed, the backoff runs its course (into the grace, if the policy gives one): a
+        // failure in the last second must not be retried at once, again and again, until
+        // the expiry.
+        let last_chance = v.not_after - Duration::seconds(1);
+        if now < v.not_after && last < last_chance {
             let floor = honoured_retry_after(&failures, policy, last).unwrap_or(last);
-            at = at.min(v.not_after - Duration::seconds(1)).max(floor).max(last);
+            at = at.min(last_chance).max(floor).max(last + Duration::seconds(1));
         }
         if now < at {
             return Decision::SleepUntil { at, backing_off: true };
@@ -451,6 +455,19 @@ mod tests {
         assert_eq!(
             d,
             Decision::SleepUntil { at: datetime!(2026-01-01 02:59:59 UTC), backing_off: true }
+        );
+    }
+
+    /// The last try before expiry failed: no immediate retry (the spin the daemon's
+    /// paused-time test found), the backoff runs on.
+    #[test]
+    fn a_failed_last_chance_is_not_retried_at_once() {
+        let p = GroupPolicy { retry_cap_secs: 600, retry_floor_secs: 60, ..policy() };
+        let last = datetime!(2026-01-01 02:59:59.2 UTC);
+        let d = decide(&Inputs { failures: failed(6, last, 0.0), ..at(last, &p) });
+        assert!(
+            matches!(d, Decision::SleepUntil { at, backing_off: true } if at >= last + Duration::seconds(60)),
+            "{d:?}"
         );
     }
 
