@@ -418,19 +418,41 @@ impl Agent {
         };
         let client = EstClient::new(&ca_url, Trust::Roots(roots), ClientAuth::None, timeout)?;
 
-        // Key on the device, of the kind the CA asks for.
-        tracing::debug!(ca = %ca_url, identity = %identity, "asking the CA which key to generate");
-        let alg = client
-            .csrattrs(Some((&identity, &args.token)))
-            .await?
-            .unwrap_or(lanyard_proto::KeyAlgorithm::EcdsaP256);
-        let key = DeviceKey::generate(alg)?;
+        // The key is staged (under a digest of the token) before the request: an enrolment
+        // whose answer was lost (a timeout while the CA signed, a crash, retries used up)
+        // is tried again with the same key, and the CA answers the same token and key with
+        // the same certificate, where a new key would be refused as token-used. (Its kind
+        // was chosen from csrattrs the first time; csrattrs refuses a used token.)
+        let mark = format!("enrol:{}", &crate::trust::sha256_hex(args.token.as_bytes())[..16]);
+        let staged = {
+            let m = mark.clone();
+            self.in_store(move |s| s.staged(&m)).await?
+        };
+        let key = match staged.and_then(|k| DeviceKey::from_pkcs8(&k).ok()) {
+            Some(k) => {
+                tracing::info!(identity = %identity, "retrying an earlier enrolment with its staged key");
+                k
+            }
+            None => {
+                // Key on the device, of the kind the CA asks for.
+                tracing::debug!(ca = %ca_url, identity = %identity, "asking the CA which key to generate");
+                let alg = client
+                    .csrattrs(Some((&identity, &args.token)))
+                    .await?
+                    .unwrap_or(lanyard_proto::KeyAlgorithm::EcdsaP256);
+                let k = DeviceKey::generate(alg)?;
+                let (pkcs8, m) = (k.pkcs8(), mark.clone());
+                self.in_store(move |s| s.stage(&pkcs8, &m)).await?;
+                tracing::debug!(algorithm = %alg, "key generated on this device and staged");
+                k
+            }
+        };
         let csr = key.csr(&identity)?;
         let spki = key.spki_der();
 
         // The CA answers a retry with the same token and key with the same certificate, so
         // transient failures are retried here with the same CSR.
-        tracing::debug!(algorithm = %alg, "key generated on this device; sending the enrolment request");
+        tracing::debug!("sending the enrolment request");
         let mut attempt = 0u32;
         let leaf = loop {
             match client.simpleenroll(&identity, &args.token, &csr, &spki).await {
@@ -448,7 +470,16 @@ impl Agent {
                     tracing::warn!(error = %e, attempt, wait_secs = wait.as_secs_f64(), "enrolment failed; retrying with the same key");
                     tokio::time::sleep(wait).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if !e.retryable() {
+                        // Refused for good (a used or unknown token): the next enrolment,
+                        // with another token, starts from a new key.
+                        if let Err(e) = self.in_store(|s| s.clear_staged()).await {
+                            tracing::warn!(error = %e, "cannot drop the staged enrolment key");
+                        }
+                    }
+                    return Err(e);
+                }
             }
         };
         let ca_certs = client.cacerts().await?;

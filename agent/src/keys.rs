@@ -39,7 +39,12 @@ impl DeviceKey {
         Ok(DeviceKey { key, algorithm: alg })
     }
 
-    /// A key kept before (the staged key of an interrupted renewal), from PKCS#8 DER.
+    pub fn algorithm(&self) -> KeyAlgorithm {
+        self.algorithm
+    }
+
+    /// A key kept before (the staged key of an interrupted renewal or enrolment), from
+    /// PKCS#8 DER.
     pub fn from_pkcs8(der: &[u8]) -> Result<Self> {
         let key = rcgen::KeyPair::try_from(der).map_err(|e| {
             AgentError::Crypto(format!("the staged renewal key is not usable: {e}"))

@@ -624,3 +624,53 @@ async fn a_corrupt_state_file_is_reported_not_swallowed() {
     let o = lanyard(&state, &["renew", "--force"]).await;
     assert!(!o.status.success() && text(&o).contains("[ca] url"), "{}", text(&o));
 }
+
+/// An enrolment whose answer was lost (the CA signed and recorded it, the device never
+/// stored it: a timeout while the CA's queue held the request, a crash, retries used up)
+/// is completed by enrolling again with the same token: the key was staged before the
+/// request, so the CA answers the same token and key with the same certificate, where a
+/// new key would be refused as token-used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolment_whose_answer_was_lost_is_completed_with_its_staged_key() {
+    use lanyard_agent::keys::DeviceKey;
+    use std::os::unix::fs::DirBuilderExt;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let id = "lost-1.fleet.example.com";
+    let token = ca.token(id).await;
+    let state = tmp.path().join("agent");
+    std::fs::DirBuilder::new().mode(0o700).create(&state).expect("state dir");
+
+    // What the interrupted enrolment left: its key staged in the device's store...
+    let key = DeviceKey::generate(lanyard_proto::KeyAlgorithm::EcdsaP256).expect("key");
+    let store = lanyard_keystore::open(lanyard_keystore::StoreKind::File, &state, "default")
+        .expect("store");
+    let mark = format!("enrol:{}", &lanyard_agent::trust::sha256_hex(token.as_bytes())[..16]);
+    store.stage(&key.pkcs8(), &mark).expect("stage");
+    // ...and the certificate the CA signed for it, whose answer never arrived.
+    let issued = ca
+        .auth()
+        .enroll(
+            id,
+            &lanyard_ca::tokens::TokenSecret::from_presented(&token),
+            &key.csr(id).expect("csr"),
+            &RequestMeta::default(),
+        )
+        .await
+        .expect("the CA signs");
+
+    let o =
+        lanyard(&state, &["enrol", "--ca", &ca.url, "--token", &token, "--ca-bundle", &ca.root()])
+            .await;
+    assert!(o.status.success(), "enrolling again with the same token: {}", text(&o));
+    let s = status(&state).await;
+    assert_eq!(s["serial"], issued.record.serial.as_str(), "{s}");
+    assert_eq!(s["state"], "valid", "{s}");
+
+    // Another device directory, without the staged key, gets what a new key gets.
+    let other = tmp.path().join("other");
+    let o =
+        lanyard(&other, &["enrol", "--ca", &ca.url, "--token", &token, "--ca-bundle", &ca.root()])
+            .await;
+    assert!(!o.status.success() && text(&o).contains("token-used"), "{}", text(&o));
+}
