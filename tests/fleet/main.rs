@@ -127,8 +127,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The `lanyard-ca` this run uses: a copy taken at the start, so that a build replacing
+/// the one in the target directory (another test step) cannot pull it away mid-run.
+static CA_BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+fn ca_bin() -> PathBuf {
+    CA_BIN.get().cloned().unwrap_or_else(lanyard_e2e::bins::lanyard_ca)
+}
+
 fn lanyard_ca(args: &[&str], dir: &Path) -> Result<String, String> {
-    let out = Command::new(lanyard_e2e::bins::lanyard_ca())
+    let out = Command::new(ca_bin())
         .args(args)
         .arg("--dir")
         .arg(dir)
@@ -152,7 +160,7 @@ fn start_ca(dir: &Path, https: u16, http: u16, a: &Args, log: &Path) -> Result<C
         .open(log)
         .map_err(|e| format!("{}: {e}", log.display()))?;
     let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
-    let child = Command::new(lanyard_e2e::bins::lanyard_ca())
+    let child = Command::new(ca_bin())
         .args(["serve", "--dir"])
         .arg(dir)
         .args(["--listen", &format!("127.0.0.1:{https}")])
@@ -355,6 +363,10 @@ async fn run(args: Args) -> Result<bool, String> {
             tmp.path().to_owned()
         }
     };
+    let bin = work.join("lanyard-ca");
+    std::fs::copy(lanyard_e2e::bins::lanyard_ca(), &bin)
+        .map_err(|e| format!("copying lanyard-ca to {}: {e}", bin.display()))?;
+    let _ = CA_BIN.set(bin);
     let ca_dir = work.join("ca");
     let secs = |d: Duration| format!("{}s", d.as_secs());
     lanyard_ca(&["init"], &ca_dir)?;
