@@ -24,7 +24,7 @@ if [ ${#targets[@]} -eq 0 ]; then
   targets=(csr est_body ocsp_request ca_answer agent_config policy proxy_request)
 fi
 cargo +nightly fuzz build --sanitizer "$sanitizer"
-bin_dir=target/x86_64-unknown-linux-gnu/release
+bin_dir=target/$(rustc -vV | sed -n 's/^host: //p')/release
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 
@@ -34,7 +34,8 @@ run_one() {
   local limit=(-max_total_time="$secs")
   [ -z "$runs" ] || limit=(-runs="$runs")
   local status=0
-  "$bin_dir/$t" "corpus/$t" "seeds/$t" "${limit[@]}" -print_final_stats=1 \
+  # -timeout: one input taking over 25 s is a hang, reported as a failure.
+  "$bin_dir/$t" "corpus/$t" "seeds/$t" "${limit[@]}" -timeout=25 -print_final_stats=1 \
     -artifact_prefix="artifacts/$t/" >"$logs/$t.log" 2>&1 || status=$?
   echo "$status" >"$logs/$t.rc"
 }
@@ -53,7 +54,7 @@ wait
 failed=0
 for t in "${targets[@]}"; do
   log=$logs/$t.log
-  status=$(cat "$logs/$t.rc")
+  status=$(cat "$logs/$t.rc" 2>/dev/null || echo 1)
   execs=$(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}' || true)
   rss=$(grep -E '^stat::peak_rss_mb' "$log" | awk '{print $2}' || true)
   cov=$(grep -E '^#[0-9]+[[:space:]]+DONE[[:space:]]+cov:' "$log" | sed -E 's/.*cov: ([0-9]+).*/\1/' || true)

@@ -23,6 +23,8 @@ step() {
 }
 report() {
   local rc=$?
+  # Background steps (the expiry and fleet tests, the fuzzers) do not outlive a failure.
+  [ $rc -eq 0 ] || kill $(jobs -p) 2>/dev/null || true
   step "(end)"
   printf '\nstep timings:\n%s' "$timings"
   [ $rc -eq 0 ] || printf 'FAILED in step: see the output above (exit %s)\n' "$rc"

@@ -426,7 +426,12 @@ impl Agent {
         let mark = format!("enrol:{}", &crate::trust::sha256_hex(args.token.as_bytes())[..16]);
         let staged = {
             let m = mark.clone();
-            self.in_store(move |s| s.staged(&m)).await?
+            // Enrolment is how a device recovers: an unreadable staged key is not a reason
+            // to stop it.
+            self.in_store(move |s| s.staged(&m)).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read a staged enrolment key; starting with a new key");
+                None
+            })
         };
         let key = match staged.and_then(|k| DeviceKey::from_pkcs8(&k).ok()) {
             Some(k) => {

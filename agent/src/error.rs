@@ -66,8 +66,6 @@ impl AgentError {
         move |source| AgentError::Io { context, source }
     }
 
-    /// Worth trying again later (after a backoff): network trouble, a busy or failing CA,
-    /// a locked keystore. Not: refusals that will not change (used token, revoked).
     /// The CA's `Retry-After` with a refusal, if it gave one.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
@@ -76,6 +74,8 @@ impl AgentError {
         }
     }
 
+    /// Worth trying again later (after a backoff): network trouble, a busy or failing CA,
+    /// a locked keystore. Not: refusals that will not change (used token, revoked).
     pub fn retryable(&self) -> bool {
         match self {
             // A CA whose certificate is not trusted may be mid-way through a change (a new

@@ -146,8 +146,6 @@ struct Schedule {
     /// Refusals not yet logged, and when the last log line was written.
     unreported: u64,
     reported_at: Option<Instant>,
-    /// When the last issuance was let through (see [`Pacer::admit`]).
-    last_grant: Option<Instant>,
 }
 
 /// The issuance pacer (see the module documentation).
@@ -158,6 +156,9 @@ pub struct Pacer {
     /// `1 / rate`, rounded up to the nanosecond (so `rate` of them never fit in less than
     /// a second).
     spacing: Duration,
+    /// When the last issuance was let through (see [`Pacer::admit`]). An async mutex,
+    /// which is fair: admitted requests pass one by one in the order they reach it.
+    last_grant: tokio::sync::Mutex<Option<Instant>>,
     schedule: Mutex<Schedule>,
     admitted: AtomicU64,
     queued: AtomicU64,
@@ -182,8 +183,8 @@ impl Pacer {
                 ),
                 unreported: 0,
                 reported_at: None,
-                last_grant: None,
             }),
+            last_grant: tokio::sync::Mutex::new(None),
             admitted: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -236,28 +237,28 @@ impl Pacer {
     /// Admitted, it returns `stamp()` read at the instant the issuance is let through: the
     /// caller signs and records with that time. Slots are `1 / rate` apart, but a task can
     /// wake late (a busy machine), and two late ones would then go through together; so
-    /// each grant is also held `1 / rate` after the previous grant, as measured when it is
-    /// made. The recorded times are therefore never closer than `1 / rate`, and no second
-    /// of the audit trail holds more issuances than the rate.
+    /// the admitted pass one at a time, in order, each held `1 / rate` after the previous
+    /// grant as measured when it is made. The recorded times are therefore never closer
+    /// than `1 / rate`, and no second of the audit trail holds more issuances than the
+    /// rate. Real grant times go back into the schedule, so lateness counts against the
+    /// queue bound and lengthens the `Retry-After` of those refused.
     pub async fn admit<T>(&self, stamp: impl Fn() -> T) -> Result<T, CaError> {
         let wait = self.reserve(Instant::now())?;
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        loop {
-            let hold = {
-                let mut s = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
-                let now = Instant::now();
-                match s.last_grant.map(|l| l + self.spacing) {
-                    Some(next) if now < next => next - now,
-                    _ => {
-                        s.last_grant = Some(now);
-                        return Ok(stamp());
-                    }
-                }
-            };
-            tokio::time::sleep(hold).await;
+        let mut last = self.last_grant.lock().await;
+        if let Some(l) = *last {
+            tokio::time::sleep_until(l + self.spacing).await;
         }
+        let now = Instant::now();
+        *last = Some(now);
+        {
+            let mut s = self.schedule.lock().unwrap_or_else(|p| p.into_inner());
+            let t = now.saturating_duration_since(self.epoch).as_secs_f64();
+            s.pacer.granted(t);
+        }
+        Ok(stamp())
     }
 
     pub fn stats(&self) -> AdmissionStats {

@@ -506,6 +506,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
         Cmd::Token {
             cmd: TokenCmd::Create { identity, identity_template, count, start, group, ttl, format },
         } => {
+            // A template means a batch, even of one: its output is CSV or JSON for scripts.
+            let bulk = identity_template.is_some();
             let identities = match (identity, identity_template, count) {
                 (Some(id), None, None) => vec![id],
                 (None, Some(t), Some(n)) => lanyard_ca::tokens::expand_identities(&t, start, n)
@@ -516,7 +518,6 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                     ));
                 }
             };
-            let bulk = identities.len() > 1;
             let format = format.unwrap_or_else(|| if bulk { "csv".into() } else { "token".into() });
             if bulk && format == "token" {
                 return Err(CaError::BadRequest(

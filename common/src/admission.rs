@@ -63,6 +63,13 @@ impl Pacer {
         }
     }
 
+    /// An admitted request was let through at `t` (later than its slot when the caller
+    /// woke late): the next slot is no earlier than one interval after it, so that
+    /// lateness counts against the queue bound and the hints given to refused requests.
+    pub fn granted(&mut self, t: f64) {
+        self.next_free = self.next_free.max(t + self.interval);
+    }
+
     /// Seconds of issuance already queued at `now`.
     pub fn backlog_secs(&self, now: f64) -> f64 {
         (self.next_free - now).max(0.0)

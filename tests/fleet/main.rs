@@ -11,6 +11,10 @@
 //! - the CA never issued more than its rate in any one-second window of its audit trail;
 //! - every 503 the devices saw carried `Retry-After`, and no device retried before it.
 //!
+//! (Inside one `lanyard enrol`, the agent retries a busy CA itself, after its
+//! `Retry-After`; those retries are the agent's own and not seen here. Every renewal attempt
+//! is: the daemon's loop makes one per turn.)
+//!
 //! `cargo run -p lanyard-e2e --bin lanyard-fleet -- --help` for the knobs; the CI form is
 //! `tests/tests/fleet.rs`, the full run is recorded in `docs/BENCHMARKS.md` ("Fleet").
 #![forbid(unsafe_code)]
@@ -153,27 +157,29 @@ fn lanyard_ca(args: &[&str], dir: &Path) -> Result<String, String> {
 
 /// `lanyard-ca serve` on fixed ports (devices keep its URL across the outage), with a
 /// connection cap per source that fits a fleet behind one loopback address.
-fn start_ca(dir: &Path, https: u16, http: u16, a: &Args, log: &Path) -> Result<Child, String> {
+fn start_ca(dir: &Path, https: u16, http: u16, a: &Args, log: &Path) -> Result<CaProcess, String> {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .map_err(|e| format!("{}: {e}", log.display()))?;
     let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
-    let child = Command::new(ca_bin())
-        .args(["serve", "--dir"])
-        .arg(dir)
-        .args(["--listen", &format!("127.0.0.1:{https}")])
-        .args(["--http-listen", &format!("127.0.0.1:{http}")])
-        .args(["--max-issuance-rate", &a.rate.to_string()])
-        .args(["--max-issuance-queue", &a.queue.as_secs_f64().to_string()])
-        .args(["--max-connections-per-source", "4096"])
-        .env("LANYARD_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log_file)
-        .stderr(err_file)
-        .spawn()
-        .map_err(|e| format!("starting lanyard-ca serve: {e}"))?;
+    let child = CaProcess(
+        Command::new(ca_bin())
+            .args(["serve", "--dir"])
+            .arg(dir)
+            .args(["--listen", &format!("127.0.0.1:{https}")])
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .args(["--max-issuance-rate", &a.rate.to_string()])
+            .args(["--max-issuance-queue", &a.queue.as_secs_f64().to_string()])
+            .args(["--max-connections-per-source", "4096"])
+            .env("LANYARD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(err_file)
+            .spawn()
+            .map_err(|e| format!("starting lanyard-ca serve: {e}"))?,
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let addr = format!("127.0.0.1:{http}");
     while lanyard_e2e::ca::http_get_status(&addr, "/healthz") != Some(200) {
@@ -261,7 +267,7 @@ async fn device(
                     continue;
                 };
                 not_before = now() + ra;
-                tokio::time::sleep(ra).await;
+                tokio::time::sleep(ra.min(end.saturating_duration_since(Instant::now()))).await;
             }
             Err(e) if e.retryable() => {
                 shared.unreachable.fetch_add(1, Ordering::Relaxed);
@@ -282,6 +288,7 @@ async fn device(
     let mut expired_seen = false;
     while Instant::now() < end {
         let before = agent.state();
+        let held_until = agent.current().map(|c| c.info.not_after);
         if let Some(c) = agent.current()
             && now() > c.info.not_after
             && !expired_seen
@@ -305,6 +312,17 @@ async fn device(
                     ));
                 }
                 if after.failures == 0 {
+                    // A renewal that waited (in the CA's queue, say) past the old
+                    // certificate's expiry left the device without a valid one meanwhile.
+                    if let (Some(exp), Some(got)) = (held_until, after.last_renewal)
+                        && got > exp
+                        && !expired_seen
+                    {
+                        expired_seen = true;
+                        shared.violation(format!(
+                            "device {i}: renewed at {got}, after its certificate expired at {exp}"
+                        ));
+                    }
                     shared.renewals.fetch_add(1, Ordering::Relaxed);
                     if let Some(t) = after.last_renewal {
                         shared.obtained[i].store(unix(t), Ordering::SeqCst);
@@ -409,7 +427,7 @@ async fn run(args: Args) -> Result<bool, String> {
     }
     let (https, http) = (lanyard_e2e::ca::free_port(), lanyard_e2e::ca::free_port());
     let log = work.join("serve.log");
-    let mut ca = CaProcess(start_ca(&ca_dir, https, http, &args, &log)?);
+    let mut ca = start_ca(&ca_dir, https, http, &args, &log)?;
 
     let shared = Arc::new(Shared {
         obtained: (0..args.devices).map(|_| AtomicI64::new(0)).collect(),
@@ -497,11 +515,9 @@ async fn run(args: Args) -> Result<bool, String> {
             }
             Some((down, None)) if down.elapsed() >= args.outage_for => {
                 let (d, l, a) = (ca_dir.clone(), log.clone(), args.clone());
-                ca = CaProcess(
-                    tokio::task::spawn_blocking(move || start_ca(&d, https, http, &a, &l))
-                        .await
-                        .map_err(|e| e.to_string())??,
-                );
+                ca = tokio::task::spawn_blocking(move || start_ca(&d, https, http, &a, &l))
+                    .await
+                    .map_err(|e| e.to_string())??;
                 eprintln!("{:>6.0}s CA restarted", t0.elapsed().as_secs_f64());
                 outage = Some((down, Some(Instant::now())));
             }
