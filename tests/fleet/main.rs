@@ -369,7 +369,8 @@ async fn device(
 }
 
 async fn run(args: Args) -> Result<bool, String> {
-    raise_fd_limit();
+    // Thousands of devices hold sockets and files at once: the soft limit goes to the hard.
+    lanyard_e2e::cmd::raise_fd_limit(u64::MAX);
     let tmp;
     let work = match &args.work {
         Some(w) => {
@@ -643,12 +644,4 @@ async fn run(args: Args) -> Result<bool, String> {
         println!("{}", serde_json::to_string_pretty(&figures).unwrap_or_default());
     }
     Ok(violations.is_empty() && rotation_complete.is_some() && outage_recovered.is_some())
-}
-
-/// Thousands of devices hold sockets and files at once: the soft limit goes to the hard.
-fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
 }

@@ -108,3 +108,15 @@ pub fn run_in<S: AsRef<OsStr>>(dir: &Path, program: impl AsRef<OsStr>, args: &[S
 pub fn run_stdin<S: AsRef<OsStr>>(program: impl AsRef<OsStr>, args: &[S], input: &[u8]) -> Out {
     run_cmd(Command::new(program).args(args), Some(input))
 }
+
+/// Raises this process's open-file limit (inherited by the CA it starts) towards `want`,
+/// as far as the hard limit allows; answers the new soft limit. For tests that hold
+/// thousands of sockets at once.
+pub fn raise_fd_limit(want: u64) -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 0 };
+    if soft < want {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard);
+    }
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(s, _)| s)
+}

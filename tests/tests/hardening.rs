@@ -12,13 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Enough file descriptors for the flood in this process (and the CA it starts).
 fn raise_fd_limit(want: u64) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    if soft < want {
-        setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard).expect("setrlimit");
-    }
-    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
-    assert!(soft >= want, "the flood test needs {want} file descriptors; the hard limit is {hard}");
+    let soft = lanyard_e2e::cmd::raise_fd_limit(want);
+    assert!(soft >= want, "the flood test needs {want} file descriptors; the limit is {soft}");
 }
 
 async fn connect_from(src: &str, to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
