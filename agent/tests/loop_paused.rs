@@ -78,18 +78,23 @@ async fn the_loop_renews_on_time_backs_off_and_stops_at_expiry() {
 
     // Then exponential back-off placed by a stored jitter: each wait in
     // [max(floor, base / 2), base] with base = min(cap, floor * 2^(n-1)), except the last
-    // one before expiry, which is cut to end a second before it. (Timers fire on the next
-    // millisecond: 5 ms of slack.)
+    // one before expiry, which is cut to end a second before it (or a second after the try
+    // before it, if that is later). (Timers fire on the next millisecond: 5 ms of slack.)
     let slack = 0.005;
     let last_chance = cert.not_after - time::Duration::seconds(1);
     for (n, w) in attempts.windows(2).enumerate() {
         let gap = (w[1] - w[0]).as_seconds_f64();
         let base = (10.0 * 2f64.powi(n as i32)).min(80.0);
-        let cut = (w[1] - last_chance).as_seconds_f64().abs() < slack;
+        // The try cut short by expiry: at the last chance, or a second after the previous
+        // try when that one came less than a second before it.
+        let cut_at = last_chance.max(w[0] + time::Duration::seconds(1));
+        let cut = (w[1] - cut_at).as_seconds_f64().abs() < slack;
         assert!(
             gap >= (base / 2.0).max(10.0) || cut,
-            "retry {} after {gap}s (base {base}s)",
-            n + 1
+            "retry {} after {gap}s (base {base}s); attempts {:?}, not after {}",
+            n + 1,
+            attempts.iter().map(|a| (*a - issued).as_seconds_f64()).collect::<Vec<_>>(),
+            (cert.not_after - issued).as_seconds_f64()
         );
         assert!(
             gap <= base + slack,

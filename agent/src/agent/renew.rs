@@ -1,0 +1,172 @@
+//! Renewal (re-enrolment over mutual TLS, staged key, commit) and the check-in with the CA.
+
+use super::Agent;
+use crate::credential::Loaded;
+use crate::error::{AgentError, Result};
+use crate::est::{EstClient, Trust};
+use crate::keys::DeviceKey;
+use crate::schedule::{self, Validity};
+use crate::state::{self};
+use crate::verify::{self, CertInfo};
+use lanyard_keystore::Credential;
+use lanyard_proto::ProblemCode;
+use lanyard_proto::timefmt::Rfc3339Time;
+
+impl Agent {
+    /// Renews now: a new key, a CSR authenticated by the current certificate, checks on
+    /// the answer, then an atomic swap in the store. On any failure the current credential
+    /// stays as it was.
+    pub async fn renew(&self) -> Result<CertInfo> {
+        let cur = self.current().ok_or(AgentError::NotEnrolled)?;
+        let mut st = self.state();
+        // A renewal off schedule (after failures, for a rotation, to fetch a superseded
+        // certificate's successor) spreads the next one over the whole interval.
+        let validity = Validity::new(cur.info.not_before, cur.info.not_after, st.last_renewal);
+        let off_schedule = st.failures > 0
+            || st.superseded.is_some()
+            || schedule::rotation_applies(&self.effective_policy(), validity, self.clock.now());
+        st.renewing_pid = Some(std::process::id());
+        self.save_state(&st);
+        let result = self.renew_inner(&cur).await;
+        let mut st = self.state();
+        st.renewing_pid = None;
+        let now = self.clock.now();
+        match &result {
+            Ok(_) => {
+                st.failures = 0;
+                st.last_failure_at = None;
+                st.failure_jitter = 0.0;
+                st.retry_not_before = None;
+                st.last_error = None;
+                st.last_error_code = None;
+                st.last_renewal = Some(now);
+                st.resync = off_schedule;
+                st.revoked = None;
+                st.superseded = None;
+                self.metrics.renewals.inc();
+            }
+            Err(e) => {
+                st.failures = st.failures.saturating_add(1);
+                st.last_failure_at = Some(now);
+                // Drawn once per failure and stored: every wake and every `status` sees
+                // the same next attempt.
+                st.failure_jitter = schedule::failure_jitter();
+                st.last_error = Some(e.to_string());
+                st.last_error_code = e.code().map(|c| c.as_str().to_owned());
+                st.retry_not_before = None;
+                // Final refusals (a renewal conflict is also the sign of a copy of this
+                // device's key) are in `last_error_code`: the decision needs a new token.
+                if let AgentError::Refused { code, message, retry_after, .. } = e {
+                    if *code == ProblemCode::Revoked {
+                        st.revoked = Some((cur.info.serial.clone(), message.clone()));
+                    }
+                    st.retry_not_before =
+                        retry_after.and_then(|d| time::Duration::try_from(d).ok()).map(|d| now + d);
+                }
+                if !e.retryable() {
+                    // A refusal that will not change: the next attempt starts from a new key.
+                    if let Err(e) = self.store.clear_staged() {
+                        tracing::warn!(error = %e, "cannot drop the staged renewal key");
+                    }
+                }
+                self.metrics.renewal_failure(e.kind());
+            }
+        }
+        self.save_state(&st);
+        // Hooks run once the renewal is committed (credential and state): a slow or
+        // failing hook cannot leave a renewal half-recorded.
+        if let Ok(info) = &result {
+            crate::hooks::run(&self.cfg.hooks, info).await;
+        }
+        result
+    }
+
+    async fn renew_inner(&self, cur: &Loaded) -> Result<CertInfo> {
+        let ca_url = self.ca_url()?;
+        let client = EstClient::new(
+            &ca_url,
+            Trust::Roots(self.roots()?),
+            cur.client_auth(),
+            self.cfg.ca.timeout,
+        )?;
+        // A renewal interrupted after the CA answered (a crash, a lost answer) left its key
+        // staged: the CA answers the same key with the same certificate. Otherwise a new
+        // key, staged before the request for the same reason.
+        let serial = cur.info.serial.clone();
+        let key = match self.in_store(move |s| s.staged(&serial)).await? {
+            Some(pkcs8) => {
+                tracing::info!(serial = %cur.info.serial, "retrying an interrupted renewal with its staged key");
+                DeviceKey::from_pkcs8(&pkcs8)?
+            }
+            None => {
+                let key = DeviceKey::generate(self.effective_policy().preferred_key())?;
+                let (pkcs8, serial) = (key.pkcs8(), cur.info.serial.clone());
+                self.in_store(move |s| s.stage(&pkcs8, &serial)).await?;
+                key
+            }
+        };
+        let csr = key.csr(&cur.info.identity)?;
+        let spki = key.spki_der();
+        let leaf = client.simplereenroll(&csr, &spki).await?;
+        let ca_certs = client.cacerts().await?;
+        let (ca_roots, intermediates) = verify::split_ca_certs(&ca_certs);
+        let saved = state::roots_path(self.state_dir());
+        let anchors = if saved.exists() { crate::trust::read_pem_certs(&saved)? } else { ca_roots };
+        let info = verify::issued(
+            &leaf,
+            &spki,
+            &cur.info.identity,
+            &anchors,
+            &intermediates,
+            self.clock.now(),
+        )?;
+        let mut chain = vec![leaf];
+        chain.extend(intermediates.iter().map(|c| c.to_vec()));
+        let cred = Credential { key_pkcs8_der: key.pkcs8(), chain_der: chain };
+        self.in_store(move |s| s.store(&cred)).await?;
+        self.reload()?;
+        tracing::info!(identity = %info.identity, serial = %info.serial, previous = %cur.info.serial, not_after = %Rfc3339Time(info.not_after), "renewed");
+        Ok(info)
+    }
+
+    /// Asks the CA about the current certificate: its policy, and whether it is revoked.
+    pub async fn check_in(&self) -> Result<()> {
+        let cur = self.current().ok_or(AgentError::NotEnrolled)?;
+        let client = EstClient::new(
+            &self.ca_url()?,
+            Trust::Roots(self.roots()?),
+            cur.client_auth(),
+            self.cfg.ca.timeout,
+        )?;
+        let mut st = self.state();
+        match client.certificate_status().await {
+            Ok(s) => {
+                st.group = Some(s.group);
+                st.policy = Some(s.policy);
+                st.last_checkin = Some(self.clock.now());
+                let reason = s.revocation_reason.clone().unwrap_or_else(|| "unspecified".into());
+                // Revoked as superseded: the CA renewed this certificate and the answer was
+                // never stored here. The next renewal fetches it again with the staged key.
+                st.superseded =
+                    (s.status == "revoked" && reason == "superseded").then(|| s.serial.clone());
+                st.revoked = (s.status == "revoked" && reason != "superseded").then(|| {
+                    (
+                        s.serial.clone(),
+                        format!(
+                            "the device certificate {} was revoked ({reason}); enrol again with a new token",
+                            s.serial
+                        ),
+                    )
+                });
+                self.save_state(&st);
+                Ok(())
+            }
+            Err(AgentError::Refused { code: ProblemCode::Revoked, message, .. }) => {
+                st.revoked = Some((cur.info.serial.clone(), message.clone()));
+                self.save_state(&st);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
