@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 /// The longest single sleep before the wall clock is read again.
 const SLICE: Duration = Duration::from_secs(30);
-/// Bounded shutdown: open proxy connections get this long to finish.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub use crate::proxy::SHUTDOWN_GRACE;
+/// The shortest time between two check-ins asked for by the proxy.
+const RECHECK_SPACING: Duration = Duration::from_secs(10);
 
 /// Why the loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -81,6 +82,38 @@ pub fn describe_services(agent: &Agent) -> (String, Option<String>) {
         )
     });
     (if parts.is_empty() { "nothing".to_owned() } else { parts.join(", ") }, warning)
+}
+
+/// Check-ins the proxy asks for (through [`crate::credential::CredentialView::request_recheck`])
+/// when an upstream refused the device certificate: perhaps it was revoked, and the proxy
+/// should say so. At most one every [`RECHECK_SPACING`]; the others are dropped.
+#[derive(Debug)]
+pub struct Rechecks {
+    rx: mpsc::Receiver<()>,
+    last: Option<tokio::time::Instant>,
+}
+
+impl Rechecks {
+    pub fn new(rx: mpsc::Receiver<()>) -> Rechecks {
+        Rechecks { rx, last: None }
+    }
+
+    /// The next request; `None` once no proxy can send one.
+    pub async fn recv(&mut self) -> Option<()> {
+        self.rx.recv().await
+    }
+
+    /// Checks in with the CA unless the last recheck was less than [`RECHECK_SPACING`] ago;
+    /// what it learns (revoked, policy) is published to the proxy by the agent.
+    pub async fn check_in(&mut self, agent: &Agent) {
+        if self.last.is_some_and(|t| t.elapsed() < RECHECK_SPACING) {
+            return;
+        }
+        self.last = Some(tokio::time::Instant::now());
+        if let Err(e) = agent.check_in().await {
+            tracing::debug!(error = %e, "check-in after an upstream refusal failed");
+        }
+    }
 }
 
 /// What one turn of the renewal loop asks for next.
@@ -182,10 +215,13 @@ pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> Exit {
             }
         });
     }
+    let (recheck, rx) = crate::credential::recheck_channel();
+    let mut rechecks = Rechecks::new(rx);
     for route in agent.cfg.routes.clone() {
-        let (a, s) = (agent.clone(), shutdown.clone());
+        let (view, metrics, s) =
+            (agent.view(recheck.clone()), agent.metrics.clone(), shutdown.clone());
         tasks.spawn(async move {
-            if let Err(e) = crate::proxy::serve_route(a, route.clone(), s).await {
+            if let Err(e) = crate::proxy::serve_route(view, metrics, route.clone(), s).await {
                 tracing::error!(listen = %route.listen, error = %e, "proxy listener failed");
             }
         });
@@ -227,6 +263,7 @@ pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> Exit {
                     Err(e) => tracing::warn!(error = %e, "could not reload the credential"),
                 }
             }
+            Some(()) = rechecks.recv() => rechecks.check_in(&agent).await,
             Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                 tracing::info!("SIGHUP: reloading the configuration");
                 notify(&[sd_notify::NotifyState::Reloading]);

@@ -5,7 +5,9 @@
 //! It must never link the CA's database, AWS code, or a second crypto provider.
 //!
 //! # Layout
-//! - [`agent`]: the operations (enrol, renew, check in, status) and the in-memory credential.
+//! - [`agent`]: the identity side: enrol, renew, check in, status, the in-memory state.
+//! - [`credential`]: what joins it to the proxy: a watch of the credential in use and a
+//!   "recheck now" channel back (the proxy holds nothing else of the agent).
 //! - [`schedule`]: when to renew: a pure function of time, certificate, policy, failures.
 //! - [`daemon`]: `lanyard run`, the loop that carries out the schedule (systemd aware).
 //! - [`proxy`]: the local mTLS proxy (routes, forward proxy, hot-swapped certificate).
@@ -21,6 +23,7 @@
 pub mod agent;
 pub mod clock;
 pub mod config;
+pub mod credential;
 pub mod daemon;
 pub mod error;
 pub mod est;

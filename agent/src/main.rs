@@ -308,8 +308,10 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                 );
             }
             let terminate = terminate_token();
-            let watcher = watch_store(agent.clone(), terminate.clone());
-            lanyard_agent::proxy::serve_route(agent, route, terminate).await?;
+            let (recheck, rechecks) = lanyard_agent::credential::recheck_channel();
+            let (view, metrics) = (agent.view(recheck), agent.metrics.clone());
+            let watcher = watch_store(agent, daemon::Rechecks::new(rechecks), terminate.clone());
+            lanyard_agent::proxy::serve_route(view, metrics, route, terminate).await?;
             watcher.abort();
         }
         Cmd::Export { cert, key } => {
@@ -342,7 +344,11 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
 
 /// In foreground proxy mode, pick up renewals made by another process (`lanyard renew`,
 /// the daemon): reload when the store changes, and every few seconds as a fallback.
-fn watch_store(agent: Arc<Agent>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+fn watch_store(
+    agent: Arc<Agent>,
+    mut rechecks: daemon::Rechecks,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(4);
         let _watcher = daemon::watch(&agent, tx);
@@ -351,6 +357,7 @@ fn watch_store(agent: Arc<Agent>, stop: CancellationToken) -> tokio::task::JoinH
                 _ = stop.cancelled() => return,
                 _ = rx.recv() => { tokio::time::sleep(Duration::from_millis(50)).await; while rx.try_recv().is_ok() {} }
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                Some(()) = rechecks.recv() => { rechecks.check_in(&agent).await; continue; }
             }
             match agent.reload_all().await {
                 Ok(true) => {

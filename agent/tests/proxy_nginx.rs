@@ -130,6 +130,24 @@ fn start_nginx(tmp: &Path, ca: &Ca) -> Option<Nginx> {
     Some(Nginx { child, h2, h1 })
 }
 
+/// A TLS server that refuses a revoked or unknown client certificate in the handshake (a
+/// fatal alert), as CloudFront's viewer mTLS does, and answers `-www` status pages.
+fn s_server(ca: &Ca, port: u16) -> Kill {
+    let d = ca.dir.display();
+    let child = Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept", &format!("127.0.0.1:{port}")])
+        .args(["-cert", &format!("{d}/tls/server.crt"), "-key", &format!("{d}/tls/server.key")])
+        .args(["-Verify", "2", "-verify_return_error", "-CAfile", &format!("{d}/ca-bundle.pem")])
+        .args(["-crl_check", "-CRLform", "DER", "-CRL", &format!("{d}/crl/issuing.crl")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    wait_port(port);
+    Kill(child)
+}
+
 fn proxy(ca: &Ca, state: &Path, upstream_port: u16, allow: &[&str]) -> (Kill, u16) {
     let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lanyard"));
@@ -398,17 +416,48 @@ async fn proxy_against_nginx() {
         "proxy peak RSS {peak} KiB after 1 GiB down and 256 MiB up (limit 64 MiB)"
     );
 
-    // Revoked: the CA says so, the proxy answers 503 naming the reason.
+    // Revoked, and nobody tells the proxy. The upstream refuses the certificate in the TLS
+    // handshake, as CloudFront does (nginx would finish the handshake and answer 400, so
+    // `openssl s_server -verify_return_error` with the CA's CRL stands in for CloudFront
+    // here). The proxy answers 502 saying so and asks the identity side to check in now
+    // (`lanyard proxy` has no check-ins of its own), which learns of the revocation: from
+    // then on 503 naming the reason, before any request leaves.
+    let tls_port = free_port();
+    let crls = lanyard_ca::ca_dir::CaDir::new(&ca.dir);
+    crls.publish_crls(&ca.auth()).await.expect("crl");
+    let refuser = s_server(&ca, tls_port);
+    let (_proxy3, p3) = proxy(&ca, &state, tls_port, &[]);
+    let (code, body) = get(&client(), &format!("http://127.0.0.1:{p3}/before")).await;
+    assert_eq!(code, 200, "{body}; {}", read_log(&state, p3));
     ca.auth()
         .revoke(&second, Reason::KeyCompromise, false, "test", &RequestMeta::default())
         .await
         .expect("revoke");
-    let _ = lanyard(&state, &["status", "--refresh"]).await;
+    crls.publish_crls(&ca.auth()).await.expect("crl");
+    drop(refuser);
+    let _refuser = s_server(&ca, tls_port);
     let t = Instant::now();
+    let mut seen = Vec::new();
     let (mut code, mut body) = (0, String::new());
-    while t.elapsed() < Duration::from_secs(10) {
-        (code, body) = get(&client(), &format!("http://127.0.0.1:{p2}/after")).await;
+    while t.elapsed() < Duration::from_secs(30) {
+        (code, body) = get(&client(), &format!("http://127.0.0.1:{p3}/after")).await;
+        if seen.last() != Some(&code) {
+            seen.push(code);
+        }
         if code == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(code, 503, "answers {seen:?}; {body}; {}", read_log(&state, p3));
+    assert!(body.contains("revoked") && body.contains("keyCompromise"), "{body}");
+    assert_eq!(seen, [502, 503], "a refusal, then the gate closed");
+    // The proxy in front of nginx shares the state directory: it learns it from the store,
+    // not from the CA, and never sends the revoked certificate.
+    let t = Instant::now();
+    loop {
+        (code, body) = get(&client(), &format!("http://127.0.0.1:{p2}/after")).await;
+        if code == 503 || t.elapsed() > Duration::from_secs(10) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

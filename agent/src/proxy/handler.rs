@@ -2,8 +2,9 @@
 //! answers that say what went wrong.
 
 use super::upstream::{Body, Upstreams};
-use crate::agent::Agent;
 use crate::config::Route;
+use crate::credential::CredentialView;
+use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -13,45 +14,16 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Why the proxy will not send a request, whatever it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Gate {
-    Open,
-    Closed(String),
-}
-
-/// Whether the current credential can be used: enrolled, unexpired, not revoked.
-pub fn gate(agent: &Agent) -> Gate {
-    let Some(cur) = agent.current() else {
-        return Gate::Closed("this device is not enrolled: run `lanyard enrol`".into());
-    };
-    let now = agent.clock.now();
-    if now > cur.info.not_after {
-        return Gate::Closed(format!(
-            "the device certificate {} expired at {}; the agent renews it when the CA is reachable, or enrol again",
-            cur.info.serial, cur.info.not_after
-        ));
-    }
-    if let Some((serial, reason)) = agent.revoked()
-        && serial == cur.info.serial
-    {
-        // The agent records a whole sentence (the CA's words, or its own).
-        return Gate::Closed(reason);
-    }
-    Gate::Open
-}
-
 pub struct Ctx {
-    pub agent: Arc<Agent>,
+    /// The device's credential, read-only (see [`crate::credential`]).
+    pub credential: CredentialView,
+    pub metrics: Arc<Metrics>,
     pub route: Route,
     pub name: String,
     pub upstreams: Upstreams,
-    pub gate: arc_swap::ArcSwap<Gate>,
     /// The `Host` values this listener answers (see [`own_hosts`]); `None` on a UNIX
     /// socket, which no web page can reach.
     pub own_hosts: Option<Vec<String>>,
-    /// Set when an upstream refused our certificate: the listener asks the CA soon.
-    pub recheck: tokio::sync::Notify,
 }
 
 pub fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
@@ -337,7 +309,7 @@ fn upstream_error(
     let explained = match classify(tls, &msg) {
         Failure::CertificateRefused => {
             // Perhaps revoked: ask the CA soon, so the proxy can say so.
-            ctx.recheck.notify_one();
+            ctx.credential.request_recheck();
             format!("{authority} refused the device certificate ({msg})")
         }
         Failure::UntrustedUpstream => {
@@ -356,11 +328,7 @@ fn upstream_error(
 pub async fn handle(ctx: Arc<Ctx>, peer: Option<String>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let resp = forward(&ctx, peer, req).await;
-    ctx.agent.metrics.proxy_request(
-        &ctx.name,
-        resp.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
+    ctx.metrics.proxy_request(&ctx.name, resp.status().as_u16(), started.elapsed().as_secs_f64());
     resp
 }
 
@@ -372,14 +340,9 @@ async fn forward(ctx: &Ctx, peer: Option<String>, req: Request<Incoming>) -> Res
         Ok(a) => a,
         Err(Refusal(status, message)) => return text(status, message),
     };
-    if let Gate::Closed(why) = ctx.gate.load().as_ref() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, why.clone());
-    }
-    let Some(cur) = ctx.agent.current() else {
-        return text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this device is not enrolled: run `lanyard enrol`",
-        );
+    let cur = match ctx.credential.usable() {
+        Ok(cur) => cur,
+        Err(why) => return text(StatusCode::SERVICE_UNAVAILABLE, why),
     };
 
     let (mut parts, body) = req.into_parts();

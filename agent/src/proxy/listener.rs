@@ -4,36 +4,17 @@
 
 use super::handler::{self, Ctx};
 use super::upstream::Upstreams;
-use crate::agent::Agent;
 use crate::config::{ListenAddr, Route};
+use crate::credential::CredentialView;
 use crate::error::{AgentError, Result};
+use crate::metrics::Metrics;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// How often the proxy re-reads whether the credential is usable (expiry, revocation).
-const GATE_REFRESH: Duration = Duration::from_secs(1);
-
-/// Keeps the gate current, and asks the CA when an upstream refused our certificate.
-async fn refresh(ctx: Arc<Ctx>, shutdown: CancellationToken) {
-    let mut last_recheck: Option<tokio::time::Instant> = None;
-    loop {
-        ctx.gate.store(Arc::new(handler::gate(&ctx.agent)));
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(GATE_REFRESH) => {}
-            _ = ctx.recheck.notified() => {
-                if last_recheck.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                    last_recheck = Some(tokio::time::Instant::now());
-                    if let Err(e) = ctx.agent.check_in().await {
-                        tracing::debug!(error = %e, "check-in after an upstream refusal failed");
-                    }
-                }
-            }
-        }
-    }
-}
+/// Bounded shutdown: open connections get this long to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Binds the route's listener: TCP, or a UNIX socket with the route's mode.
 async fn bind(route: &Route) -> Result<lanyard_net::Listener> {
@@ -57,8 +38,11 @@ async fn bind(route: &Route) -> Result<lanyard_net::Listener> {
     })
 }
 
+/// Serves one route until `shutdown`: requests go out with the credential `credential`
+/// holds at that moment; an upstream's refusal of it asks the identity side to recheck.
 pub async fn serve_route(
-    agent: Arc<Agent>,
+    credential: CredentialView,
+    metrics: Arc<Metrics>,
     route: Route,
     shutdown: CancellationToken,
 ) -> Result<()> {
@@ -73,17 +57,15 @@ pub async fn serve_route(
     let local = listener.local_addr();
     tracing::info!(route = %name, listen = %local.map(|a| a.to_string()).unwrap_or_else(|| route.listen.to_string()), "proxy listening");
     let ctx = Arc::new(Ctx {
-        upstreams: Upstreams::new(&agent, &route)?,
-        gate: arc_swap::ArcSwap::from_pointee(handler::gate(&agent)),
-        agent: agent.clone(),
+        upstreams: Upstreams::new(&credential, &route)?,
+        credential,
+        metrics,
         own_hosts: handler::own_hosts(local, &route),
         route: route.clone(),
         name: name.clone(),
-        recheck: tokio::sync::Notify::new(),
     });
-    let refresher = tokio::spawn(refresh(ctx.clone(), shutdown.clone()));
     let limits = lanyard_net::Limits {
-        drain_timeout: crate::daemon::SHUTDOWN_GRACE,
+        drain_timeout: SHUTDOWN_GRACE,
         max_connections: route.max_connections,
         ..lanyard_net::Limits::local()
     };
@@ -103,7 +85,6 @@ pub async fn serve_route(
         shutdown,
     )
     .await;
-    let _ = refresher.await;
     if let ListenAddr::Unix(p) = &route.listen {
         let _ = std::fs::remove_file(p);
     }

@@ -11,9 +11,9 @@
 //! with the previous certificate are retired when the serial changes.
 //!
 //! # Layout
-//! - [`resolver`]: the client-certificate resolver over the agent's current credential.
+//! - [`resolver`]: the client-certificate resolver over the current credential.
 //! - [`upstream`]: per-route HTTPS clients (pooling, ALPN h2/http1.1, retiring).
-//! - [`handler`]: one request: gate, target, forward, map errors.
+//! - [`handler`]: one request: is the credential usable, target, forward, map errors.
 //! - [`listener`]: TCP and UNIX listeners and the accept loop.
 
 pub mod handler;
@@ -21,4 +21,4 @@ pub mod listener;
 pub mod resolver;
 pub mod upstream;
 
-pub use listener::serve_route;
+pub use listener::{SHUTDOWN_GRACE, serve_route};

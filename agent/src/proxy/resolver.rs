@@ -1,13 +1,12 @@
 //! Client certificate for upstream handshakes: whatever the agent holds at that moment.
 
-use crate::agent::Loaded;
-use arc_swap::ArcSwapOption;
+use crate::credential::CredentialView;
 use rustls::client::ResolvesClientCert;
 use rustls::sign::CertifiedKey;
 use std::sync::Arc;
 
 #[derive(Debug)]
-pub struct CurrentCert(pub Arc<ArcSwapOption<Loaded>>);
+pub struct CurrentCert(pub CredentialView);
 
 impl ResolvesClientCert for CurrentCert {
     fn resolve(
@@ -15,9 +14,9 @@ impl ResolvesClientCert for CurrentCert {
         _hints: &[&[u8]],
         _schemes: &[rustls::SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        self.0.load().as_ref().map(|l| l.certified.clone())
+        self.0.current().map(|l| l.certified.clone())
     }
     fn has_certs(&self) -> bool {
-        self.0.load().is_some()
+        self.0.current().is_some()
     }
 }

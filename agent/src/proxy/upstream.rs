@@ -4,8 +4,8 @@
 //! made with the old certificate are no longer used (in-flight requests finish on them).
 
 use super::resolver::CurrentCert;
-use crate::agent::Agent;
 use crate::config::Route;
+use crate::credential::CredentialView;
 use crate::error::{AgentError, Result};
 use arc_swap::ArcSwapOption;
 use http_body_util::combinators::BoxBody;
@@ -35,7 +35,7 @@ impl std::fmt::Debug for Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(agent: &Agent, route: &Route) -> Result<Upstreams> {
+    pub fn new(credential: &CredentialView, route: &Route) -> Result<Upstreams> {
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         roots.add_parsable_certificates(native.certs);
@@ -54,7 +54,7 @@ impl Upstreams {
             .with_safe_default_protocol_versions()
             .map_err(|e| AgentError::Crypto(e.to_string()))?
             .with_root_certificates(roots)
-            .with_client_cert_resolver(Arc::new(CurrentCert(agent.current_handle())));
+            .with_client_cert_resolver(Arc::new(CurrentCert(credential.clone())));
         Ok(Upstreams {
             tls: Arc::new(tls),
             idle_timeout: route.idle_timeout,
