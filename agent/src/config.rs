@@ -42,6 +42,16 @@ struct Raw {
     hooks: RawHooks,
     #[serde(default)]
     proxy: RawProxy,
+    #[serde(default)]
+    enrol: RawEnrol,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawEnrol {
+    method: Option<String>,
+    token_file: Option<PathBuf>,
+    identity: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -122,6 +132,17 @@ pub struct Config {
     pub renewal: RenewalConfig,
     pub hooks: HooksConfig,
     pub routes: Vec<Route>,
+    pub enrol: EnrolConfig,
+}
+
+/// `[enrol]`: how `lanyard run` enrols a device that holds no usable credential.
+#[derive(Debug, Clone, Default)]
+pub struct EnrolConfig {
+    /// A file holding an enrolment token (method "token"): enrolled from at start, removed
+    /// (or erased) after success. `None`: the daemon waits for `lanyard enrol`.
+    pub token_file: Option<PathBuf>,
+    /// The identity, for a token that does not carry it (a token from elsewhere).
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -456,8 +477,35 @@ impl Config {
                 return Err(err(f, format!("[[proxy.routes]] listen {} appears twice", r.listen)));
             }
         }
-        Ok(Config { source, ca, store, status, renewal, hooks, routes })
+        let enrol = enrol_config(f, raw.enrol)?;
+        Ok(Config { source, ca, store, status, renewal, hooks, routes, enrol })
     }
+}
+
+fn enrol_config(f: &Option<PathBuf>, r: RawEnrol) -> Result<EnrolConfig, ConfigError> {
+    match r.method.as_deref() {
+        None | Some("token") => {}
+        Some(m @ ("factory-cert" | "claim")) => {
+            return Err(err(
+                f,
+                format!(
+                    "[enrol] method {m:?} is not available in this version: use \"token\" with token_file"
+                ),
+            ));
+        }
+        Some(m) => return Err(err(f, format!("[enrol] method {m:?}: use \"token\""))),
+    }
+    if let Some(p) = &r.token_file
+        && !p.is_absolute()
+    {
+        return Err(err(f, format!("[enrol] token_file {}: give an absolute path", p.display())));
+    }
+    if let Some(id) = &r.identity
+        && id.trim().is_empty()
+    {
+        return Err(err(f, "[enrol] identity is empty: remove it, or give the device's name"));
+    }
+    Ok(EnrolConfig { token_file: r.token_file, identity: r.identity })
 }
 
 fn route(f: &Option<PathBuf>, i: usize, r: RawRoute) -> Result<Route, ConfigError> {
@@ -584,6 +632,23 @@ upstream = "https://web.apps.example.com"
         assert!(e.contains("check_interval") && e.contains("24h"), "{e}");
         let e = parse("[hooks]\nsignal = \"NOPE\"\n").unwrap_err().to_string();
         assert!(e.contains("HUP"), "{e}");
+    }
+
+    #[test]
+    fn enrol_section_takes_a_token_file_and_names_what_it_refuses() {
+        let c = parse("[enrol]\ntoken_file = \"/etc/lanyard/enrol.token\"\n").unwrap();
+        assert_eq!(c.enrol.token_file, Some(PathBuf::from("/etc/lanyard/enrol.token")));
+        assert!(parse("").unwrap().enrol.token_file.is_none());
+        let e = parse("[enrol]\ntoken_file = \"enrol.token\"\n").unwrap_err().to_string();
+        assert!(e.contains("[enrol] token_file") && e.contains("absolute"), "{e}");
+        let e = parse("[enrol]\nmethod = \"claim\"\n").unwrap_err().to_string();
+        assert!(e.contains("\"claim\"") && e.contains("not available"), "{e}");
+        let e = parse("[enrol]\nmethod = \"magic\"\n").unwrap_err().to_string();
+        assert!(e.contains("[enrol] method") && e.contains("\"token\""), "{e}");
+        let e = parse("[enrol]\nidentity = \" \"\n").unwrap_err().to_string();
+        assert!(e.contains("[enrol] identity"), "{e}");
+        let e = parse("[enrol]\ntoken = \"lyt.x.y\"\n").unwrap_err().to_string();
+        assert!(e.contains("token_file"), "a token in the config is refused: {e}");
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //!
 //! Sleeps are cut into short slices and the wall clock is read again after each, because
 //! timers do not run while a laptop is suspended: a device that slept past its renewal
-//! time renews as soon as it wakes. READY=1 goes to systemd only once a valid certificate
-//! is loaded; WATCHDOG=1 while the loop turns; STATUS= says what the agent waits for.
+//! time renews as soon as it wakes. READY=1 goes to systemd once the loop has made its
+//! first decision (a device waiting for enrolment is up, not failing); WATCHDOG=1 while
+//! the loop turns; STATUS= says what the agent holds or waits for. A device without a
+//! usable credential enrols from `[enrol] token_file` when one is configured
+//! ([`crate::token_file`]).
 
 use crate::agent::Agent;
 use crate::schedule::Decision;
@@ -44,6 +47,9 @@ pub fn watch(agent: &Agent, tx: mpsc::Sender<()>) -> Option<notify::RecommendedW
     .ok()?;
     let mut paths = vec![agent.watch_path(), crate::state::path(agent.state_dir())];
     if let Some(p) = &agent.cfg.renewal.policy_file {
+        paths.push(p.clone());
+    }
+    if let Some(p) = &agent.cfg.enrol.token_file {
         paths.push(p.clone());
     }
     let dirs: std::collections::BTreeSet<_> =
@@ -134,6 +140,7 @@ pub struct Renewer {
     announced: String,
     ready: bool,
     last_attempt: Option<time::OffsetDateTime>,
+    token_file: crate::token_file::TokenFileEnrolment,
 }
 
 impl Renewer {
@@ -170,10 +177,6 @@ impl Renewer {
                 return Turn::Again;
             }
             Decision::SleepUntil { at, backing_off } => {
-                if !self.ready && agent.current().is_some() {
-                    notify(&[sd_notify::NotifyState::Ready]);
-                    self.ready = true;
-                }
                 let line = format!(
                     "{} until {at}",
                     if *backing_off { "backing off" } else { "next renewal" }
@@ -189,12 +192,36 @@ impl Renewer {
                 wait = wait.min(until.try_into().unwrap_or(SLICE));
             }
             Decision::NeedsEnrolment(msg) => {
-                if *msg != self.announced {
+                let mut msg = msg.clone();
+                if let Some(path) = &agent.cfg.enrol.token_file {
+                    use crate::token_file::Next;
+                    match self.token_file.step(agent, path).await {
+                        Next::Enrolled => return Turn::Again,
+                        Next::RetryAt(at) => {
+                            let until = (at - agent.clock.now()).max(time::Duration::ZERO);
+                            wait = wait.min(until.try_into().unwrap_or(SLICE));
+                            msg = format!(
+                                "enrolling with the token file {}: next try at {}",
+                                path.display(),
+                                lanyard_proto::timefmt::rfc3339(at)
+                            );
+                        }
+                        Next::Idle(why) => msg = why,
+                    }
+                }
+                if msg != self.announced {
                     tracing::warn!(action = %msg, "waiting for enrolment");
-                    notify(&[sd_notify::NotifyState::Status(msg)]);
-                    self.announced = msg.clone();
+                    notify(&[sd_notify::NotifyState::Status(&msg)]);
+                    self.announced = msg;
                 }
             }
+        }
+        if !self.ready {
+            // Up and deciding: systemd may go on. Whether a valid certificate is held is
+            // what STATUS= (and `lanyard status`) says; a device waiting for its first
+            // enrolment must not fail its start.
+            notify(&[sd_notify::NotifyState::Ready]);
+            self.ready = true;
         }
         Turn::Wait(wait)
     }

@@ -16,6 +16,7 @@
 //!   certificates, trust in the CA.
 //! - [`config`], [`policy_file`], [`state`]: the config file, a local policy override,
 //!   and what the agent remembers between runs.
+//! - [`token_file`]: zero-touch enrolment from a token file at `lanyard run`.
 //! - [`status_server`], [`metrics`], [`hooks`], [`logging`], [`clock`], [`fsutil`],
 //!   [`error`]: the rest.
 #![forbid(unsafe_code)]
@@ -37,5 +38,6 @@ pub mod proxy;
 pub mod schedule;
 pub mod state;
 pub mod status_server;
+pub mod token_file;
 pub mod trust;
 pub mod verify;

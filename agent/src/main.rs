@@ -184,32 +184,41 @@ fn terminate_token() -> CancellationToken {
 async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
     match &cli.cmd {
         Cmd::Enrol { ca, token, token_file, identity, ca_bundle, ca_fingerprint, force } => {
-            let token = match (token, token_file) {
+            let agent = open(&cli)?;
+            // Without --token or --token-file, the config's [enrol] token_file, removed
+            // after success as `lanyard run` would.
+            let configured = agent
+                .cfg
+                .enrol
+                .token_file
+                .as_ref()
+                .filter(|_| token.is_none() && token_file.is_none());
+            let token = match (token, token_file.as_ref().or(configured)) {
                 (Some(t), _) => Zeroizing::new(t.trim().to_owned()),
-                (None, Some(f)) => Zeroizing::new(
-                    std::fs::read_to_string(f)
-                        .map_err(AgentError::io(format!("reading {}", f.display())))?
-                        .trim()
-                        .to_owned(),
-                ),
+                (None, Some(f)) => lanyard_agent::token_file::read(f)?.ok_or_else(|| {
+                    AgentError::Usage(format!("{} holds no enrolment token", f.display()))
+                })?,
                 (None, None) => {
                     return Err(AgentError::Usage(
-                        "give the enrolment token with --token, --token-file or LANYARD_TOKEN"
+                        "give the enrolment token with --token, --token-file or LANYARD_TOKEN (or set [enrol] token_file)"
                             .into(),
                     ));
                 }
             };
-            let agent = open(&cli)?;
             let info = agent
                 .enrol(EnrolArgs {
                     ca_url: ca.clone(),
                     token,
-                    identity: identity.clone(),
+                    identity: identity.clone().or(agent.cfg.enrol.identity.clone()),
                     ca_bundle: ca_bundle.clone(),
                     ca_fingerprint: ca_fingerprint.clone(),
                     force: *force,
+                    once: false,
                 })
                 .await?;
+            if let Some(f) = configured {
+                lanyard_agent::token_file::consume(f);
+            }
             outln!(
                 "enrolled as {} (serial {}, valid until {}); key in {}",
                 info.identity,

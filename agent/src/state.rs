@@ -42,6 +42,9 @@ pub struct AgentState {
     pub last_renewal: Option<OffsetDateTime>,
     /// Set when the CA reported the current certificate revoked: `(serial, reason)`.
     pub revoked: Option<(String, String)>,
+    /// Why the daemon's last enrolment from the token file failed (cleared by an
+    /// enrolment).
+    pub enrolment_error: Option<String>,
     /// PID of a process in the middle of a renewal (cleared after).
     pub renewing_pid: Option<u32>,
 }

@@ -674,3 +674,140 @@ async fn an_enrolment_whose_answer_was_lost_is_completed_with_its_staged_key() {
             .await;
     assert!(!o.status.success() && text(&o).contains("token-used"), "{}", text(&o));
 }
+
+/// A device configured with `[enrol] token_file`, for the zero-touch tests: its config,
+/// state directory, token file and daemon log.
+struct ZeroTouch {
+    cfg: std::path::PathBuf,
+    state: std::path::PathBuf,
+    token_file: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl ZeroTouch {
+    fn new(tmp: &std::path::Path, ca: &Ca, name: &str) -> ZeroTouch {
+        let dir = tmp.join(name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let d = ZeroTouch {
+            cfg: dir.join("agent.toml"),
+            state: dir.join("state"),
+            token_file: dir.join("enrol.token"),
+            log: dir.join("daemon.log"),
+        };
+        std::fs::write(
+            &d.cfg,
+            format!(
+                "[ca]\nurl = \"{}\"\nca_bundle = \"{}\"\n[store]\nbackend = \"file\"\npath = \"{}\"\n[enrol]\ntoken_file = \"{}\"\n",
+                ca.url,
+                ca.root(),
+                d.state.display(),
+                d.token_file.display()
+            ),
+        )
+        .expect("config");
+        d
+    }
+
+    fn run(&self) -> tokio::process::Child {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(["--config", self.cfg.to_str().expect("p"), "run"])
+            .env("LANYARD_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&self.log).expect("log"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("daemon")
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
+            .args(["--config", self.cfg.to_str().expect("p"), "status", "--json"])
+            .output()
+            .await
+            .expect("status");
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("status --json: {e}: {}", text(&o)))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the device holds a valid certificate.
+    async fn enrolled_within(&self, limit: Duration) -> serde_json::Value {
+        let t = Instant::now();
+        loop {
+            let s = self.status().await;
+            if s["state"] == "valid" {
+                return s;
+            }
+            assert!(t.elapsed() < limit, "not enrolled within {limit:?}: {s}\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_enrols_from_a_token_file_retries_an_absent_ca_and_waits_out_a_refused_token() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut ca = Ca::start(tmp.path()).await;
+
+    // A token in the file and no credential: `lanyard run` enrols, and the token is gone.
+    let first = ZeroTouch::new(tmp.path(), &ca, "first");
+    let token = ca.token("zt-1.fleet.example.com").await;
+    std::fs::write(&first.token_file, format!("{token}\n")).expect("token file");
+    let _first_daemon = first.run();
+    let s = first.enrolled_within(Duration::from_secs(30)).await;
+    assert_eq!(s["identity"], "zt-1.fleet.example.com", "{s}");
+    assert!(!first.token_file.exists(), "the used token file is still there");
+    assert!(!first.log().contains(token.as_str()), "the token reached the log");
+
+    // The same token on another device: refused for good (used). One journal entry, a
+    // status that says what to do, and no busy loop while the file holds that token...
+    let second = ZeroTouch::new(tmp.path(), &ca, "second");
+    std::fs::write(&second.token_file, &token).expect("token file");
+    let _second_daemon = second.run();
+    let t = Instant::now();
+    while !second.log().contains("enrolment refused") {
+        assert!(t.elapsed() < Duration::from_secs(20), "no refusal logged:\n{}", second.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = second.log();
+    assert_eq!(log.matches("enrolling with the token file").count(), 1, "{log}");
+    assert_eq!(log.matches("enrolment refused").count(), 1, "{log}");
+    let s = second.status().await;
+    assert_eq!(s["state"], "not_enrolled", "{s}");
+    let action = s["action"].as_str().unwrap_or_default();
+    assert!(action.contains("put a new token in the file") && action.contains("token-used"), "{s}");
+    assert!(!log.contains(token.as_str()) && !s.to_string().contains(token.as_str()));
+    // ...until a new token is put there: the daemon sees the file change and enrols.
+    let fresh = ca.token("zt-2.fleet.example.com").await;
+    std::fs::write(&second.token_file, &fresh).expect("token file");
+    let s = second.enrolled_within(Duration::from_secs(20)).await;
+    assert_eq!(s["identity"], "zt-2.fleet.example.com", "{s}");
+    assert!(!second.token_file.exists());
+
+    // The CA is down when the device starts: retried with back-off (the default policy's
+    // 10 s floor), never in a busy loop, and enrolled once the CA is back.
+    let third = ZeroTouch::new(tmp.path(), &ca, "third");
+    std::fs::write(&third.token_file, ca.token("zt-3.fleet.example.com").await).expect("token");
+    ca.down().await;
+    let _third_daemon = third.run();
+    let t = Instant::now();
+    while !third.log().contains("enrolment failed; will retry") {
+        assert!(t.elapsed() < Duration::from_secs(20), "no failure logged:\n{}", third.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let s = third.status().await;
+    assert_eq!(s["state"], "not_enrolled", "{s}");
+    assert!(s["last_error"].as_str().unwrap_or_default().contains("retrying at"), "{s}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ca.up().await;
+    let s = third.enrolled_within(Duration::from_secs(40)).await;
+    assert_eq!(s["identity"], "zt-3.fleet.example.com", "{s}");
+    assert!(s["last_error"].is_null(), "{s}");
+    let attempts = third.log().matches("enrolling with the token file").count();
+    assert!((2..=4).contains(&attempts), "{attempts} attempts in about 10 s:\n{}", third.log());
+    assert!(!third.token_file.exists());
+}

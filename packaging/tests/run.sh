@@ -70,6 +70,11 @@ grep -qx /etc/default/lanyard-ca /var/lib/dpkg/info/lanyard-ca.conffiles || fail
 # The installed config parses (an unenrolled agent reports not_enrolled, exit 1).
 out=$(runuser -u lanyard -- /usr/bin/lanyard --config /etc/lanyard/agent.toml --state-dir "$(mktemp -d)" status 2>&1 || true)
 grep -q "not_enrolled" <<<"$out" || fail "the shipped agent.toml does not load: $out"
+# Zero-touch: the shipped config enrols from /etc/lanyard/enrol.token, and the unit starts
+# an unenrolled device (no ConditionPathExists on the credential).
+grep -q "enrolment token in /etc/lanyard/enrol.token" <<<"$out" || fail "the shipped agent.toml does not enrol from the token file: $out"
+unit=$(ls /lib/systemd/system/lanyard.service /usr/lib/systemd/system/lanyard.service 2>/dev/null | head -1)
+if grep -q '^ConditionPathExists' "$unit"; then fail "lanyard.service still waits for a manual enrolment"; fi
 
 if [[ " $ARCHES " == *" arm64 "* ]]; then
   echo "--> arm64 under qemu-user"

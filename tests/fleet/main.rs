@@ -252,6 +252,8 @@ async fn device(
             ca_bundle: None,
             ca_fingerprint: None,
             force: false,
+            // Every attempt is this loop's, so each is checked against Retry-After.
+            once: true,
         };
         shared.attempts.fetch_add(1, Ordering::Relaxed);
         match agent.enrol(args).await {

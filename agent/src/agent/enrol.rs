@@ -22,6 +22,9 @@ pub struct EnrolArgs {
     pub ca_bundle: Option<PathBuf>,
     pub ca_fingerprint: Option<String>,
     pub force: bool,
+    /// One request, no retries here: the caller backs off itself (the daemon's token-file
+    /// enrolment). `lanyard enrol` retries a few times, honouring the CA's `Retry-After`.
+    pub once: bool,
 }
 
 /// The longest `Retry-After` an enrolment waits out before it gives up (and says so).
@@ -155,7 +158,7 @@ impl Agent {
         let leaf = loop {
             match client.simpleenroll(&identity, &args.token, &csr, &spki).await {
                 Ok(l) => break l,
-                Err(e) if e.retryable() && attempt < 4 => {
+                Err(e) if e.retryable() && attempt < 4 && !args.once => {
                     attempt += 1;
                     // The CA's Retry-After is a floor; one longer than a person waiting
                     // on `lanyard enrol` should sit through ends the attempt instead.

@@ -220,6 +220,15 @@ impl Agent {
         self.publish_revoked(s.revoked.clone());
     }
 
+    /// Records (or clears) why an enrolment by the daemon failed, for `lanyard status`.
+    pub fn record_enrolment_error(&self, why: Option<String>) {
+        let mut st = self.state();
+        if st.enrolment_error != why {
+            st.enrolment_error = why;
+            self.save_state(&st);
+        }
+    }
+
     pub fn ca_url(&self) -> Result<String> {
         self.cfg.ca.url.clone().or_else(|| self.state().ca_url).ok_or_else(|| {
             AgentError::Usage("no CA URL: set [ca] url in the config or enrol with --ca URL".into())

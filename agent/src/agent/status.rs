@@ -83,7 +83,14 @@ impl Agent {
         let (next_renewal, action) = match &decision {
             Decision::RenewNow(_) => (Some(now), None),
             Decision::SleepUntil { at, .. } => (Some(*at), None),
-            Decision::NeedsEnrolment(m) => (None, Some(m.clone())),
+            Decision::NeedsEnrolment(m) => (
+                None,
+                Some(match (&self.cfg.enrol.token_file, &st.enrolment_error) {
+                    (Some(_), Some(why)) => why.clone(),
+                    (Some(f), None) => crate::token_file::waiting(f),
+                    (None, _) => m.clone(),
+                }),
+            ),
         };
         Status {
             identity: cur.as_ref().map(|c| c.info.identity.clone()).or(st.identity.clone()),
@@ -93,7 +100,10 @@ impl Agent {
             next_renewal,
             state,
             store: self.store.describe(),
-            last_error: self.state_error().or(st.last_error.clone()),
+            last_error: self
+                .state_error()
+                .or(st.enrolment_error.clone().filter(|_| cur.is_none()))
+                .or(st.last_error.clone()),
             last_error_code: st.last_error_code.clone(),
             ca_url: self.cfg.ca.url.clone().or(st.ca_url.clone()),
             group: st.group.clone(),
