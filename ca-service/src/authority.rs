@@ -13,7 +13,7 @@ use crate::revocation::Reason;
 use crate::signer::SharedSigner;
 use crate::store::{
     AuditEvent, CertFilter, CertRecord, RecordOutcome, Revocation, RevokeOutcome, Store,
-    TokenRecord,
+    TokenFilter, TokenRecord, TokenRevokeOutcome,
 };
 use crate::tokens::TokenSecret;
 use lanyard_proto::policy::PolicyDocument;
@@ -258,6 +258,7 @@ impl Authority {
                 | ProblemCode::IdentityMismatch
                 | ProblemCode::TokenUsed
                 | ProblemCode::TokenExpired
+                | ProblemCode::TokenRevoked
                 | ProblemCode::CertificateUnknown
                 | ProblemCode::Unauthorized
         );
@@ -327,6 +328,38 @@ impl Authority {
         self.store.set_policy(group, policy, ev).await
     }
 
+    /// Tokens by identity, group, or those that can still enrol (`unused`: neither used nor
+    /// revoked, and unexpired), oldest first.
+    pub async fn tokens(&self, filter: TokenFilter) -> Result<Vec<TokenRecord>> {
+        let unused_only = filter.unused_only;
+        let now = self.now();
+        let mut v = self.store.tokens(filter).await?;
+        if unused_only {
+            v.retain(|t| t.expires_at > now);
+        }
+        Ok(v)
+    }
+
+    /// Revokes an unused token, audited; a used one is left alone (its certificate is what
+    /// to revoke).
+    pub async fn revoke_token(&self, tok: &TokenRecord, actor: &str) -> Result<TokenRevokeOutcome> {
+        let now = self.now();
+        // The audit trail names the token by a hash prefix only.
+        let ev = audit(
+            now,
+            actor.to_owned(),
+            "token.revoke",
+            &tok.identity,
+            format!(
+                "group={} token_sha256_prefix={}",
+                tok.group,
+                &tok.hash[..tok.hash.len().min(12)]
+            ),
+            &RequestMeta::default(),
+        );
+        self.store.revoke_token(&tok.hash, now, ev).await
+    }
+
     /// Creates a one-time enrolment token bound to an identity and a group.
     pub async fn create_token(
         &self,
@@ -361,6 +394,7 @@ impl Authority {
             created_at: now,
             expires_at: now + time::Duration::try_from(ttl).unwrap_or(time::Duration::DAY),
             used: None,
+            revoked_at: None,
         };
         // The audit trail names the token by a hash prefix only.
         let ev = audit(
@@ -424,6 +458,9 @@ impl Authority {
         if let Some(used) = &tok.used {
             return self.replay(&tok, used.spki_sha256 == csr.spki_sha256, &used.serial).await;
         }
+        if let Some(at) = tok.revoked_at {
+            return Err(token_revoked(identity, at));
+        }
         let now = self.now();
         if now >= tok.expires_at {
             return Err(CaError::refused(
@@ -469,6 +506,10 @@ impl Authority {
                     .token(&tok.hash)
                     .await?
                     .ok_or_else(|| CaError::Storage("token vanished".into()))?;
+                if let (None, Some(at)) = (&tok.used, tok.revoked_at) {
+                    // Revoked between the check and the record.
+                    return Err(token_revoked(identity, at));
+                }
                 let used = tok
                     .used
                     .clone()
@@ -479,6 +520,7 @@ impl Authority {
     }
 
     async fn replay(&self, tok: &TokenRecord, same_key: bool, serial: &str) -> Result<Issued> {
+        // (A used token cannot be revoked: the use wins, and a retry is answered.)
         if !same_key {
             return Err(CaError::refused(
                 ProblemCode::TokenUsed,
@@ -1018,6 +1060,13 @@ fn profile_allows(
         ));
     }
     Ok(())
+}
+
+fn token_revoked(identity: &str, at: OffsetDateTime) -> CaError {
+    CaError::refused(
+        ProblemCode::TokenRevoked,
+        format!("enrolment token for {identity:?} was revoked at {at}; create a new one"),
+    )
 }
 
 fn key_reused(serial: &str) -> CaError {

@@ -7,7 +7,7 @@ use lanyard_ca::ca_dir::{self, CaDir, InitOptions};
 use lanyard_ca::clock::SystemClock;
 use lanyard_ca::error::CaError;
 use lanyard_ca::revocation::Reason;
-use lanyard_ca::store::{CertFilter, RevokeOutcome};
+use lanyard_ca::store::{CertFilter, RevokeOutcome, TokenFilter, TokenRecord, TokenRevokeOutcome};
 use lanyard_ca::{Authority, bundle};
 use lanyard_proto::timefmt::rfc3339;
 use lanyard_proto::{GroupPolicy, KeyAlgorithm, duration};
@@ -249,6 +249,31 @@ enum TokenCmd {
         #[arg(long, value_parser = ["token", "csv", "json"])]
         format: Option<String>,
     },
+    /// List tokens: ID (the start of the token's SHA-256; the token itself is never
+    /// stored), identity, group, expiry and state (unused, used, expired, revoked).
+    List {
+        /// Only tokens that can still enrol: neither used, revoked nor expired.
+        #[arg(long)]
+        unused: bool,
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long)]
+        group: Option<String>,
+        /// JSON (an array) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke unused tokens, so that they can no longer enrol (a used token's certificate
+    /// is revoked with `lanyard-ca revoke`).
+    Revoke {
+        /// The token's ID as `token list` shows it (a prefix of at least 8 hex digits that
+        /// names one token).
+        #[arg(long, required_unless_present = "identity", conflicts_with = "identity")]
+        id: Option<String>,
+        /// Every unused token of this identity.
+        #[arg(long)]
+        identity: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -381,6 +406,20 @@ enum CertsCmd {
         #[arg(long)]
         conflicts: bool,
     },
+}
+
+/// A token's ID in lists: the start of its hash (the token itself is never stored).
+fn token_id(t: &TokenRecord) -> &str {
+    &t.hash[..t.hash.len().min(16)]
+}
+
+fn token_state(t: &TokenRecord, now: time::OffsetDateTime) -> &'static str {
+    match (&t.used, t.revoked_at) {
+        (Some(_), _) => "used",
+        (None, Some(_)) => "revoked",
+        (None, None) if now >= t.expires_at => "expired",
+        (None, None) => "unused",
+    }
 }
 
 async fn open(dir: &DirArg) -> Result<(Ca, Authority), CaError> {
@@ -593,6 +632,134 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                     all.len(),
                     all.last().map(|(_, r)| rfc3339(r.expires_at)).unwrap_or_default()
                 ),
+            }
+        }
+        Cmd::Token { cmd: TokenCmd::List { unused, identity, group, json } } => {
+            let (_, a) = open(&dir).await?;
+            let now = a.now();
+            let tokens = a.tokens(TokenFilter { identity, group, unused_only: unused }).await?;
+            if json {
+                let v: Vec<serde_json::Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({
+                            "id": token_id(t),
+                            "identity": t.identity,
+                            "group": t.group,
+                            "state": token_state(t, now),
+                            "created_at": rfc3339(t.created_at),
+                            "expires_at": rfc3339(t.expires_at),
+                            "used_at": t.used.as_ref().map(|u| rfc3339(u.at)),
+                            "serial": t.used.as_ref().map(|u| u.serial.clone()),
+                            "revoked_at": t.revoked_at.map(rfc3339),
+                        })
+                    })
+                    .collect();
+                outln!("{}", serde_json::Value::Array(v));
+            } else {
+                let id_w = tokens.iter().map(|t| t.identity.len()).max().unwrap_or(0).max(8);
+                let group_w = tokens.iter().map(|t| t.group.len()).max().unwrap_or(0).max(5);
+                outln!(
+                    "{:<16}  {:<id_w$}  {:<group_w$}  {:<20}  STATE",
+                    "ID",
+                    "IDENTITY",
+                    "GROUP",
+                    "EXPIRES"
+                );
+                for t in &tokens {
+                    let state = match &t.used {
+                        Some(u) => format!("used ({})", u.serial),
+                        None => token_state(t, now).to_owned(),
+                    };
+                    outln!(
+                        "{:<16}  {:<id_w$}  {:<group_w$}  {:<20}  {state}",
+                        token_id(t),
+                        t.identity,
+                        t.group,
+                        rfc3339(t.expires_at)
+                    );
+                }
+            }
+        }
+        Cmd::Token { cmd: TokenCmd::Revoke { id, identity } } => {
+            let (_, a) = open(&dir).await?;
+            let actor = ca_dir::actor();
+            let targets = match (id, identity) {
+                (Some(id), _) => {
+                    let id = id.trim().to_ascii_lowercase();
+                    if id.len() < 8 || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+                        return Err(CaError::BadRequest(format!(
+                            "--id {id:?}: give the ID `token list` shows (8 to 64 hex digits)"
+                        )));
+                    }
+                    let all = a.tokens(TokenFilter::default()).await?;
+                    let found: Vec<_> =
+                        all.into_iter().filter(|t| t.hash.starts_with(&id)).collect();
+                    match found.len() {
+                        0 => return Err(CaError::NotFound(format!("no token with ID {id}"))),
+                        1 => found,
+                        n => {
+                            return Err(CaError::BadRequest(format!(
+                                "--id {id} names {n} tokens; give more digits"
+                            )));
+                        }
+                    }
+                }
+                (None, Some(identity)) => {
+                    let found = a
+                        .tokens(TokenFilter {
+                            identity: Some(identity.clone()),
+                            unused_only: true,
+                            ..Default::default()
+                        })
+                        .await?;
+                    if found.is_empty() {
+                        return Err(CaError::NotFound(format!(
+                            "{identity:?} has no unused token (`lanyard-ca token list --identity {identity}`)"
+                        )));
+                    }
+                    found
+                }
+                (None, None) => {
+                    return Err(CaError::BadRequest("give --id or --identity".into()));
+                }
+            };
+            let mut refused = 0;
+            for t in &targets {
+                match a.revoke_token(t, &actor).await? {
+                    TokenRevokeOutcome::Revoked => {
+                        eprintln!("revoked token {} of {}", token_id(t), t.identity)
+                    }
+                    TokenRevokeOutcome::AlreadyRevoked(at) => {
+                        eprintln!(
+                            "token {} of {} was already revoked at {}",
+                            token_id(t),
+                            t.identity,
+                            rfc3339(at)
+                        )
+                    }
+                    TokenRevokeOutcome::Used(u) => {
+                        refused += 1;
+                        eprintln!(
+                            "token {} of {} was used at {} for certificate {}: revoke the certificate instead (`lanyard-ca revoke --serial {}`)",
+                            token_id(t),
+                            t.identity,
+                            rfc3339(u.at),
+                            u.serial,
+                            u.serial
+                        );
+                    }
+                    TokenRevokeOutcome::NotFound => {
+                        refused += 1;
+                        eprintln!("token {} of {} is gone", token_id(t), t.identity);
+                    }
+                }
+            }
+            if refused > 0 {
+                return Err(CaError::refused(
+                    lanyard_proto::ProblemCode::TokenUsed,
+                    format!("{refused} of {} tokens could not be revoked", targets.len()),
+                ));
             }
         }
         Cmd::Revoke { serial, identity, reason, lineage } => {

@@ -32,4 +32,6 @@ on_sqlite!(
     key_reuse_is_refused,
     superseded_parents_retire,
     refusals_carry_codes,
+    tokens_are_listed_and_revoked_before_use,
+    a_token_is_revoked_or_used_never_both,
 );

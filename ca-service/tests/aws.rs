@@ -198,6 +198,8 @@ async fn serverless_ca_on_moto() {
         key_reuse_is_refused,
         superseded_parents_retire,
         refusals_carry_codes,
+        tokens_are_listed_and_revoked_before_use,
+        a_token_is_revoked_or_used_never_both,
     );
 
     // init with KMS keys; a second init refuses.

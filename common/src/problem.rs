@@ -31,6 +31,8 @@ pub enum ProblemCode {
     TokenUsed,
     /// The enrolment token expired.
     TokenExpired,
+    /// The enrolment token was revoked (`lanyard-ca token revoke`) before it was used.
+    TokenRevoked,
     /// The credentials (a token) are bound to another identity.
     IdentityMismatch,
     /// The CSR does not parse, its signature does not verify, or it asks for something the
@@ -75,6 +77,7 @@ impl ProblemCode {
         ProblemCode::TokenInvalid,
         ProblemCode::TokenUsed,
         ProblemCode::TokenExpired,
+        ProblemCode::TokenRevoked,
         ProblemCode::IdentityMismatch,
         ProblemCode::CsrInvalid,
         ProblemCode::KeyNotAllowed,
@@ -102,6 +105,7 @@ impl ProblemCode {
             ProblemCode::TokenInvalid => "token-invalid",
             ProblemCode::TokenUsed => "token-used",
             ProblemCode::TokenExpired => "token-expired",
+            ProblemCode::TokenRevoked => "token-revoked",
             ProblemCode::IdentityMismatch => "identity-mismatch",
             ProblemCode::CsrInvalid => "csr-invalid",
             ProblemCode::KeyNotAllowed => "key-not-allowed",
@@ -133,6 +137,7 @@ impl ProblemCode {
             | ProblemCode::IdentityMismatch
             | ProblemCode::TokenUsed
             | ProblemCode::TokenExpired
+            | ProblemCode::TokenRevoked
             | ProblemCode::Revoked
             | ProblemCode::ExpiredBeyondGrace => 403,
             ProblemCode::NotFound => 404,
@@ -159,6 +164,7 @@ impl ProblemCode {
             ProblemCode::TokenInvalid => "Unknown enrolment token",
             ProblemCode::TokenUsed => "Enrolment token already used",
             ProblemCode::TokenExpired => "Enrolment token expired",
+            ProblemCode::TokenRevoked => "Enrolment token revoked",
             ProblemCode::IdentityMismatch => "Identity does not match",
             ProblemCode::CsrInvalid => "Certificate request refused",
             ProblemCode::KeyNotAllowed => "Key type not allowed",

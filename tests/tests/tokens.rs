@@ -225,3 +225,62 @@ fn a_thousand_tokens_in_bulk_each_enrols_its_own_identity_once() {
         "a refused batch made tokens"
     );
 }
+
+#[test]
+fn tokens_are_listed_and_an_unused_one_is_revoked_so_that_it_enrols_nothing() {
+    if !peers::require_basics() {
+        return;
+    }
+    let ca = Ca::init();
+    let srv = ca.serve();
+    let (used_id, spare_id) = ("dev-8.fleet.example.com", "dev-9.fleet.example.com");
+    let used = ca.token(used_id);
+    let spare = ca.token(spare_id);
+    let (_, csr) = pki::key_and_csr(&ca.work, KeyAlg::P256, used_id);
+    est::enroll(&srv, used_id, &used, &csr.b64).expect(200);
+
+    // The list names tokens by a hash prefix, never by the token.
+    let list = ca.cli(&["token", "list"]).ok();
+    assert!(list.stdout.starts_with("ID"), "{list}");
+    assert!(!list.stdout.contains(&used) && !list.stdout.contains(&spare), "{list}");
+    let row = |id: &str| list.stdout.lines().find(|l| l.contains(id)).unwrap_or("").to_owned();
+    assert!(row(used_id).contains("used ("), "{list}");
+    assert!(row(spare_id).ends_with("unused"), "{list}");
+    let json = ca.cli(&["token", "list", "--unused", "--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{json}");
+    assert_eq!(v[0]["identity"], spare_id);
+    assert_eq!(v[0]["state"], "unused");
+    let spare_token_id = v[0]["id"].as_str().expect("id").to_owned();
+
+    // A used token is not revoked (the certificate is), and says so; a bad ID is refused.
+    let out = ca.cli(&["token", "revoke", "--identity", used_id]).fails();
+    assert!(out.stderr.contains("has no unused token"), "{out}");
+    let used_token_id = row(used_id).split_whitespace().next().unwrap_or("").to_owned();
+    let out = ca.cli(&["token", "revoke", "--id", &used_token_id]).fails();
+    assert!(out.stderr.contains("revoke the certificate instead"), "{out}");
+    let out = ca.cli(&["token", "revoke", "--id", "xyz"]).fails();
+    assert!(out.stderr.contains("hex digits"), "{out}");
+    let out = ca.cli(&["token", "revoke", "--id", "00000000"]).fails();
+    assert!(out.stderr.contains("no token with ID"), "{out}");
+
+    // Revoked by its ID: the device is refused with token-revoked, at csrattrs and at
+    // enrolment alike.
+    let out = ca.cli(&["token", "revoke", "--id", &spare_token_id[..10]]).ok();
+    assert!(out.stderr.contains("revoked token") && out.stderr.contains(spare_id), "{out}");
+    let (_, csr) = pki::key_and_csr(&ca.work, KeyAlg::P256, spare_id);
+    let r = est::enroll(&srv, spare_id, &spare, &csr.b64).expect(403);
+    assert!(r.text().contains("token-revoked"), "{r}");
+    let r = est::Request::get(srv.url("/.well-known/est/csrattrs"))
+        .cacert(&srv.cacert)
+        .basic(spare_id, &spare)
+        .send()
+        .expect(403);
+    assert!(r.text().contains("token-revoked"), "{r}");
+    let list = ca.cli(&["token", "list", "--identity", spare_id, "--json"]).ok();
+    assert!(list.stdout.contains("\"state\":\"revoked\""), "{list}");
+    let audit = ca.cli(&["audit", "--json"]).ok();
+    assert!(audit.stdout.contains("token.revoke"), "{audit}");
+    assert!(!audit.stdout.contains(&spare), "the token reached the audit trail");
+    assert_eq!(ca.certs().len(), 1);
+}

@@ -219,6 +219,10 @@ async fn group_of(
             ProblemCode::TokenUsed,
             format!("enrolment token for {identity:?} was already used; create a new token"),
         )),
+        Some(t) if t.revoked_at.is_some() => Err(CaError::refused(
+            ProblemCode::TokenRevoked,
+            format!("enrolment token for {identity:?} was revoked; create a new one"),
+        )),
         Some(t) if auth.now() >= t.expires_at => Err(CaError::refused(
             ProblemCode::TokenExpired,
             format!(

@@ -10,13 +10,14 @@
 //! ```
 //!
 //! The contract of [`Store`] holds under concurrency through conditional writes: an
-//! issuance is one transaction that updates the token only if it is unused, marks the
+//! issuance is one transaction that updates the token only if it is unused and not
+//! revoked (a token revocation is conditional on the same), marks the
 //! parent superseded only if nothing superseded it yet, claims the key only if it was never
 //! certified for the identity, and puts the certificate only if the serial is new.
 
 use super::{
     AuditEvent, CertFilter, CertRecord, RecordOutcome, Revocation, RevokeOutcome, Store,
-    TokenRecord, TokenUse,
+    TokenFilter, TokenRecord, TokenRevokeOutcome, TokenUse,
 };
 use crate::error::{CaError, Result};
 use crate::revocation::Reason;
@@ -53,6 +54,23 @@ fn get_s(i: &Item, k: &str) -> Option<String> {
 fn get_n(i: &Item, k: &str) -> Option<i64> {
     i.get(k).and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
 }
+fn token_from(i: &Item) -> Option<TokenRecord> {
+    let hash = get_s(i, "pk")?.strip_prefix("TOKEN#")?.to_owned();
+    Some(TokenRecord {
+        hash,
+        identity: get_s(i, "identity").unwrap_or_default(),
+        group: get_s(i, "group").unwrap_or_default(),
+        created_at: from_ts(get_n(i, "created_at").unwrap_or(0)),
+        expires_at: from_ts(get_n(i, "expires_at").unwrap_or(0)),
+        used: get_n(i, "used_at").map(|at| TokenUse {
+            at: from_ts(at),
+            serial: get_s(i, "used_serial").unwrap_or_default(),
+            spki_sha256: get_s(i, "used_spki").unwrap_or_default(),
+        }),
+        revoked_at: get_n(i, "revoked_at").map(from_ts),
+    })
+}
+
 fn ts(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
 }
@@ -334,20 +352,48 @@ impl Store for DynamoStore {
     }
 
     async fn token(&self, hash: &str) -> Result<Option<TokenRecord>> {
-        let Some(i) = self.get(format!("TOKEN#{hash}")).await? else { return Ok(None) };
-        let used = get_n(&i, "used_at").map(|at| TokenUse {
-            at: from_ts(at),
-            serial: get_s(&i, "used_serial").unwrap_or_default(),
-            spki_sha256: get_s(&i, "used_spki").unwrap_or_default(),
-        });
-        Ok(Some(TokenRecord {
-            hash: hash.to_owned(),
-            identity: get_s(&i, "identity").unwrap_or_default(),
-            group: get_s(&i, "group").unwrap_or_default(),
-            created_at: from_ts(get_n(&i, "created_at").unwrap_or(0)),
-            expires_at: from_ts(get_n(&i, "expires_at").unwrap_or(0)),
-            used,
-        }))
+        Ok(self.get(format!("TOKEN#{hash}")).await?.as_ref().and_then(token_from))
+    }
+
+    async fn tokens(&self, filter: TokenFilter) -> Result<Vec<TokenRecord>> {
+        let mut v: Vec<TokenRecord> = self
+            .scan_prefix("TOKEN#")
+            .await?
+            .iter()
+            .filter_map(token_from)
+            .filter(|t| filter.matches(t))
+            .collect();
+        v.sort_by(|a, b| (a.created_at, &a.identity).cmp(&(b.created_at, &b.identity)));
+        Ok(v)
+    }
+
+    async fn revoke_token(
+        &self,
+        hash: &str,
+        at: OffsetDateTime,
+        audit: AuditEvent,
+    ) -> Result<TokenRevokeOutcome> {
+        let upd = self.update_tx(
+            format!("TOKEN#{hash}"),
+            "SET revoked_at = :at",
+            "attribute_exists(pk) AND attribute_not_exists(used_at) AND attribute_not_exists(revoked_at)",
+            vec![(":at", n(ts(at)))],
+        )?;
+        match self.transact(vec![upd, self.put_tx(audit_item(&audit), None)?]).await? {
+            Ok(()) => Ok(TokenRevokeOutcome::Revoked),
+            Err(_) => Ok(match self.token(hash).await? {
+                None => TokenRevokeOutcome::NotFound,
+                Some(TokenRecord { used: Some(u), .. }) => TokenRevokeOutcome::Used(u),
+                Some(TokenRecord { revoked_at: Some(at), .. }) => {
+                    TokenRevokeOutcome::AlreadyRevoked(at)
+                }
+                Some(_) => {
+                    return Err(CaError::Storage(
+                        "token revocation failed without a reason".into(),
+                    ));
+                }
+            }),
+        }
     }
 
     async fn record_issuance(
@@ -365,7 +411,7 @@ impl Store for DynamoStore {
             items.push(self.update_tx(
                 format!("TOKEN#{hash}"),
                 "SET used_at = :at, used_serial = :serial, used_spki = :spki",
-                "attribute_exists(pk) AND attribute_not_exists(used_at)",
+                "attribute_exists(pk) AND attribute_not_exists(used_at) AND attribute_not_exists(revoked_at)",
                 vec![
                     (":at", n(ts(cert.issued_at))),
                     (":serial", s(&cert.serial)),

@@ -61,6 +61,36 @@ pub struct TokenRecord {
     pub expires_at: OffsetDateTime,
     /// Set when an issuance with this token succeeded.
     pub used: Option<TokenUse>,
+    /// Set when the token was revoked before any use (`lanyard-ca token revoke`).
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// Which tokens [`Store::tokens`] lists.
+#[derive(Clone, Debug, Default)]
+pub struct TokenFilter {
+    pub identity: Option<String>,
+    pub group: Option<String>,
+    /// Only tokens neither used nor revoked (expiry is the caller's: it has the clock).
+    pub unused_only: bool,
+}
+
+impl TokenFilter {
+    /// Whether a record passes the filter (for backends that filter after reading).
+    pub fn matches(&self, t: &TokenRecord) -> bool {
+        self.identity.as_ref().is_none_or(|i| *i == t.identity)
+            && self.group.as_ref().is_none_or(|g| *g == t.group)
+            && (!self.unused_only || (t.used.is_none() && t.revoked_at.is_none()))
+    }
+}
+
+/// What [`Store::revoke_token`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenRevokeOutcome {
+    Revoked,
+    /// Too late: a device enrolled with it (revoke the certificate instead).
+    Used(TokenUse),
+    AlreadyRevoked(OffsetDateTime),
+    NotFound,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,10 +174,20 @@ impl CertFilter {
 pub trait Store: Send + Sync + 'static {
     async fn put_token(&self, token: TokenRecord, audit: AuditEvent) -> Result<()>;
     async fn token(&self, hash: &str) -> Result<Option<TokenRecord>>;
+    /// Tokens passing the filter, oldest first.
+    async fn tokens(&self, filter: TokenFilter) -> Result<Vec<TokenRecord>>;
+    /// Revokes an unused token with its audit event, atomically: an issuance that
+    /// consumes the token and this revocation cannot both succeed.
+    async fn revoke_token(
+        &self,
+        hash: &str,
+        at: OffsetDateTime,
+        audit: AuditEvent,
+    ) -> Result<TokenRevokeOutcome>;
 
     /// Records an issued certificate and its audit event, atomically, or nothing:
-    /// - with `token_hash`, consumes the token, only if it is still unused (else
-    ///   [`RecordOutcome::TokenAlreadyUsed`]);
+    /// - with `token_hash`, consumes the token, only if it is still unused and not revoked
+    ///   (else [`RecordOutcome::TokenAlreadyUsed`]);
     /// - with `cert.parent_serial`, marks the parent superseded by this certificate, only if
     ///   no other certificate superseded it (else [`RecordOutcome::ParentAlreadyRenewed`]);
     /// - only if no certificate of the same identity has the same key (else

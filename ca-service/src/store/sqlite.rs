@@ -10,7 +10,7 @@
 
 use super::{
     AuditEvent, CertFilter, CertRecord, RecordOutcome, Revocation, RevokeOutcome, Store,
-    TokenRecord, TokenUse,
+    TokenFilter, TokenRecord, TokenRevokeOutcome, TokenUse,
 };
 use crate::error::{CaError, Result};
 use crate::revocation::Reason;
@@ -158,9 +158,38 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
             c.execute_batch(&format!("ALTER TABLE certs ADD COLUMN {name} {ty}"))?;
         }
     }
+    let token_columns: Vec<String> = c
+        .prepare("SELECT name FROM pragma_table_info('tokens')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if !token_columns.iter().any(|c| c == "revoked_at") {
+        c.execute_batch("ALTER TABLE tokens ADD COLUMN revoked_at INTEGER")?;
+    }
     c.execute_batch(
         "CREATE INDEX IF NOT EXISTS certs_superseded ON certs(superseded_at) WHERE superseded_at IS NOT NULL AND revoked_at IS NULL",
     )
+}
+
+const TOKEN_COLUMNS: &str = "hash, identity, group_name, created_at, expires_at, used_at, used_serial, used_spki, revoked_at";
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    let used_at: Option<i64> = r.get(5)?;
+    Ok(TokenRecord {
+        hash: r.get(0)?,
+        identity: r.get(1)?,
+        group: r.get(2)?,
+        created_at: from_ts(r.get(3)?),
+        expires_at: from_ts(r.get(4)?),
+        used: match used_at {
+            Some(at) => Some(TokenUse {
+                at: from_ts(at),
+                serial: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                spki_sha256: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
+            }),
+            None => None,
+        },
+        revoked_at: r.get::<_, Option<i64>>(8)?.map(from_ts),
+    })
 }
 
 fn insert_audit(c: &Connection, e: &AuditEvent) -> rusqlite::Result<usize> {
@@ -207,7 +236,7 @@ fn record_one(c: &Connection, job: &Issuance) -> Result<RecordOutcome> {
     if let Some(hash) = &job.token_hash {
         let n = c
             .prepare_cached(
-                "UPDATE tokens SET used_at = ?2, used_serial = ?3, used_spki = ?4 WHERE hash = ?1 AND used_at IS NULL",
+                "UPDATE tokens SET used_at = ?2, used_serial = ?3, used_spki = ?4 WHERE hash = ?1 AND used_at IS NULL AND revoked_at IS NULL",
             )?
             .execute(params![hash, ts(cert.issued_at), cert.serial, cert.spki_sha256])?;
         if n != 1 {
@@ -305,31 +334,64 @@ impl Store for SqliteStore {
     async fn token(&self, hash: &str) -> Result<Option<TokenRecord>> {
         let hash = hash.to_owned();
         self.with(move |c| {
-            Ok(c.prepare_cached(
-                "SELECT hash, identity, group_name, created_at, expires_at, used_at, used_serial, used_spki FROM tokens WHERE hash = ?1",
-            )?
-            .query_row(
-                params![hash],
-                |r| {
-                    let used_at: Option<i64> = r.get(5)?;
-                    Ok(TokenRecord {
-                        hash: r.get(0)?,
-                        identity: r.get(1)?,
-                        group: r.get(2)?,
-                        created_at: from_ts(r.get(3)?),
-                        expires_at: from_ts(r.get(4)?),
-                        used: match used_at {
-                            Some(at) => Some(TokenUse {
-                                at: from_ts(at),
-                                serial: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
-                                spki_sha256: r.get::<_, Option<String>>(7)?.unwrap_or_default(),
-                            }),
-                            None => None,
-                        },
-                    })
-                },
-            )
-            .optional()?)
+            Ok(c.prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"))?
+                .query_row(params![hash], token_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn tokens(&self, filter: TokenFilter) -> Result<Vec<TokenRecord>> {
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens
+                 WHERE (?1 IS NULL OR identity = ?1) AND (?2 IS NULL OR group_name = ?2)
+                   AND (?3 = 0 OR (used_at IS NULL AND revoked_at IS NULL))
+                 ORDER BY created_at, identity"
+            ))?;
+            let rows = stmt
+                .query_map(params![filter.identity, filter.group, filter.unused_only], token_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn revoke_token(
+        &self,
+        hash: &str,
+        at: OffsetDateTime,
+        audit: AuditEvent,
+    ) -> Result<TokenRevokeOutcome> {
+        let hash = hash.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE tokens SET revoked_at = ?2 WHERE hash = ?1 AND used_at IS NULL AND revoked_at IS NULL",
+                params![hash, ts(at)],
+            )?;
+            if n == 1 {
+                insert_audit(&tx, &audit)?;
+                tx.commit()?;
+                return Ok(TokenRevokeOutcome::Revoked);
+            }
+            let found = tx
+                .query_row(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"),
+                    params![hash],
+                    token_row,
+                )
+                .optional()?;
+            Ok(match found {
+                None => TokenRevokeOutcome::NotFound,
+                Some(TokenRecord { used: Some(u), .. }) => TokenRevokeOutcome::Used(u),
+                Some(TokenRecord { revoked_at: Some(at), .. }) => {
+                    TokenRevokeOutcome::AlreadyRevoked(at)
+                }
+                Some(_) => {
+                    return Err(CaError::Storage("token neither revocable nor spent".into()));
+                }
+            })
         })
         .await
     }
@@ -592,6 +654,7 @@ mod tests {
                     created_at: now,
                     expires_at: now + time::Duration::hours(1),
                     used: None,
+                    revoked_at: None,
                 },
                 audit("t1"),
             )

@@ -487,3 +487,90 @@ pub async fn refusals_carry_codes(ca: Ca) {
     let e = ca.auth.reenroll(&ca_other_cert(), &other, &meta()).await.unwrap_err();
     assert_eq!(code(&e), ProblemCode::CertificateUnknown);
 }
+
+pub async fn tokens_are_listed_and_revoked_before_use(ca: Ca) {
+    use lanyard_ca::store::{TokenFilter, TokenRevokeOutcome};
+    use lanyard_proto::ProblemCode;
+    let t1 = token(&ca, "dev-a").await;
+    ca.clock.advance(time::Duration::seconds(1));
+    let t2 = token(&ca, "dev-b").await;
+    ca.clock.advance(time::Duration::seconds(1));
+    let t3 = token(&ca, "dev-a").await;
+    let all = ca.auth.tokens(TokenFilter::default()).await.expect("list");
+    let names: Vec<&str> = all.iter().map(|t| t.identity.as_str()).collect();
+    assert_eq!(names, ["dev-a", "dev-b", "dev-a"], "oldest first");
+    assert!(all.iter().all(|t| t.used.is_none() && t.revoked_at.is_none()));
+    let rec = |hash: String| all.iter().find(|t| t.hash == hash).cloned().expect("listed");
+    let (r1, r2, r3) = (rec(t1.hash()), rec(t2.hash()), rec(t3.hash()));
+
+    // A used token is not revoked (its certificate is what to revoke).
+    let (_k, der) = csr(None, p256());
+    let issued = ca.auth.enroll("dev-a", &t1, &der, &meta()).await.expect("enrol");
+    match ca.auth.revoke_token(&r1, "test").await.expect("revoke") {
+        TokenRevokeOutcome::Used(u) => assert_eq!(u.serial, issued.record.serial),
+        other => panic!("a used token was {other:?}"),
+    }
+    // An unused one is, once; then it enrols nothing, with its own code, at enrolment and
+    // at csrattrs' check alike (the group lookup).
+    assert_eq!(
+        ca.auth.revoke_token(&r2, "test").await.expect("revoke"),
+        TokenRevokeOutcome::Revoked
+    );
+    assert!(matches!(
+        ca.auth.revoke_token(&r2, "test").await.expect("again"),
+        TokenRevokeOutcome::AlreadyRevoked(_)
+    ));
+    let (_k, der) = csr(None, p256());
+    let e = ca.auth.enroll("dev-b", &t2, &der, &meta()).await.unwrap_err();
+    assert_eq!(e.code(), ProblemCode::TokenRevoked, "{e}");
+    assert_eq!(e.status().as_u16(), 403, "{e}");
+    assert!(e.to_string().contains("revoked"), "{e}");
+
+    // Filters: identity, group, and "can still enrol" (not used, revoked or expired).
+    let unused = ca.auth.tokens(TokenFilter { unused_only: true, ..Default::default() }).await;
+    let unused: Vec<String> = unused.expect("list").into_iter().map(|t| t.hash).collect();
+    assert_eq!(unused, [r3.hash.clone()]);
+    let of_a = ca
+        .auth
+        .tokens(TokenFilter { identity: Some("dev-a".into()), ..Default::default() })
+        .await
+        .expect("list");
+    assert_eq!(of_a.len(), 2);
+    assert!(of_a[0].used.is_some() && of_a[1].used.is_none());
+    let other_group = TokenFilter { group: Some("sensors".into()), ..Default::default() };
+    assert!(ca.auth.tokens(other_group).await.expect("list").is_empty());
+    let revoked = ca.auth.tokens(TokenFilter::default()).await.expect("list");
+    assert!(revoked.iter().any(|t| t.hash == r2.hash && t.revoked_at.is_some()));
+    ca.clock.advance(time::Duration::hours(2));
+    let unused = ca.auth.tokens(TokenFilter { unused_only: true, ..Default::default() }).await;
+    assert!(unused.expect("list").is_empty(), "an expired token cannot enrol");
+}
+
+pub async fn a_token_is_revoked_or_used_never_both(ca: Ca) {
+    use lanyard_ca::store::{TokenFilter, TokenRevokeOutcome};
+    let ca = Arc::new(ca);
+    for round in 0..8 {
+        let id = format!("race-{round}");
+        let t = token(&ca, &id).await;
+        let rec = ca
+            .auth
+            .tokens(TokenFilter { identity: Some(id.clone()), ..Default::default() })
+            .await
+            .expect("list")
+            .remove(0);
+        let (_k, der) = csr(None, p256());
+        let (a, b) = (ca.clone(), ca.clone());
+        let enrol = tokio::spawn(async move { a.auth.enroll(&id, &t, &der, &meta()).await });
+        let revoke = tokio::spawn(async move { b.auth.revoke_token(&rec, "test").await });
+        let (enrolled, revoked) = (enrol.await.expect("task"), revoke.await.expect("task"));
+        match (&enrolled, revoked.expect("revoke")) {
+            (Ok(_), TokenRevokeOutcome::Used(_)) => {}
+            (Err(e), TokenRevokeOutcome::Revoked) => {
+                assert_eq!(e.code(), lanyard_proto::ProblemCode::TokenRevoked, "{e}");
+            }
+            (got, outcome) => {
+                panic!("round {round}: enrolment {got:?} with revocation {outcome:?}")
+            }
+        }
+    }
+}
