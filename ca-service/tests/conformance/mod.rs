@@ -529,7 +529,7 @@ pub async fn tokens_are_listed_and_revoked_before_use(ca: Ca) {
     // Filters: identity, group, and "can still enrol" (not used, revoked or expired).
     let unused = ca.auth.tokens(TokenFilter { unused_only: true, ..Default::default() }).await;
     let unused: Vec<String> = unused.expect("list").into_iter().map(|t| t.hash).collect();
-    assert_eq!(unused, [r3.hash.clone()]);
+    assert_eq!(unused, std::slice::from_ref(&r3.hash));
     let of_a = ca
         .auth
         .tokens(TokenFilter { identity: Some("dev-a".into()), ..Default::default() })
