@@ -58,8 +58,8 @@ step "fleet: 300 real agents through pacing, a rotation and an outage (started i
 cargo test -p lanyard-e2e --test fleet -- --ignored > "$TARGET/fleet.log" 2>&1 &
 fleet_pid=$!
 
-step "serverless CA (KMS, DynamoDB, S3, Lambda handler) against moto"
-cargo test -p lanyard-ca --features aws --test aws
+step "serverless CA (KMS, DynamoDB, S3, Lambda handler) against moto, and KMS against a strict stand-in (4 KB RAW limit, DIGEST)"
+cargo test -p lanyard-ca --features aws --test aws --test kms_strict
 
 step "credential stores against real OS keystores (kernel keyring, Secret Service)"
 bash agent/keystore/tests/run-keyring-tests.sh

@@ -40,6 +40,23 @@ fn spec(alg: KeyAlgorithm) -> KeySpec {
     }
 }
 
+/// The longest message KMS signs as `RAW`; it refuses longer ones (`ValidationException`).
+pub const KMS_RAW_MAX: usize = 4096;
+
+/// What goes to KMS to sign `msg`: the message itself (`RAW`) up to [`KMS_RAW_MAX`] bytes,
+/// else its digest (`DIGEST`) with the hash the signing algorithm names. A CRL passes the
+/// limit once it lists about 80 certificates; the signature is the same either way.
+pub fn kms_message(alg: KeyAlgorithm, msg: &[u8]) -> (Vec<u8>, MessageType) {
+    if msg.len() <= KMS_RAW_MAX {
+        return (msg.to_vec(), MessageType::Raw);
+    }
+    let hash = match signing_alg(alg) {
+        SigningAlgorithmSpec::EcdsaSha384 => &aws_lc_rs::digest::SHA384,
+        _ => &aws_lc_rs::digest::SHA256,
+    };
+    (aws_lc_rs::digest::digest(hash, msg).as_ref().to_vec(), MessageType::Digest)
+}
+
 fn signing_alg(alg: KeyAlgorithm) -> SigningAlgorithmSpec {
     match alg {
         KeyAlgorithm::EcdsaP256 => SigningAlgorithmSpec::EcdsaSha256,
@@ -55,7 +72,8 @@ fn is_throttling(code: &str) -> bool {
 
 /// What a failed `Sign` means for the device: throttling, KMS's own transient failures and
 /// failures with no service code (timeouts, connection errors) are worth retrying later;
-/// any other service error (access denied, disabled or missing key) is not.
+/// any other service error (access denied, a disabled or missing key, a message KMS
+/// refuses) is not, and says which it was.
 fn classify(key_id: &str, code: Option<&str>) -> RemoteFailure {
     match code {
         Some(c) if is_throttling(c) => RemoteFailure::Busy("KMS signing throttled".into()),
@@ -131,12 +149,13 @@ impl rcgen::PublicKeyData for KmsSigner {
 
 impl rcgen::SigningKey for KmsSigner {
     fn sign(&self, msg: &[u8]) -> std::result::Result<Vec<u8>, rcgen::Error> {
+        let (message, message_type) = kms_message(self.alg, msg);
         let call = self
             .client
             .sign()
             .key_id(&self.key_id)
-            .message(Blob::new(msg.to_vec()))
-            .message_type(MessageType::Raw)
+            .message(Blob::new(message))
+            .message_type(message_type)
             .signing_algorithm(signing_alg(self.alg))
             .send();
         // Resolve to the signature or a logged failure inside the blocking section, so only
@@ -203,7 +222,12 @@ mod tests {
             assert_eq!(e.code(), ProblemCode::Busy, "{code:?}: {e}");
             assert!(matches!(e, CaError::Unavailable { retry_after_secs: 5..=9, .. }), "{e:?}");
         }
-        for code in ["AccessDeniedException", "DisabledException", "KMSInvalidStateException"] {
+        for code in [
+            "AccessDeniedException",
+            "DisabledException",
+            "KMSInvalidStateException",
+            "ValidationException",
+        ] {
             let e = answer(Some(code));
             assert_eq!(e.code(), ProblemCode::Internal, "{code}: {e}");
             assert!(e.to_string().contains(code), "{e}");
@@ -214,5 +238,26 @@ mod tests {
         );
         // Read once: a later, unrelated failure does not inherit it.
         assert_eq!(crate::signer::take_remote_failure(), None);
+    }
+
+    #[test]
+    fn messages_beyond_the_raw_limit_go_as_the_digest_the_algorithm_names() {
+        use super::{KMS_RAW_MAX, MessageType, kms_message};
+        use lanyard_proto::KeyAlgorithm;
+        let at_limit = vec![7u8; KMS_RAW_MAX];
+        assert_eq!(
+            kms_message(KeyAlgorithm::EcdsaP256, &at_limit),
+            (at_limit.clone(), MessageType::Raw)
+        );
+        let over = vec![7u8; KMS_RAW_MAX + 1];
+        let sha256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &over);
+        let sha384 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA384, &over);
+        for (alg, want) in [
+            (KeyAlgorithm::EcdsaP256, sha256.as_ref()),
+            (KeyAlgorithm::Rsa3072, sha256.as_ref()),
+            (KeyAlgorithm::EcdsaP384, sha384.as_ref()),
+        ] {
+            assert_eq!(kms_message(alg, &over), (want.to_vec(), MessageType::Digest), "{alg}");
+        }
     }
 }
