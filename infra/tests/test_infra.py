@@ -138,3 +138,39 @@ def test_schema_check_catches_unknown_names(tmp_path):
     )
     assert r.returncode == 1
     assert "bogus_arg" in r.stdout and "aws_made_up" in r.stdout
+
+
+MODULES = HERE.parent / "modules"
+
+
+def test_bucket_prefixes_fit_s3s_limit_for_every_allowed_name():
+    """S3's bucket_prefix is at most 37 characters; every module name that passes the
+    variable's validation must leave room for each prefix's suffix."""
+    import re
+
+    for module in MODULES.iterdir():
+        main = (module / "main.tf").read_text()
+        prefixes = re.findall(r'bucket_prefix\s*=\s*"\$\{var\.name\}([^"]*)"', main)
+        if not prefixes:
+            continue
+        variables = (module / "variables.tf").read_text()
+        block = variables[variables.index('variable "name"') :]
+        pattern = re.search(r'regex\("(.*?)", var\.name\)', block).group(1).replace("\\\\", "\\")
+        longest = max(n for n in range(1, 80) if re.fullmatch(pattern, "a" * n))
+        for suffix in prefixes:
+            assert longest + len(suffix) <= 37, f"{module.name}: a {longest}-character name + {suffix!r}"
+
+
+def test_modules_with_trust_stores_need_the_provider_that_has_them():
+    """aws_cloudfront_trust_store, connection functions and viewer_mtls_config exist from
+    hashicorp/aws 6.28 on."""
+    import re
+
+    roots = list(MODULES.iterdir()) + list((HERE.parent / "examples").iterdir())
+    for root in roots:
+        text = "".join(p.read_text() for p in root.glob("*.tf"))
+        uses = 'resource "aws_cloudfront_trust_store"' in text or "modules/cloudfront-mtls" in text
+        if not uses:
+            continue
+        version = re.search(r'source\s*=\s*"hashicorp/aws"\s*version\s*=\s*">=\s*([0-9.]+)', text).group(1)
+        assert tuple(int(x) for x in version.split(".")) >= (6, 28), f"{root.name}: aws >= {version}"

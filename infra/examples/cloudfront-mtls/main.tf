@@ -7,7 +7,7 @@ terraform {
   required_providers {
     aws = {
       source  = "hashicorp/aws"
-      version = ">= 6.0, < 7.0"
+      version = ">= 6.28, < 7.0" # trust stores, connection functions, viewer_mtls_config
     }
   }
   # Keep state remote and locked, e.g.:

@@ -130,8 +130,10 @@ resource "aws_cloudfront_key_value_store" "revoked" {
 }
 
 resource "aws_cloudfront_connection_function" "revocation" {
-  name                     = "${var.name}-revocation"
-  connection_function_code = file("${path.module}/revocation.js")
+  name = "${var.name}-revocation"
+  # The function learns the distribution's mTLS mode (it decides what an event without
+  # certificate information means).
+  connection_function_code = replace(file("${path.module}/revocation.js"), "const MTLS_MODE = 'required';", "const MTLS_MODE = '${var.mtls_mode}';")
   publish                  = true
   connection_function_config {
     comment = "Deny client certificates whose serial is in the revoked-serials store."

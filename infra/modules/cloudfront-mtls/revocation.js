@@ -11,6 +11,19 @@ const kvs = cf.kvs();
 // A store that cannot be read must not let a revoked device in.
 const FAIL_OPEN = false;
 
+// The distribution's viewer mTLS mode; the module writes it here. In "required" mode an
+// event without certificate information is not what CloudFront documents: deny it rather
+// than turn revocation off. Only "optional" mode lets a connection without one through.
+const MTLS_MODE = 'required';
+
+function deny(connection, why) {
+  console.log(why);
+  if (typeof connection.logCustomData === 'function') {
+    connection.logCustomData(why);
+  }
+  return connection.deny();
+}
+
 function canonicalSerial(serial) {
   let hex = String(serial).toLowerCase().replace(/[^0-9a-f]/g, '');
   if (hex.length % 2 === 1) {
@@ -44,21 +57,25 @@ function leafSerial(connection) {
 async function connectionHandler(connection) {
   const serial = leafSerial(connection);
   if (!serial) {
-    // No certificate: in "required" mode the handshake has failed before this point;
-    // in "optional" mode the origin decides.
-    return connection.allow();
+    // "optional" mode: no certificate, the origin decides (CloudFront-Viewer-Cert-Present).
+    if (MTLS_MODE === 'optional') {
+      return connection.allow();
+    }
+    return deny(connection, 'denied: no client certificate information in the event (mode ' + MTLS_MODE + ')');
   }
   const key = canonicalSerial(serial);
   let revoked;
   try {
     revoked = await kvs.exists(key);
   } catch (e) {
-    console.log('revocation store unavailable: ' + e);
-    return FAIL_OPEN ? connection.allow() : connection.deny();
+    if (FAIL_OPEN) {
+      console.log('revocation store unavailable, allowed: ' + e);
+      return connection.allow();
+    }
+    return deny(connection, 'denied: revocation store unavailable: ' + e);
   }
   if (revoked) {
-    console.log('denied revoked certificate ' + key);
-    return connection.deny();
+    return deny(connection, 'denied: revoked certificate ' + key);
   }
   return connection.allow();
 }

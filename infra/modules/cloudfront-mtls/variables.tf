@@ -2,8 +2,10 @@ variable "name" {
   description = "Prefix for resource names (lowercase letters, digits, dashes)."
   type        = string
   validation {
-    condition     = can(regex("^[a-z0-9][a-z0-9-]{1,40}[a-z0-9]$", var.name))
-    error_message = "name must be 3 to 42 lowercase letters, digits or dashes."
+    # S3 allows a bucket_prefix of at most 37 characters; the longest here is
+    # "<name>-origin-" (8 more).
+    condition     = can(regex("^[a-z0-9][a-z0-9-]{1,27}[a-z0-9]$", var.name))
+    error_message = "name must be 3 to 29 lowercase letters, digits or dashes (it prefixes S3 bucket names, at most 37 characters with their suffix)."
   }
 }
 

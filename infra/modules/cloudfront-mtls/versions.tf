@@ -3,7 +3,7 @@ terraform {
   required_providers {
     aws = {
       source  = "hashicorp/aws"
-      version = ">= 6.0, < 7.0"
+      version = ">= 6.28, < 7.0" # trust stores, connection functions, viewer_mtls_config
       # aws: us-east-1 (CloudFront's ACM certificate lives there).
       # aws.bundle: the region of the CA bundle bucket (us-east-1 unless you choose).
       configuration_aliases = [aws.bundle]
