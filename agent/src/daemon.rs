@@ -34,17 +34,10 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
     let _ = sd_notify::notify(states);
 }
 
-/// Watches the store, the state directory and the local policy file; sends a wake-up on
-/// change.
+/// Watches the store, the state file, the local policy file and the enrolment token file;
+/// sends a wake-up when one of them changes.
 pub fn watch(agent: &Agent, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
-    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            let _ = tx.try_send(());
-        }
-    })
-    .map_err(|e| tracing::warn!(error = %e, "cannot watch files; changes apply at the next check"))
-    .ok()?;
     let mut paths = vec![agent.watch_path(), crate::state::path(agent.state_dir())];
     if let Some(p) = &agent.cfg.renewal.policy_file {
         paths.push(p.clone());
@@ -52,6 +45,17 @@ pub fn watch(agent: &Agent, tx: mpsc::Sender<()>) -> Option<notify::RecommendedW
     if let Some(p) = &agent.cfg.enrol.token_file {
         paths.push(p.clone());
     }
+    let names: Vec<std::ffi::OsString> =
+        paths.iter().filter_map(|p| p.file_name().map(|n| n.to_owned())).collect();
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res
+            && is_change(&ev, &names)
+        {
+            let _ = tx.try_send(());
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "cannot watch files; changes apply at the next check"))
+    .ok()?;
     let dirs: std::collections::BTreeSet<_> =
         paths.iter().filter_map(|p| p.parent()).filter(|d| d.exists()).collect();
     for dir in dirs {
@@ -60,6 +64,20 @@ pub fn watch(agent: &Agent, tx: mpsc::Sender<()>) -> Option<notify::RecommendedW
         }
     }
     Some(w)
+}
+
+/// Whether a watcher event is a change to one of the watched files. Reads are not: the
+/// agent reads these files itself on every wake, and inotify reports each open, so a
+/// watcher that woke on them would wake itself without end.
+fn is_change(ev: &notify::Event, names: &[std::ffi::OsString]) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    let change = match ev.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    };
+    change && ev.paths.iter().any(|p| p.file_name().is_some_and(|n| names.iter().any(|w| w == n)))
 }
 
 /// What a daemon with this config serves, in one line for the start-up log; a warning
@@ -150,6 +168,13 @@ impl Renewer {
     }
 
     pub async fn turn(&mut self, agent: &Agent) -> Turn {
+        if !self.ready {
+            // Up, before any call to the CA: systemd may go on. Whether a valid certificate
+            // is held is what STATUS= (and `lanyard status`) says; a device waiting for its
+            // first enrolment, or a CA slow to answer, must not fail its start.
+            notify(&[sd_notify::NotifyState::Ready]);
+            self.ready = true;
+        }
         let now = agent.clock.now();
         let enrolled = agent.current().is_some();
         let checkin_due =
@@ -216,13 +241,6 @@ impl Renewer {
                 }
             }
         }
-        if !self.ready {
-            // Up and deciding: systemd may go on. Whether a valid certificate is held is
-            // what STATUS= (and `lanyard status`) says; a device waiting for its first
-            // enrolment must not fail its start.
-            notify(&[sd_notify::NotifyState::Ready]);
-            self.ready = true;
-        }
         Turn::Wait(wait)
     }
 }
@@ -279,7 +297,8 @@ pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> Exit {
             _ = shutdown.cancelled() => break Exit::Shutdown,
             _ = tokio::time::sleep(wait) => {}
             Some(()) = rx.recv() => {
-                // Another process renewed or enrolled, or the policy file changed.
+                // Another process renewed or enrolled, or the policy or token file changed.
+                tracing::debug!("a watched file changed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 while rx.try_recv().is_ok() {}
                 // The state and policy files are read into memory here, not on every
@@ -305,4 +324,39 @@ pub async fn run(agent: Arc<Agent>, shutdown: CancellationToken) -> Exit {
         tracing::warn!("listeners did not stop within the shutdown grace");
     }
     exit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_change;
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RenameMode,
+    };
+    use std::path::PathBuf;
+
+    fn event(kind: EventKind, path: &str) -> notify::Event {
+        notify::Event::new(kind).add_path(PathBuf::from(path))
+    }
+
+    #[test]
+    fn reads_and_other_files_do_not_wake_the_loop() {
+        let names = vec!["agent-state.json".into(), "enrol.token".into()];
+        let yes = [
+            event(EventKind::Modify(ModifyKind::Data(DataChange::Any)), "/etc/lanyard/enrol.token"),
+            event(EventKind::Create(CreateKind::File), "/etc/lanyard/enrol.token"),
+            event(EventKind::Access(AccessKind::Close(AccessMode::Write)), "/s/agent-state.json"),
+            event(EventKind::Modify(ModifyKind::Name(RenameMode::To)), "/s/agent-state.json"),
+        ];
+        for e in &yes {
+            assert!(is_change(e, &names), "{e:?}");
+        }
+        let no = [
+            event(EventKind::Access(AccessKind::Open(AccessMode::Any)), "/etc/lanyard/enrol.token"),
+            event(EventKind::Access(AccessKind::Close(AccessMode::Read)), "/s/agent-state.json"),
+            event(EventKind::Modify(ModifyKind::Data(DataChange::Any)), "/etc/lanyard/agent.toml"),
+        ];
+        for e in &no {
+            assert!(!is_change(e, &names), "{e:?}");
+        }
+    }
 }

@@ -5,7 +5,8 @@
 //! - An unreachable or busy CA is retried with the renewal back-off (the policy's retry
 //!   floor doubling up to its cap, a jitter drawn once per failure, the CA's `Retry-After`
 //!   as a floor), so a fleet powered on together does not come back together.
-//! - A token the CA refuses for good (used, expired, unknown, malformed) is not sent again:
+//! - A token the CA refuses for good (used, expired, unknown, revoked) or that is malformed
+//!   is not sent again:
 //!   one journal entry, `lanyard status` says what to do, and the agent waits for the file
 //!   to hold another token (the daemon watches it).
 //! - After success the file is removed, or, where the service may not remove it (a
@@ -100,6 +101,13 @@ impl TokenFileEnrolment {
             // Another token: start afresh.
             *self = TokenFileEnrolment::default();
         }
+        // A token that cannot be one (cut off, not Lanyard's without an identity) is refused
+        // here, before anything is sent.
+        if let Err(e) =
+            crate::agent::enrolment_identity(&token, agent.cfg.enrol.identity.as_deref())
+        {
+            return self.refuse(agent, id, path, &e);
+        }
         let now = agent.clock.now();
         let policy = agent.effective_policy();
         if let Some(at) = retry_at(&self.failures, &policy)
@@ -124,7 +132,12 @@ impl TokenFileEnrolment {
                 *self = TokenFileEnrolment::default();
                 Next::Enrolled
             }
-            Err(e) if e.retryable() => {
+            // The CA refused this token for good (used, expired, unknown, revoked, bound to
+            // another identity): wait for another.
+            Err(e) if e.code().is_some() && !e.retryable() => self.refuse(agent, id, path, &e),
+            // Anything else (the CA unreachable or busy, the store, the config, the CA's
+            // answer) is not the token's fault: back off and try again.
+            Err(e) => {
                 let now = agent.clock.now();
                 self.failures = Failures {
                     count: self.failures.count.saturating_add(1),
@@ -141,19 +154,22 @@ impl TokenFileEnrolment {
                     "enrolment with the token file {shown} failed ({e}); retrying at {}",
                     lanyard_proto::timefmt::rfc3339(at)
                 );
-                tracing::warn!(error = %e, attempt = self.failures.count, retry_at = %lanyard_proto::timefmt::Rfc3339Time(at), file = %shown, "enrolment failed; will retry");
                 agent.record_enrolment_error(Some(why));
+                tracing::warn!(error = %e, attempt = self.failures.count, retry_at = %lanyard_proto::timefmt::Rfc3339Time(at), file = %shown, "enrolment failed; will retry");
                 Next::RetryAt(at)
             }
-            Err(e) => {
-                let why = format!(
-                    "the enrolment token in {shown} cannot be used ({e}); put a new token in the file"
-                );
-                tracing::error!(error = %e, code = e.code().map(|c| c.as_str()).unwrap_or(""), file = %shown, "enrolment refused; waiting for a new token in the file");
-                agent.record_enrolment_error(Some(why.clone()));
-                self.refused = Some((id, why.clone()));
-                Next::Idle(why)
-            }
         }
+    }
+
+    /// The token cannot enrol: say so once (log and status) and wait for another.
+    fn refuse(&mut self, agent: &Agent, id: String, path: &Path, e: &AgentError) -> Next {
+        let why = format!(
+            "the enrolment token in {} cannot be used ({e}); put a new token in the file",
+            path.display()
+        );
+        agent.record_enrolment_error(Some(why.clone()));
+        tracing::error!(error = %e, code = e.code().map(|c| c.as_str()).unwrap_or(""), file = %path.display(), "enrolment refused; waiting for a new token in the file");
+        self.refused = Some((id, why.clone()));
+        Next::Idle(why)
     }
 }

@@ -710,8 +710,9 @@ impl ZeroTouch {
 
     fn run(&self) -> tokio::process::Child {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
-            .args(["--config", self.cfg.to_str().expect("p"), "run"])
-            .env("LANYARD_LOG", "info")
+            // -v: Lanyard's own debug lines too (each wake by a watched file is one).
+            .args(["-v", "--config", self.cfg.to_str().expect("p"), "run"])
+            .env_remove("LANYARD_LOG")
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&self.log).expect("log"))
             .kill_on_drop(true)
@@ -731,6 +732,16 @@ impl ZeroTouch {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the used token file is gone (it is removed after the enrolment's
+    /// check-in, a moment after the certificate is stored).
+    async fn token_file_gone_within(&self, limit: Duration) {
+        let t = Instant::now();
+        while self.token_file.exists() {
+            assert!(t.elapsed() < limit, "the used token file is still there:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until the device holds a valid certificate.
@@ -759,7 +770,7 @@ async fn the_daemon_enrols_from_a_token_file_retries_an_absent_ca_and_waits_out_
     let _first_daemon = first.run();
     let s = first.enrolled_within(Duration::from_secs(30)).await;
     assert_eq!(s["identity"], "zt-1.fleet.example.com", "{s}");
-    assert!(!first.token_file.exists(), "the used token file is still there");
+    first.token_file_gone_within(Duration::from_secs(10)).await;
     assert!(!first.log().contains(token.as_str()), "the token reached the log");
 
     // The same token on another device: refused for good (used). One journal entry, a
@@ -772,7 +783,17 @@ async fn the_daemon_enrols_from_a_token_file_retries_an_absent_ca_and_waits_out_
         assert!(t.elapsed() < Duration::from_secs(20), "no refusal logged:\n{}", second.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Idle means idle: the daemon reads the token file on each wake, and must not wake on
+    // its own reads (inotify reports every open): no wake in 3 s when nothing changes.
+    let wakes = || second.log().matches("a watched file changed").count();
+    let before = wakes();
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let woken = wakes() - before;
+    assert!(
+        woken == 0,
+        "the waiting daemon woke {woken} times in 3 s with no change:\n{}",
+        second.log()
+    );
     let log = second.log();
     assert_eq!(log.matches("enrolling with the token file").count(), 1, "{log}");
     assert_eq!(log.matches("enrolment refused").count(), 1, "{log}");
@@ -786,7 +807,7 @@ async fn the_daemon_enrols_from_a_token_file_retries_an_absent_ca_and_waits_out_
     std::fs::write(&second.token_file, &fresh).expect("token file");
     let s = second.enrolled_within(Duration::from_secs(20)).await;
     assert_eq!(s["identity"], "zt-2.fleet.example.com", "{s}");
-    assert!(!second.token_file.exists());
+    second.token_file_gone_within(Duration::from_secs(10)).await;
 
     // The CA is down when the device starts: retried with back-off (the default policy's
     // 10 s floor), never in a busy loop, and enrolled once the CA is back.
@@ -809,5 +830,5 @@ async fn the_daemon_enrols_from_a_token_file_retries_an_absent_ca_and_waits_out_
     assert!(s["last_error"].is_null(), "{s}");
     let attempts = third.log().matches("enrolling with the token file").count();
     assert!((2..=4).contains(&attempts), "{attempts} attempts in about 10 s:\n{}", third.log());
-    assert!(!third.token_file.exists());
+    third.token_file_gone_within(Duration::from_secs(10)).await;
 }

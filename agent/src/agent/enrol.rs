@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use zeroize::Zeroizing;
 
 /// Arguments of `lanyard enrol`.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct EnrolArgs {
     /// `--ca`; `None` takes `[ca] url` from the config.
     pub ca_url: Option<String>,
@@ -25,6 +25,21 @@ pub struct EnrolArgs {
     /// One request, no retries here: the caller backs off itself (the daemon's token-file
     /// enrolment). `lanyard enrol` retries a few times, honouring the CA's `Retry-After`.
     pub once: bool,
+}
+
+impl std::fmt::Debug for EnrolArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret: never printed.
+        f.debug_struct("EnrolArgs")
+            .field("ca_url", &self.ca_url)
+            .field("token", &"<redacted>")
+            .field("identity", &self.identity)
+            .field("ca_bundle", &self.ca_bundle)
+            .field("ca_fingerprint", &self.ca_fingerprint)
+            .field("force", &self.force)
+            .field("once", &self.once)
+            .finish()
+    }
 }
 
 /// The longest `Retry-After` an enrolment waits out before it gives up (and says so).
@@ -214,5 +229,18 @@ impl Agent {
             tracing::warn!(error = %e, "enrolled, but could not read the group's policy yet");
         }
         Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_never_shows_the_token() {
+        let args = super::EnrolArgs {
+            token: "lyt.dev-1.s3cr3t-s3cr3t".to_owned().into(),
+            ..Default::default()
+        };
+        let shown = format!("{args:?}");
+        assert!(!shown.contains("s3cr3t") && shown.contains("redacted"), "{shown}");
     }
 }

@@ -116,15 +116,19 @@ impl SqliteStore {
         Self::setup(Connection::open_in_memory()?)
     }
 
-    fn setup(conn: Connection) -> Result<Self> {
+    fn setup(mut conn: Connection) -> Result<Self> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // NORMAL is durable across application crashes in WAL mode; FULL also across power
         // loss. A CA must not hand out a certificate it could forget: FULL.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.execute_batch(SCHEMA)?;
-        migrate(&conn)?;
+        // One writer at a time: a CA and a CLI opening an old database together must not
+        // both add a column (the second would fail on "duplicate column").
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(SCHEMA)?;
+        migrate(&tx)?;
+        tx.commit()?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             pending: Arc::new(Mutex::new(Vec::new())),
@@ -693,5 +697,34 @@ mod tests {
         drop(store);
         let again = SqliteStore::open(&dir.path().join("ca.db")).unwrap();
         assert_eq!(again.certs(CertFilter::default()).await.unwrap().len(), 62);
+    }
+
+    /// A database made before tokens could be revoked (no `revoked_at`) opens, keeps its
+    /// tokens, and can revoke them.
+    #[tokio::test]
+    async fn a_database_from_before_token_revocation_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lanyard-ca.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE tokens (hash TEXT PRIMARY KEY, identity TEXT NOT NULL, group_name TEXT NOT NULL,
+                   created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, used_at INTEGER,
+                   used_serial TEXT, used_spki TEXT);
+                 INSERT INTO tokens (hash, identity, group_name, created_at, expires_at)
+                   VALUES ('t-old', 'dev-old', 'default', 1800000000, 1800003600);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let t = store.token("t-old").await.unwrap().expect("kept");
+        assert_eq!((t.identity.as_str(), t.revoked_at), ("dev-old", None));
+        let at = OffsetDateTime::from_unix_timestamp(1_800_000_100).unwrap();
+        let outcome = store.revoke_token("t-old", at, audit("t-old")).await.unwrap();
+        assert_eq!(outcome, TokenRevokeOutcome::Revoked);
+        // Opened again (the column exists now): nothing to add, nothing lost.
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.token("t-old").await.unwrap().unwrap().revoked_at, Some(at));
     }
 }
