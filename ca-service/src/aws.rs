@@ -86,6 +86,16 @@ pub struct Published {
     pub revoked: usize,
 }
 
+/// Which of the CA's KMS keys an [`Authority`] opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyAccess {
+    /// Root and issuing: the admin commands and the scheduled publisher (the root CRL).
+    All,
+    /// The issuing key only: the internet-facing handler (issuance, renewal, the issuing
+    /// CRL, OCSP); the root CRL comes from the publication bucket.
+    IssuingOnly,
+}
+
 impl AwsBackend {
     /// Connects with the standard AWS configuration chain (`AWS_REGION`, credentials,
     /// `AWS_ENDPOINT_URL` for tests against a local endpoint).
@@ -173,8 +183,14 @@ impl AwsBackend {
         Ok(settings)
     }
 
-    /// The authority over KMS and DynamoDB.
+    /// The authority over KMS and DynamoDB, with both keys (admin commands, the publisher).
     pub async fn open(&self, clock: Arc<dyn Clock>) -> Result<Authority> {
+        self.open_with(clock, KeyAccess::All).await
+    }
+
+    /// The authority with the keys `access` allows: the internet-facing handler opens the
+    /// issuing key only, so it cannot sign with the root even if its code is made to.
+    pub async fn open_with(&self, clock: Arc<dyn Clock>, access: KeyAccess) -> Result<Authority> {
         let s = self.settings().await?;
         let cert = |k: &'static str| async move {
             self.store
@@ -183,12 +199,17 @@ impl AwsBackend {
                 .ok_or_else(|| CaError::Config(format!("{k} missing from the table")))
         };
         let issuing = KmsSigner::open(self.kms.clone(), &s.issuing_key_id, s.issuing_key).await?;
-        let root = KmsSigner::open(self.kms.clone(), &s.root_key_id, s.root_key).await?;
+        let root = match access {
+            KeyAccess::All => Some(SharedSigner(Arc::new(
+                KmsSigner::open(self.kms.clone(), &s.root_key_id, s.root_key).await?,
+            ))),
+            KeyAccess::IssuingOnly => None,
+        };
         let keys = CaKeys {
             issuing: SharedSigner(Arc::new(issuing)),
             issuing_der: cert("issuing.crt").await?,
             root_der: cert("root.crt").await?,
-            root: Some(SharedSigner(Arc::new(root))),
+            root,
         };
         let publication =
             PublicationSettings::new(&s.public_url, s.crl_validity_secs, s.ocsp_validity_secs);

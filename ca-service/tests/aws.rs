@@ -284,6 +284,19 @@ async fn serverless_ca_on_moto() {
         .expect_err("P-256 key as root");
     assert!(e.to_string().contains("not ecdsa-p384"), "{e}");
 
+    // The handler's authority opens the issuing key only (its role may not sign with the
+    // root): it issues and renews, and the root CRL is not its to make.
+    let full = auth;
+    let auth = Arc::new(
+        backend
+            .open_with(Arc::new(SystemClock), lanyard_ca::aws::KeyAccess::IssuingOnly)
+            .await
+            .expect("open without the root key"),
+    );
+    assert!(auth.keys().root.is_none());
+    let e = auth.root_crl().await.expect_err("no root key, no root CRL");
+    assert_eq!(e.status().as_u16(), 404, "{e}");
+
     // Enrol through the Lambda handler (bootstrap hostname: no client certificate).
     let (token, _) = auth
         .create_token("sensor-1.fleet.example.com", "default", Duration::from_secs(600), "test")
@@ -328,10 +341,11 @@ async fn serverless_ca_on_moto() {
     // Revocation reaches the S3 CRL, the export and the KeyValueStore plan.
     let (_, x) = x509_parser::parse_x509_certificate(&renewed).expect("parse");
     let serial = lanyard_proto::serial::to_hex(x.raw_serial());
-    auth.revoke(&serial, Reason::KeyCompromise, false, "test", &Default::default())
+    // (An admin revokes; the publisher, which holds the root key, publishes.)
+    full.revoke(&serial, Reason::KeyCompromise, false, "test", &Default::default())
         .await
         .expect("revoke");
-    backend.publish(&auth).await.expect("publish");
+    backend.publish(&full).await.expect("publish");
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&cfg).force_path_style(true).build(),
     );

@@ -174,3 +174,19 @@ def test_modules_with_trust_stores_need_the_provider_that_has_them():
             continue
         version = re.search(r'source\s*=\s*"hashicorp/aws"\s*version\s*=\s*">=\s*([0-9.]+)', text).group(1)
         assert tuple(int(x) for x in version.split(".")) >= (6, 28), f"{root.name}: aws >= {version}"
+
+
+def test_only_the_publisher_may_sign_with_the_root_key():
+    """The internet-facing handler issues with the issuing key; the root key (the root CRL)
+    is the scheduled publisher's alone, in the key policy and in the roles' policies, which
+    both follow local.signers."""
+    import re
+
+    main = (MODULES / "serverless-ca" / "main.tf").read_text()
+    signers = re.search(r"signers = \{(.*?)\}", main, re.S).group(1)
+    table = dict(re.findall(r'(\w+)\s*=\s*\[([^\]]*)\]', signers))
+    assert table["root"].replace(" ", "") == '"publish"', table
+    assert "http" in table["issuing"] and "publish" in table["issuing"], table
+    assert 'signing_key["root"].json' in main and 'signing_key["issuing"].json' in main
+    assert "for f in each.value : aws_iam_role.lambda[f].arn" in main
+    assert "if contains(fs, each.key)" in main, "the roles' Sign statement must follow local.signers"

@@ -7,7 +7,7 @@
 
 use lambda_http::{Error, Request, service_fn};
 use lanyard_ca::admission::AdmissionLimits;
-use lanyard_ca::aws::{AwsBackend, AwsLocation};
+use lanyard_ca::aws::{AwsBackend, AwsLocation, KeyAccess};
 use lanyard_ca::clock::SystemClock;
 use std::sync::Arc;
 
@@ -18,7 +18,11 @@ async fn main() -> Result<(), Error> {
     // Issuance pacing: LANYARD_MAX_ISSUANCE_RATE for the deployment, shared by
     // LANYARD_ISSUANCE_INSTANCES instances (see lanyard_ca::admission).
     let admission = AdmissionLimits::from_env()?;
-    let auth = Arc::new(backend.open(Arc::new(SystemClock)).await?.with_admission(admission));
+    let publisher = std::env::var("LANYARD_LAMBDA_MODE").as_deref() == Ok("publish");
+    // The internet-facing handler never holds the root key (nor may its role use it).
+    let access = if publisher { KeyAccess::All } else { KeyAccess::IssuingOnly };
+    let auth =
+        Arc::new(backend.open_with(Arc::new(SystemClock), access).await?.with_admission(admission));
     match std::env::var("LANYARD_LAMBDA_MODE").as_deref() {
         Ok("publish") => {
             lambda_http::lambda_runtime::run(lambda_http::lambda_runtime::service_fn(

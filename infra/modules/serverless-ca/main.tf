@@ -14,12 +14,20 @@ locals {
     http    = "${var.name}-http"
     publish = "${var.name}-publish"
   }
+  # Which functions may sign with which key: the internet-facing handler issues with the
+  # issuing key only; the root key signs the root CRL, in the scheduled publisher only.
+  signers = {
+    root    = ["publish"]
+    issuing = ["http", "publish"]
+  }
 }
 
 # ---- keys --------------------------------------------------------------------------
 
-# Key policy: the account administers the keys; only the CA's Lambda roles sign.
+# Key policy: the account administers the keys; only the CA's Lambda roles that need a key
+# sign with it (local.signers).
 data "aws_iam_policy_document" "signing_key" {
+  for_each = local.signers
   #checkov:skip=CKV_AWS_356: a key policy's "*" resource means this key only.
   #checkov:skip=CKV_AWS_109: a key policy must let the account administer the key, or the key becomes unmanageable.
   #checkov:skip=CKV_AWS_111: a key policy must let the account administer the key; the CA's roles may only sign with it.
@@ -38,7 +46,7 @@ data "aws_iam_policy_document" "signing_key" {
     resources = ["*"]
     principals {
       type        = "AWS"
-      identifiers = [aws_iam_role.lambda["http"].arn, aws_iam_role.lambda["publish"].arn]
+      identifiers = [for f in each.value : aws_iam_role.lambda[f].arn]
     }
   }
 }
@@ -50,7 +58,7 @@ resource "aws_kms_key" "root" {
   key_usage                = "SIGN_VERIFY"
   deletion_window_in_days  = 30
   enable_key_rotation      = false
-  policy                   = data.aws_iam_policy_document.signing_key.json
+  policy                   = data.aws_iam_policy_document.signing_key["root"].json
   tags                     = var.tags
 }
 
@@ -61,7 +69,7 @@ resource "aws_kms_key" "issuing" {
   key_usage                = "SIGN_VERIFY"
   deletion_window_in_days  = 30
   enable_key_rotation      = false
-  policy                   = data.aws_iam_policy_document.signing_key.json
+  policy                   = data.aws_iam_policy_document.signing_key["issuing"].json
   tags                     = var.tags
 }
 
@@ -214,7 +222,7 @@ data "aws_iam_policy_document" "lambda" {
   statement {
     sid       = "Sign"
     actions   = ["kms:Sign", "kms:GetPublicKey"]
-    resources = [aws_kms_key.root.arn, aws_kms_key.issuing.arn]
+    resources = [for k, fs in local.signers : (k == "root" ? aws_kms_key.root.arn : aws_kms_key.issuing.arn) if contains(fs, each.key)]
   }
   statement {
     sid       = "DataKey"
