@@ -60,7 +60,7 @@ pub fn waiting(path: &Path) -> String {
 
 /// A short, non-secret name for a token: it tells tokens apart in memory without keeping
 /// the token.
-fn fingerprint(token: &str) -> String {
+pub(crate) fn fingerprint(token: &str) -> String {
     crate::trust::sha256_hex(token.as_bytes())[..16].to_owned()
 }
 

@@ -134,7 +134,7 @@ impl Agent {
         // is tried again with the same key, and the CA answers the same token and key with
         // the same certificate, where a new key would be refused as token-used. (Its kind
         // was chosen from csrattrs the first time; csrattrs refuses a used token.)
-        let mark = format!("enrol:{}", &crate::trust::sha256_hex(args.token.as_bytes())[..16]);
+        let mark = format!("enrol:{}", crate::token_file::fingerprint(&args.token));
         let staged = {
             let m = mark.clone();
             // Enrolment is how a device recovers: an unreadable staged key is not a reason
