@@ -30,7 +30,19 @@ done
 
 # The agent is built for devices: the size-optimised `device` profile, without Secret
 # Service (a system service has no session bus; the file and kernel-keyring stores remain).
-AGENT_FLAGS="--profile device --no-default-features"
+AGENT_PROFILE=device
+# LANYARD_DEB_FAST=1 (the packaging test in CI): packages to check, not to ship. The same
+# layout, scripts and units, but no LTO, 16 codegen units, opt-level 1, and the agent in the
+# release profile so that it shares the CA's dependency builds (aws-lc above all). Three
+# fat-LTO builds took about half of CI's time; these take a fraction of it. Release
+# packages, and the sizes in docs/BENCHMARKS.md, come from a build without it.
+if [ "${LANYARD_DEB_FAST:-}" = 1 ]; then
+  export CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+    CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_INCREMENTAL=false
+  AGENT_PROFILE=release
+  echo "LANYARD_DEB_FAST=1: test packages (no LTO, opt-level 1), not release packages"
+fi
+AGENT_FLAGS="--profile $AGENT_PROFILE --no-default-features"
 
 for arch in $ARCHES; do
   case "$arch" in

@@ -19,7 +19,12 @@ fail() { echo "packaging tests: $*" >&2; exit 1; }
 ARCHES=${LANYARD_DEB_ARCHES:-amd64 arm64}
 # CI checks the arm64 agent package (what devices install); the arm64 CA package has the
 # same layout as the amd64 one that is checked in full below.
-if [ "${CI:-}" = "true" ]; then export LANYARD_ARM64_PACKAGES=${LANYARD_ARM64_PACKAGES:-lanyard}; fi
+# CI builds test packages (LANYARD_DEB_FAST, see build-debs.sh): what is checked here is
+# the packages' layout, scripts and units, not the optimiser's output.
+if [ "${CI:-}" = "true" ]; then
+  export LANYARD_ARM64_PACKAGES=${LANYARD_ARM64_PACKAGES:-lanyard}
+  export LANYARD_DEB_FAST=${LANYARD_DEB_FAST:-1}
+fi
 if ! need aarch64-linux-gnu-gcc; then ARCHES=amd64; fi
 rm -f dist/lanyard*.deb
 LANYARD_DEB_ARCHES="$ARCHES" bash packaging/build-debs.sh
@@ -80,7 +85,7 @@ if [[ " $ARCHES " == *" arm64 "* ]]; then
   echo "--> arm64 under qemu-user"
   if need qemu-aarch64; then
     for bin in lanyard lanyard-ca; do
-      profile=release; [ "$bin" = lanyard ] && profile=device
+      profile=release; [ "$bin" = lanyard ] && [ "${LANYARD_DEB_FAST:-}" != 1 ] && profile=device
       [ -e "$TARGET_DIR/aarch64-unknown-linux-gnu/$profile/$bin" ] || { echo "$bin: not built for arm64 (LANYARD_ARM64_PACKAGES)"; continue; }
       qemu-aarch64 -L /usr/aarch64-linux-gnu "$TARGET_DIR/aarch64-unknown-linux-gnu/$profile/$bin" --version
     done
