@@ -5,7 +5,7 @@
 //! CA (`HTTPS_PROXY`, `ALL_PROXY` with socks5) are honoured, as corporate networks need.
 
 use crate::error::{AgentError, Result};
-use lanyard_proto::api::CertificateStatus;
+use lanyard_proto::api::{CertificateStatus, CheckinReport};
 use lanyard_proto::{KeyAlgorithm, est};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
@@ -187,6 +187,20 @@ impl EstClient {
             .body(Self::csr_body(csr));
         let r = self.send(req).await?;
         Self::leaf_of(self.pkcs7_certs(r).await?, spki)
+    }
+
+    /// `POST /v1/checkin`: reports the agent's state, and gets what `GET /v1/certificate`
+    /// gives. `None` from a CA that has no check-in endpoint (older than the report).
+    pub async fn checkin(&self, report: &CheckinReport) -> Result<Option<CertificateStatus>> {
+        match self.send(self.http.post(self.url("/v1/checkin")).json(report)).await {
+            Ok(r) => r
+                .json()
+                .await
+                .map(Some)
+                .map_err(|e| AgentError::BadAnswer(format!("/v1/checkin: {e}"))),
+            Err(AgentError::Refused { status: 404 | 405, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// `GET /v1/certificate`: status and policy for the presented certificate.

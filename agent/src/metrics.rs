@@ -2,6 +2,7 @@
 //! the current serial, and the proxy's requests and latencies.
 
 use crate::verify::CertInfo;
+use lanyard_proto::api::RouteHealth;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -24,6 +25,8 @@ pub struct Metrics {
     current_serial: Mutex<Option<String>>,
     proxy_requests: Family<Labels, Counter>,
     proxy_latency: Family<Labels, Histogram>,
+    /// Per route: requests, 5xx answers and the last status, for the check-in report.
+    routes: Mutex<std::collections::BTreeMap<String, RouteHealth>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +89,7 @@ impl Metrics {
             current_serial: Mutex::new(None),
             proxy_requests,
             proxy_latency,
+            routes: Mutex::new(Default::default()),
         }
     }
 
@@ -113,6 +117,19 @@ impl Metrics {
             ])
             .inc();
         self.proxy_latency.get_or_create(&vec![("route".into(), route.into())]).observe(seconds);
+        if let Ok(mut routes) = self.routes.lock() {
+            let r = routes
+                .entry(route.to_owned())
+                .or_insert_with(|| RouteHealth { name: route.to_owned(), ..Default::default() });
+            r.requests += 1;
+            r.errors += u64::from(status >= 500);
+            r.last_status = Some(status);
+        }
+    }
+
+    /// Each route's requests, 5xx answers and last status since the agent started.
+    pub fn route_health(&self) -> Vec<RouteHealth> {
+        self.routes.lock().map(|r| r.values().cloned().collect()).unwrap_or_default()
     }
 
     /// Text exposition, with the expiry gauge brought up to `now`.

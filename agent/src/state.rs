@@ -17,6 +17,8 @@ pub struct AgentState {
     pub group: Option<String>,
     /// The group policy as last received from the CA.
     pub policy: Option<GroupPolicy>,
+    /// Its version, as the CA named it (reported back at check-in).
+    pub policy_version: Option<String>,
     pub failures: u32,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_failure_at: Option<OffsetDateTime>,

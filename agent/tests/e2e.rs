@@ -832,3 +832,65 @@ async fn the_daemon_enrols_from_a_token_file_retries_an_absent_ca_and_waits_out_
     assert!((2..=4).contains(&attempts), "{attempts} attempts in about 10 s:\n{}", third.log());
     third.token_file_gone_within(Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_check_in_and_the_inventory_shows_failing_and_stale_devices() {
+    use lanyard_ca::inventory::DeviceFilter;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut ca = Ca::start(tmp.path()).await;
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    enrol(&ca, &a, "inv-a.fleet.example.com").await;
+    enrol(&ca, &b, "inv-b.fleet.example.com").await;
+    for state in [&a, &b] {
+        let o = lanyard(state, &["status", "--refresh"]).await;
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let rows = ca.auth().devices(&DeviceFilter::default()).await.expect("devices");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for d in &rows {
+        assert_eq!(d.state, "valid", "{d:?}");
+        assert_eq!(d.agent_version.as_deref(), Some(env!("CARGO_PKG_VERSION")), "{d:?}");
+        assert_eq!(d.arch.as_deref(), Some(std::env::consts::ARCH), "{d:?}");
+        assert!(d.store.as_deref().is_some_and(|s| !s.is_empty()), "{d:?}");
+        assert_eq!(d.policy_current, Some(true), "the agent reports the version it was given");
+        assert!(d.next_renewal.is_some() && !d.failing, "{d:?}");
+    }
+
+    // One issuance a minute, no queue: a's renewal takes the slot, b's is refused as busy.
+    ca.down().await;
+    ca.admission =
+        Some(lanyard_ca::admission::AdmissionLimits::new(1.0 / 60.0, 0.0).expect("limits"));
+    ca.up().await;
+    let o = lanyard(&a, &["renew", "--force"]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let o = lanyard(&b, &["renew", "--force"]).await;
+    assert!(!o.status.success() && text(&o).contains("busy"), "{}", text(&o));
+    lanyard(&b, &["status", "--refresh"]).await;
+    let failing = ca
+        .auth()
+        .devices(&DeviceFilter { failing: true, ..Default::default() })
+        .await
+        .expect("devices");
+    assert_eq!(failing.len(), 1, "{failing:?}");
+    assert_eq!(failing[0].identity, "inv-b.fleet.example.com");
+    assert_eq!(failing[0].last_error_code.as_deref(), Some("busy"));
+    assert_eq!(failing[0].consecutive_failures, 1);
+
+    // A day later (the CA's clock moved) only a checks in: b is stale, a is not.
+    ca.clock.set_offset(Duration::from_secs(25 * 3600));
+    let o = lanyard(&a, &["status", "--refresh"]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let stale = ca
+        .auth()
+        .devices(&DeviceFilter { stale: Some(time::Duration::hours(24)), ..Default::default() })
+        .await
+        .expect("devices");
+    assert_eq!(
+        stale.iter().map(|d| d.identity.as_str()).collect::<Vec<_>>(),
+        ["inv-b.fleet.example.com"]
+    );
+    // a checked in with its renewed certificate: the inventory has the new serial.
+    let a_now = status(&a).await["serial"].as_str().expect("serial").to_owned();
+    let rows = ca.auth().devices(&DeviceFilter::default()).await.expect("devices");
+    assert!(rows.iter().any(|d| d.serial == a_now && d.cert_status == "valid"), "{rows:?}");
+}

@@ -103,6 +103,7 @@ pub struct Authority {
     failures: FailureLimiter,
     /// Paces enrolments and renewals (`serve --max-issuance-rate`); `None`: unlimited.
     admission: Option<Pacer>,
+    metrics: crate::metrics::CaMetrics,
 }
 
 /// Failed authentications per source address over the last minute. Past the limit, the
@@ -162,7 +163,7 @@ impl std::fmt::Debug for Authority {
     }
 }
 
-fn audit(
+pub(crate) fn audit(
     at: OffsetDateTime,
     actor: String,
     action: &str,
@@ -205,6 +206,7 @@ impl Authority {
             root_issuer,
             publication,
             crl_cache: Mutex::new(HashMap::new()),
+            metrics: Default::default(),
             failures: FailureLimiter {
                 limit: AUTH_FAILURES_PER_MINUTE,
                 window: std::time::Duration::from_secs(60),
@@ -221,6 +223,16 @@ impl Authority {
     }
 
     /// The issuance pacer's counters, when issuance is paced.
+    /// The request counters behind `/metrics`.
+    pub fn metrics(&self) -> &crate::metrics::CaMetrics {
+        &self.metrics
+    }
+
+    /// When this process last made the issuing CA's CRL.
+    pub fn crl_made_at(&self) -> Option<OffsetDateTime> {
+        self.crl_cache.lock().ok()?.get("issuing").map(|c| c.this_update)
+    }
+
     pub fn admission_stats(&self) -> Option<AdmissionStats> {
         self.admission.as_ref().map(Pacer::stats)
     }

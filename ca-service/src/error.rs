@@ -131,6 +131,8 @@ impl IntoResponse for CaError {
             tracing::info!(status = problem.status, code = %problem.code, error = %self, "request refused");
         }
         let mut resp = problem_response(&problem);
+        // For the request counters (`/metrics`).
+        resp.extensions_mut().insert(problem.code);
         let h = resp.headers_mut();
         match &self {
             CaError::Unauthorized(_) | CaError::Refused { code: ProblemCode::TokenInvalid, .. } => {

@@ -34,6 +34,8 @@ pub mod error;
 pub mod fleet;
 pub mod fsutil;
 pub mod http;
+pub mod inventory;
+pub mod metrics;
 pub mod ocsp;
 pub mod profile;
 pub mod revocation;

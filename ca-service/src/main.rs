@@ -113,6 +113,11 @@ enum Cmd {
         /// Its port should be the one in `init --public-url` (a warning says when not).
         #[arg(long, env = "LANYARD_CA_HTTP_LISTEN", default_value = "127.0.0.1:8081")]
         http_listen: String,
+        /// Admin listener: `/metrics` (OpenMetrics text for Prometheus). Plain HTTP without
+        /// authentication, so loopback only (e.g. 127.0.0.1:9445); "off" (the default)
+        /// turns it off.
+        #[arg(long, env = "LANYARD_CA_ADMIN_LISTEN", default_value = "off")]
+        admin_listen: String,
         /// Write the bound addresses as JSON to this file once listening (for scripts).
         #[arg(long)]
         addr_file: Option<PathBuf>,
@@ -203,6 +208,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: FleetCmd,
     },
+    /// The fleet inventory: what devices reported at their last check-in.
+    Devices {
+        #[command(subcommand)]
+        cmd: DevicesCmd,
+    },
     /// The audit trail, newest first.
     Audit {
         /// How many entries, newest first.
@@ -273,6 +283,44 @@ enum TokenCmd {
         /// Every unused token of this identity.
         #[arg(long)]
         identity: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevicesCmd {
+    /// One line per device: state, serial, last check-in, agent version, last error.
+    /// Devices that enrolled and never checked in are listed as `enrolled`.
+    List {
+        /// JSON (an array of objects) instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        group: Option<String>,
+        /// Only devices not seen for this long (e.g. 24h).
+        #[arg(long, value_parser = duration::parse)]
+        stale: Option<std::time::Duration>,
+        /// Only devices whose renewals fail (they report failures, with the CA's code).
+        #[arg(long)]
+        failing: bool,
+        /// Only devices whose certificate ends within this long (e.g. 48h).
+        #[arg(long, value_parser = duration::parse)]
+        expiring: Option<std::time::Duration>,
+        /// Only devices running this agent version.
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// One device: its last report, its certificates (lineage) and its audit trail.
+    Show {
+        identity: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget devices not seen for a while (their certificates and audit trail stay).
+    Forget {
+        /// e.g. 90d.
+        #[arg(long, value_parser = duration::parse)]
+        gone_for: std::time::Duration,
     },
 }
 
@@ -422,6 +470,150 @@ fn token_state(t: &TokenRecord, now: time::OffsetDateTime) -> &'static str {
     }
 }
 
+fn time_span(d: std::time::Duration) -> time::Duration {
+    time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, CaError> {
+    serde_json::to_string_pretty(v).map_err(|e| CaError::Config(e.to_string()))
+}
+
+async fn devices(dir: &DirArg, cmd: DevicesCmd) -> Result<(), CaError> {
+    use lanyard_ca::inventory::DeviceFilter;
+    let (_, a) = open(dir).await?;
+    let now = a.now();
+    match cmd {
+        DevicesCmd::List { json, group, stale, failing, expiring, version } => {
+            let filter = DeviceFilter {
+                group,
+                stale: stale.map(time_span),
+                failing,
+                expiring: expiring.map(time_span),
+                version,
+            };
+            let rows = a.devices(&filter).await?;
+            if json {
+                outln!("{}", to_json(&rows)?);
+                return Ok(());
+            }
+            let id_w = rows.iter().map(|d| d.identity.len()).max().unwrap_or(0).max(8);
+            let group_w = rows.iter().map(|d| d.group.len()).max().unwrap_or(0).max(5);
+            outln!(
+                "{:<id_w$}  {:<group_w$}  {:<10}  {:<12}  {:<9}  {:<20}  LAST ERROR",
+                "IDENTITY",
+                "GROUP",
+                "STATE",
+                "LAST SEEN",
+                "VERSION",
+                "NOT AFTER"
+            );
+            for d in rows {
+                let seen = match d.last_seen {
+                    Some(t) => format!("{} ago", lanyard_proto::duration::format_approx(now - t)),
+                    None => "never".into(),
+                };
+                let err = match (&d.last_error_code, d.consecutive_failures) {
+                    (Some(c), n) if n > 0 => format!("{c} ({n} failures)"),
+                    _ => "-".into(),
+                };
+                outln!(
+                    "{:<id_w$}  {:<group_w$}  {:<10}  {:<12}  {:<9}  {:<20}  {err}",
+                    d.identity,
+                    d.group,
+                    d.state,
+                    seen,
+                    d.agent_version.as_deref().unwrap_or("-"),
+                    rfc3339(d.not_after)
+                );
+            }
+        }
+        DevicesCmd::Show { identity, json } => {
+            let d = a.device_detail(&identity).await?;
+            if json {
+                outln!("{}", to_json(&d)?);
+                return Ok(());
+            }
+            let v = &d.device;
+            outln!("identity:      {}", v.identity);
+            outln!("group:         {}", v.group);
+            outln!("state:         {} (certificate {}: {})", v.state, v.serial, v.cert_status);
+            outln!("not after:     {}", rfc3339(v.not_after));
+            outln!("enrolled:      {}", rfc3339(v.enrolled_at));
+            match v.last_seen {
+                Some(t) => outln!(
+                    "last seen:     {} ({} ago, from {})",
+                    rfc3339(t),
+                    lanyard_proto::duration::format_approx(now - t),
+                    d.remote.as_deref().unwrap_or("-")
+                ),
+                None => outln!("last seen:     never (no check-in since enrolment)"),
+            }
+            if let Some(r) = &d.report {
+                outln!(
+                    "agent:         {} on {} ({}), key in {}",
+                    r.agent_version,
+                    r.os,
+                    r.arch,
+                    r.store
+                );
+                outln!(
+                    "policy:        {} from {}{}",
+                    r.policy_version.as_deref().unwrap_or("-"),
+                    r.policy_source,
+                    match v.policy_current {
+                        Some(false) => " (not the group's current policy)",
+                        _ => "",
+                    }
+                );
+                if let Some(t) = r.next_renewal {
+                    outln!("next renewal:  {}", rfc3339(t));
+                }
+                if r.consecutive_failures > 0 {
+                    outln!(
+                        "failing:       {} failures, last {}: {}",
+                        r.consecutive_failures,
+                        r.last_error_code.as_deref().unwrap_or("-"),
+                        r.last_error.as_deref().unwrap_or("-")
+                    );
+                }
+                for route in &r.routes {
+                    outln!(
+                        "route {}: {} requests, {} errors, last status {}",
+                        route.name,
+                        route.requests,
+                        route.errors,
+                        route.last_status.map(|s| s.to_string()).unwrap_or_else(|| "-".into())
+                    );
+                }
+            }
+            outln!("certificates (oldest first):");
+            for c in &d.lineage {
+                let status = lanyard_ca::inventory::cert_status(c, now);
+                outln!(
+                    "  {}  issued {}  not after {}  {}{}",
+                    c.serial,
+                    rfc3339(c.issued_at),
+                    rfc3339(c.not_after),
+                    status,
+                    c.parent_serial
+                        .as_ref()
+                        .map(|p| format!(", renewed from {p}"))
+                        .unwrap_or_default()
+                );
+            }
+            outln!("audit (newest first):");
+            for e in &d.audit {
+                outln!("  {} {} {} {}: {}", rfc3339(e.at), e.actor, e.action, e.subject, e.detail);
+            }
+        }
+        DevicesCmd::Forget { gone_for } => {
+            let n = a.forget_devices(time_span(gone_for), &ca_dir::actor()).await?;
+            outln!("forgot {n} devices not seen for {}", duration::format(gone_for));
+        }
+    }
+    Ok(())
+}
+
 async fn open(dir: &DirArg) -> Result<(Ca, Authority), CaError> {
     if dir.backend == "aws" {
         #[cfg(feature = "aws")]
@@ -518,6 +710,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             listen,
             tls_names,
             http_listen,
+            admin_listen,
             addr_file,
             max_connections,
             max_connections_per_source,
@@ -540,7 +733,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 max_per_source: Some(max_connections_per_source.max(1)),
                 ..lanyard_ca::http::server::Limits::server()
             };
-            serve(dir, listen, tls_names, http_listen, addr_file, limits, admission).await?;
+            serve(dir, listen, tls_names, http_listen, admin_listen, addr_file, limits, admission)
+                .await?;
         }
         Cmd::Token {
             cmd: TokenCmd::Create { identity, identity_template, count, start, group, ttl, format },
@@ -681,6 +875,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 }
             }
         }
+        Cmd::Devices { cmd } => devices(&dir, cmd).await?,
         Cmd::Token { cmd: TokenCmd::Revoke { id, identity } } => {
             let (_, a) = open(&dir).await?;
             let actor = ca_dir::actor();
@@ -1121,11 +1316,13 @@ async fn policy(dir: &DirArg, cmd: PolicyCmd) -> Result<(), CaError> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)] // serve's flags, passed through once
 async fn serve(
     dir: DirArg,
     listen: String,
     tls_names: Vec<String>,
     http_listen: String,
+    admin_listen: String,
     addr_file: Option<PathBuf>,
     limits: lanyard_ca::http::server::Limits,
     admission: Option<lanyard_ca::admission::AdmissionLimits>,
@@ -1146,16 +1343,20 @@ async fn serve(
         ));
     };
     let http_listen = (http_listen != "off").then_some(http_listen);
+    let admin_listen = (admin_listen != "off").then_some(admin_listen);
     let running = lanyard_ca::serve::start(
         d,
         auth,
-        lanyard_ca::serve::ServeOptions { listen, tls_names, http_listen, limits },
+        lanyard_ca::serve::ServeOptions { listen, tls_names, http_listen, admin_listen, limits },
     )
     .await?;
     if let Some(f) = addr_file {
         let mut addrs = serde_json::json!({ "https": running.https.to_string() });
         if let Some(h) = running.http {
             addrs["http"] = h.to_string().into();
+        }
+        if let Some(a) = running.admin {
+            addrs["admin"] = a.to_string().into();
         }
         lanyard_ca::fsutil::write_atomic(&f, addrs.to_string().as_bytes(), 0o644)?;
     }

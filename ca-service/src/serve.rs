@@ -18,7 +18,10 @@ pub struct ServeOptions {
     pub tls_names: Vec<String>,
     /// `None` for no plain-HTTP publication listener.
     pub http_listen: Option<String>,
-    /// Timeouts, connection caps and HTTP/2 limits of both listeners.
+    /// `None` for no admin listener (`/metrics`). Plain HTTP without authentication:
+    /// loopback addresses only.
+    pub admin_listen: Option<String>,
+    /// Timeouts, connection caps and HTTP/2 limits of every listener.
     pub limits: http::server::Limits,
 }
 
@@ -29,6 +32,7 @@ impl ServeOptions {
             listen: listen.into(),
             tls_names: Vec::new(),
             http_listen: None,
+            admin_listen: None,
             limits: http::server::Limits::server(),
         }
     }
@@ -63,6 +67,7 @@ pub fn publication_mismatch(public_url: &str, http: Option<SocketAddr>) -> Optio
 pub struct Running {
     pub https: SocketAddr,
     pub http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
     pub authority: Arc<Authority>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -112,6 +117,26 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
             l,
             None,
             http::publication_app(auth.clone()),
+            opts.limits.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let mut admin_addr = None;
+    if let Some(a) = &opts.admin_listen {
+        let l = tokio::net::TcpListener::bind(a).await.map_err(CaError::io(format!(
+            "cannot listen for the admin listener on {a} (--admin-listen, LANYARD_CA_ADMIN_LISTEN; \"off\" turns it off)"
+        )))?;
+        let bound = l.local_addr().map_err(CaError::io("local address"))?;
+        if !bound.ip().is_loopback() {
+            return Err(CaError::Config(format!(
+                "--admin-listen {a}: the admin listener has no authentication, so it listens on loopback only (127.0.0.1, ::1); scrape it through a local Prometheus agent or an SSH tunnel"
+            )));
+        }
+        admin_addr = Some(bound);
+        tasks.spawn(http::server::serve_with(
+            l,
+            None,
+            http::admin_app(auth.clone()),
             opts.limits.clone(),
             shutdown.clone(),
         ));
@@ -168,7 +193,10 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
     if let Some(warning) = publication_mismatch(&public_url, http_addr) {
         tracing::warn!("{warning}");
     }
-    Ok(Running { https, http: http_addr, authority: auth, shutdown, tasks })
+    if let Some(a) = admin_addr {
+        tracing::info!(admin = %a, "metrics at http://{a}/metrics");
+    }
+    Ok(Running { https, http: http_addr, admin: admin_addr, authority: auth, shutdown, tasks })
 }
 
 #[cfg(test)]

@@ -34,4 +34,5 @@ on_sqlite!(
     refusals_carry_codes,
     tokens_are_listed_and_revoked_before_use,
     a_token_is_revoked_or_used_never_both,
+    checkins_fill_the_inventory,
 );

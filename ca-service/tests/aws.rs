@@ -200,6 +200,7 @@ async fn serverless_ca_on_moto() {
         refusals_carry_codes,
         tokens_are_listed_and_revoked_before_use,
         a_token_is_revoked_or_used_never_both,
+        checkins_fill_the_inventory,
     );
 
     // init with KMS keys; a second init refuses.

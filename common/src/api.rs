@@ -24,4 +24,118 @@ pub struct CertificateStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation_reason: Option<String>,
     pub policy: GroupPolicy,
+    /// The policy's version: it changes whenever the group's policy does, so the CA can
+    /// tell which devices apply the current one (an older CA sends none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<String>,
+}
+
+/// `POST /v1/checkin`: what an agent reports of itself at each check-in (over mTLS, with
+/// the certificate it uses). Never holds a secret: no key, no token. The CA answers with a
+/// [`CertificateStatus`] (policy and its version included), so one request does both;
+/// `GET /v1/certificate` stays for older agents.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default)]
+pub struct CheckinReport {
+    /// The serial the agent uses (the CA records the one the connection presented).
+    pub serial: String,
+    /// `valid`, `renewing`, `expired` or `revoked`, as `lanyard status` says.
+    pub state: String,
+    #[serde(with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub next_renewal: Option<OffsetDateTime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    pub agent_version: String,
+    /// The OS as `/etc/os-release` names it (else Rust's `std::env::consts::OS`).
+    pub os: String,
+    pub arch: String,
+    /// Where the key lives (`file`, `kernel keyring`, ...), as `lanyard status` says.
+    pub store: String,
+    /// The version of the policy the agent applies, as the CA last gave it; `None` before
+    /// the first answer, or when a local policy file overrides the CA's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<String>,
+    /// `ca` or `file` (a local policy file overrides the group's).
+    pub policy_source: String,
+    pub routes: Vec<RouteHealth>,
+}
+
+/// One proxy route's health since the agent started.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(default)]
+pub struct RouteHealth {
+    pub name: String,
+    pub requests: u64,
+    /// Requests the proxy answered with a 5xx (upstream refused, unreachable, no credential).
+    pub errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+}
+
+/// Longest text a check-in report may carry in one field (error messages included).
+pub const CHECKIN_MAX_TEXT: usize = 1024;
+/// Most routes a check-in report may list.
+pub const CHECKIN_MAX_ROUTES: usize = 64;
+
+impl CheckinReport {
+    /// Checks the report's bounds; the message names the field. A CA stores reports as
+    /// sent, so it refuses what it could not show safely (control characters, sizes).
+    pub fn validate(&self) -> Result<(), String> {
+        let text = |field: &str, v: &str| -> Result<(), String> {
+            if v.chars().count() > CHECKIN_MAX_TEXT {
+                return Err(format!("{field} is longer than {CHECKIN_MAX_TEXT} characters"));
+            }
+            if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+                return Err(format!("{field} contains control characters"));
+            }
+            Ok(())
+        };
+        text("serial", &self.serial)?;
+        text("state", &self.state)?;
+        text("last_error_code", self.last_error_code.as_deref().unwrap_or(""))?;
+        text("last_error", self.last_error.as_deref().unwrap_or(""))?;
+        text("agent_version", &self.agent_version)?;
+        text("os", &self.os)?;
+        text("arch", &self.arch)?;
+        text("store", &self.store)?;
+        text("policy_version", self.policy_version.as_deref().unwrap_or(""))?;
+        text("policy_source", &self.policy_source)?;
+        if self.routes.len() > CHECKIN_MAX_ROUTES {
+            return Err(format!("routes lists more than {CHECKIN_MAX_ROUTES} routes"));
+        }
+        for r in &self.routes {
+            text("routes[].name", &r.name)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_round_trips_and_its_bounds_name_the_field() {
+        let r = CheckinReport {
+            serial: "0a".into(),
+            state: "valid".into(),
+            agent_version: "0.1.0".into(),
+            routes: vec![RouteHealth { name: "api".into(), requests: 3, ..Default::default() }],
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&r).unwrap_or_default();
+        assert_eq!(serde_json::from_str::<CheckinReport>(&json).ok(), Some(r.clone()));
+        assert_eq!(r.validate(), Ok(()));
+        let long = CheckinReport { last_error: Some("x".repeat(2000)), ..r.clone() };
+        assert!(long.validate().is_err_and(|e| e.contains("last_error")));
+        let ctl = CheckinReport { os: "Debian\u{1b}[31m".into(), ..r.clone() };
+        assert!(ctl.validate().is_err_and(|e| e.contains("os")));
+        let many = CheckinReport { routes: vec![RouteHealth::default(); 65], ..r };
+        assert!(many.validate().is_err_and(|e| e.contains("routes")));
+        // An older agent's report (fewer fields) still parses.
+        assert!(serde_json::from_str::<CheckinReport>(r#"{"serial":"0a"}"#).is_ok());
+    }
 }

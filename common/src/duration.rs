@@ -36,9 +36,29 @@ pub fn format(d: Duration) -> String {
     }
 }
 
+/// Formats an elapsed time roughly, in its largest whole unit (`3d`, `5h`, `12m`, `40s`),
+/// for "last seen 5h ago". A negative span (a clock ahead) shows as `0s`.
+pub fn format_approx(d: time::Duration) -> String {
+    let s = d.whole_seconds().max(0);
+    match s {
+        s if s >= 86_400 => format!("{}d", s / 86_400),
+        s if s >= 3_600 => format!("{}h", s / 3_600),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn approximate_spans_use_the_largest_whole_unit() {
+        assert_eq!(format_approx(time::Duration::seconds(40)), "40s");
+        assert_eq!(format_approx(time::Duration::seconds(3 * 3600 + 59 * 60)), "3h");
+        assert_eq!(format_approx(time::Duration::days(3)), "3d");
+        assert_eq!(format_approx(time::Duration::seconds(-5)), "0s");
+    }
 
     #[test]
     fn parses_units() {

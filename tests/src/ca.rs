@@ -147,7 +147,12 @@ impl Ca {
     /// `lanyard-ca serve` on port 0 (HTTPS) and the publication port (HTTP).
     #[track_caller]
     pub fn serve(&self) -> Server {
-        Server::start(self)
+        Server::start(self, &[])
+    }
+
+    /// `serve` with more flags (e.g. `--admin-listen 127.0.0.1:0`).
+    pub fn serve_with(&self, extra: &[&str]) -> Server {
+        Server::start(self, extra)
     }
 }
 
@@ -158,6 +163,8 @@ pub struct Server {
     pub https: String,
     /// `ip:port` of the plain-HTTP publication listener.
     pub http: String,
+    /// `ip:port` of the admin listener, when `--admin-listen` was given.
+    pub admin: Option<String>,
     /// The root certificate the HTTPS server certificate chains to (for `--cacert`).
     pub cacert: PathBuf,
     log: PathBuf,
@@ -171,7 +178,7 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     #[track_caller]
-    fn start(ca: &Ca) -> Server {
+    fn start(ca: &Ca, extra: &[&str]) -> Server {
         drop(ca.port_guard.lock().map(|mut g| g.take()));
         let addr_file = ca.root().join(format!("addr-{}.json", crate::pki::unique()));
         let log = ca.root().join(format!("serve-{}.log", crate::pki::unique()));
@@ -183,14 +190,21 @@ impl Server {
             .arg(format!("127.0.0.1:{}", ca.http_port))
             .arg("--addr-file")
             .arg(&addr_file)
+            .args(extra)
             .env("LANYARD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log fd"))
             .stderr(log_file)
             .spawn()
             .expect("starting lanyard-ca serve");
-        let mut s =
-            Server { child, https: String::new(), http: String::new(), cacert: ca.root_crt(), log };
+        let mut s = Server {
+            child,
+            https: String::new(),
+            http: String::new(),
+            admin: None,
+            cacert: ca.root_crt(),
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         let addrs = loop {
             if let Ok(text) = std::fs::read_to_string(&addr_file)
@@ -206,6 +220,7 @@ impl Server {
         };
         s.https = addrs["https"].as_str().expect("https address").to_owned();
         s.http = addrs["http"].as_str().expect("http address").to_owned();
+        s.admin = addrs["admin"].as_str().map(str::to_owned);
         assert_eq!(
             s.http,
             format!("127.0.0.1:{}", ca.http_port),

@@ -47,6 +47,25 @@ pub fn require_peers(names: &[&str]) -> bool {
     names.iter().all(|n| require_peer(n))
 }
 
+/// True when python3 can import `module` (pip package `package`); under `CI=true` a
+/// missing one fails the test, as a missing peer does.
+#[track_caller]
+pub fn require_python_module(module: &str, package: &str) -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return true;
+    }
+    let hint = format!("python3 -m pip install {package}");
+    assert!(!in_ci(), "python module `{module}` is missing and CI=true: {hint}");
+    eprintln!(
+        "SKIPPED: python module `{module}` is not installed ({hint}); this test checks nothing here"
+    );
+    false
+}
+
 /// The peers nearly every test needs.
 #[track_caller]
 pub fn require_basics() -> bool {

@@ -248,6 +248,11 @@ impl Agent {
     }
 
     /// The policy in force: a local policy file where configured, else the CA's.
+    /// Whether a local policy file overrides the CA's policy.
+    pub fn local_policy_applies(&self) -> bool {
+        self.memory().local_policy.is_some()
+    }
+
     pub fn effective_policy(&self) -> GroupPolicy {
         let m = self.memory();
         if let Some(pol) = &m.local_policy {

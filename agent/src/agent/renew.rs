@@ -10,6 +10,7 @@ use crate::state::{self};
 use crate::verify::{self, CertInfo};
 use lanyard_keystore::Credential;
 use lanyard_proto::ProblemCode;
+use lanyard_proto::api::CheckinReport;
 use lanyard_proto::timefmt::Rfc3339Time;
 
 impl Agent {
@@ -138,11 +139,18 @@ impl Agent {
             cur.client_auth(),
             self.cfg.ca.timeout,
         )?;
+        let report = self.checkin_report(&cur);
+        let answer = match client.checkin(&report).await {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => client.certificate_status().await,
+            Err(e) => Err(e),
+        };
         let mut st = self.state();
-        match client.certificate_status().await {
+        match answer {
             Ok(s) => {
                 st.group = Some(s.group);
                 st.policy = Some(s.policy);
+                st.policy_version = s.policy_version;
                 st.last_checkin = Some(self.clock.now());
                 let reason = s.revocation_reason.clone().unwrap_or_else(|| "unspecified".into());
                 // Revoked as superseded: the CA renewed this certificate and the answer was
@@ -169,4 +177,47 @@ impl Agent {
             Err(e) => Err(e),
         }
     }
+
+    /// What the agent tells the CA of itself at check-in: no key, no token.
+    fn checkin_report(&self, cur: &Loaded) -> CheckinReport {
+        let status = self.status();
+        let st = self.state();
+        let local = self.local_policy_applies();
+        CheckinReport {
+            serial: cur.info.serial.clone(),
+            state: serde_json::to_value(status.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            next_renewal: status.next_renewal,
+            last_error_code: st.last_error_code.clone(),
+            last_error: st.last_error.as_ref().map(|e| {
+                e.chars()
+                    .filter(|c| !c.is_control())
+                    .take(lanyard_proto::api::CHECKIN_MAX_TEXT)
+                    .collect()
+            }),
+            consecutive_failures: st.failures,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            os: os_name(),
+            arch: std::env::consts::ARCH.to_owned(),
+            store: status.store,
+            policy_version: if local { None } else { st.policy_version.clone() },
+            policy_source: if local { "file" } else { "ca" }.to_owned(),
+            routes: self.metrics.route_health(),
+        }
+    }
+}
+
+/// The OS as `/etc/os-release` names it (`PRETTY_NAME`), else Rust's name for it.
+fn os_name() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("PRETTY_NAME=").map(|v| v.trim().trim_matches('"').to_owned())
+            })
+        })
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .unwrap_or_else(|| std::env::consts::OS.to_owned())
 }

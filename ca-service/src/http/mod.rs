@@ -41,10 +41,52 @@ pub fn router(auth: App) -> Router {
         .route("/.well-known/est/csrattrs", get(csrattrs))
         .route("/v1/policy", get(policy))
         .route("/v1/certificate", get(certificate_status))
+        .route("/v1/checkin", post(checkin))
         .merge(publication_router())
         .layer(DefaultBodyLimit::max(est::MAX_BODY))
         .layer(axum::middleware::map_response(problem_for_bare_errors))
+        .layer(axum::middleware::from_fn_with_state(auth.clone(), count))
         .with_state(auth)
+}
+
+/// The admin listener (`serve --admin-listen`, loopback): `/metrics`.
+pub fn admin_app(auth: App) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::map_response(problem_for_bare_errors))
+        .with_state(auth)
+}
+
+async fn metrics(State(auth): State<App>) -> Response {
+    let mut r = crate::metrics::render(&auth).await.into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+    r
+}
+
+/// The group an issuance was for, set on its response for the metrics.
+#[derive(Clone, Debug)]
+struct IssuedGroup(String);
+
+/// Counts every answered request for `/metrics`: kind (from the path), result (the problem
+/// code of a refusal, set by `CaError::into_response`, else judged by the status), group
+/// (of an issuance) and latency.
+async fn count(
+    State(auth): State<App>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let kind = crate::metrics::RequestKind::of_path(req.uri().path());
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let code = match resp.extensions().get::<ProblemCode>() {
+        Some(c) => Some(c.to_string()),
+        None => (status >= 400).then(|| ProblemCode::from_status(status).to_string()),
+    };
+    let group = resp.extensions().get::<IssuedGroup>().map(|g| g.0.as_str());
+    auth.metrics().observe(kind, group, status, code.as_deref(), started.elapsed().as_secs_f64());
+    resp
 }
 
 /// Every 4xx and 5xx is problem+json, also those made outside the handlers (an unknown
@@ -172,7 +214,9 @@ async fn simpleenroll(
     let csr = csr_from_body(&headers, &body)?;
     let issued = auth.enroll(&identity, &token, &csr, &meta(&remote)).await?;
     tracing::info!(identity = %identity, serial = %issued.record.serial, replayed = issued.replayed, "enrolled");
-    pkcs7_response(&[issued.record.der])
+    let mut r = pkcs7_response(&[issued.record.der])?;
+    r.extensions_mut().insert(IssuedGroup(issued.record.group));
+    Ok(r)
 }
 
 async fn simplereenroll(
@@ -190,7 +234,9 @@ async fn simplereenroll(
     let csr = csr_from_body(&headers, &body)?;
     let issued = auth.reenroll(&cert, &csr, &meta(&remote)).await?;
     tracing::info!(identity = %issued.record.identity, serial = %issued.record.serial, from = issued.record.parent_serial.as_deref().unwrap_or("-"), replayed = issued.replayed, "renewed");
-    pkcs7_response(&[issued.record.der])
+    let mut r = pkcs7_response(&[issued.record.der])?;
+    r.extensions_mut().insert(IssuedGroup(issued.record.group));
+    Ok(r)
 }
 
 /// Group whose policy applies to a request: the client certificate's (valid, issued here),
@@ -285,25 +331,37 @@ async fn certificate_status(
         // A device checking in with a renewed certificate has it: its parent retires.
         auth.retire_parent(&rec, &meta(&remote)).await;
     }
-    let status = if rec.revocation.is_some() {
-        "revoked"
-    } else if auth.now() > rec.not_after {
-        "expired"
-    } else {
-        "valid"
-    };
-    let policy = auth.policy(&rec.group).await?;
-    Ok(axum::Json(lanyard_proto::api::CertificateStatus {
-        serial: rec.serial,
-        identity: rec.identity,
-        group: rec.group,
-        not_after: rec.not_after,
-        status: status.into(),
-        revoked_at: rec.revocation.as_ref().map(|r| r.at),
-        revocation_reason: rec.revocation.as_ref().map(|r| r.reason.name().to_owned()),
-        policy,
-    })
-    .into_response())
+    Ok(axum::Json(auth.certificate_status(&rec).await?).into_response())
+}
+
+/// Longest check-in report accepted (a report is a few hundred bytes; 64 routes with long
+/// names stay well under this).
+const CHECKIN_MAX_BODY: usize = 64 * 1024;
+
+async fn checkin(
+    State(auth): State<App>,
+    peer: Option<axum::Extension<PeerCert>>,
+    remote: Option<axum::Extension<Remote>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let der = peer.and_then(|p| p.0.0).ok_or_else(|| {
+        CaError::Unauthorized(
+            "check in with the device certificate as TLS client certificate".into(),
+        )
+    })?;
+    require_content_type(&headers, "application/json")?;
+    if body.len() > CHECKIN_MAX_BODY {
+        return Err(CaError::BadRequest(format!(
+            "check-in report is {} bytes, more than {CHECKIN_MAX_BODY}",
+            body.len()
+        )));
+    }
+    let report: lanyard_proto::api::CheckinReport = serde_json::from_slice(&body)
+        .map_err(|e| CaError::BadRequest(format!("check-in report: {e}")))?;
+    let answer = auth.checkin(&der, report, &meta(&remote)).await?;
+    tracing::debug!(identity = %answer.identity, serial = %answer.serial, status = %answer.status, "check-in");
+    Ok(axum::Json(answer).into_response())
 }
 
 async fn crl_issuing(State(auth): State<App>) -> Result<Response> {

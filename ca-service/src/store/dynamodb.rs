@@ -7,6 +7,7 @@
 //! POLICY#<group>    a group's policy (JSON)
 //! COUNTER#<name>    CRL numbers, the revocation generation
 //! AUDIT#<ns>#<rnd>  the audit trail
+//! DEVICE#<identity> the inventory: a device's last check-in (report as JSON)
 //! ```
 //!
 //! The contract of [`Store`] holds under concurrency through conditional writes: an
@@ -16,8 +17,8 @@
 //! certified for the identity, and puts the certificate only if the serial is new.
 
 use super::{
-    AuditEvent, CertFilter, CertRecord, RecordOutcome, Revocation, RevokeOutcome, Store,
-    TokenFilter, TokenRecord, TokenRevokeOutcome, TokenUse,
+    AuditEvent, CertFilter, CertRecord, DeviceRecord, RecordOutcome, Revocation, RevokeOutcome,
+    Store, TokenFilter, TokenRecord, TokenRevokeOutcome, TokenUse,
 };
 use crate::error::{CaError, Result};
 use crate::revocation::Reason;
@@ -68,6 +69,19 @@ fn token_from(i: &Item) -> Option<TokenRecord> {
             spki_sha256: get_s(i, "used_spki").unwrap_or_default(),
         }),
         revoked_at: get_n(i, "revoked_at").map(from_ts),
+    })
+}
+
+fn device_from(i: &Item) -> Option<DeviceRecord> {
+    Some(DeviceRecord {
+        identity: get_s(i, "pk")?.strip_prefix("DEVICE#")?.to_owned(),
+        group: get_s(i, "group").unwrap_or_default(),
+        last_seen: from_ts(get_n(i, "last_seen").unwrap_or(0)),
+        serial: get_s(i, "serial").unwrap_or_default(),
+        cert_status: get_s(i, "cert_status").unwrap_or_default(),
+        remote: get_s(i, "remote"),
+        // A report that no longer parses (written by a newer CA) shows as empty.
+        report: serde_json::from_str(&get_s(i, "report").unwrap_or_default()).unwrap_or_default(),
     })
 }
 
@@ -582,6 +596,64 @@ impl Store for DynamoStore {
                 remote: get_s(i, "remote"),
             })
             .collect())
+    }
+
+    async fn put_device(&self, d: DeviceRecord) -> Result<()> {
+        let report =
+            serde_json::to_string(&d.report).map_err(|e| CaError::Storage(e.to_string()))?;
+        let mut i = Item::new();
+        i.insert("pk".into(), s(format!("DEVICE#{}", d.identity)));
+        i.insert("group".into(), s(d.group));
+        i.insert("last_seen".into(), n(ts(d.last_seen)));
+        i.insert("serial".into(), s(d.serial));
+        i.insert("cert_status".into(), s(d.cert_status));
+        if let Some(r) = d.remote {
+            i.insert("remote".into(), s(r));
+        }
+        i.insert("report".into(), s(report));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(i))
+            .send()
+            .await
+            .map_err(|e| sdk_err("PutItem", e))?;
+        Ok(())
+    }
+
+    async fn device(&self, identity: &str) -> Result<Option<DeviceRecord>> {
+        Ok(self.get(format!("DEVICE#{identity}")).await?.as_ref().and_then(device_from))
+    }
+
+    async fn devices(&self) -> Result<Vec<DeviceRecord>> {
+        let mut v: Vec<DeviceRecord> =
+            self.scan_prefix("DEVICE#").await?.iter().filter_map(device_from).collect();
+        v.sort_by(|a, b| a.identity.cmp(&b.identity));
+        Ok(v)
+    }
+
+    async fn forget_devices(&self, before: OffsetDateTime) -> Result<u64> {
+        let mut gone = 0;
+        for d in self.devices().await?.into_iter().filter(|d| d.last_seen < before) {
+            // Only if not seen since the scan: a check-in in between keeps the record.
+            let r = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", s(format!("DEVICE#{}", d.identity)))
+                .condition_expression("last_seen < :before")
+                .expression_attribute_values(":before", n(ts(before)))
+                .send()
+                .await;
+            match r {
+                Ok(_) => gone += 1,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
+                Err(e) => return Err(sdk_err("DeleteItem", e)),
+            }
+        }
+        Ok(gone)
     }
 }
 

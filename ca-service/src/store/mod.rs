@@ -117,6 +117,26 @@ pub struct AuditEvent {
     pub remote: Option<String>,
 }
 
+/// One device of the inventory: what it said at its last check-in. One record per
+/// identity, replaced at each check-in (check-ins are not audited: they are frequent and
+/// change nothing).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DeviceRecord {
+    pub identity: String,
+    pub group: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+    /// The serial the device presented (the CA's record, not the report's word).
+    pub serial: String,
+    /// What the CA knows of that certificate: `valid`, `expired`, `revoked` or
+    /// `superseded` (renewed: the device checks in with an older certificate).
+    pub cert_status: String,
+    /// The peer address of the check-in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    pub report: lanyard_proto::api::CheckinReport,
+}
+
 /// Result of recording an issuance.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RecordOutcome {
@@ -225,4 +245,12 @@ pub trait Store: Send + Sync + 'static {
 
     async fn audit(&self, event: AuditEvent) -> Result<()>;
     async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEvent>>;
+
+    /// Records a check-in: replaces the identity's inventory record.
+    async fn put_device(&self, device: DeviceRecord) -> Result<()>;
+    async fn device(&self, identity: &str) -> Result<Option<DeviceRecord>>;
+    /// Every inventory record, by identity.
+    async fn devices(&self) -> Result<Vec<DeviceRecord>>;
+    /// Drops the records of devices last seen before `before`; returns how many.
+    async fn forget_devices(&self, before: OffsetDateTime) -> Result<u64>;
 }

@@ -9,8 +9,8 @@
 //! the commit that makes it durable (`synchronous=FULL`).
 
 use super::{
-    AuditEvent, CertFilter, CertRecord, RecordOutcome, Revocation, RevokeOutcome, Store,
-    TokenFilter, TokenRecord, TokenRevokeOutcome, TokenUse,
+    AuditEvent, CertFilter, CertRecord, DeviceRecord, RecordOutcome, Revocation, RevokeOutcome,
+    Store, TokenFilter, TokenRecord, TokenRevokeOutcome, TokenUse,
 };
 use crate::error::{CaError, Result};
 use crate::revocation::Reason;
@@ -56,6 +56,16 @@ CREATE TABLE IF NOT EXISTS counters (
     name          TEXT PRIMARY KEY,
     value         INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS devices (
+    identity      TEXT PRIMARY KEY,
+    group_name    TEXT NOT NULL,
+    last_seen     INTEGER NOT NULL,
+    serial        TEXT NOT NULL,
+    cert_status   TEXT NOT NULL,
+    remote        TEXT,
+    report        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS devices_last_seen ON devices(last_seen);
 CREATE TABLE IF NOT EXISTS audit (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,
     at            INTEGER NOT NULL,
@@ -173,6 +183,23 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
         "CREATE INDEX IF NOT EXISTS certs_superseded ON certs(superseded_at) WHERE superseded_at IS NOT NULL AND revoked_at IS NULL",
     )
 }
+
+fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    let report: String = r.get(6)?;
+    Ok(DeviceRecord {
+        identity: r.get(0)?,
+        group: r.get(1)?,
+        last_seen: from_ts(r.get(2)?),
+        serial: r.get(3)?,
+        cert_status: r.get(4)?,
+        remote: r.get(5)?,
+        // A report that no longer parses (written by a newer CA) shows as empty, not as an
+        // error that hides the whole inventory.
+        report: serde_json::from_str(&report).unwrap_or_default(),
+    })
+}
+
+const DEVICE_COLUMNS: &str = "identity, group_name, last_seen, serial, cert_status, remote, report";
 
 const TOKEN_COLUMNS: &str = "hash, identity, group_name, created_at, expires_at, used_at, used_serial, used_spki, revoked_at";
 
@@ -604,6 +631,49 @@ impl Store for SqliteStore {
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
+        })
+        .await
+    }
+
+    async fn put_device(&self, d: DeviceRecord) -> Result<()> {
+        let report =
+            serde_json::to_string(&d.report).map_err(|e| CaError::Storage(e.to_string()))?;
+        self.with(move |c| {
+            c.execute(
+                &format!("INSERT OR REPLACE INTO devices ({DEVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                params![d.identity, d.group, ts(d.last_seen), d.serial, d.cert_status, d.remote, report],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device(&self, identity: &str) -> Result<Option<DeviceRecord>> {
+        let identity = identity.to_owned();
+        self.with(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE identity = ?1"),
+                params![identity],
+                device_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn devices(&self) -> Result<Vec<DeviceRecord>> {
+        self.with(move |c| {
+            let mut st =
+                c.prepare(&format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY identity"))?;
+            let rows = st.query_map([], device_row)?.collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn forget_devices(&self, before: OffsetDateTime) -> Result<u64> {
+        self.with(move |c| {
+            Ok(c.execute("DELETE FROM devices WHERE last_seen < ?1", params![ts(before)])? as u64)
         })
         .await
     }

@@ -574,3 +574,121 @@ pub async fn a_token_is_revoked_or_used_never_both(ca: Ca) {
         }
     }
 }
+
+fn report(serial: &str) -> lanyard_proto::api::CheckinReport {
+    lanyard_proto::api::CheckinReport {
+        serial: serial.into(),
+        state: "valid".into(),
+        agent_version: "9.9.9".into(),
+        os: "Debian GNU/Linux 12 (bookworm)".into(),
+        arch: "aarch64".into(),
+        store: "file".into(),
+        policy_source: "ca".into(),
+        ..Default::default()
+    }
+}
+
+pub async fn checkins_fill_the_inventory(ca: Ca) {
+    use lanyard_ca::inventory::DeviceFilter;
+    let mut devices = Vec::new();
+    for id in ["inv-a", "inv-b", "inv-c"] {
+        let t = token(&ca, id).await;
+        let (_k, der) = csr(None, p256());
+        devices.push(ca.auth.enroll(id, &t, &der, &meta()).await.expect("enrol").record);
+    }
+    let (a, b, c) = (&devices[0], &devices[1], &devices[2]);
+    // Nobody checked in yet: every device is listed from its certificate, as `enrolled`.
+    let all = ca.auth.devices(&DeviceFilter::default()).await.expect("devices");
+    assert_eq!(all.iter().map(|d| d.state.as_str()).collect::<Vec<_>>(), ["enrolled"; 3]);
+    assert!(all.iter().all(|d| d.last_seen.is_none()));
+
+    // a checks in: the answer is its status and policy, with the policy's version; the
+    // inventory holds its report.
+    let ans = ca.auth.checkin(&a.der, report(&a.serial), &meta()).await.expect("check-in");
+    assert_eq!((ans.status.as_str(), ans.identity.as_str()), ("valid", "inv-a"));
+    let version = ans.policy_version.clone().expect("a policy version");
+    let mut r = report(&a.serial);
+    r.policy_version = Some(version.clone());
+    ca.auth.checkin(&a.der, r, &meta()).await.expect("check-in");
+    let row = |rows: &[lanyard_ca::inventory::DeviceView], id: &str| {
+        rows.iter().find(|d| d.identity == id).cloned().expect("listed")
+    };
+    let all = ca.auth.devices(&DeviceFilter::default()).await.expect("devices");
+    let ra = row(&all, "inv-a");
+    assert_eq!(ra.state, "valid");
+    assert_eq!(ra.last_seen, Some(ca.clock.now()));
+    assert_eq!(ra.agent_version.as_deref(), Some("9.9.9"));
+    assert_eq!(
+        (ra.os.as_deref(), ra.arch.as_deref()),
+        (Some("Debian GNU/Linux 12 (bookworm)"), Some("aarch64"))
+    );
+    assert_eq!(ra.policy_current, Some(true));
+    assert_eq!(ra.not_after, a.not_after);
+
+    // A new policy changes the version: a no longer applies the current one.
+    let p = GroupPolicy { lifetime_secs: 2 * 86_400, ..Default::default() };
+    ca.auth.set_policy("default", p, "test").await.expect("policy");
+    let ra = row(&ca.auth.devices(&DeviceFilter::default()).await.expect("devices"), "inv-a");
+    assert_eq!(ra.policy_current, Some(false));
+    let ans = ca.auth.checkin(&a.der, report(&a.serial), &meta()).await.expect("check-in");
+    assert_ne!(ans.policy_version, Some(version));
+
+    // b reports failing renewals with the CA's code: it is failing, and only it.
+    let mut r = report(&b.serial);
+    r.consecutive_failures = 3;
+    r.last_error_code = Some("busy".into());
+    r.last_error = Some("the CA is busy".into());
+    ca.auth.checkin(&b.der, r, &meta()).await.expect("check-in");
+    let failing = ca
+        .auth
+        .devices(&DeviceFilter { failing: true, ..Default::default() })
+        .await
+        .expect("devices");
+    assert_eq!(failing.iter().map(|d| d.identity.as_str()).collect::<Vec<_>>(), ["inv-b"]);
+    assert_eq!(failing[0].last_error_code.as_deref(), Some("busy"));
+
+    // c is revoked, and still checks in: recorded, and the inventory says revoked.
+    ca.auth.revoke(&c.serial, Reason::KeyCompromise, false, "t", &meta()).await.expect("revoke");
+    let ans = ca.auth.checkin(&c.der, report(&c.serial), &meta()).await.expect("check-in");
+    assert_eq!(ans.status, "revoked");
+    let rc = row(&ca.auth.devices(&DeviceFilter::default()).await.expect("devices"), "inv-c");
+    assert_eq!((rc.state.as_str(), rc.cert_status.as_str()), ("revoked", "revoked"));
+    assert!(rc.last_seen.is_some());
+
+    // A report out of bounds is refused, naming the field; a foreign certificate too.
+    let mut bad = report(&a.serial);
+    bad.os = "x".repeat(5000);
+    let e = ca.auth.checkin(&a.der, bad, &meta()).await.unwrap_err();
+    assert_eq!(e.status().as_u16(), 400, "{e}");
+    assert!(e.to_string().contains("os"), "{e}");
+
+    // A day later only a checks in again: b and c are stale, a is not.
+    ca.clock.advance(time::Duration::hours(25));
+    ca.auth.checkin(&a.der, report(&a.serial), &meta()).await.expect("check-in");
+    let stale = ca
+        .auth
+        .devices(&DeviceFilter { stale: Some(time::Duration::hours(24)), ..Default::default() })
+        .await
+        .expect("devices");
+    assert_eq!(stale.iter().map(|d| d.identity.as_str()).collect::<Vec<_>>(), ["inv-b", "inv-c"]);
+    // Expiring: the 7-day certificates end within 7 days, not within 5; c is revoked.
+    let within = |d| DeviceFilter { expiring: Some(time::Duration::days(d)), ..Default::default() };
+    assert_eq!(ca.auth.devices(&within(7)).await.expect("devices").len(), 2);
+    assert_eq!(ca.auth.devices(&within(5)).await.expect("devices").len(), 0);
+    let v = DeviceFilter { version: Some("9.9.9".into()), ..Default::default() };
+    assert_eq!(ca.auth.devices(&v).await.expect("devices").len(), 3);
+
+    // The device page: report, lineage, audit.
+    let d = ca.auth.device_detail("inv-b").await.expect("detail");
+    assert_eq!(d.report.as_ref().map(|r| r.consecutive_failures), Some(3));
+    assert_eq!(d.lineage.len(), 1);
+    assert!(d.audit.iter().any(|e| e.action == "issue" && e.subject == b.serial), "{:?}", d.audit);
+    assert_eq!(ca.auth.device_detail("nobody").await.unwrap_err().status().as_u16(), 404);
+
+    // Forgetting devices gone for a day drops b's and c's records (their certificates
+    // stay, so they are listed again as enrolled-and-silent), not a's.
+    assert_eq!(ca.auth.forget_devices(time::Duration::hours(24), "test").await.expect("forget"), 2);
+    let all = ca.auth.devices(&DeviceFilter::default()).await.expect("devices");
+    assert!(row(&all, "inv-a").last_seen.is_some());
+    assert!(row(&all, "inv-b").last_seen.is_none());
+}
