@@ -13,6 +13,8 @@
 #                TLS handshake for every enrolment (what N separate devices cost).
 # BENCH_TMP=/dev/shm puts the CA directory (SQLite) on tmpfs, where fsync costs nothing:
 # the difference is what the per-issuance fsync (synchronous=FULL) costs.
+# Then N check-ins (POST /v1/checkin) of the keep-alive devices, each with its own client
+# certificate on its own connection, next to the per-request enrolments.
 # In the same run, `openssl speed -seconds 3 ecdsap256` gives sign/s and verify/s; one
 # enrolment costs at least one verify (the CSR's proof of possession) and one sign (the
 # certificate), so the raw bound is 1 / (1/sign + 1/verify) enrolments per second on one
@@ -126,6 +128,46 @@ base64 -d "$WORK/keepalive/1.p7" | openssl pkcs7 -inform DER -print_certs |
     openssl x509 -out "$WORK/leaf.pem"
 openssl verify -CAfile "$WORK/ca/ca-bundle.pem" "$WORK/leaf.pem" >/dev/null
 
+# --- measured: check-ins, each device on its own connection (as a fleet checks in) -----
+# Setup (not timed): each keep-alive device's certificate, and one report per device.
+mkdir -p "$WORK/checkin"
+: >"$WORK/checkin/curl.cfg"
+for i in $(seq "$N"); do
+    base64 -d "$WORK/keepalive/$i.p7" | openssl pkcs7 -inform DER -print_certs |
+        openssl x509 -out "$WORK/checkin/$i.pem"
+    printf '{"serial":"","state":"valid","agent_version":"bench","os":"Debian","arch":"x86_64","store":"file","policy_source":"ca","routes":[{"name":"api","requests":10,"errors":0,"last_status":200}]}' \
+        >"$WORK/checkin/$i.json"
+    [[ $i == 1 ]] || echo next >>"$WORK/checkin/curl.cfg"
+    cat >>"$WORK/checkin/curl.cfg" <<EOF
+silent
+show-error
+url = "https://$HTTPS/v1/checkin"
+cacert = "$CACERT"
+cert = "$WORK/checkin/$i.pem"
+key = "$WORK/keepalive/$i.key"
+header = "Content-Type: application/json"
+header = "Expect:"
+data-binary = "@$WORK/checkin/$i.json"
+output = "$WORK/checkin/$i.out"
+write-out = "%{http_code}\n"
+http1.1
+no-sessionid
+header = "Connection: close"
+EOF
+done
+c0=$(server_cpu)
+t0=$(now)
+/usr/bin/time -f '%U %S' -o "$WORK/checkin/client-cpu" curl -sS --parallel \
+    --parallel-max "$C" -K "$WORK/checkin/curl.cfg" \
+    >"$WORK/checkin/codes" 2>"$WORK/checkin/errors" || true
+t1=$(now)
+c1=$(server_cpu)
+CI_OK=$(count_ok "$WORK/checkin/codes")
+CI_SRV_MS=$(echo "($c1 - $c0) * 1000 / $N" | bc -l)
+CI_S=$(echo "$t1 - $t0" | bc -l)
+grep -q '"policy_version"' "$WORK/checkin/1.out" || { echo "a check-in answer lacks the policy" >&2; exit 1; }
+DEVICES=$("$BIN" devices list --dir "$WORK/ca" --json | grep -c '"agent_version": "bench"' || true)
+
 kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true; SERVE_PID=
 
 # --- the raw bound, same machine, same run ---------------------------------------------
@@ -147,4 +189,10 @@ printf 'per-request (new connection + full TLS handshake each, %s parallel): %s/
     "$C" "$PR_OK" "$N" "$PR_S" "$PR_RATE" "$(echo "$PR_RATE / $BOUND" | bc -l)"
 printf '            CPU per enrolment: server %.2f ms, curl %.2f ms (wall per enrolment %.2f ms)\n' \
     "$PR_SRV_MS" "$PR_CLI_MS" "$(echo "$PR_S * 1000 / $N" | bc -l)"
+CI_RATE=$(echo "$CI_OK / $CI_S" | bc -l)
+printf 'check-ins   (mTLS, new connection + full TLS handshake each, %s parallel): %s/%s ok in %.2f s = %.0f/s, %.2f x the per-request enrolment rate\n' \
+    "$C" "$CI_OK" "$N" "$CI_S" "$CI_RATE" "$(echo "$CI_RATE / $PR_RATE" | bc -l)"
+printf '            server CPU per check-in %.2f ms = %.2f x a per-request enrolment; %s devices in the inventory\n' \
+    "$CI_SRV_MS" "$(echo "$CI_SRV_MS / $PR_SRV_MS" | bc -l)" "$DEVICES"
 [[ "$KA_OK" == "$N" && "$PR_OK" == "$N" ]] || { echo "some enrolments failed" >&2; exit 1; }
+[[ "$CI_OK" == "$N" && "$DEVICES" == "$N" ]] || { echo "some check-ins failed or were not recorded" >&2; exit 1; }
