@@ -20,6 +20,7 @@
 //! - [`tokens`], [`revocation`], [`clock`], [`error`], [`fsutil`]: small shared pieces.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod admission;
 pub mod authority;
 #[cfg(feature = "aws")]
@@ -29,6 +30,7 @@ pub mod aws_lambda;
 pub mod bundle;
 pub mod ca_dir;
 pub mod clock;
+pub mod console;
 pub mod csr;
 pub mod error;
 pub mod fleet;

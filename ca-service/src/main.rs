@@ -208,6 +208,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: FleetCmd,
     },
+    /// Console admins: sign-in tokens for the web console on the admin listener.
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
     /// The fleet inventory: what devices reported at their last check-in.
     Devices {
         #[command(subcommand)]
@@ -283,6 +288,24 @@ enum TokenCmd {
         /// Every unused token of this identity.
         #[arg(long)]
         identity: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Print a sign-in token for the console (`serve --admin-listen`), for the form or as
+    /// `Authorization: Bearer`. Tokens are signed with DIR/admin.key; every change made
+    /// with one is audited as `admin:NAME`.
+    Token {
+        /// Who the token is for (letters, digits, . _ - @).
+        #[arg(long)]
+        name: String,
+        /// How long it signs in for.
+        #[arg(long, default_value = "12h", value_parser = duration::parse)]
+        ttl: std::time::Duration,
+        /// Make a new admin key first: every token made before stops working.
+        #[arg(long)]
+        rotate_key: bool,
     },
 }
 
@@ -876,6 +899,32 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             }
         }
         Cmd::Devices { cmd } => devices(&dir, cmd).await?,
+        Cmd::Admin { cmd: AdminCmd::Token { name, ttl, rotate_key } } => {
+            use lanyard_ca::admin::{AdminKey, KEY_FILE};
+            if dir.backend == "aws" {
+                return Err(CaError::Config(
+                    "the console runs with the embedded CA (lanyard-ca serve --admin-listen); admin tokens are made in its directory".into(),
+                ));
+            }
+            if ttl.is_zero() || ttl > std::time::Duration::from_secs(30 * 86_400) {
+                return Err(CaError::BadRequest("--ttl must be between 1s and 30d".into()));
+            }
+            let d = CaDir::new(dir.dir()?);
+            d.settings()?; // a CA directory, not a typo
+            let path = d.path(KEY_FILE);
+            let key = if rotate_key {
+                AdminKey::create(&path)?
+            } else {
+                AdminKey::load_or_create(&path)?
+            };
+            let expires = lanyard_ca::clock::Clock::now(&SystemClock) + time_span(ttl);
+            let token = key.issue(&name, expires)?;
+            outln!("{token}");
+            eprintln!(
+                "admin token for {name}, valid until {}: sign in on the console (serve --admin-listen, e.g. http://127.0.0.1:9445/login), or send it as Authorization: Bearer",
+                rfc3339(expires)
+            );
+        }
         Cmd::Token { cmd: TokenCmd::Revoke { id, identity } } => {
             let (_, a) = open(&dir).await?;
             let actor = ca_dir::actor();

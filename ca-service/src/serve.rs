@@ -133,10 +133,13 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
             )));
         }
         admin_addr = Some(bound);
+        let key = crate::admin::AdminKey::load_or_create(&dir.path(crate::admin::KEY_FILE))?;
+        let console = crate::console::Console::new(auth.clone(), key, Some(dir.bundle_path()));
+        tasks.spawn(console.clone().keep_fresh(shutdown.clone()));
         tasks.spawn(http::server::serve_with(
             l,
             None,
-            http::admin_app(auth.clone()),
+            http::admin_app(auth.clone()).merge(crate::console::router(console)),
             opts.limits.clone(),
             shutdown.clone(),
         ));
@@ -194,7 +197,7 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
         tracing::warn!("{warning}");
     }
     if let Some(a) = admin_addr {
-        tracing::info!(admin = %a, "metrics at http://{a}/metrics");
+        tracing::info!(admin = %a, "console at http://{a}/ (sign in with `lanyard-ca admin token`), metrics at http://{a}/metrics");
     }
     Ok(Running { https, http: http_addr, admin: admin_addr, authority: auth, shutdown, tasks })
 }
