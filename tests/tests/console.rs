@@ -112,6 +112,14 @@ async fn text_with(c: &Client, needle: &str) -> String {
     }
 }
 
+/// The HTTP status curl gets for `url` with `extra` options.
+fn http_status(extra: &[&str], url: &str) -> String {
+    let mut args = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    lanyard_e2e::run("curl", &args).ok().stdout
+}
+
 /// 20 devices enrolled with curl; each checks in over mTLS. Device 3 reports failing
 /// renewals with `busy` and a message with markup in it.
 fn fleet(ca: &Ca, srv: &lanyard_e2e::Server) -> Vec<String> {
@@ -162,47 +170,20 @@ async fn the_console_in_headless_chromium() {
 
     // Without credentials: 401 on every page, and on forms.
     for path in ["/", "/devices", "/groups", "/tokens", "/audit", "/status"] {
-        let r = lanyard_e2e::run(
-            "curl",
-            &["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{admin}{path}")],
-        )
-        .ok();
-        assert_eq!(r.stdout, "401", "{path} without credentials");
+        assert_eq!(
+            http_status(&[], &format!("{admin}{path}")),
+            "401",
+            "{path} without credentials"
+        );
     }
-    let r = lanyard_e2e::run(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-d",
-            "reason=keyCompromise&confirm=yes",
-            &format!("{admin}/devices/{}/revoke", ids[0]),
-        ],
-    )
-    .ok();
-    assert_eq!(r.stdout, "401", "a revocation without credentials");
+    let revoke_url = format!("{admin}/devices/{}/revoke", ids[0]);
+    let form = ["-d", "reason=keyCompromise&confirm=yes"];
+    assert_eq!(http_status(&form, &revoke_url), "401", "a revocation without credentials");
     let token = ca.cli(&["admin", "token", "--name", "alice"]).ok().stdout.trim().to_owned();
     // With a bearer token but no CSRF token, a form is refused.
-    let r = lanyard_e2e::run(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            &format!("Authorization: Bearer {token}"),
-            "-d",
-            "reason=keyCompromise&confirm=yes",
-            &format!("{admin}/devices/{}/revoke", ids[0]),
-        ],
-    )
-    .ok();
-    assert_eq!(r.stdout, "403", "a form without its CSRF token");
+    let bearer = format!("Authorization: Bearer {token}");
+    let with_bearer = ["-H", bearer.as_str(), form[0], form[1]];
+    assert_eq!(http_status(&with_bearer, &revoke_url), "403", "a form without its CSRF token");
 
     let driver = chromedriver();
     let c = browser(&driver).await;
