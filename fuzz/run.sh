@@ -21,7 +21,7 @@ parallel=${FUZZ_PARALLEL:-1}
 sanitizer=${FUZZ_SANITIZER:-none}
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(csr est_body ocsp_request ca_answer agent_config policy proxy_request)
+  targets=(csr est_body ocsp_request ca_answer agent_config policy proxy_request checkin)
 fi
 cargo +nightly fuzz build --sanitizer "$sanitizer"
 bin_dir=target/$(rustc -vV | sed -n 's/^host: //p')/release
