@@ -22,7 +22,7 @@ use zeroize::Zeroizing;
 #[derive(Parser)]
 #[command(
     name = "lanyard",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LANYARD_COMMIT"), ")"),
     about = "Lanyard device agent: a client certificate per device, renewed before expiry, and a local mTLS proxy"
 )]
 struct Cli {

@@ -25,7 +25,7 @@ const DEFAULT_HTTP_PORT: u16 = 8081;
 #[derive(Parser)]
 #[command(
     name = "lanyard-ca",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LANYARD_COMMIT"), ")"),
     about = "The Lanyard CA service: device client certificates for CloudFront viewer mTLS"
 )]
 struct Cli {

@@ -56,7 +56,10 @@ need dpkg
 dpkg -i "$(deb lanyard amd64)" "$(deb lanyard-ca amd64)" >/dev/null
 for bin in lanyard lanyard-ca; do
   [ "$(stat -c '%a %U:%G' /usr/bin/$bin)" = "755 root:root" ] || fail "/usr/bin/$bin owner or mode"
-  "/usr/bin/$bin" --version
+  # --version names the commit built from (build.rs).
+  version=$("/usr/bin/$bin" --version)
+  echo "$version"
+  [[ $version =~ \([0-9a-f]{12}\)$ ]] || fail "$bin --version does not name its commit: $version"
   [ -f "/usr/share/man/man1/$bin.1.gz" ] || fail "man page of $bin missing"
   [ -f "/usr/share/bash-completion/completions/$bin" ] || fail "bash completion of $bin missing"
   [ -f "/usr/share/zsh/vendor-completions/_$bin" ] || fail "zsh completion of $bin missing"

@@ -1,0 +1,1 @@
+include!("../common/build_commit.rs");
