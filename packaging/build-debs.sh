@@ -2,6 +2,8 @@
 # Builds the lanyard and lanyard-ca .debs for amd64 and arm64 into dist/.
 #   packaging/build-debs.sh                 both architectures
 #   LANYARD_DEB_ARCHES=amd64 packaging/build-debs.sh
+# Without LANYARD_DEB_ARCHES, an architecture whose cross compiler is missing is skipped and
+# named (with what to install); an architecture asked for by name fails at once instead.
 # Needs: cargo-deb (installed here if missing), and for arm64 the Rust target
 # aarch64-unknown-linux-gnu plus apt's gcc-aarch64-linux-gnu (see .cargo/config.toml).
 set -euo pipefail
@@ -44,6 +46,31 @@ if [ "${LANYARD_DEB_FAST:-}" = 1 ]; then
 fi
 AGENT_FLAGS="--profile $AGENT_PROFILE --no-default-features"
 
+# Each architecture's toolchain, checked before anything is built: a missing cross compiler
+# otherwise stops the build minutes later with a C compiler error deep in aws-lc-sys.
+missing_for() {
+  case "$1" in
+    amd64) ;;
+    arm64)
+      command -v aarch64-linux-gnu-gcc >/dev/null || echo "apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+      ;;
+    *) echo "no such architecture (amd64, arm64)" ;;
+  esac
+}
+built="" skipped=""
+requested=${LANYARD_DEB_ARCHES:+yes}
+for arch in $ARCHES; do
+  need=$(missing_for "$arch")
+  [ -z "$need" ] && { built+=" $arch"; continue; }
+  if [ -n "$requested" ]; then
+    echo "build-debs: cannot build for $arch: $need" >&2
+    exit 2
+  fi
+  echo "build-debs: skipping $arch: $need" >&2
+  skipped+=" $arch ($need)"
+done
+ARCHES=$built
+
 for arch in $ARCHES; do
   case "$arch" in
     amd64)
@@ -62,3 +89,4 @@ for arch in $ARCHES; do
   esac
 done
 ls -l dist/*.deb
+[ -z "$skipped" ] || echo "build-debs: built for$ARCHES; skipped:$skipped" >&2
