@@ -281,7 +281,8 @@ impl Authority {
         if gone_for <= Duration::ZERO {
             return Err(CaError::BadRequest("--gone-for must be longer than zero".into()));
         }
-        let n = self.store().forget_devices(self.now() - gone_for).await?;
+        let Some(before) = self.now().checked_sub(gone_for) else { return Ok(0) };
+        let n = self.store().forget_devices(before).await?;
         let ev = audit(
             self.now(),
             actor.to_owned(),
@@ -298,9 +299,15 @@ impl Authority {
 impl DeviceFilter {
     pub fn matches(&self, d: &DeviceView, now: OffsetDateTime) -> bool {
         self.group.as_ref().is_none_or(|g| *g == d.group)
-            && self.stale.is_none_or(|s| d.last_seen.unwrap_or(d.enrolled_at) < now - s)
+            && self.stale.is_none_or(|s| {
+                now.checked_sub(s).is_some_and(|t| d.last_seen.unwrap_or(d.enrolled_at) < t)
+            })
             && (!self.failing || d.failing)
-            && self.expiring.is_none_or(|e| d.cert_status != "revoked" && d.not_after <= now + e)
+            && self.expiring.is_none_or(|e| {
+                d.cert_status != "revoked"
+                    && d.not_after > now
+                    && now.checked_add(e).is_none_or(|t| d.not_after <= t)
+            })
             && self.version.as_ref().is_none_or(|v| d.agent_version.as_ref() == Some(v))
     }
 }

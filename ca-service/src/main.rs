@@ -493,8 +493,9 @@ fn token_state(t: &TokenRecord, now: time::OffsetDateTime) -> &'static str {
     }
 }
 
+/// A span from a flag, at most a century (so no instant computed from it overflows).
 fn time_span(d: std::time::Duration) -> time::Duration {
-    time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
+    time::Duration::try_from(d).unwrap_or(time::Duration::MAX).min(time::Duration::days(36_525))
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, CaError> {

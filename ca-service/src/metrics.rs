@@ -1,6 +1,6 @@
 //! The CA's metrics, `/metrics` on the admin listener (OpenMetrics text, which Prometheus
-//! scrapes): counters kept as requests pass, and gauges read from the inventory and the CA's
-//! state at each scrape.
+//! scrapes): counters kept as requests pass, and gauges from the console's snapshot of the
+//! inventory (at most seconds old: a scrape never scans the store) and the CA's state.
 //!
 //! ```text
 //! lanyard_ca_issuances_total{kind="enrol|renew",group,result="issued|<problem code>"}
@@ -17,7 +17,8 @@
 //! ```
 
 use crate::authority::Authority;
-use crate::inventory::DeviceFilter;
+use crate::error::CaError;
+use crate::inventory::DeviceView;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -132,9 +133,10 @@ fn gauge(v: i64) -> Gauge {
     g
 }
 
-/// The exposition: counters, then gauges read now. An inventory that cannot be read leaves
-/// its gauges out (and is logged); the counters are still served.
-pub async fn render(auth: &Authority) -> String {
+/// The exposition: counters, then gauges from `devices` (the console's snapshot of the
+/// inventory, at most seconds old; `Err` leaves the inventory's gauges out, and the
+/// counters are still served).
+pub fn render(auth: &Authority, devices: Result<&[DeviceView], &CaError>) -> String {
     let m = auth.metrics();
     let mut reg = Registry::with_prefix("lanyard_ca");
     reg.register("issuances", "Enrolments and renewals by group and result", m.issuances.clone());
@@ -162,15 +164,19 @@ pub async fn render(auth: &Authority) -> String {
         );
     }
     let now = auth.now();
-    match auth.devices(&DeviceFilter::default()).await {
+    match devices {
         Ok(devices) => {
             let mut by_state: BTreeMap<String, i64> = BTreeMap::new();
-            for state in ["enrolled", "valid", "renewing", "expired", "revoked"] {
+            for state in ["enrolled", "valid", "renewing", "expired", "revoked", "not_enrolled"] {
                 by_state.insert(state.into(), 0);
             }
             let (mut stale, mut failing, mut in_day, mut in_week) = (0, 0, 0, 0);
-            for d in &devices {
-                *by_state.entry(d.state.clone()).or_default() += 1;
+            for d in devices {
+                // Only the states a check-in may report (and `enrolled`): a label never
+                // takes a value a device made up.
+                let state =
+                    if by_state.contains_key(&d.state) { d.state.clone() } else { "other".into() };
+                *by_state.entry(state).or_default() += 1;
                 stale += i64::from(d.last_seen.unwrap_or(d.enrolled_at) < now - STALE_AFTER);
                 failing += i64::from(d.failing);
                 if d.cert_status != "revoked" && d.not_after > now {

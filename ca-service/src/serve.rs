@@ -133,13 +133,16 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
             )));
         }
         admin_addr = Some(bound);
-        let key = crate::admin::AdminKey::load_or_create(&dir.path(crate::admin::KEY_FILE))?;
-        let console = crate::console::Console::new(auth.clone(), key, Some(dir.bundle_path()));
+        let console = crate::console::Console::open(
+            auth.clone(),
+            dir.path(crate::admin::KEY_FILE),
+            Some(dir.bundle_path()),
+        )?;
         tasks.spawn(console.clone().keep_fresh(shutdown.clone()));
         tasks.spawn(http::server::serve_with(
             l,
             None,
-            http::admin_app(auth.clone()).merge(crate::console::router(console)),
+            crate::console::router(console),
             opts.limits.clone(),
             shutdown.clone(),
         ));

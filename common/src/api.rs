@@ -77,6 +77,8 @@ pub struct RouteHealth {
 
 /// Longest text a check-in report may carry in one field (error messages included).
 pub const CHECKIN_MAX_TEXT: usize = 1024;
+/// The states a check-in may report (`lanyard status`'s `state`).
+pub const CHECKIN_STATES: [&str; 5] = ["not_enrolled", "valid", "renewing", "expired", "revoked"];
 /// Most routes a check-in report may list.
 pub const CHECKIN_MAX_ROUTES: usize = 64;
 
@@ -84,30 +86,38 @@ impl CheckinReport {
     /// Checks the report's bounds; the message names the field. A CA stores reports as
     /// sent, so it refuses what it could not show safely (control characters, sizes).
     pub fn validate(&self) -> Result<(), String> {
-        let text = |field: &str, v: &str| -> Result<(), String> {
+        // Only an error message may span lines: every other field ends up in one line of a
+        // listing, a label or a table cell.
+        let text = |field: &str, v: &str, multiline: bool| -> Result<(), String> {
             if v.chars().count() > CHECKIN_MAX_TEXT {
                 return Err(format!("{field} is longer than {CHECKIN_MAX_TEXT} characters"));
             }
-            if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+            if v.chars().any(|c| c.is_control() && !(multiline && (c == '\n' || c == '\t'))) {
                 return Err(format!("{field} contains control characters"));
             }
             Ok(())
         };
-        text("serial", &self.serial)?;
-        text("state", &self.state)?;
-        text("last_error_code", self.last_error_code.as_deref().unwrap_or(""))?;
-        text("last_error", self.last_error.as_deref().unwrap_or(""))?;
-        text("agent_version", &self.agent_version)?;
-        text("os", &self.os)?;
-        text("arch", &self.arch)?;
-        text("store", &self.store)?;
-        text("policy_version", self.policy_version.as_deref().unwrap_or(""))?;
-        text("policy_source", &self.policy_source)?;
+        if !CHECKIN_STATES.contains(&self.state.as_str()) {
+            return Err(format!(
+                "state {:?} is not one of {}",
+                self.state.chars().take(40).collect::<String>(),
+                CHECKIN_STATES.join(", ")
+            ));
+        }
+        text("serial", &self.serial, false)?;
+        text("last_error_code", self.last_error_code.as_deref().unwrap_or(""), false)?;
+        text("last_error", self.last_error.as_deref().unwrap_or(""), true)?;
+        text("agent_version", &self.agent_version, false)?;
+        text("os", &self.os, false)?;
+        text("arch", &self.arch, false)?;
+        text("store", &self.store, false)?;
+        text("policy_version", self.policy_version.as_deref().unwrap_or(""), false)?;
+        text("policy_source", &self.policy_source, false)?;
         if self.routes.len() > CHECKIN_MAX_ROUTES {
             return Err(format!("routes lists more than {CHECKIN_MAX_ROUTES} routes"));
         }
         for r in &self.routes {
-            text("routes[].name", &r.name)?;
+            text("routes[].name", &r.name, false)?;
         }
         Ok(())
     }
@@ -133,8 +143,17 @@ mod tests {
         assert!(long.validate().is_err_and(|e| e.contains("last_error")));
         let ctl = CheckinReport { os: "Debian\u{1b}[31m".into(), ..r.clone() };
         assert!(ctl.validate().is_err_and(|e| e.contains("os")));
-        let many = CheckinReport { routes: vec![RouteHealth::default(); 65], ..r };
+        let many = CheckinReport { routes: vec![RouteHealth::default(); 65], ..r.clone() };
         assert!(many.validate().is_err_and(|e| e.contains("routes")));
+        // A state outside the known words, or a line break outside the error message, could
+        // forge a metrics label or a listing's line: refused.
+        let state =
+            CheckinReport { state: "valid\"} 1\nlanyard_ca_devices_failing 0".into(), ..r.clone() };
+        assert!(state.validate().is_err_and(|e| e.contains("state")));
+        let version = CheckinReport { agent_version: "1.0\nfake-row".into(), ..r.clone() };
+        assert!(version.validate().is_err_and(|e| e.contains("agent_version")));
+        let multiline = CheckinReport { last_error: Some("line 1\nline 2".into()), ..r };
+        assert_eq!(multiline.validate(), Ok(()));
         // An older agent's report (fewer fields) still parses.
         assert!(serde_json::from_str::<CheckinReport>(r#"{"serial":"0a"}"#).is_ok());
     }

@@ -146,6 +146,10 @@ impl GroupPolicy {
                 ),
             ));
         }
+        // The agents add these to instants: bounded, so no sum can overflow.
+        if self.retry_cap_secs > MAX_LIFETIME.as_secs() {
+            return Err(bad("retry_cap", "is longer than the longest lifetime"));
+        }
         if self.expired_grace() > MAX_LIFETIME {
             return Err(bad("expired_grace", "is longer than the longest lifetime"));
         }
@@ -192,6 +196,15 @@ mod tests {
             (
                 GroupPolicy { retry_floor_secs: 100, retry_cap_secs: 10, ..Default::default() },
                 "retry_floor",
+            ),
+            // Ten thousand years: an agent adding it to an instant would overflow.
+            (
+                GroupPolicy {
+                    retry_floor_secs: 315_360_000_000,
+                    retry_cap_secs: 315_360_000_000,
+                    ..Default::default()
+                },
+                "retry_cap",
             ),
         ];
         for (p, field) in cases {

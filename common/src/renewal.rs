@@ -95,10 +95,17 @@ pub enum Decision {
     NeedsEnrolment(String),
 }
 
+/// The policy's retry floor, bounded by the longest lifetime: a policy that does not
+/// validate (from a CA older than the bound) must not overflow an instant.
+fn retry_floor_secs(policy: &GroupPolicy) -> u64 {
+    policy.retry_floor_secs.min(crate::policy::MAX_LIFETIME.as_secs())
+}
+
 /// The longest `Retry-After` a device honours: the policy's retry cap, and at least an
 /// hour. A CA answering "come back in a year" must not strand a device.
 pub fn max_retry_after(policy: &GroupPolicy) -> Duration {
-    Duration::seconds(i64::try_from(policy.retry_cap_secs.max(3600)).unwrap_or(3600))
+    let cap = policy.retry_cap_secs.clamp(3600, crate::policy::MAX_LIFETIME.as_secs());
+    Duration::seconds(i64::try_from(cap).unwrap_or(3600))
 }
 
 /// Whether a CA refusal of a renewal is final for the certificate that was presented:
@@ -150,8 +157,8 @@ pub fn backoff(failures: u32, policy: &GroupPolicy, jitter: f64) -> Duration {
     if failures == 0 {
         return Duration::ZERO;
     }
-    let floor = policy.retry_floor_secs.max(1) as f64;
-    let cap = (policy.retry_cap_secs as f64).max(floor);
+    let floor = retry_floor_secs(policy).max(1) as f64;
+    let cap = (policy.retry_cap_secs.min(crate::policy::MAX_LIFETIME.as_secs()) as f64).max(floor);
     let exp = floor * 2f64.powi(i32::try_from(failures.saturating_sub(1).min(30)).unwrap_or(30));
     let base = exp.min(cap);
     let scaled = (base * (0.5 + 0.5 * jitter.clamp(0.0, 1.0))).max(floor);
@@ -229,8 +236,9 @@ pub fn decide(i: &Inputs<'_>) -> Decision {
     let due = if rotate || superseded { now } else { renewal_time(v, policy, jitter, resync) };
     // Whatever the policy says, never renew again within the retry floor of the last
     // success: a misconfigured policy must not turn into a renewal storm.
-    let due = due
-        .max(v.issued_at + Duration::seconds(i64::try_from(policy.retry_floor_secs).unwrap_or(10)));
+    let due = due.max(
+        v.issued_at + Duration::seconds(i64::try_from(retry_floor_secs(policy)).unwrap_or(10)),
+    );
     if now < due {
         return Decision::SleepUntil { at: due, backing_off: false };
     }

@@ -194,15 +194,35 @@ fn the_admin_listener_serves_metrics_that_a_prometheus_parser_reads() {
     // The CRL is made by the serve loop (DIR/crl) right after start.
     est::get(&srv, "/crl").expect(200);
 
-    let scrape =
-        lanyard_e2e::run("curl", &["-sS", "--fail", "-D", "-", &format!("http://{admin}/metrics")])
-            .ok();
-    let (head, text) = scrape.stdout.split_once("\r\n\r\n").expect("headers and body");
-    assert!(
-        head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"),
-        "{head}"
-    );
-    let samples = parse_openmetrics(text);
+    // The inventory's gauges come from the console's snapshot, at most 5 s old: scrape
+    // until it has the device (counters are live).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let (text, samples) = loop {
+        let scrape = lanyard_e2e::run(
+            "curl",
+            &["-sS", "--fail", "-D", "-", &format!("http://{admin}/metrics")],
+        )
+        .ok();
+        let (head, text) = scrape.stdout.split_once("\r\n\r\n").expect("headers and body");
+        assert!(
+            head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"),
+            "{head}"
+        );
+        let samples = parse_openmetrics(text);
+        let seen = samples.iter().any(|(n, l, v)| {
+            n == "lanyard_ca_devices"
+                && l.get("state").and_then(|x| x.as_str()) == Some("valid")
+                && *v == 1.0
+        });
+        if seen {
+            break (text.to_owned(), samples);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the device never reached the gauges:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
     let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
         samples
             .iter()
@@ -212,6 +232,22 @@ fn the_admin_listener_serves_metrics_that_a_prometheus_parser_reads() {
             })
             .map(|s| s.2)
     };
+    // Requests for another host name (a DNS name rebound to 127.0.0.1) are refused.
+    let rebound = lanyard_e2e::run(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: evil.example",
+            &format!("http://{admin}/metrics"),
+        ],
+    )
+    .ok();
+    assert_eq!(rebound.stdout, "421", "{rebound}");
     let issued = [("kind", "enrol"), ("group", "default"), ("result", "issued")];
     assert_eq!(value("lanyard_ca_issuances_total", &issued), Some(1.0), "{text}");
     assert_eq!(

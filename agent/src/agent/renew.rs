@@ -149,8 +149,17 @@ impl Agent {
         match answer {
             Ok(s) => {
                 st.group = Some(s.group);
-                st.policy = Some(s.policy);
-                st.policy_version = s.policy_version;
+                // A policy that does not validate (an older or broken CA) is not applied:
+                // the last good one stays.
+                match s.policy.validated() {
+                    Ok(p) => {
+                        st.policy = Some(p);
+                        st.policy_version = s.policy_version;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the CA sent a policy that does not validate; keeping the previous one")
+                    }
+                }
                 st.last_checkin = Some(self.clock.now());
                 let reason = s.revocation_reason.clone().unwrap_or_else(|| "unspecified".into());
                 // Revoked as superseded: the CA renewed this certificate and the answer was

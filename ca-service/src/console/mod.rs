@@ -35,6 +35,12 @@ use std::time::{Duration, Instant};
 const COOKIE: &str = "lanyard_admin";
 /// How old the inventory snapshot may get before a background rebuild.
 pub const SNAPSHOT_TTL: Duration = Duration::from_secs(5);
+/// The snapshot is not rebuilt once nothing has read it for this long (the next read
+/// finds it old and rebuilds it then).
+pub const IDLE_AFTER: Duration = Duration::from_secs(300);
+/// The most tokens one console form makes (each is its own durable write; a larger batch
+/// belongs to `lanyard-ca token create --count`, which writes CSV).
+pub const MAX_BATCH: u64 = 1_000;
 /// Rows per page of the devices table.
 pub const PAGE_SIZE: usize = 50;
 
@@ -43,9 +49,19 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-ac
 /// The console's state: the CA, the admin key, and the inventory snapshot.
 pub struct Console {
     auth: Arc<Authority>,
-    key: AdminKey,
+    key_path: PathBuf,
+    /// The admin key and the modification time it was read at: read again when the file
+    /// changes (`admin token --rotate-key` signs everyone out of a running console).
+    key: Mutex<(Option<std::time::SystemTime>, Arc<AdminKey>)>,
     bundle: Option<PathBuf>,
     snapshot: Mutex<Option<Snapshot>>,
+    /// When the snapshot was last read: the background rebuild runs only while the console
+    /// or `/metrics` is in use.
+    last_read: Mutex<Instant>,
+    /// One rebuild at a time: requests that find none wait for the running one.
+    rebuilding: tokio::sync::Mutex<()>,
+    /// Renewal loads by policy version (the groups page).
+    loads: Mutex<std::collections::HashMap<String, Load>>,
 }
 
 #[derive(Clone)]
@@ -72,20 +88,68 @@ type App = Arc<Console>;
 
 impl Console {
     /// `bundle`: the CA bundle file to check on the status page (the embedded CA's).
-    pub fn new(auth: Arc<Authority>, key: AdminKey, bundle: Option<PathBuf>) -> Arc<Console> {
-        Arc::new(Console { auth, key, bundle, snapshot: Mutex::new(None) })
+    /// The admin key is read from `key_path` (made there if missing).
+    pub fn open(
+        auth: Arc<Authority>,
+        key_path: PathBuf,
+        bundle: Option<PathBuf>,
+    ) -> Result<Arc<Console>, CaError> {
+        let key = AdminKey::load_or_create(&key_path)?;
+        let mtime = std::fs::metadata(&key_path).and_then(|m| m.modified()).ok();
+        Ok(Arc::new(Console {
+            auth,
+            key_path,
+            key: Mutex::new((mtime, Arc::new(key))),
+            bundle,
+            snapshot: Mutex::new(None),
+            last_read: Mutex::new(Instant::now()),
+            rebuilding: tokio::sync::Mutex::new(()),
+            loads: Mutex::default(),
+        }))
     }
 
-    /// The inventory as of at most `SNAPSHOT_TTL` ago (built now if there is none).
+    /// The admin key, read again if its file changed. A file that cannot be read keeps the
+    /// key in memory (and is logged).
+    fn key(&self) -> Arc<AdminKey> {
+        let mtime = std::fs::metadata(&self.key_path).and_then(|m| m.modified()).ok();
+        let mut k = self.key.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if mtime.is_some() && mtime != k.0 {
+            match AdminKey::load_or_create(&self.key_path) {
+                Ok(new) => {
+                    tracing::info!("console: the admin key changed; earlier sign-ins end");
+                    *k = (mtime, Arc::new(new));
+                }
+                Err(e) => tracing::warn!(error = %e, "console: cannot read the admin key"),
+            }
+        }
+        k.1.clone()
+    }
+
+    /// The inventory as of at most `SNAPSHOT_TTL` ago while in use (built now if there is
+    /// none).
     pub async fn devices(&self) -> Result<Arc<Vec<DeviceView>>, CaError> {
-        if let Some(s) = self.snapshot.lock().ok().and_then(|s| s.clone()) {
+        if let Ok(mut t) = self.last_read.lock() {
+            *t = Instant::now();
+        }
+        // In use, the background keeps it younger than the TTL and a second; older, it was
+        // left idle and is rebuilt before it is shown.
+        if let Some(s) = self.snapshot.lock().ok().and_then(|s| s.clone())
+            && s.made.elapsed() < 2 * SNAPSHOT_TTL
+        {
             return Ok(s.devices);
         }
         self.refresh().await
     }
 
-    /// Rebuilds the snapshot now.
+    /// Rebuilds the snapshot now, unless another rebuild finished while this one waited.
     pub async fn refresh(&self) -> Result<Arc<Vec<DeviceView>>, CaError> {
+        let asked = Instant::now();
+        let _one = self.rebuilding.lock().await;
+        if let Some(s) = self.snapshot.lock().ok().and_then(|s| s.clone())
+            && s.made >= asked
+        {
+            return Ok(s.devices);
+        }
         let devices = Arc::new(self.auth.devices(&DeviceFilter::default()).await?);
         if let Ok(mut s) = self.snapshot.lock() {
             *s = Some(Snapshot { made: Instant::now(), devices: devices.clone() });
@@ -102,7 +166,11 @@ impl Console {
                 .ok()
                 .and_then(|s| s.as_ref().map(|s| s.made.elapsed() >= SNAPSHOT_TTL))
                 .unwrap_or(true);
-            if stale && let Err(e) = self.refresh().await {
+            let in_use = self.last_read.lock().map(|t| t.elapsed() < IDLE_AFTER).unwrap_or(true);
+            if stale
+                && in_use
+                && let Err(e) = self.refresh().await
+            {
                 tracing::warn!(error = %e, "console: cannot read the inventory");
             }
             tokio::select! {
@@ -129,8 +197,9 @@ impl Console {
             })
         };
         let token = bearer.or_else(cookie)?;
-        let admin = self.key.verify(&token, self.auth.now())?;
-        Some(Session { csrf: self.key.csrf(&token), admin, token })
+        let key = self.key();
+        let admin = key.verify(&token, self.auth.now())?;
+        Some(Session { csrf: key.csrf(&token), admin, token })
     }
 }
 
@@ -149,11 +218,41 @@ pub fn router(console: App) -> Router {
         .route("/logout", post(logout))
         .route_layer(axum::middleware::from_fn_with_state(console.clone(), require_admin));
     Router::new()
+        .route("/metrics", get(metrics))
         .route("/login", get(login_form).post(login))
         .route("/static/console.css", get(stylesheet))
         .merge(signed_in)
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn(loopback_host))
         .with_state(console)
+}
+
+/// The admin listener answers only requests addressed to a loopback name: a page on
+/// another site cannot reach it through a DNS name rebound to 127.0.0.1.
+async fn loopback_host(req: Request, next: Next) -> Response {
+    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    if matches!(name, "127.0.0.1" | "localhost" | "::1") {
+        return next.run(req).await;
+    }
+    let text = format!(
+        "the admin listener answers requests for 127.0.0.1, localhost or [::1], not {host:?}\n"
+    );
+    (StatusCode::MISDIRECTED_REQUEST, text).into_response()
+}
+
+/// `/metrics`, for Prometheus on loopback (no sign-in): the counters, and gauges from the
+/// inventory snapshot (never a scan of the store per scrape).
+async fn metrics(State(c): State<App>) -> Response {
+    let devices = c.devices().await;
+    let text = crate::metrics::render(&c.auth, devices.as_deref().map(Vec::as_slice));
+    let mut r = text.into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+    r
 }
 
 async fn security_headers(mut resp: Response) -> Response {
@@ -204,7 +303,7 @@ fn same_origin(h: &HeaderMap) -> bool {
 
 /// The refusal of a form whose CSRF token is not the session's, if it is not.
 fn csrf_refusal(c: &Console, s: &Session, given: &str) -> Option<Response> {
-    (!c.key.csrf_ok(&s.token, given)).then(|| {
+    (!c.key().csrf_ok(&s.token, given)).then(|| {
         let text = "The form's CSRF token is missing or wrong: reload the page and try again.";
         (StatusCode::FORBIDDEN, pages::message(s, "Refused", text)).into_response()
     })
@@ -245,7 +344,7 @@ struct LoginForm {
 
 async fn login(State(c): State<App>, Form(f): Form<LoginForm>) -> Response {
     let now = c.auth.now();
-    let Some(admin) = c.key.verify(&f.token, now) else {
+    let Some(admin) = c.key().verify(&f.token, now) else {
         return (
             StatusCode::UNAUTHORIZED,
             pages::login(Some(
@@ -254,7 +353,8 @@ async fn login(State(c): State<App>, Form(f): Form<LoginForm>) -> Response {
         )
             .into_response();
     };
-    let max_age = (admin.expires_at - now).whole_seconds().max(0);
+    // A working day at most, and never past the token's expiry.
+    let max_age = (admin.expires_at - now).whole_seconds().clamp(0, 8 * 3600);
     let cookie = format!(
         "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}",
         f.token.trim()
@@ -345,7 +445,9 @@ pub fn select<'a>(all: &'a [DeviceView], q: &DevicesQuery) -> (Vec<&'a DeviceVie
     if !q.desc.is_empty() {
         rows.reverse();
     }
-    let start = q.page.saturating_mul(PAGE_SIZE).min(total);
+    // A page past the end shows the last one (as the pager says).
+    let page = q.page.min(total.div_ceil(PAGE_SIZE).max(1) - 1);
+    let start = page * PAGE_SIZE;
     let end = (start + PAGE_SIZE).min(total);
     (rows[start..end].to_vec(), total)
 }
@@ -456,42 +558,61 @@ async fn groups_page(
         list.insert(0, (crate::authority::DEFAULT_GROUP.to_owned(), GroupPolicy::default()));
     }
     let devices = c.devices().await.unwrap_or_default();
-    let rows: Vec<pages::GroupRow> = list
-        .into_iter()
-        .map(|(group, policy)| {
-            let count = devices.iter().filter(|d| d.group == group).count();
-            let preview = preview(&policy, count);
-            pages::GroupRow {
-                version: crate::inventory::policy_version(&policy),
-                group,
-                policy,
-                devices: count,
-                preview,
-            }
-        })
-        .collect();
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for d in devices.iter() {
+        *counts.entry(d.group.as_str()).or_default() += 1;
+    }
+    let mut rows = Vec::with_capacity(list.len());
+    for (group, policy) in list {
+        let version = crate::inventory::policy_version(&policy);
+        let load = c.load(&version, &policy).await;
+        let devices = counts.get(group.as_str()).copied().unwrap_or(0);
+        rows.push(pages::GroupRow { version, group, policy, devices, load });
+    }
     (status, pages::groups(s, &rows, error)).into_response()
 }
 
-/// The renewal load a policy gives the group's devices: `fleet simulate` over 14 days, in
-/// its steady state (at least 100 devices, at most 100,000, so that the figure means
-/// something and the page stays quick).
-fn preview(policy: &GroupPolicy, devices: usize) -> Option<crate::fleet::Report> {
-    let n = devices.clamp(100, 100_000) as u32;
-    let s = crate::fleet::Scenario {
-        policy: policy.clone(),
-        devices: n,
-        days: 14,
-        capacity: 1_000.0,
-        max_queue_secs: crate::admission::DEFAULT_MAX_QUEUE_SECS,
-        checkin_interval_secs: 3600,
-        rotate_at: None,
-        outage: None,
-        enrol_all_at: None,
-        usd_per_10k_signatures: 0.15,
-        seed: 1,
-    };
-    Some(crate::fleet::simulate(&s))
+/// A policy's renewal load per 1,000 devices, as `fleet simulate` predicts it.
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    pub mean_per_hour: f64,
+    pub peak_per_hour: u64,
+    pub days: u32,
+}
+
+/// Devices the groups page simulates (figures are per this many).
+pub const LOAD_DEVICES: u32 = 1_000;
+
+impl Console {
+    /// The load of a policy (cached by its version): 1,000 devices in their steady state
+    /// over two lifetimes (1 to 14 days), on the blocking pool so that a short lifetime
+    /// (many renewals to simulate) never holds a worker the CA's listeners share.
+    async fn load(&self, version: &str, policy: &GroupPolicy) -> Option<Load> {
+        if let Some(l) = self.loads.lock().ok().and_then(|m| m.get(version).copied()) {
+            return Some(l);
+        }
+        let days = (2 * policy.lifetime_secs).div_ceil(86_400).clamp(1, 14) as u32;
+        let scenario = crate::fleet::Scenario {
+            policy: policy.clone(),
+            devices: LOAD_DEVICES,
+            days,
+            capacity: 1_000.0,
+            max_queue_secs: crate::admission::DEFAULT_MAX_QUEUE_SECS,
+            checkin_interval_secs: 3600,
+            rotate_at: None,
+            outage: None,
+            enrol_all_at: None,
+            usd_per_10k_signatures: 0.15,
+            seed: 1,
+        };
+        let r =
+            tokio::task::spawn_blocking(move || crate::fleet::simulate(&scenario)).await.ok()?;
+        let l = Load { mean_per_hour: r.mean_per_hour, peak_per_hour: r.peak_per_hour, days };
+        if let Ok(mut m) = self.loads.lock() {
+            m.insert(version.to_owned(), l);
+        }
+        Some(l)
+    }
 }
 
 #[derive(Deserialize)]
@@ -549,7 +670,11 @@ async fn set_policy(
     if let Some(r) = csrf_refusal(&c, &s, &f.csrf) {
         return r;
     }
-    let base = c.auth.policy(&group).await.unwrap_or_default();
+    // The policy's other fields (a pending rotate-before) are kept, so read it first.
+    let base = match c.auth.policy(&group).await {
+        Ok(p) => p,
+        Err(e) => return failed(&s, &e),
+    };
     let policy = match policy_from(&f, &base) {
         Ok(p) => p,
         Err(msg) => {
@@ -622,12 +747,12 @@ async fn create_tokens(
     };
     let identities = if f.identity.contains("{seq") {
         let count: u64 = match f.count.trim().parse() {
-            Ok(n) if (1..=10_000).contains(&n) => n,
+            Ok(n) if (1..=MAX_BATCH).contains(&n) => n,
             _ => {
                 return tokens_page(
                     &c,
                     &s,
-                    Some(bad("count: give a number from 1 to 10000 for a template".into())),
+                    Some(bad(format!("count: give a number from 1 to {MAX_BATCH} for a template (larger batches: lanyard-ca token create --count)"))),
                     StatusCode::BAD_REQUEST,
                 )
                 .await;
@@ -644,21 +769,24 @@ async fn create_tokens(
     for id in &identities {
         match c.auth.create_token(id, group, ttl, &s.admin.actor()).await {
             Ok((secret, rec)) => made.push((rec.identity, secret.expose().to_owned())),
-            Err(e) if e.status().is_client_error() => {
-                let msg = if made.is_empty() {
-                    e.to_string()
-                } else {
-                    format!(
-                        "{e} (after {} tokens were made; they are listed as unused)",
-                        made.len()
-                    )
-                };
-                return tokens_page(&c, &s, Some(bad(msg)), StatusCode::BAD_REQUEST).await;
+            Err(e) if made.is_empty() && e.status().is_client_error() => {
+                return tokens_page(&c, &s, Some(bad(e.to_string())), StatusCode::BAD_REQUEST)
+                    .await;
             }
-            Err(e) => return failed(&s, &e),
+            Err(e) if made.is_empty() => return failed(&s, &e),
+            // Tokens already made are shown with the error: they are shown only once.
+            Err(e) => {
+                if e.status().is_server_error() {
+                    tracing::error!(error = %e, "console: token batch stopped");
+                }
+                let why =
+                    format!("stopped after {} of {} tokens: {e}", made.len(), identities.len());
+                let outcome = pages::TokenOutcome::Made(made, Some(why));
+                return tokens_page(&c, &s, Some(outcome), e.status()).await;
+            }
         }
     }
-    tokens_page(&c, &s, Some(pages::TokenOutcome::Made(made)), StatusCode::OK).await
+    tokens_page(&c, &s, Some(pages::TokenOutcome::Made(made, None)), StatusCode::OK).await
 }
 
 async fn audit(State(c): State<App>, axum::Extension(s): axum::Extension<Session>) -> Response {

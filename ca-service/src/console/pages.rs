@@ -378,7 +378,7 @@ pub struct GroupRow {
     pub policy: GroupPolicy,
     pub version: String,
     pub devices: usize,
-    pub preview: Option<crate::fleet::Report>,
+    pub load: Option<super::Load>,
 }
 
 pub fn groups(s: &Session, rows: &[GroupRow], error: Option<(&str, &str)>) -> Page {
@@ -388,6 +388,7 @@ pub fn groups(s: &Session, rows: &[GroupRow], error: Option<(&str, &str)>) -> Pa
         "Groups",
         "/groups",
         html! {
+            @if let Some((g, msg)) = error { @if !rows.iter().any(|r| r.group == g) { p.error role="alert" { (g) ": " (msg) } } }
             @for r in rows {
                 section.group id={ "group-" (r.group) } {
                     h2 { (r.group) " " small { (r.devices) " devices · policy " code { (r.version) } } }
@@ -404,24 +405,26 @@ pub fn groups(s: &Session, rows: &[GroupRow], error: Option<(&str, &str)>) -> Pa
                         label { "Superseded grace " input name="superseded_grace" value=(d(r.policy.superseded_grace_secs)) required; }
                         button type="submit" { "Save policy" }
                     }
-                    @if let Some(p) = &r.preview {
-                        p.hint {
-                            "Renewal load (fleet simulate, " (p.devices) " devices, 14 days): mean "
-                            (format!("{:.1}", p.mean_per_hour)) " an hour, peak " (p.peak_per_hour)
-                            " (" (format!("{:.1}", p.peak_to_mean)) "× the mean)."
-                        }
+                    @if let Some(l) = &r.load {
+                    p.hint {
+                        "Renewal load (fleet simulate: " (super::LOAD_DEVICES) " devices over " (l.days) " days): mean "
+                        (format!("{:.1}", l.mean_per_hour)) " an hour, peak " (l.peak_per_hour)
+                        " per " (super::LOAD_DEVICES) " devices; about "
+                        (format!("{:.1}", l.mean_per_hour * r.devices as f64 / f64::from(super::LOAD_DEVICES)))
+                        " an hour for this group's " (r.devices) "."
                     }
                 }
             }
-            p.hint { "Durations as 90s, 15m, 24h, 7d; grace periods take 0 for never. A new group gets its policy with " code { "lanyard-ca policy set --group NAME" } "." }
+        }
+        p.hint { "Durations as 90s, 15m, 24h, 7d; grace periods take 0 for never. A new group gets its policy with " code { "lanyard-ca policy set --group NAME" } "." }
         },
     )
 }
 
 /// What a token form did.
 pub enum TokenOutcome {
-    /// `(identity, token)`: shown once, never stored.
-    Made(Vec<(String, String)>),
+    /// `(identity, token)`: shown once, never stored; and why a batch stopped early.
+    Made(Vec<(String, String)>, Option<String>),
     Error(String),
 }
 
@@ -438,7 +441,8 @@ pub fn tokens(
         html! {
             @match outcome {
                 Some(TokenOutcome::Error(e)) => p.error role="alert" { (e) },
-                Some(TokenOutcome::Made(made)) => {
+                Some(TokenOutcome::Made(made, stopped)) => {
+                    @if let Some(why) = stopped { p.error role="alert" { (why) } }
                     p.ok { (made.len()) " token(s) made. They are shown once: copy them now (CSV: identity,token)." }
                     pre.tokens { @for (id, t) in made { (id) "," (t) "\n" } }
                 },

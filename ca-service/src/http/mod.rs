@@ -49,21 +49,6 @@ pub fn router(auth: App) -> Router {
         .with_state(auth)
 }
 
-/// The admin listener (`serve --admin-listen`, loopback): `/metrics`.
-pub fn admin_app(auth: App) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .layer(axum::middleware::map_response(problem_for_bare_errors))
-        .with_state(auth)
-}
-
-async fn metrics(State(auth): State<App>) -> Response {
-    let mut r = crate::metrics::render(&auth).await.into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
-    r
-}
-
 /// The group an issuance was for, set on its response for the metrics.
 #[derive(Clone, Debug)]
 struct IssuedGroup(String);
