@@ -98,30 +98,29 @@ count_ok() { grep -c '^200$' "$1" || true; }
 # CPU seconds (user + system) the server has used so far.
 server_cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$SERVE_PID/stat"; }
 
+# Sends the requests of $WORK/$1/curl.cfg (C at a time) and sets OK (200 answers), SRV_MS
+# and CLI_MS (server and curl CPU per request) and SECS (wall time).
+measure() {
+    local dir="$WORK/$1" c0 c1 t0 t1
+    c0=$(server_cpu)
+    t0=$(now)
+    /usr/bin/time -f '%U %S' -o "$dir/client-cpu" curl -sS --parallel --parallel-max "$C" \
+        -K "$dir/curl.cfg" >"$dir/codes" 2>"$dir/errors" || true
+    t1=$(now)
+    c1=$(server_cpu)
+    OK=$(count_ok "$dir/codes")
+    SRV_MS=$(echo "($c1 - $c0) * 1000 / $N" | bc -l)
+    CLI_MS=$(awk -v n="$N" '{print ($1 + $2) * 1000 / n}' "$dir/client-cpu")
+    SECS=$(echo "$t1 - $t0" | bc -l)
+}
+
 # --- measured: keep-alive -----------------------------------------------------------
-c0=$(server_cpu)
-t0=$(now)
-/usr/bin/time -f '%U %S' -o "$WORK/keepalive/client-cpu" curl -sS --parallel --parallel-max "$C" -K "$WORK/keepalive/curl.cfg" \
-    >"$WORK/keepalive/codes" 2>"$WORK/keepalive/errors" || true
-t1=$(now)
-c1=$(server_cpu)
-KA_OK=$(count_ok "$WORK/keepalive/codes")
-KA_SRV_MS=$(echo "($c1 - $c0) * 1000 / $N" | bc -l)
-KA_CLI_MS=$(awk -v n="$N" '{print ($1 + $2) * 1000 / n}' "$WORK/keepalive/client-cpu")
-KA_S=$(echo "$t1 - $t0" | bc -l)
+measure keepalive
+KA_OK=$OK KA_SRV_MS=$SRV_MS KA_CLI_MS=$CLI_MS KA_S=$SECS
 
 # --- measured: a new connection and full TLS handshake per enrolment -----------------
-c0=$(server_cpu)
-t0=$(now)
-/usr/bin/time -f '%U %S' -o "$WORK/perreq/client-cpu" curl -sS --parallel \
-    --parallel-max "$C" -K "$WORK/perreq/curl.cfg" \
-    >"$WORK/perreq/codes" 2>"$WORK/perreq/errors" || true
-t1=$(now)
-c1=$(server_cpu)
-PR_OK=$(count_ok "$WORK/perreq/codes")
-PR_SRV_MS=$(echo "($c1 - $c0) * 1000 / $N" | bc -l)
-PR_CLI_MS=$(awk -v n="$N" '{print ($1 + $2) * 1000 / n}' "$WORK/perreq/client-cpu")
-PR_S=$(echo "$t1 - $t0" | bc -l)
+measure perreq
+PR_OK=$OK PR_SRV_MS=$SRV_MS PR_CLI_MS=$CLI_MS PR_S=$SECS
 
 # A sample answer must be a real certificate chaining to the bundle.
 base64 -d "$WORK/keepalive/1.p7" | openssl pkcs7 -inform DER -print_certs |
@@ -155,16 +154,8 @@ no-sessionid
 header = "Connection: close"
 EOF
 done
-c0=$(server_cpu)
-t0=$(now)
-/usr/bin/time -f '%U %S' -o "$WORK/checkin/client-cpu" curl -sS --parallel \
-    --parallel-max "$C" -K "$WORK/checkin/curl.cfg" \
-    >"$WORK/checkin/codes" 2>"$WORK/checkin/errors" || true
-t1=$(now)
-c1=$(server_cpu)
-CI_OK=$(count_ok "$WORK/checkin/codes")
-CI_SRV_MS=$(echo "($c1 - $c0) * 1000 / $N" | bc -l)
-CI_S=$(echo "$t1 - $t0" | bc -l)
+measure checkin
+CI_OK=$OK CI_SRV_MS=$SRV_MS CI_S=$SECS
 grep -q '"policy_version"' "$WORK/checkin/1.out" || { echo "a check-in answer lacks the policy" >&2; exit 1; }
 DEVICES=$("$BIN" devices list --dir "$WORK/ca" --json | grep -c '"agent_version": "bench"' || true)
 

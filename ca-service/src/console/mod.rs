@@ -815,3 +815,66 @@ async fn status(State(c): State<App>, axum::Extension(s): axum::Extension<Sessio
     });
     pages::status(&s, &c.auth, c.auth.now(), bundle).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::OffsetDateTime;
+
+    fn device(i: usize) -> DeviceView {
+        let t = OffsetDateTime::from_unix_timestamp(1_800_000_000 + i as i64 * 60)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        DeviceView {
+            identity: format!("dev-{i:03}"),
+            group: if i % 2 == 0 { "even" } else { "odd" }.into(),
+            serial: format!("{i:04x}"),
+            state: if i % 10 == 0 { "revoked" } else { "valid" }.into(),
+            cert_status: "valid".into(),
+            last_seen: Some(t),
+            agent_version: Some("0.1.0".into()),
+            last_error_code: None,
+            last_error: None,
+            consecutive_failures: u32::from(i % 7 == 0),
+            failing: i % 7 == 0,
+            // Reversed against the identities, so a sort by it shows.
+            not_after: t - time::Duration::minutes(2 * i as i64),
+            next_renewal: None,
+            os: None,
+            arch: None,
+            store: None,
+            policy_version: None,
+            policy_current: None,
+            enrolled_at: t,
+        }
+    }
+
+    #[test]
+    fn the_devices_table_filters_sorts_and_pages() {
+        let all: Vec<DeviceView> = (0..120).map(device).collect();
+        let ids =
+            |rows: &[&DeviceView]| rows.iter().map(|d| d.identity.clone()).collect::<Vec<_>>();
+        let q = DevicesQuery::default();
+        let (rows, total) = select(&all, &q);
+        assert_eq!((rows.len(), total), (PAGE_SIZE, 120));
+        assert_eq!(rows[0].identity, "dev-000");
+        // A page past the end shows the last one: 120 = 2 × 50 + 20.
+        let (rows, _) = select(&all, &DevicesQuery { page: 99, ..q.clone() });
+        assert_eq!((rows.len(), rows[0].identity.as_str()), (20, "dev-100"));
+        let (rows, total) = select(&all, &DevicesQuery { failing: "1".into(), ..q.clone() });
+        assert_eq!(total, 18, "0, 7, ... 119");
+        assert!(rows.iter().all(|d| d.failing));
+        let (rows, total) = select(&all, &DevicesQuery { q: "DEV-11".into(), ..q.clone() });
+        assert_eq!((total, ids(&rows)[0].as_str()), (10, "dev-110"), "search ignores case");
+        let (rows, total) = select(
+            &all,
+            &DevicesQuery { state: "revoked".into(), group: "even".into(), ..q.clone() },
+        );
+        assert_eq!(total, 12);
+        assert!(rows.iter().all(|d| d.state == "revoked" && d.group == "even"));
+        let (rows, _) = select(&all, &DevicesQuery { sort: "not_after".into(), ..q.clone() });
+        assert_eq!(rows[0].identity, "dev-119", "earliest not_after first");
+        let (rows, _) =
+            select(&all, &DevicesQuery { sort: "not_after".into(), desc: "1".into(), ..q });
+        assert_eq!(rows[0].identity, "dev-000");
+    }
+}
