@@ -826,16 +826,16 @@ mod tests {
             .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         DeviceView {
             identity: format!("dev-{i:03}"),
-            group: if i % 2 == 0 { "even" } else { "odd" }.into(),
+            group: if i.is_multiple_of(2) { "even" } else { "odd" }.into(),
             serial: format!("{i:04x}"),
-            state: if i % 10 == 0 { "revoked" } else { "valid" }.into(),
+            state: if i.is_multiple_of(10) { "revoked" } else { "valid" }.into(),
             cert_status: "valid".into(),
             last_seen: Some(t),
             agent_version: Some("0.1.0".into()),
             last_error_code: None,
             last_error: None,
-            consecutive_failures: u32::from(i % 7 == 0),
-            failing: i % 7 == 0,
+            consecutive_failures: u32::from(i.is_multiple_of(7)),
+            failing: i.is_multiple_of(7),
             // Reversed against the identities, so a sort by it shows.
             not_after: t - time::Duration::minutes(2 * i as i64),
             next_renewal: None,
