@@ -92,6 +92,80 @@ pub fn cert_status(rec: &CertRecord, now: OffsetDateTime) -> &'static str {
     }
 }
 
+/// Policy versions by group, for "does the device apply its group's current policy".
+struct PolicyVersions {
+    by_group: HashMap<String, String>,
+    default: String,
+}
+
+impl PolicyVersions {
+    fn of(&self, group: &str) -> &str {
+        self.by_group.get(group).unwrap_or(&self.default)
+    }
+}
+
+/// One device's row, from its last check-in (`record`) when it has one, else from its
+/// newest certificate (`enrolled`); `certs` are the identity's certificates. `None`: neither.
+fn view(
+    record: Option<&DeviceRecord>,
+    certs: &[&CertRecord],
+    versions: &PolicyVersions,
+    now: OffsetDateTime,
+) -> Option<DeviceView> {
+    let enrolled = certs.iter().map(|c| c.issued_at).min();
+    let Some(d) = record else {
+        let c =
+            certs.iter().max_by(|a, b| (a.issued_at, &a.serial).cmp(&(b.issued_at, &b.serial)))?;
+        let status = cert_status(c, now);
+        return Some(DeviceView {
+            identity: c.identity.clone(),
+            group: c.group.clone(),
+            serial: c.serial.clone(),
+            state: if status == "revoked" { "revoked" } else { "enrolled" }.into(),
+            cert_status: status.into(),
+            last_seen: None,
+            agent_version: None,
+            last_error_code: None,
+            last_error: None,
+            consecutive_failures: 0,
+            failing: false,
+            not_after: c.not_after,
+            next_renewal: None,
+            os: None,
+            arch: None,
+            store: None,
+            policy_version: None,
+            policy_current: None,
+            enrolled_at: enrolled.unwrap_or(c.issued_at),
+        });
+    };
+    let cert = certs.iter().find(|c| c.serial == d.serial);
+    let r = &d.report;
+    let cert_status =
+        cert.map(|c| cert_status(c, now)).unwrap_or(d.cert_status.as_str()).to_owned();
+    Some(DeviceView {
+        identity: d.identity.clone(),
+        group: d.group.clone(),
+        serial: d.serial.clone(),
+        state: if cert_status == "revoked" { "revoked".into() } else { r.state.clone() },
+        cert_status,
+        last_seen: Some(d.last_seen),
+        agent_version: Some(r.agent_version.clone()),
+        last_error_code: r.last_error_code.clone(),
+        last_error: r.last_error.clone(),
+        consecutive_failures: r.consecutive_failures,
+        failing: r.consecutive_failures > 0,
+        not_after: cert.map(|c| c.not_after).unwrap_or(d.last_seen),
+        next_renewal: r.next_renewal,
+        os: Some(r.os.clone()),
+        arch: Some(r.arch.clone()),
+        store: Some(r.store.clone()),
+        policy_version: r.policy_version.clone(),
+        policy_current: r.policy_version.as_ref().map(|v| v == versions.of(&d.group)),
+        enrolled_at: enrolled.unwrap_or(d.last_seen),
+    })
+}
+
 /// How many audit events `devices show` searches for a device's (newest first).
 const AUDIT_SEARCH: usize = 10_000;
 
@@ -159,101 +233,46 @@ impl Authority {
         let now = self.now();
         let certs = self.store().certs(CertFilter::default()).await?;
         let records = self.store().devices().await?;
-        let versions: HashMap<String, String> = self
-            .store()
-            .policies()
-            .await?
-            .iter()
-            .map(|(g, p)| (g.clone(), policy_version(p)))
-            .collect();
-        let default_version = policy_version(&GroupPolicy::default());
-        let by_serial: HashMap<&str, &CertRecord> =
-            certs.iter().map(|c| (c.serial.as_str(), c)).collect();
-        // Per identity: the newest certificate, and the first issuance (enrolment).
-        let mut newest: HashMap<&str, &CertRecord> = HashMap::new();
-        let mut first: HashMap<&str, OffsetDateTime> = HashMap::new();
+        let versions = self.policy_versions().await?;
+        let mut by_identity: HashMap<&str, Vec<&CertRecord>> = HashMap::new();
         for c in &certs {
-            let n = newest.entry(&c.identity).or_insert(c);
-            if (c.issued_at, &c.serial) > (n.issued_at, &n.serial) {
-                *n = c;
-            }
-            let f = first.entry(&c.identity).or_insert(c.issued_at);
-            *f = (*f).min(c.issued_at);
+            by_identity.entry(&c.identity).or_default().push(c);
         }
-        let mut rows = Vec::with_capacity(newest.len().max(records.len()));
-        let mut seen = std::collections::HashSet::new();
+        let mut rows = Vec::with_capacity(by_identity.len().max(records.len()));
         for d in &records {
-            seen.insert(d.identity.as_str());
-            let cert = by_serial.get(d.serial.as_str()).copied();
-            let group_version = versions.get(&d.group).unwrap_or(&default_version);
-            let r = &d.report;
-            let cert_status =
-                cert.map(|c| cert_status(c, now)).unwrap_or(d.cert_status.as_str()).to_owned();
-            rows.push(DeviceView {
-                identity: d.identity.clone(),
-                group: d.group.clone(),
-                serial: d.serial.clone(),
-                state: if cert_status == "revoked" { "revoked".into() } else { r.state.clone() },
-                cert_status,
-                last_seen: Some(d.last_seen),
-                agent_version: Some(r.agent_version.clone()),
-                last_error_code: r.last_error_code.clone(),
-                last_error: r.last_error.clone(),
-                consecutive_failures: r.consecutive_failures,
-                failing: r.consecutive_failures > 0,
-                not_after: cert.map(|c| c.not_after).unwrap_or(d.last_seen),
-                next_renewal: r.next_renewal,
-                os: Some(r.os.clone()),
-                arch: Some(r.arch.clone()),
-                store: Some(r.store.clone()),
-                policy_version: r.policy_version.clone(),
-                policy_current: r.policy_version.as_ref().map(|v| v == group_version),
-                enrolled_at: first.get(d.identity.as_str()).copied().unwrap_or(d.last_seen),
-            });
+            let certs = by_identity.remove(d.identity.as_str()).unwrap_or_default();
+            rows.extend(view(Some(d), &certs, &versions, now));
         }
-        for (identity, c) in &newest {
-            if seen.contains(identity) {
-                continue;
-            }
-            let status = cert_status(c, now);
-            rows.push(DeviceView {
-                identity: c.identity.clone(),
-                group: c.group.clone(),
-                serial: c.serial.clone(),
-                state: if status == "revoked" { "revoked" } else { "enrolled" }.into(),
-                cert_status: status.into(),
-                last_seen: None,
-                agent_version: None,
-                last_error_code: None,
-                last_error: None,
-                consecutive_failures: 0,
-                failing: false,
-                not_after: c.not_after,
-                next_renewal: None,
-                os: None,
-                arch: None,
-                store: None,
-                policy_version: None,
-                policy_current: None,
-                enrolled_at: first.get(identity).copied().unwrap_or(c.issued_at),
-            });
+        // Enrolled and never checked in.
+        for certs in by_identity.values() {
+            rows.extend(view(None, certs, &versions, now));
         }
         rows.retain(|d| filter.matches(d, now));
         rows.sort_by(|a, b| a.identity.cmp(&b.identity));
         Ok(rows)
     }
 
-    /// One device: its row, last report, lineage and audit trail.
+    /// Each group's policy version (groups without a policy have the default's).
+    async fn policy_versions(&self) -> Result<PolicyVersions> {
+        let groups = self.store().policies().await?;
+        Ok(PolicyVersions {
+            by_group: groups.iter().map(|(g, p)| (g.clone(), policy_version(p))).collect(),
+            default: policy_version(&GroupPolicy::default()),
+        })
+    }
+
+    /// One device: its row, last report, lineage and audit trail (read for this identity
+    /// alone, not from the whole inventory).
     pub async fn device_detail(&self, identity: &str) -> Result<DeviceDetail> {
-        let device = self
-            .devices(&DeviceFilter::default())
-            .await?
-            .into_iter()
-            .find(|d| d.identity == identity)
-            .ok_or_else(|| CaError::NotFound(format!("no device {identity:?} in the inventory")))?;
         let record = self.store().device(identity).await?;
         let mut lineage = self.store().certs(CertFilter::identity(identity)).await?;
         lineage.sort_by(|a, b| (a.issued_at, &a.serial).cmp(&(b.issued_at, &b.serial)));
+        let versions = self.policy_versions().await?;
+        let device =
+            view(record.as_ref(), &lineage.iter().collect::<Vec<_>>(), &versions, self.now())
+                .ok_or_else(|| {
+                    CaError::NotFound(format!("no device {identity:?} in the inventory"))
+                })?;
         let serials: std::collections::HashSet<&str> =
             lineage.iter().map(|c| c.serial.as_str()).collect();
         let audit = self

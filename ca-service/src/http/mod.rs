@@ -138,6 +138,12 @@ fn meta(remote: &Option<axum::Extension<Remote>>) -> RequestMeta {
     RequestMeta { remote: remote.as_ref().and_then(|r| r.0.0.clone()) }
 }
 
+/// The TLS client certificate the connection presented, or 401 saying what to present.
+fn client_cert(peer: Option<axum::Extension<PeerCert>>, what: &str) -> Result<Vec<u8>> {
+    peer.and_then(|p| p.0.0)
+        .ok_or_else(|| CaError::Unauthorized(format!("{what} as TLS client certificate")))
+}
+
 fn require_content_type(headers: &HeaderMap, expected: &'static str) -> Result<()> {
     let given = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = given.split(';').next().unwrap_or("").trim();
@@ -211,11 +217,7 @@ async fn simplereenroll(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let cert = peer.and_then(|p| p.0.0).ok_or_else(|| {
-        CaError::Unauthorized(
-            "simplereenroll needs the current certificate as TLS client certificate".into(),
-        )
-    })?;
+    let cert = client_cert(peer, "simplereenroll needs the current certificate")?;
     let csr = csr_from_body(&headers, &body)?;
     let issued = auth.reenroll(&cert, &csr, &meta(&remote)).await?;
     tracing::info!(identity = %issued.record.identity, serial = %issued.record.serial, from = issued.record.parent_serial.as_deref().unwrap_or("-"), replayed = issued.replayed, "renewed");
@@ -308,9 +310,7 @@ async fn certificate_status(
     peer: Option<axum::Extension<PeerCert>>,
     remote: Option<axum::Extension<Remote>>,
 ) -> Result<Response> {
-    let der = peer.and_then(|p| p.0.0).ok_or_else(|| {
-        CaError::Unauthorized("present the certificate as TLS client certificate".into())
-    })?;
+    let der = client_cert(peer, "present the certificate")?;
     let rec = auth.known_device_cert(&der).await?;
     if rec.revocation.is_none() {
         // A device checking in with a renewed certificate has it: its parent retires.
@@ -330,11 +330,7 @@ async fn checkin(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let der = peer.and_then(|p| p.0.0).ok_or_else(|| {
-        CaError::Unauthorized(
-            "check in with the device certificate as TLS client certificate".into(),
-        )
-    })?;
+    let der = client_cert(peer, "check in with the device certificate")?;
     require_content_type(&headers, "application/json")?;
     if body.len() > CHECKIN_MAX_BODY {
         return Err(CaError::BadRequest(format!(
