@@ -15,7 +15,11 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         .create(dir)
         .map_err(AgentError::io(format!("creating {}", dir.display())))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // The process id and a per-process counter: two writers of one file in this process
+    // never share a temp file, so neither renames the other's away.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let res = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
