@@ -19,6 +19,7 @@ use lanyard_proto::KeyAlgorithm;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use time::OffsetDateTime;
 
 /// What `init` writes to the table (`CA#settings`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -233,6 +234,22 @@ impl AwsBackend {
                 ))
             })?;
         Ok(())
+    }
+
+    /// When `crl/crl.pem` was last written to the publication bucket (what the scheduled
+    /// publisher and `lanyard-ca crl` write); `None` when it never was.
+    pub async fn last_publication(&self) -> Result<Option<OffsetDateTime>> {
+        let Some(bucket) = &self.bucket else { return Ok(None) };
+        match self.s3.head_object().bucket(bucket).key("crl/crl.pem").send().await {
+            Ok(h) => Ok(h
+                .last_modified()
+                .and_then(|t| OffsetDateTime::from_unix_timestamp(t.secs()).ok())),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
+            Err(e) => Err(CaError::Storage(format!(
+                "S3 HeadObject crl/crl.pem: {}",
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            ))),
+        }
     }
 
     /// Publishes to S3: `ca-bundle.pem` (text/plain, what CloudFront's trust store reads),

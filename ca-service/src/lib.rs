@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_pki;
 pub mod admission;
 pub mod authority;
 #[cfg(feature = "aws")]

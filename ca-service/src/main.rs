@@ -11,6 +11,7 @@ use lanyard_ca::store::{CertFilter, RevokeOutcome, TokenFilter, TokenRecord, Tok
 use lanyard_ca::{Authority, bundle};
 use lanyard_proto::timefmt::rfc3339;
 use lanyard_proto::{GroupPolicy, KeyAlgorithm, duration};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -45,9 +46,37 @@ struct DirArg {
     /// from LANYARD_AWS_TABLE, the bucket from LANYARD_AWS_BUCKET).
     #[arg(long, env = "LANYARD_CA_BACKEND", default_value = "embedded", value_parser = ["embedded", "aws"], global = true)]
     backend: String,
+    /// Where the console's admin key (`admin.key`) and admin CA (`admin-ca.crt`,
+    /// `admin-ca.key`) live. Default: the CA directory (embedded), or
+    /// $XDG_CONFIG_HOME/lanyard-ca (aws: the console runs on an admin's machine).
+    #[arg(long, env = "LANYARD_CA_ADMIN_DIR", global = true)]
+    admin_dir: Option<PathBuf>,
 }
 
 impl DirArg {
+    /// The admin directory (see `--admin-dir`); for the embedded backend, checked to be a
+    /// CA directory.
+    fn admin_dir(&self) -> Result<PathBuf, CaError> {
+        if let Some(d) = &self.admin_dir {
+            return Ok(d.clone());
+        }
+        if self.backend == "aws" {
+            let config = std::env::var_os("XDG_CONFIG_HOME")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+                .ok_or_else(|| {
+                    CaError::BadRequest(
+                        "neither XDG_CONFIG_HOME nor HOME is set: give --admin-dir".into(),
+                    )
+                })?;
+            return Ok(config.join("lanyard-ca"));
+        }
+        let d = CaDir::new(self.dir()?);
+        d.settings()?; // a CA directory, not a typo
+        Ok(d.dir)
+    }
+
     fn dir(&self) -> Result<&std::path::Path, CaError> {
         self.dir.as_deref().ok_or_else(|| {
             // A usage error (exit 2), like a missing flag.
@@ -118,6 +147,10 @@ enum Cmd {
         /// turns it off.
         #[arg(long, env = "LANYARD_CA_ADMIN_LISTEN", default_value = "off")]
         admin_listen: String,
+        /// The admin listener speaks HTTPS and admits only admin client certificates
+        /// (`lanyard-ca admin issue`), so it may listen on any address.
+        #[arg(long, env = "LANYARD_CA_ADMIN_MTLS")]
+        admin_mtls: bool,
         /// Write the bound addresses as JSON to this file once listening (for scripts).
         #[arg(long)]
         addr_file: Option<PathBuf>,
@@ -208,7 +241,24 @@ enum Cmd {
         #[command(subcommand)]
         cmd: FleetCmd,
     },
-    /// Console admins: sign-in tokens for the web console on the admin listener.
+    /// The web console and `/metrics` alone (what `serve --admin-listen` adds), for either
+    /// backend: with `--backend aws`, on an admin's machine against the fleet's DynamoDB
+    /// table and S3 bucket.
+    Console {
+        /// Where to listen: loopback only, unless --mtls.
+        #[arg(long, env = "LANYARD_CA_ADMIN_LISTEN", default_value = "127.0.0.1:9445")]
+        listen: String,
+        /// HTTPS, admitting only admin client certificates (`lanyard-ca admin issue`).
+        #[arg(long, env = "LANYARD_CA_ADMIN_MTLS")]
+        mtls: bool,
+        /// Extra DNS names or IPs for the --mtls listener's certificate.
+        #[arg(long = "tls-name", value_delimiter = ',')]
+        tls_names: Vec<String>,
+        /// Write the bound address as JSON (`{"admin": ADDR}`) to this file once listening.
+        #[arg(long)]
+        addr_file: Option<PathBuf>,
+    },
+    /// Console admins: sign-in tokens and client certificates for the web console.
     Admin {
         #[command(subcommand)]
         cmd: AdminCmd,
@@ -293,6 +343,22 @@ enum TokenCmd {
 
 #[derive(Subcommand)]
 enum AdminCmd {
+    /// Issue an admin client certificate for the console over mTLS (`serve --admin-mtls`,
+    /// `console --mtls`): writes NAME.crt and NAME.key (0600) to --out, and admin-ca.crt,
+    /// which the admin's client trusts the listener with. The admin CA (ADMIN_DIR/admin-ca.*)
+    /// is made on first use; it is not the device CA. Every change made with the
+    /// certificate is audited as `admin:NAME`.
+    Issue {
+        /// Who the certificate is for (letters, digits, . _ - @): its CN.
+        #[arg(long)]
+        name: String,
+        /// How long it lasts (at most 397d).
+        #[arg(long, default_value = "90d", value_parser = duration::parse)]
+        ttl: std::time::Duration,
+        /// Where to write NAME.crt, NAME.key and admin-ca.crt (made 0700 if missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     /// Print a sign-in token for the console (`serve --admin-listen`), for the form or as
     /// `Authorization: Bearer`. Tokens are signed with DIR/admin.key; every change made
     /// with one is audited as `admin:NAME`.
@@ -735,6 +801,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             tls_names,
             http_listen,
             admin_listen,
+            admin_mtls,
             addr_file,
             max_connections,
             max_connections_per_source,
@@ -757,8 +824,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 max_per_source: Some(max_connections_per_source.max(1)),
                 ..lanyard_ca::http::server::Limits::server()
             };
-            serve(dir, listen, tls_names, http_listen, admin_listen, addr_file, limits, admission)
-                .await?;
+            let admin = (admin_listen != "off").then_some((admin_listen, admin_mtls));
+            serve(dir, listen, tls_names, http_listen, admin, addr_file, limits, admission).await?;
         }
         Cmd::Token {
             cmd: TokenCmd::Create { identity, identity_template, count, start, group, ttl, format },
@@ -902,17 +969,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
         Cmd::Devices { cmd } => devices(&dir, cmd).await?,
         Cmd::Admin { cmd: AdminCmd::Token { name, ttl, rotate_key } } => {
             use lanyard_ca::admin::{AdminKey, KEY_FILE};
-            if dir.backend == "aws" {
-                return Err(CaError::Config(
-                    "the console runs with the embedded CA (lanyard-ca serve --admin-listen); admin tokens are made in its directory".into(),
-                ));
-            }
             if ttl.is_zero() || ttl > std::time::Duration::from_secs(30 * 86_400) {
                 return Err(CaError::BadRequest("--ttl must be between 1s and 30d".into()));
             }
-            let d = CaDir::new(dir.dir()?);
-            d.settings()?; // a CA directory, not a typo
-            let path = d.path(KEY_FILE);
+            let admin_dir = dir.admin_dir()?;
+            std::fs::create_dir_all(&admin_dir)
+                .map_err(CaError::io(format!("creating {}", admin_dir.display())))?;
+            let path = admin_dir.join(KEY_FILE);
             let key = if rotate_key {
                 AdminKey::create(&path)?
             } else {
@@ -922,9 +985,58 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             let token = key.issue(&name, expires)?;
             outln!("{token}");
             eprintln!(
-                "admin token for {name}, valid until {}: sign in on the console (serve --admin-listen, e.g. http://127.0.0.1:9445/login), or send it as Authorization: Bearer",
+                "admin token for {name}, valid until {}: sign in on the console (serve --admin-listen or lanyard-ca console, e.g. http://127.0.0.1:9445/login), or send it as Authorization: Bearer",
                 rfc3339(expires)
             );
+        }
+        Cmd::Admin { cmd: AdminCmd::Issue { name, ttl, out } } => {
+            use lanyard_ca::admin_pki::{AdminCa, CA_CERT};
+            let now = lanyard_ca::clock::Clock::now(&SystemClock);
+            lanyard_ca::admin::validate_name(&name)?;
+            let ca = AdminCa::load_or_create(&dir.admin_dir()?, now)?;
+            let (crt, key) = ca.issue_admin(&name, now, time_span(ttl))?;
+            // Recorded before it is handed out: no admin certificate the trail does not name.
+            let (_, a) = open(&dir).await?;
+            a.store()
+                .audit(lanyard_ca::store::AuditEvent {
+                    at: now,
+                    actor: ca_dir::actor(),
+                    action: "admin.issue".into(),
+                    subject: format!("admin:{name}"),
+                    detail: format!(
+                        "admin client certificate until {}",
+                        rfc3339(now + time_span(ttl))
+                    ),
+                    remote: None,
+                })
+                .await?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&out)
+                .map_err(CaError::io(format!("creating {}", out.display())))?;
+            let (crt_path, key_path) =
+                (out.join(format!("{name}.crt")), out.join(format!("{name}.key")));
+            lanyard_ca::fsutil::write_atomic(&key_path, key.as_bytes(), 0o600)?;
+            lanyard_ca::fsutil::write_atomic(&crt_path, crt.as_bytes(), 0o644)?;
+            let ca_pem = pem::encode(&pem::Pem::new("CERTIFICATE", ca.der().to_vec()));
+            lanyard_ca::fsutil::write_atomic(&out.join(CA_CERT), ca_pem.as_bytes(), 0o644)?;
+            outln!("{}", crt_path.display());
+            eprintln!(
+                "admin certificate for {name}, valid until {}: {} and {} (trust the listener with {}). With curl: --cacert {} --cert {} --key {}. For a browser: openssl pkcs12 -export -in {} -inkey {} -out {name}.p12",
+                rfc3339(now + time_span(ttl)),
+                crt_path.display(),
+                key_path.display(),
+                out.join(CA_CERT).display(),
+                out.join(CA_CERT).display(),
+                crt_path.display(),
+                key_path.display(),
+                crt_path.display(),
+                key_path.display(),
+            );
+        }
+        Cmd::Console { listen, mtls, tls_names, addr_file } => {
+            console(&dir, listen, mtls, tls_names, addr_file).await?;
         }
         Cmd::Token { cmd: TokenCmd::Revoke { id, identity } } => {
             let (_, a) = open(&dir).await?;
@@ -1372,7 +1484,7 @@ async fn serve(
     listen: String,
     tls_names: Vec<String>,
     http_listen: String,
-    admin_listen: String,
+    admin: Option<(String, bool)>,
     addr_file: Option<PathBuf>,
     limits: lanyard_ca::http::server::Limits,
     admission: Option<lanyard_ca::admission::AdmissionLimits>,
@@ -1393,11 +1505,20 @@ async fn serve(
         ));
     };
     let http_listen = (http_listen != "off").then_some(http_listen);
-    let admin_listen = (admin_listen != "off").then_some(admin_listen);
+    let admin_mtls = admin.as_ref().is_some_and(|a| a.1);
+    let admin_listen = admin.map(|a| a.0);
     let running = lanyard_ca::serve::start(
         d,
         auth,
-        lanyard_ca::serve::ServeOptions { listen, tls_names, http_listen, admin_listen, limits },
+        lanyard_ca::serve::ServeOptions {
+            listen,
+            tls_names,
+            http_listen,
+            admin_listen,
+            admin_mtls,
+            admin_dir: dir.admin_dir.clone(),
+            limits,
+        },
     )
     .await?;
     if let Some(f) = addr_file {
@@ -1413,6 +1534,56 @@ async fn serve(
     wait_for_signal().await;
     tracing::info!("shutting down");
     running.stop().await;
+    Ok(())
+}
+
+/// `lanyard-ca console`: the admin listener alone, against either backend.
+async fn console(
+    dir: &DirArg,
+    listen: String,
+    mtls: bool,
+    tls_names: Vec<String>,
+    addr_file: Option<PathBuf>,
+) -> Result<(), CaError> {
+    use lanyard_ca::console::{ConsoleOptions, Publication};
+    let admin_dir = dir.admin_dir()?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&admin_dir)
+        .map_err(CaError::io(format!("creating {}", admin_dir.display())))?;
+    let (ca, auth) = open(dir).await?;
+    let (bundle, publication) = match ca {
+        Ca::Embedded(d) => {
+            (Some(d.bundle_path()), Some(Publication::Files(d.path("crl").join("crl.pem"))))
+        }
+        #[cfg(feature = "aws")]
+        Ca::Aws(b) => (None, Some(Publication::S3(Arc::new(b)))),
+    };
+    let opts = ConsoleOptions {
+        key_path: admin_dir.join(lanyard_ca::admin::KEY_FILE),
+        bundle,
+        publication,
+        mtls,
+    };
+    let at = lanyard_ca::serve::AdminListener {
+        listen,
+        admin_dir,
+        tls_names,
+        limits: lanyard_ca::http::server::Limits::server(),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let bound =
+        lanyard_ca::serve::start_admin(Arc::new(auth), opts, &at, &shutdown, &mut tasks).await?;
+    if let Some(f) = addr_file {
+        let addrs = serde_json::json!({ "admin": bound.to_string() });
+        lanyard_ca::fsutil::write_atomic(&f, addrs.to_string().as_bytes(), 0o644)?;
+    }
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
     Ok(())
 }
 

@@ -14,6 +14,8 @@
 //! lanyard_ca_devices_failing                      reporting failed renewals
 //! lanyard_ca_certificates_expiring{within="24h|7d"}  devices' current certificates
 //! lanyard_ca_crl_age_seconds                      since the issuing CRL was made
+//! lanyard_ca_publication_age_seconds              since the CRLs were last published
+//!                                                 (DIR/crl, or the S3 bucket on AWS)
 //! ```
 
 use crate::authority::Authority;
@@ -136,7 +138,11 @@ fn gauge(v: i64) -> Gauge {
 /// The exposition: counters, then gauges from `devices` (the console's snapshot of the
 /// inventory, at most seconds old; `Err` leaves the inventory's gauges out, and the
 /// counters are still served).
-pub fn render(auth: &Authority, devices: Result<&[DeviceView], &CaError>) -> String {
+pub fn render(
+    auth: &Authority,
+    devices: Result<&[DeviceView], &CaError>,
+    published: Option<time::OffsetDateTime>,
+) -> String {
     let m = auth.metrics();
     let mut reg = Registry::with_prefix("lanyard_ca");
     reg.register("issuances", "Enrolments and renewals by group and result", m.issuances.clone());
@@ -206,6 +212,13 @@ pub fn render(auth: &Authority, devices: Result<&[DeviceView], &CaError>) -> Str
         reg.register(
             "crl_age_seconds",
             "Seconds since the issuing CRL was made",
+            gauge((now - at).whole_seconds()),
+        );
+    }
+    if let Some(at) = published {
+        reg.register(
+            "publication_age_seconds",
+            "Seconds since the CRLs were last published (DIR/crl, or the S3 bucket on AWS)",
             gauge((now - at).whole_seconds()),
         );
     }

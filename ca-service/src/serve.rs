@@ -4,9 +4,11 @@
 
 use crate::authority::Authority;
 use crate::ca_dir::CaDir;
+use crate::console::{ConsoleOptions, Publication};
 use crate::error::{CaError, Result};
 use crate::http;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -18,9 +20,14 @@ pub struct ServeOptions {
     pub tls_names: Vec<String>,
     /// `None` for no plain-HTTP publication listener.
     pub http_listen: Option<String>,
-    /// `None` for no admin listener (`/metrics`). Plain HTTP without authentication:
-    /// loopback addresses only.
+    /// `None` for no admin listener (the console and `/metrics`). Plain HTTP on loopback
+    /// addresses only, unless `admin_mtls`.
     pub admin_listen: Option<String>,
+    /// The admin listener speaks HTTPS and asks for an admin client certificate
+    /// (`lanyard-ca admin issue`); then it may listen on any address.
+    pub admin_mtls: bool,
+    /// Where the admin key and admin CA live; `None`: the CA directory.
+    pub admin_dir: Option<PathBuf>,
     /// Timeouts, connection caps and HTTP/2 limits of every listener.
     pub limits: http::server::Limits,
 }
@@ -33,6 +40,8 @@ impl ServeOptions {
             tls_names: Vec::new(),
             http_listen: None,
             admin_listen: None,
+            admin_mtls: false,
+            admin_dir: None,
             limits: http::server::Limits::server(),
         }
     }
@@ -123,29 +132,20 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
     }
     let mut admin_addr = None;
     if let Some(a) = &opts.admin_listen {
-        let l = tokio::net::TcpListener::bind(a).await.map_err(CaError::io(format!(
-            "cannot listen for the admin listener on {a} (--admin-listen, LANYARD_CA_ADMIN_LISTEN; \"off\" turns it off)"
-        )))?;
-        let bound = l.local_addr().map_err(CaError::io("local address"))?;
-        if !bound.ip().is_loopback() {
-            return Err(CaError::Config(format!(
-                "--admin-listen {a}: the admin listener has no authentication, so it listens on loopback only (127.0.0.1, ::1); scrape it through a local Prometheus agent or an SSH tunnel"
-            )));
-        }
-        admin_addr = Some(bound);
-        let console = crate::console::Console::open(
-            auth.clone(),
-            dir.path(crate::admin::KEY_FILE),
-            Some(dir.bundle_path()),
-        )?;
-        tasks.spawn(console.clone().keep_fresh(shutdown.clone()));
-        tasks.spawn(http::server::serve_with(
-            l,
-            None,
-            crate::console::router(console),
-            opts.limits.clone(),
-            shutdown.clone(),
-        ));
+        let admin_dir = opts.admin_dir.clone().unwrap_or_else(|| dir.dir.clone());
+        let console = ConsoleOptions {
+            key_path: admin_dir.join(crate::admin::KEY_FILE),
+            bundle: Some(dir.bundle_path()),
+            publication: Some(Publication::Files(dir.path("crl").join("crl.pem"))),
+            mtls: opts.admin_mtls,
+        };
+        let admin = AdminListener {
+            listen: a.clone(),
+            admin_dir,
+            tls_names: opts.tls_names.clone(),
+            limits: opts.limits.clone(),
+        };
+        admin_addr = Some(start_admin(auth.clone(), console, &admin, &shutdown, &mut tasks).await?);
     }
     // Keep DIR/crl fresh: after revocations (also those made by the CLI) and before expiry.
     {
@@ -199,10 +199,71 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
     if let Some(warning) = publication_mismatch(&public_url, http_addr) {
         tracing::warn!("{warning}");
     }
-    if let Some(a) = admin_addr {
-        tracing::info!(admin = %a, "console at http://{a}/ (sign in with `lanyard-ca admin token`), metrics at http://{a}/metrics");
-    }
     Ok(Running { https, http: http_addr, admin: admin_addr, authority: auth, shutdown, tasks })
+}
+
+/// Where the admin listener (console and `/metrics`) listens, and with what.
+#[derive(Clone, Debug)]
+pub struct AdminListener {
+    pub listen: String,
+    /// Where the admin CA lives (`admin issue` makes it): the CA directory for the
+    /// embedded backend.
+    pub admin_dir: PathBuf,
+    /// Extra names for the mTLS listener's certificate (loopback names are always in).
+    pub tls_names: Vec<String>,
+    pub limits: http::server::Limits,
+}
+
+/// Starts the admin listener (into `tasks`, stopped by `shutdown`): plain HTTP on a
+/// loopback address, sign-in with admin tokens; or, with `console.mtls`, HTTPS on any
+/// address that asks every client for a certificate from the admin CA.
+pub async fn start_admin(
+    auth: Arc<Authority>,
+    console: ConsoleOptions,
+    at: &AdminListener,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<SocketAddr> {
+    let a = &at.listen;
+    let l = tokio::net::TcpListener::bind(a).await.map_err(CaError::io(format!(
+        "cannot listen for the admin listener on {a} (--admin-listen, LANYARD_CA_ADMIN_LISTEN; \"off\" turns it off)"
+    )))?;
+    let bound = l.local_addr().map_err(CaError::io("local address"))?;
+    let tls = if console.mtls {
+        let ca = crate::admin_pki::AdminCa::load(&at.admin_dir)?;
+        let mut names: Vec<String> = at.tls_names.clone();
+        for n in ["localhost", "127.0.0.1", "::1"] {
+            names.push(n.to_owned());
+        }
+        if !bound.ip().is_unspecified() {
+            names.push(bound.ip().to_string());
+        }
+        names.dedup();
+        Some(Arc::new(ca.server_config(&names, auth.now())?))
+    } else {
+        if !bound.ip().is_loopback() {
+            return Err(CaError::Config(format!(
+                "--admin-listen {a}: without client certificates the admin listener listens on loopback only (127.0.0.1, ::1); add --admin-mtls (admins sign in with certificates from `lanyard-ca admin issue`), or reach it through an SSH tunnel"
+            )));
+        }
+        None
+    };
+    let mtls = console.mtls;
+    let console = crate::console::Console::open(auth, console)?;
+    tasks.spawn(console.clone().keep_fresh(shutdown.clone()));
+    tasks.spawn(http::server::serve_with(
+        l,
+        tls,
+        crate::console::router(console),
+        at.limits.clone(),
+        shutdown.clone(),
+    ));
+    if mtls {
+        tracing::info!(admin = %bound, "console at https://{bound}/ (admins present a certificate from `lanyard-ca admin issue`), metrics at https://{bound}/metrics");
+    } else {
+        tracing::info!(admin = %bound, "console at http://{bound}/ (sign in with `lanyard-ca admin token`), metrics at http://{bound}/metrics");
+    }
+    Ok(bound)
 }
 
 #[cfg(test)]

@@ -385,4 +385,83 @@ async fn serverless_ca_on_moto() {
         "a revoked certificate cannot renew: {}",
         String::from_utf8_lossy(&body)
     );
+
+    // The console on an admin's machine against the fleet's table and bucket
+    // (`lanyard-ca console --backend aws`, the binary): a token from `admin token` (its key
+    // in --admin-dir) signs in, the devices page lists the fleet's device, and `/metrics`
+    // has the age of the S3 publication.
+    console_on_aws(&m.1, "sensor-1.fleet.example.com");
+}
+
+fn console_on_aws(endpoint: &str, identity: &str) {
+    let admin_dir = tempfile::tempdir().expect("tempdir");
+    let addr_file = admin_dir.path().join("addr.json");
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lanyard-ca"));
+        c.args(args)
+            .env("LANYARD_CA_BACKEND", "aws")
+            .env("LANYARD_AWS_TABLE", "lanyard-ca")
+            .env("LANYARD_AWS_BUCKET", "lanyard-pub")
+            .env("LANYARD_CA_ADMIN_DIR", admin_dir.path())
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test");
+        c
+    };
+    let out = cli(&["admin", "token", "--name", "ops"]).output().expect("admin token");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let mut console = cli(&[
+        "console",
+        "--listen",
+        "127.0.0.1:0",
+        "--addr-file",
+        &addr_file.display().to_string(),
+    ])
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("console");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let t = Instant::now();
+    let admin = loop {
+        if let Ok(s) = std::fs::read_to_string(&addr_file)
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&s)
+        {
+            break v["admin"].as_str().unwrap_or_default().to_owned();
+        }
+        if let Ok(Some(status)) = console.try_wait() {
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = console.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            panic!("lanyard-ca console exited ({status}): {err}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "the console did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _console = Kill(console);
+    let curl = |path: &str, auth: bool| {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-w", "\n%{http_code}"]);
+        if auth {
+            c.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        let out = c.arg(format!("http://{admin}{path}")).output().expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(curl("/devices", false).ends_with("\n401"), "without a token");
+    let page = curl("/devices", true);
+    assert!(page.ends_with("\n200") && page.contains(identity), "{page}");
+    let metrics = curl("/metrics", false);
+    let age = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lanyard_ca_publication_age_seconds "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(age.is_some_and(|a| (0.0..600.0).contains(&a)), "publication age: {metrics}");
 }

@@ -285,3 +285,128 @@ fn the_admin_listener_serves_metrics_that_a_prometheus_parser_reads() {
     );
     assert_eq!(value("lanyard_ca_unavailable_total", &[]), Some(0.0), "{text}");
 }
+
+/// curl against the admin listener over mTLS: `-w` status, body to `out`.
+fn admin_curl(admin: &str, tls: &[&str], path: &str, extra: &[&str]) -> lanyard_e2e::Out {
+    let url = format!("https://{admin}{path}");
+    let mut a: Vec<&str> = vec!["-sS", "-w", "\n%{http_code}"];
+    a.extend_from_slice(tls);
+    a.extend_from_slice(extra);
+    a.push(&url);
+    lanyard_e2e::run("curl", &a)
+}
+
+#[test]
+fn admins_use_the_console_over_mtls_with_certificates_from_admin_issue() {
+    if !peers::require_basics() {
+        return;
+    }
+    let ca = Ca::init();
+    let listen = ["serve", "--listen", "127.0.0.1:0", "--http-listen", "off"];
+    // No admin CA yet: serve says how to make one.
+    let mut a = listen.to_vec();
+    a.extend(["--admin-listen", "127.0.0.1:0", "--admin-mtls"]);
+    let out = ca.cli(&a);
+    assert!(!out.success() && out.stderr.contains("admin issue"), "{out}");
+
+    let certs = ca.work.join("admin");
+    let certs_s = certs.display().to_string();
+    let out =
+        ca.cli(&["admin", "issue", "--name", "ops@example", "--out", &certs_s, "--ttl", "7d"]);
+    assert!(out.success(), "{out}");
+    assert!(!out.stdout.contains("PRIVATE") && !out.stderr.contains("PRIVATE"), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    let key_mode =
+        std::fs::metadata(certs.join("ops@example.key")).expect("key").permissions().mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    // An admin certificate is not a device certificate: the device CA did not sign it.
+    let v = lanyard_e2e::run(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            &ca.root_crt().display().to_string(),
+            "-untrusted",
+            &ca.issuing_crt().display().to_string(),
+            &certs.join("ops@example.crt").display().to_string(),
+        ],
+    );
+    assert!(!v.success(), "the device CA must not verify an admin certificate: {v}");
+    let bad = ca.cli(&["admin", "issue", "--name", "<script>", "--out", &certs_s]);
+    assert!(!bad.success() && bad.stderr.contains("admin name"), "{bad}");
+
+    // Any address may be used with --admin-mtls (0.0.0.0 here), reached on loopback.
+    let srv = ca.serve_with(&["--admin-listen", "0.0.0.0:0", "--admin-mtls"]);
+    let port = srv.admin.clone().expect("admin").rsplit_once(':').expect("port").1.to_owned();
+    let admin = format!("127.0.0.1:{port}");
+    let cacert = certs.join("admin-ca.crt").display().to_string();
+    let (crt, key) = (
+        certs.join("ops@example.crt").display().to_string(),
+        certs.join("ops@example.key").display().to_string(),
+    );
+    let tls = ["--cacert", &cacert, "--cert", &crt, "--key", &key];
+
+    // A device enrols and checks in; the admin sees it.
+    let id = "mtls-admin-1.fleet.example.com";
+    let token = ca.token(id);
+    let (dkey, csr) = pki::key_and_csr(&ca.work, KeyAlg::P256, id);
+    let leaf = pki::leaf_from_est(
+        &est::enroll(&srv, id, &token, &csr.b64).expect(200).body,
+        &ca.work,
+        "leaf",
+    );
+    let page = admin_curl(&admin, &tls, "/", &[]);
+    assert!(page.success() && page.stdout.ends_with("\n200"), "{page}");
+    assert!(page.stdout.contains("ops@example"), "the console names the admin: {page}");
+
+    // No certificate, or a device's certificate: the handshake is refused.
+    let none = admin_curl(&admin, &["--cacert", &cacert], "/", &[]);
+    assert!(!none.success(), "without a certificate: {none}");
+    let (leaf_s, dkey_s) = (leaf.display().to_string(), dkey.display().to_string());
+    let device =
+        admin_curl(&admin, &["--cacert", &cacert, "--cert", &leaf_s, "--key", &dkey_s], "/", &[]);
+    assert!(!device.success(), "with a device certificate: {device}");
+
+    // A change: revoke the device through the form, with the CSRF token from its page.
+    let path = format!("/devices/{id}");
+    let page = admin_curl(&admin, &tls, &path, &[]);
+    assert!(page.stdout.ends_with("\n200"), "{page}");
+    let csrf = page
+        .stdout
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("the page's CSRF token")
+        .to_owned();
+    let forged = admin_curl(
+        &admin,
+        &tls,
+        &format!("{path}/revoke"),
+        &["--data", "csrf=AAAA&reason=keyCompromise&confirm=yes"],
+    );
+    assert!(forged.stdout.ends_with("\n403"), "a wrong CSRF token: {forged}");
+    let done = admin_curl(
+        &admin,
+        &tls,
+        &format!("{path}/revoke"),
+        &["--data", &format!("csrf={csrf}&reason=keyCompromise&confirm=yes")],
+    );
+    assert!(done.stdout.ends_with("\n303"), "{done}");
+    let audit = ca.cli(&["audit", "--json"]).ok();
+    let events: Vec<serde_json::Value> = serde_json::from_str(&audit.stdout).expect("audit json");
+    let by =
+        |action: &str| events.iter().find(|e| e["action"] == action).cloned().unwrap_or_default();
+    assert_eq!(by("revoke")["actor"], "admin:ops@example", "{audit}");
+    assert_eq!(by("admin.issue")["subject"], "admin:ops@example", "{audit}");
+
+    // /metrics over the same listener, with the age of the last publication (DIR/crl).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let m = admin_curl(&admin, &tls, "/metrics", &[]);
+        if m.stdout.contains("lanyard_ca_publication_age_seconds") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no publication age: {m}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

@@ -3,10 +3,12 @@
 //!
 //! Server-rendered HTML (maud escapes every value it interpolates), one stylesheet served
 //! from here, no JavaScript, no external resource, and a Content-Security-Policy that allows
-//! nothing else. Every page needs an admin: a bearer token from `lanyard-ca admin token`,
-//! given as `Authorization: Bearer` or through the sign-in form (then kept in an HttpOnly,
-//! SameSite=Strict cookie). Every form carries a CSRF token derived from the session, and
-//! every change is audited as `admin:<name>`.
+//! nothing else. Every page needs an admin: on a loopback listener, a bearer token from
+//! `lanyard-ca admin token`, given as `Authorization: Bearer` or through the sign-in form
+//! (then kept in an HttpOnly, SameSite=Strict cookie); on an mTLS listener
+//! (`--admin-mtls`), the client certificate from `lanyard-ca admin issue` the TLS handshake
+//! verified. Every form carries a CSRF token derived from the session, and every change is
+//! audited as `admin:<name>`.
 //!
 //! The devices table reads an in-memory snapshot of the inventory, rebuilt in the
 //! background every few seconds and right after a change made here, so that a page over
@@ -46,9 +48,57 @@ pub const PAGE_SIZE: usize = 50;
 
 const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
+/// Where the CA publishes its CRLs (and, on AWS, the bundle): the console shows, and
+/// `/metrics` exports, how long ago that last happened.
+#[derive(Clone, Debug)]
+pub enum Publication {
+    /// The embedded CA's `DIR/crl/crl.pem`.
+    Files(PathBuf),
+    /// The S3 publication bucket (`crl/crl.pem` there).
+    #[cfg(feature = "aws")]
+    S3(Arc<crate::aws::AwsBackend>),
+}
+
+impl Publication {
+    /// When the CRLs were last written; `None` when never (or unreadable, logged).
+    pub async fn last(&self) -> Option<time::OffsetDateTime> {
+        match self {
+            Publication::Files(p) => {
+                std::fs::metadata(p).and_then(|m| m.modified()).ok().map(Into::into)
+            }
+            #[cfg(feature = "aws")]
+            Publication::S3(b) => match b.last_publication().await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(error = %e, "console: cannot read the publication bucket");
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// How the console is set up: where its admin key is, what it checks, how admins sign in.
+#[derive(Clone, Debug)]
+pub struct ConsoleOptions {
+    /// The admin key that signs tokens (made there if missing).
+    pub key_path: PathBuf,
+    /// The CA bundle file to check on the status page (the embedded CA's).
+    pub bundle: Option<PathBuf>,
+    pub publication: Option<Publication>,
+    /// Admins are the client certificates the TLS listener verified (`--admin-mtls`), not
+    /// tokens; the loopback-name check is off (a rebound name cannot present one).
+    pub mtls: bool,
+}
+
 /// The console's state: the CA, the admin key, and the inventory snapshot.
 pub struct Console {
     auth: Arc<Authority>,
+    mtls: bool,
+    publication: Option<Publication>,
+    /// The last publication time read, and when it was read (read again after
+    /// `SNAPSHOT_TTL`: a scrape does not make an S3 request each time).
+    published: Mutex<Option<(Instant, Option<time::OffsetDateTime>)>>,
     key_path: PathBuf,
     /// The admin key and the modification time it was read at: read again when the file
     /// changes (`admin token --rotate-key` signs everyone out of a running console).
@@ -87,17 +137,15 @@ pub struct Session {
 type App = Arc<Console>;
 
 impl Console {
-    /// `bundle`: the CA bundle file to check on the status page (the embedded CA's).
-    /// The admin key is read from `key_path` (made there if missing).
-    pub fn open(
-        auth: Arc<Authority>,
-        key_path: PathBuf,
-        bundle: Option<PathBuf>,
-    ) -> Result<Arc<Console>, CaError> {
+    pub fn open(auth: Arc<Authority>, opts: ConsoleOptions) -> Result<Arc<Console>, CaError> {
+        let ConsoleOptions { key_path, bundle, publication, mtls } = opts;
         let key = AdminKey::load_or_create(&key_path)?;
         let mtime = std::fs::metadata(&key_path).and_then(|m| m.modified()).ok();
         Ok(Arc::new(Console {
             auth,
+            mtls,
+            publication,
+            published: Mutex::new(None),
             key_path,
             key: Mutex::new((mtime, Arc::new(key))),
             bundle,
@@ -180,7 +228,29 @@ impl Console {
         }
     }
 
-    fn session(&self, headers: &HeaderMap) -> Option<Session> {
+    /// When the CA last published (at most `SNAPSHOT_TTL` old).
+    pub async fn last_publication(&self) -> Option<time::OffsetDateTime> {
+        let p = self.publication.as_ref()?;
+        if let Some((at, t)) = *self.published.lock().unwrap_or_else(|e| e.into_inner())
+            && at.elapsed() < SNAPSHOT_TTL
+        {
+            return t;
+        }
+        let t = p.last().await;
+        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), t));
+        t
+    }
+
+    fn session(&self, req: &Request) -> Option<Session> {
+        if self.mtls {
+            // rustls verified the chain to the admin CA; the CN names the admin. The CSRF
+            // token is bound to this certificate.
+            let der = req.extensions().get::<crate::http::PeerCert>()?.0.as_ref()?;
+            let admin = crate::admin_pki::admin_of(der)?;
+            let token = format!("cert:{}", crate::ca_dir::fingerprint(der));
+            return Some(Session { csrf: self.key().csrf(&token), admin, token });
+        }
+        let headers = req.headers();
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -223,13 +293,17 @@ pub fn router(console: App) -> Router {
         .route("/static/console.css", get(stylesheet))
         .merge(signed_in)
         .layer(axum::middleware::map_response(security_headers))
-        .layer(axum::middleware::from_fn(loopback_host))
+        .layer(axum::middleware::from_fn_with_state(console.clone(), loopback_host))
         .with_state(console)
 }
 
 /// The admin listener answers only requests addressed to a loopback name: a page on
-/// another site cannot reach it through a DNS name rebound to 127.0.0.1.
-async fn loopback_host(req: Request, next: Next) -> Response {
+/// another site cannot reach it through a DNS name rebound to 127.0.0.1. Under mTLS a
+/// request without an admin certificate never gets this far, so any name is served.
+async fn loopback_host(State(c): State<App>, req: Request, next: Next) -> Response {
+    if c.mtls {
+        return next.run(req).await;
+    }
     let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
@@ -248,7 +322,8 @@ async fn loopback_host(req: Request, next: Next) -> Response {
 /// inventory snapshot (never a scan of the store per scrape).
 async fn metrics(State(c): State<App>) -> Response {
     let devices = c.devices().await;
-    let text = crate::metrics::render(&c.auth, devices.as_deref().map(Vec::as_slice));
+    let published = c.last_publication().await;
+    let text = crate::metrics::render(&c.auth, devices.as_deref().map(Vec::as_slice), published);
     let mut r = text.into_response();
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
@@ -272,7 +347,11 @@ async fn security_headers(mut resp: Response) -> Response {
 /// must also carry the session's CSRF token (checked by each form's handler) and, when the
 /// browser sends one, an Origin of this host.
 async fn require_admin(State(c): State<App>, mut req: Request, next: Next) -> Response {
-    let Some(session) = c.session(req.headers()) else {
+    let Some(session) = c.session(&req) else {
+        if c.mtls {
+            let text = "this admin certificate names no admin (its CN must be an admin name)";
+            return (StatusCode::FORBIDDEN, text).into_response();
+        }
         let mut r = (
             StatusCode::UNAUTHORIZED,
             pages::login(Some("Sign in with an admin token from `lanyard-ca admin token`.")),
@@ -330,8 +409,8 @@ async fn stylesheet() -> Response {
     r
 }
 
-async fn login_form(State(c): State<App>, headers: HeaderMap) -> Response {
-    if c.session(&headers).is_some() {
+async fn login_form(State(c): State<App>, req: Request) -> Response {
+    if c.session(&req).is_some() {
         return Redirect::to("/").into_response();
     }
     pages::login(None).into_response()
@@ -813,7 +892,8 @@ async fn status(State(c): State<App>, axum::Extension(s): axum::Extension<Sessio
         },
         Err(e) => Err(format!("{}: {e}", p.display())),
     });
-    pages::status(&s, &c.auth, c.auth.now(), bundle).into_response()
+    let published = c.last_publication().await;
+    pages::status(&s, &c.auth, c.auth.now(), bundle, published).into_response()
 }
 
 #[cfg(test)]

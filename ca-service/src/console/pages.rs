@@ -508,6 +508,7 @@ pub fn status(
     auth: &Authority,
     now: OffsetDateTime,
     bundle: Option<Result<String, String>>,
+    published: Option<OffsetDateTime>,
 ) -> Page {
     let crl_age = auth.crl_made_at().map(|t| format_approx(now - t));
     layout(
@@ -520,6 +521,7 @@ pub fn status(
                 (cert_facts("Issuing CA", &auth.keys().issuing_der, now))
                 dt { "Signer" } dd { (auth.keys().issuing.0.describe()) }
                 dt { "CRL" } dd { @match crl_age { Some(a) => { "made " (a) " ago; valid " (format(auth.publication().crl_validity.unsigned_abs())) } None => "not made by this process yet" } }
+                dt { "Published" } dd { @match published { Some(t) => { (format_approx(now - t)) " ago" } None => "never (or unreadable: see the log)" } }
                 dt { "Bundle" } dd {
                     @match bundle {
                         Some(Ok(t)) => span.ok { (t) },
