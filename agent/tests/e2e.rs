@@ -894,3 +894,57 @@ async fn agents_check_in_and_the_inventory_shows_failing_and_stale_devices() {
     let rows = ca.auth().devices(&DeviceFilter::default()).await.expect("devices");
     assert!(rows.iter().any(|d| d.serial == a_now && d.cert_status == "valid"), "{rows:?}");
 }
+
+/// A CA from before check-in reports: the real CA's routes, but `POST /v1/checkin` is
+/// unknown (404), as it is on a CA of an earlier release.
+async fn older_ca(ca: &Ca) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>) {
+    use axum::response::IntoResponse;
+    let d = CaDir::new(&ca.dir);
+    let auth = Arc::new(d.open(ca.clock.clone()).expect("open"));
+    let (chain, key) = d.tls_identity(&auth, &["127.0.0.1".into()]).expect("tls identity");
+    let tls = lanyard_ca::http::tls::server_config(chain, key, &auth.keys().issuing_der)
+        .expect("tls config");
+    let app = lanyard_ca::http::router(auth).layer(axum::middleware::from_fn(
+        |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            if req.uri().path() == "/v1/checkin" {
+                return axum::http::StatusCode::NOT_FOUND.into_response();
+            }
+            next.run(req).await
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind(&ca.listen).await.expect("bind");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(lanyard_ca::http::server::serve_with(
+        listener,
+        Some(Arc::new(tls)),
+        app,
+        lanyard_ca::http::server::Limits::server(),
+        shutdown.clone(),
+    ));
+    (shutdown, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_a_ca_without_check_in_reports_the_agent_asks_for_its_status_instead() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut ca = Ca::start(tmp.path()).await;
+    let state = tmp.path().join("agent");
+    let serial = enrol(&ca, &state, "old-ca.fleet.example.com").await["serial"]
+        .as_str()
+        .expect("serial")
+        .to_owned();
+    ca.auth()
+        .revoke(&serial, Reason::KeyCompromise, false, "test", &RequestMeta::default())
+        .await
+        .expect("revoke");
+    ca.down().await;
+    let (stop, task) = older_ca(&ca).await;
+    // The check-in is refused as unknown; the agent falls back to GET /v1/certificate and
+    // learns the revocation from it.
+    let o = lanyard(&state, &["status", "--refresh"]).await;
+    assert!(!o.status.success() && text(&o).contains("revoked"), "{}", text(&o));
+    assert!(!text(&o).contains("/v1/checkin"), "the 404 is not shown as an error: {}", text(&o));
+    assert_eq!(status(&state).await["state"], "revoked");
+    stop.cancel();
+    task.await.expect("older CA");
+}
