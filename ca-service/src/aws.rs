@@ -62,6 +62,12 @@ impl AwsLocation {
     }
 }
 
+/// Path-style S3 addressing only for an endpoint given explicitly (moto, MinIO: no bucket
+/// subdomains); AWS itself gets virtual-hosted style, which new buckets require.
+fn path_style(cfg: &aws_config::SdkConfig) -> bool {
+    cfg.endpoint_url().is_some()
+}
+
 pub struct AwsBackend {
     pub store: Arc<DynamoStore>,
     kms: aws_sdk_kms::Client,
@@ -108,7 +114,8 @@ impl AwsBackend {
     /// Connects with an explicit SDK configuration (tests point it at a local endpoint).
     pub fn connect_with(cfg: &aws_config::SdkConfig, loc: AwsLocation) -> Self {
         let cfg = cfg.clone();
-        let s3_cfg = aws_sdk_s3::config::Builder::from(&cfg).force_path_style(true).build();
+        let s3_cfg =
+            aws_sdk_s3::config::Builder::from(&cfg).force_path_style(path_style(&cfg)).build();
         AwsBackend {
             store: Arc::new(DynamoStore::new(aws_sdk_dynamodb::Client::new(&cfg), loc.table)),
             kms: aws_sdk_kms::Client::new(&cfg),
@@ -131,8 +138,15 @@ impl AwsBackend {
     }
 
     /// Creates the root and issuing keys in KMS (they never leave it) and their
-    /// certificates; records them in the table; publishes the bundle to S3.
+    /// certificates, and records them in the table.
+    ///
+    /// Of two `init`s on one table exactly one proceeds: each first claims the table with a
+    /// conditional write (`CA#init`) before it creates a key, and the settings are written
+    /// under the same condition. An `init` that fails after creating keys schedules their
+    /// deletion (keys made beforehand are left alone) and gives its claim back, so it can
+    /// be run again.
     pub async fn init(&self, opts: &InitOptions, clock: &dyn Clock) -> Result<AwsCaSettings> {
+        let public_url = crate::ca_dir::check_init_options(opts)?;
         if self.store.get_meta("settings").await?.is_some() {
             return Err(CaError::Config(format!(
                 "table {} already holds a CA; refusing to overwrite it",
@@ -140,26 +154,69 @@ impl AwsBackend {
             )));
         }
         let now = clock.now();
-        let urls = PublicationUrls::from_base(opts.public_url.trim_end_matches('/'));
-        let key = |id: &Option<String>, alg, what: &str| {
-            let (kms, id) = (self.kms.clone(), id.clone());
-            let description = format!("{} {what} CA (Lanyard)", opts.name);
-            async move {
-                match id {
-                    Some(id) => KmsSigner::open(kms, &id, alg).await,
-                    None => KmsSigner::create(kms, alg, &description).await,
+        let claim = serde_json::json!({ "at": now.unix_timestamp(), "by": crate::ca_dir::actor() });
+        if !self.store.put_meta_new("init", claim.to_string().as_bytes()).await? {
+            return Err(CaError::Config(format!(
+                "table {} is being initialised by another `lanyard-ca init` (or one was killed midway: if none is running, delete the item pk=CA#init and run init again)",
+                self.store.table()
+            )));
+        }
+        let mut created: Vec<KmsSigner> = Vec::new();
+        let r = self.init_claimed(opts, &public_url, now, &mut created).await;
+        if let Err(e) = &r {
+            for k in &created {
+                match k.schedule_deletion().await {
+                    Ok(()) => {
+                        tracing::warn!(key = %k.key_id(), "init failed: the KMS key it made is scheduled for deletion (7 days; CancelKeyDeletion restores it)")
+                    }
+                    Err(d) => {
+                        tracing::error!(key = %k.key_id(), error = %d, "init failed and its KMS key could not be scheduled for deletion: delete it by hand")
+                    }
                 }
             }
+            if let Err(d) = self.store.delete_meta("init").await {
+                tracing::error!(error = %d, "init failed and its claim on the table stays: delete the item pk=CA#init");
+            }
+            tracing::debug!(error = %e, "init failed");
+        }
+        r
+    }
+
+    async fn init_claimed(
+        &self,
+        opts: &InitOptions,
+        public_url: &str,
+        now: OffsetDateTime,
+        created: &mut Vec<KmsSigner>,
+    ) -> Result<AwsCaSettings> {
+        let urls = PublicationUrls::from_base(public_url);
+        let description = |what: &str| format!("{} {what} CA (Lanyard)", opts.name);
+        let root = match &self.key_ids.0 {
+            Some(id) => KmsSigner::open(self.kms.clone(), id, opts.root_key).await?,
+            None => {
+                let k = KmsSigner::create(self.kms.clone(), opts.root_key, &description("root"))
+                    .await?;
+                created.push(k.clone());
+                k
+            }
         };
-        let root = key(&self.key_ids.0, opts.root_key, "root").await?;
+        let issuing = match &self.key_ids.1 {
+            Some(id) => KmsSigner::open(self.kms.clone(), id, opts.issuing_key).await?,
+            None => {
+                let k =
+                    KmsSigner::create(self.kms.clone(), opts.issuing_key, &description("issuing"))
+                        .await?;
+                created.push(k.clone());
+                k
+            }
+        };
         let root_params = profile::root(&opts.name, now);
         let root_cert = root_params.self_signed(&root)?;
-        let issuing = key(&self.key_ids.1, opts.issuing_key, "issuing").await?;
         let issuing_cert = profile::issuing(&opts.name, now, &urls)?
             .signed_by(&issuing, &rcgen::Issuer::from_params(&root_params, &root))?;
         let settings = AwsCaSettings {
             name: opts.name.clone(),
-            public_url: opts.public_url.trim_end_matches('/').to_owned(),
+            public_url: public_url.to_owned(),
             root_key: opts.root_key,
             issuing_key: opts.issuing_key,
             root_key_id: root.key_id().to_owned(),
@@ -170,7 +227,12 @@ impl AwsBackend {
         self.store.put_meta("root.crt", root_cert.der()).await?;
         self.store.put_meta("issuing.crt", issuing_cert.der()).await?;
         let json = serde_json::to_vec(&settings).map_err(|e| CaError::Config(e.to_string()))?;
-        self.store.put_meta("settings", &json).await?;
+        if !self.store.put_meta_new("settings", &json).await? {
+            return Err(CaError::Config(format!(
+                "table {} already holds a CA; refusing to overwrite it",
+                self.store.table()
+            )));
+        }
         self.store
             .audit(AuditEvent {
                 at: now,
@@ -435,6 +497,17 @@ impl KvsPlan {
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn s3_is_addressed_path_style_only_at_a_local_endpoint() {
+        let aws = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .build();
+        assert!(!path_style(&aws), "AWS: virtual-hosted style");
+        let local = aws.to_builder().endpoint_url("http://127.0.0.1:5000").build();
+        assert!(path_style(&local), "moto, MinIO: path style");
+    }
 
     fn entry(serial: &str, expired: bool) -> RevokedEntry {
         RevokedEntry {

@@ -88,12 +88,7 @@ impl CaDir {
                 )));
             }
         }
-        if opts.name.trim().is_empty() || opts.name.len() > 48 || opts.name.contains(['\n', '-']) {
-            return Err(CaError::BadRequest(
-                "CA name must be 1 to 48 characters, without '-' (CloudFront bundle comments refuse it)".into(),
-            ));
-        }
-        let url = url_base(&opts.public_url)?;
+        let url = check_init_options(opts)?;
         std::fs::create_dir_all(&self.dir)
             .map_err(CaError::io(format!("creating {}", self.dir.display())))?;
         std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
@@ -272,6 +267,18 @@ fn read_cert_der(p: &Path) -> Result<Vec<u8>> {
     let text = std::fs::read(p).map_err(CaError::io(format!("reading {}", p.display())))?;
     let pem = pem::parse(&text).map_err(|e| CaError::Config(format!("{}: {e}", p.display())))?;
     Ok(pem.contents().to_vec())
+}
+
+/// The checks every `init` makes before it creates anything (a key, a file, a KMS key):
+/// the CA's name fits CloudFront's bundle rules and the public URL is one. Returns the URL
+/// without a trailing `/`.
+pub fn check_init_options(opts: &InitOptions) -> Result<String> {
+    if opts.name.trim().is_empty() || opts.name.len() > 48 || opts.name.contains(['\n', '-']) {
+        return Err(CaError::BadRequest(
+            "CA name must be 1 to 48 characters, without '-' (CloudFront bundle comments refuse it)".into(),
+        ));
+    }
+    url_base(&opts.public_url)
 }
 
 fn url_base(u: &str) -> Result<String> {

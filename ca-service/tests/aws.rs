@@ -203,6 +203,8 @@ async fn serverless_ca_on_moto() {
         checkins_fill_the_inventory,
     );
 
+    init_is_checked_claimed_and_cleaned_up(&cfg).await;
+
     // init with KMS keys; a second init refuses.
     table(&cfg, "lanyard-ca").await;
     aws_sdk_s3::Client::from_conf(
@@ -464,4 +466,71 @@ fn console_on_aws(endpoint: &str, identity: &str) {
         .find_map(|l| l.strip_prefix("lanyard_ca_publication_age_seconds "))
         .and_then(|v| v.trim().parse::<f64>().ok());
     assert!(age.is_some_and(|a| (0.0..600.0).contains(&a)), "publication age: {metrics}");
+}
+
+async fn kms_keys(cfg: &aws_config::SdkConfig) -> Vec<String> {
+    let out = aws_sdk_kms::Client::new(cfg).list_keys().limit(1000).send().await.expect("keys");
+    out.keys().iter().filter_map(|k| k.key_id().map(str::to_owned)).collect()
+}
+
+/// `init` on AWS: the CA-name checks the embedded `init` makes, before any KMS key; of two
+/// concurrent `init`s on one table exactly one creates keys and the CA; an `init` that fails
+/// after creating a key schedules its deletion and can be run again.
+async fn init_is_checked_claimed_and_cleaned_up(cfg: &aws_config::SdkConfig) {
+    let at = |table: &str, issuing_key_id: Option<&str>| {
+        AwsBackend::connect_with(
+            cfg,
+            AwsLocation {
+                table: table.into(),
+                bucket: None,
+                root_key_id: None,
+                issuing_key_id: issuing_key_id.map(str::to_owned),
+            },
+        )
+    };
+    let opts = |name: &str| InitOptions {
+        name: name.into(),
+        root_key: KeyAlgorithm::EcdsaP256,
+        issuing_key: KeyAlgorithm::EcdsaP256,
+        public_url: "http://pki.example.com".into(),
+    };
+    let before = kms_keys(cfg).await.len();
+
+    table(cfg, "init-checks").await;
+    let e = at("init-checks", None).init(&opts("Bad-Name"), &SystemClock).await.expect_err("name");
+    assert!(e.to_string().contains("CA name"), "{e}");
+    let mut bad_url = opts("Fleet");
+    bad_url.public_url = "ftp://x".into();
+    assert!(at("init-checks", None).init(&bad_url, &SystemClock).await.is_err());
+    assert_eq!(kms_keys(cfg).await.len(), before, "no KMS key before the checks pass");
+
+    table(cfg, "init-race").await;
+    let (a, b) = (at("init-race", None), at("init-race", None));
+    let fleet = opts("Fleet");
+    let (ra, rb) = tokio::join!(a.init(&fleet, &SystemClock), b.init(&fleet, &SystemClock));
+    assert!(ra.is_ok() != rb.is_ok(), "exactly one init wins: {ra:?} / {rb:?}");
+    let lost = ra.err().or(rb.err()).map(|e| e.to_string()).unwrap_or_default();
+    assert!(lost.contains("another") || lost.contains("already holds a CA"), "{lost}");
+    assert_eq!(kms_keys(cfg).await.len(), before + 2, "the losing init made no key");
+
+    // The issuing key named beforehand does not exist: the root key init made is scheduled
+    // for deletion, and the claim is given back.
+    table(cfg, "init-fail").await;
+    let e = at("init-fail", Some("00000000-0000-0000-0000-000000000000"))
+        .init(&opts("Fleet"), &SystemClock)
+        .await
+        .expect_err("no such issuing key");
+    assert!(e.to_string().contains("GetPublicKey"), "{e}");
+    let kms = aws_sdk_kms::Client::new(cfg);
+    let mut pending = 0;
+    for id in kms_keys(cfg).await {
+        let d = kms.describe_key().key_id(&id).send().await.expect("describe");
+        if d.key_metadata().and_then(|m| m.key_state())
+            == Some(&aws_sdk_kms::types::KeyState::PendingDeletion)
+        {
+            pending += 1;
+        }
+    }
+    assert_eq!(pending, 1, "the orphaned root key is scheduled for deletion");
+    at("init-fail", None).init(&opts("Fleet"), &SystemClock).await.expect("init again");
 }

@@ -15,6 +15,7 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{KeySpec, KeyUsageType, MessageType, SigningAlgorithmSpec};
 use lanyard_proto::KeyAlgorithm;
 
+#[derive(Clone)]
 pub struct KmsSigner {
     client: Client,
     key_id: String,
@@ -104,6 +105,22 @@ impl KmsSigner {
         let key_id =
             out.key_metadata.map(|m| m.key_id).ok_or_else(|| kms_err("CreateKey", "no key id"))?;
         Self::open(client, &key_id, alg).await
+    }
+
+    /// Schedules the key's deletion (KMS's shortest window, 7 days, in which
+    /// `CancelKeyDeletion` still brings it back): for keys an `init` made and then could not
+    /// use.
+    pub async fn schedule_deletion(&self) -> Result<()> {
+        self.client
+            .schedule_key_deletion()
+            .key_id(&self.key_id)
+            .pending_window_in_days(7)
+            .send()
+            .await
+            .map_err(|e| {
+                kms_err("ScheduleKeyDeletion", aws_sdk_kms::error::DisplayErrorContext(&e))
+            })?;
+        Ok(())
     }
 
     /// Opens an existing key, checking it is the algorithm the CA expects.

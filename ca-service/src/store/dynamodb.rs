@@ -337,6 +337,42 @@ impl DynamoStore {
         Ok(())
     }
 
+    /// Stores a value under `CA#key` only if there is none: `false` when one exists (the
+    /// condition failed), so that of two writers exactly one wins.
+    pub async fn put_meta_new(&self, key: &str, value: &[u8]) -> Result<bool> {
+        let r = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(format!("CA#{key}")))
+            .item("value", AttributeValue::B(Blob::new(value.to_vec())))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_err("PutItem", e)),
+        }
+    }
+
+    /// Removes `CA#key` (nothing when it does not exist).
+    pub async fn delete_meta(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("CA#{key}")))
+            .send()
+            .await
+            .map_err(|e| sdk_err("DeleteItem", e))?;
+        Ok(())
+    }
+
     pub async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
             .get(format!("CA#{key}"))
