@@ -12,6 +12,9 @@ updates of at most 50 keys (CloudFront's limit), each with the store's current E
 
     lanyard-ca revoked --dir /var/lib/lanyard-ca --format json |
       sync-revocations.py --kvs-arn arn:aws:cloudfront::123456789012:key-value-store/... -
+
+Needs boto3 with the AWS CRT (`pip install 'boto3' 'botocore[crt]'`): the KeyValueStore
+API is signed with SigV4A, which botocore implements only through the CRT.
 """
 
 import argparse
@@ -101,6 +104,19 @@ def sync(client, arn, export, now, dry_run=False, out=sys.stdout):
     return puts, deletes
 
 
+def require_sigv4a():
+    """The KeyValueStore API is signed with SigV4A, which botocore signs only with the AWS
+    CRT installed; without it every request fails with a message about a missing
+    dependency, deep inside the first call. Say so before any request."""
+    try:
+        import awscrt  # noqa: F401  (botocore[crt] installs it)
+    except ImportError:
+        sys.exit(
+            "sync-revocations.py: the CloudFront KeyValueStore API needs SigV4A signing, "
+            "which botocore does only with the AWS CRT: pip install 'botocore[crt]'"
+        )
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kvs-arn", required=True, help="ARN of the KeyValueStore (module output revoked_kvs_arn)")
@@ -112,6 +128,7 @@ def main(argv=None):
         export = json.loads(data)
     except json.JSONDecodeError as e:
         ap.error(f"the export is not JSON ({e}); produce it with `lanyard-ca revoked --format json`")
+    require_sigv4a()
     import boto3  # only needed for a real run
 
     client = boto3.client("cloudfront-keyvaluestore", region_name="us-east-1")

@@ -190,3 +190,34 @@ def test_only_the_publisher_may_sign_with_the_root_key():
     assert 'signing_key["root"].json' in main and 'signing_key["issuing"].json' in main
     assert "for f in each.value : aws_iam_role.lambda[f].arn" in main
     assert "if contains(fs, each.key)" in main, "the roles' Sign statement must follow local.signers"
+
+
+def test_a_run_without_the_aws_crt_says_what_to_install(monkeypatch, tmp_path):
+    """SigV4A needs botocore[crt]; without it the script stops before any request and names
+    the package."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_crt(name, *args, **kwargs):
+        if name == "awscrt":
+            raise ImportError("No module named 'awscrt'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_crt)
+    export = tmp_path / "revoked.json"
+    export.write_text("[]")
+    with pytest.raises(SystemExit) as e:
+        sync.main(["--kvs-arn", "arn:aws:cloudfront::1:key-value-store/x", str(export)])
+    assert "botocore[crt]" in str(e.value)
+
+
+def test_every_module_variable_is_used():
+    """A variable the module never reads is a setting that silently does nothing."""
+    import re
+
+    for module in MODULES.iterdir():
+        variables = (module / "variables.tf").read_text()
+        body = "".join(p.read_text() for p in module.glob("*.tf") if p.name != "variables.tf")
+        for name in re.findall(r'^variable "(\w+)"', variables, re.M):
+            assert re.search(rf"var\.{name}\b", body), f"{module.name}: var.{name} is never used"

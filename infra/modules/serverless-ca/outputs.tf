@@ -32,3 +32,8 @@ output "functions" {
   description = "Lambda function names."
   value       = { http = aws_lambda_function.http.function_name, publish = aws_lambda_function.publish.function_name }
 }
+
+output "init_command" {
+  description = "The one-time `lanyard-ca init` for this deployment: the table, bucket and KMS keys made here, and public_url written into every certificate (AIA, CRL distribution point)."
+  value       = "LANYARD_CA_BACKEND=aws LANYARD_AWS_TABLE=${aws_dynamodb_table.ca.name} LANYARD_AWS_BUCKET=${aws_s3_bucket.publications.bucket} LANYARD_AWS_ROOT_KEY_ID=${aws_kms_key.root.key_id} LANYARD_AWS_ISSUING_KEY_ID=${aws_kms_key.issuing.key_id} lanyard-ca init --public-url ${var.public_url}"
+}
