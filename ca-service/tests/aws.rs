@@ -204,6 +204,7 @@ async fn serverless_ca_on_moto() {
     );
 
     init_is_checked_claimed_and_cleaned_up(&cfg).await;
+    a_revocation_moves_the_generation_in_its_own_transaction(&cfg).await;
 
     // init with KMS keys; a second init refuses.
     table(&cfg, "lanyard-ca").await;
@@ -533,4 +534,63 @@ async fn init_is_checked_claimed_and_cleaned_up(cfg: &aws_config::SdkConfig) {
     }
     assert_eq!(pending, 1, "the orphaned root key is scheduled for deletion");
     at("init-fail", None).init(&opts("Fleet"), &SystemClock).await.expect("init again");
+}
+
+/// A strict stand-in for a DynamoDB whose single writes fail (throttled, or the process
+/// dies between two requests): every `UpdateItem` outside a transaction is refused before
+/// it is sent. moto never fails a write on its own.
+#[derive(Debug)]
+struct SingleUpdatesFail;
+
+impl aws_sdk_dynamodb::config::Intercept for SingleUpdatesFail {
+    fn name(&self) -> &'static str {
+        "SingleUpdatesFail"
+    }
+
+    fn read_before_execution(
+        &self,
+        ctx: &aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef<'_>,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let update = ctx
+            .input()
+            .downcast_ref::<aws_sdk_dynamodb::operation::update_item::UpdateItemInput>()
+            .is_some();
+        if update {
+            return Err("stand-in: this UpdateItem fails".into());
+        }
+        Ok(())
+    }
+}
+
+/// The revocation generation (what tells warm handlers their cached CRL is old) moves in
+/// the revocation's own transaction: with every single write failing, a revocation is
+/// still stored whole, generation included, or not at all.
+async fn a_revocation_moves_the_generation_in_its_own_transaction(cfg: &aws_config::SdkConfig) {
+    use lanyard_ca::store::Store;
+    table(cfg, "revoke-generation").await;
+    let strict = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(cfg).interceptor(SingleUpdatesFail).build(),
+    );
+    let store = Arc::new(DynamoStore::new(strict, "revoke-generation"));
+    let ca = conformance::ca_with(store.clone());
+    let (t, _) = ca
+        .auth
+        .create_token("gen-1", "default", Duration::from_secs(600), "test")
+        .await
+        .expect("token");
+    let cert = ca
+        .auth
+        .enroll("gen-1", &t, &csr("gen-1"), &Default::default())
+        .await
+        .expect("enrol")
+        .record;
+    let before = store.revocation_generation().await.expect("generation");
+    ca.auth
+        .revoke(&cert.serial, Reason::KeyCompromise, false, "test", &Default::default())
+        .await
+        .expect("the revocation needs no write outside its transaction");
+    assert!(store.revocation_generation().await.expect("generation") > before);
+    let stored = store.cert(&cert.serial).await.expect("read").expect("cert");
+    assert!(stored.revocation.is_some());
 }

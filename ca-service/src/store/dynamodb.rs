@@ -308,6 +308,19 @@ impl DynamoStore {
         }
     }
 
+    /// `bump` as a transaction item (no condition).
+    fn bump_tx(&self, name: &str) -> Result<TransactWriteItem> {
+        let u = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(format!("COUNTER#{name}")))
+            .update_expression("ADD #v :one")
+            .expression_attribute_names("#v", "value")
+            .expression_attribute_values(":one", n(1))
+            .build()
+            .map_err(|e| err("build", e))?;
+        Ok(TransactWriteItem::builder().update(u).build())
+    }
+
     async fn bump(&self, name: &str) -> Result<u64> {
         let out = self
             .client
@@ -549,11 +562,11 @@ impl Store for DynamoStore {
             "attribute_exists(pk) AND attribute_not_exists(revoked_at)",
             vec![(":at", n(ts(rev.at))), (":r", s(rev.reason.name()))],
         )?;
-        match self.transact(vec![upd, self.put_tx(audit_item(&audit), None)?]).await? {
-            Ok(()) => {
-                self.bump("revocations").await?;
-                Ok(RevokeOutcome::Revoked)
-            }
+        // The revocation generation moves in the same transaction: a revocation is never
+        // stored without warm handlers learning that their cached CRL is old.
+        let items = vec![upd, self.put_tx(audit_item(&audit), None)?, self.bump_tx("revocations")?];
+        match self.transact(items).await? {
+            Ok(()) => Ok(RevokeOutcome::Revoked),
             Err(_) => match self.cert(serial).await?.and_then(|c| c.revocation) {
                 Some(r) => Ok(RevokeOutcome::AlreadyRevoked(r)),
                 None => Ok(RevokeOutcome::NotFound),
