@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the .debs and checks them the way Debian and systemd would: lintian without
 # errors or warnings, `systemd-analyze verify` silent, `systemd-analyze security` exposure
-# at or under 2.0, install, files/owners/modes, the programs run (arm64 under qemu-user),
-# purge leaves nothing behind. With CI=true a missing tool fails the run.
+# at or under 2.0, a signed apt repository of them that apt accepts (and refuses unsigned),
+# install, files/owners/modes, the programs run (arm64 under qemu-user), purge leaves
+# nothing behind. With CI=true a missing tool fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -36,6 +37,11 @@ if need lintian; then
     lintian --fail-on error,warning --profile debian \
       --suppress-tags-from-file packaging/lintian/suppressed "$deb"
   done
+fi
+
+echo "--> signed apt repository (build-apt-repo.sh; gpgv, and apt in a private root)"
+if need apt-ftparchive && need gpg && need gpgv; then
+  bash packaging/tests/apt-repo.sh dist/*.deb
 fi
 
 echo "--> systemd-analyze security (exposure must be 2.0 or lower)"

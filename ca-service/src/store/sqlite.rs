@@ -77,6 +77,11 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 "#;
 
+/// The schema this build writes, kept in `PRAGMA user_version`. 0 is a database from
+/// before versions were kept (0.1.0 on): migrated by [`migrate`], which adds what it lacks.
+/// Raise it with every change to [`SCHEMA`] or [`migrate`].
+pub const SCHEMA_VERSION: i64 = 1;
+
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
@@ -119,6 +124,12 @@ impl SqliteStore {
             .map_err(|e| CaError::Storage(format!("opening {}: {e}", path.display())))?;
         let conn = Connection::open(path)
             .map_err(|e| CaError::Storage(format!("opening {}: {e}", path.display())))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let found = schema_version(&conn)?;
+        check_not_newer(found, path)?;
+        if found < SCHEMA_VERSION && has_tables(&conn)? {
+            backup(&conn, path, found)?;
+        }
         Self::setup(conn)
     }
 
@@ -136,8 +147,11 @@ impl SqliteStore {
         // One writer at a time: a CA and a CLI opening an old database together must not
         // both add a column (the second would fail on "duplicate column").
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Read again under the write lock: another process may have migrated meanwhile.
+        check_not_newer(schema_version(&tx)?, Path::new("the database"))?;
         tx.execute_batch(SCHEMA)?;
         migrate(&tx)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
@@ -158,6 +172,50 @@ impl SqliteStore {
         .await
         .map_err(|e| CaError::Storage(format!("store task failed: {e}")))?
     }
+}
+
+fn schema_version(c: &Connection) -> Result<i64> {
+    Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+}
+
+fn has_tables(c: &Connection) -> Result<bool> {
+    let n: i64 =
+        c.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))?;
+    Ok(n > 0)
+}
+
+/// A database written by a newer lanyard-ca is not opened: this build would not know what
+/// its columns mean, and writing to it could lose what the newer one keeps.
+fn check_not_newer(found: i64, path: &Path) -> Result<()> {
+    if found > SCHEMA_VERSION {
+        return Err(CaError::Config(format!(
+            "{} has schema {found}, written by a newer lanyard-ca (this one knows schema {SCHEMA_VERSION} and older): install the newer lanyard-ca again, or restore the backup the upgrade took beside it (lanyard-ca.db.before-schema-*)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A consistent copy of the whole database (`VACUUM INTO`, 0600), taken before a
+/// migration: `lanyard-ca.db.before-schema-<N>-<unix time>`, N the new schema.
+fn backup(c: &Connection, path: &Path, found: i64) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let name = format!(
+        "{}.before-schema-{SCHEMA_VERSION}-{now}-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("lanyard-ca.db"),
+        std::process::id()
+    );
+    let to = path.with_file_name(name);
+    let target = to
+        .to_str()
+        .ok_or_else(|| CaError::Storage(format!("{}: not UTF-8", to.display())))?;
+    c.execute("VACUUM INTO ?1", [target])
+        .map_err(|e| CaError::Storage(format!("backing up before migration to {target}: {e}")))?;
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| CaError::Storage(format!("chmod {target}: {e}")))?;
+    tracing::info!(from = found, to = SCHEMA_VERSION, backup = %target, "migrating the database; a copy was taken first");
+    Ok(())
 }
 
 /// Columns added after the first release: added in place to databases made before them.
@@ -827,5 +885,48 @@ mod tests {
         drop(store);
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.token("t-old").await.unwrap().unwrap().revoked_at, Some(at));
+        // The migration was versioned, and a copy of the old database taken first (once).
+        let version: i64 =
+            store.with(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let backups: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".before-schema-"))
+            .collect();
+        assert_eq!(backups.len(), 1, "{backups:?}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(backups[0].metadata().unwrap().permissions().mode() & 0o777, 0o600);
+        let old = Connection::open(backups[0].path()).unwrap();
+        let (n, cols): (i64, i64) = old
+            .query_row(
+                "SELECT (SELECT count(*) FROM tokens), (SELECT count(*) FROM pragma_table_info('tokens') WHERE name = 'revoked_at')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((n, cols), (1, 0), "the backup is the database as it was");
+    }
+
+    /// A new database gets the current schema version and no backup; one written by a newer
+    /// lanyard-ca is refused, naming what to do, and left as it was.
+    #[tokio::test]
+    async fn schema_versions_are_recorded_and_a_newer_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lanyard-ca.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let count = || std::fs::read_dir(dir.path()).unwrap().count();
+        let files = count();
+        drop(SqliteStore::open(&path).unwrap());
+        assert_eq!(count(), files, "no backup when nothing is migrated");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        }
+        let e = SqliteStore::open(&path).expect_err("newer");
+        assert!(e.to_string().contains("newer lanyard-ca"), "{e}");
+        let c = Connection::open(&path).unwrap();
+        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION + 1, "left as it was");
     }
 }
