@@ -221,3 +221,18 @@ def test_every_module_variable_is_used():
         body = "".join(p.read_text() for p in module.glob("*.tf") if p.name != "variables.tf")
         for name in re.findall(r'^variable "(\w+)"', variables, re.M):
             assert re.search(rf"var\.{name}\b", body), f"{module.name}: var.{name} is never used"
+
+
+def test_the_mtls_domain_waits_for_the_bundle():
+    """API Gateway reads a custom domain's mTLS trust store when it creates the domain; the
+    bundle is written by `lanyard-ca init` after the first apply. The renewal domain and its
+    mapping exist only once truststore_version is set (the second apply)."""
+    import re
+
+    main = (MODULES / "serverless-ca" / "main.tf").read_text()
+    for kind in ("aws_apigatewayv2_domain_name", "aws_apigatewayv2_api_mapping"):
+        block = re.search(rf'resource "{kind}" "renewal" \{{(.*?)\n\}}', main, re.S).group(1)
+        assert re.search(r"count\s*=\s*var\.truststore_version == null \? 0 : 1", block), kind
+    variables = (MODULES / "serverless-ca" / "variables.tf").read_text()
+    block = variables[variables.index('variable "truststore_version"') :]
+    assert re.search(r"default\s*=\s*null", block.split("}")[0])

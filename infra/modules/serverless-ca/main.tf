@@ -464,8 +464,12 @@ resource "aws_apigatewayv2_domain_name" "bootstrap" {
 }
 
 # Renewal: API Gateway verifies the device certificate against the CA's own bundle and
-# hands it to the Lambda in the request context.
+# hands it to the Lambda in the request context. API Gateway reads the trust store when the
+# domain is created, and the bundle exists only once `lanyard-ca init --backend aws` has
+# published it: so the domain is made by the second apply, the one that sets
+# truststore_version (the first apply makes everything else, init runs in between).
 resource "aws_apigatewayv2_domain_name" "renewal" {
+  count       = var.truststore_version == null ? 0 : 1
   domain_name = var.renewal_domain
   domain_name_configuration {
     certificate_arn = var.certificate_arn
@@ -486,8 +490,9 @@ resource "aws_apigatewayv2_api_mapping" "bootstrap" {
 }
 
 resource "aws_apigatewayv2_api_mapping" "renewal" {
+  count       = var.truststore_version == null ? 0 : 1
   api_id      = aws_apigatewayv2_api.ca.id
-  domain_name = aws_apigatewayv2_domain_name.renewal.id
+  domain_name = aws_apigatewayv2_domain_name.renewal[0].id
   stage       = aws_apigatewayv2_stage.ca.id
 }
 

@@ -24,8 +24,8 @@ output "bootstrap_target" {
 }
 
 output "renewal_target" {
-  description = "Regional target for the renewal hostname's DNS alias."
-  value       = aws_apigatewayv2_domain_name.renewal.domain_name_configuration[0].target_domain_name
+  description = "Regional target for the renewal hostname's DNS alias (null until truststore_version is set: the second apply creates the domain)."
+  value       = one(aws_apigatewayv2_domain_name.renewal[*].domain_name_configuration[0].target_domain_name)
 }
 
 output "functions" {
