@@ -340,6 +340,11 @@ data "aws_cloudfront_cache_policy" "caching_optimized" {
   name = "Managed-CachingOptimized"
 }
 
+# A custom origin answers per device: nothing is cached.
+data "aws_cloudfront_cache_policy" "caching_disabled" {
+  name = "Managed-CachingDisabled"
+}
+
 resource "aws_cloudfront_origin_request_policy" "viewer_cert" {
   name    = "${var.name}-viewer-cert"
   comment = "Forward the client certificate headers to the origin."
@@ -419,13 +424,27 @@ resource "aws_cloudfront_distribution" "this" {
     origin_access_control_id = aws_cloudfront_origin_access_control.origin.id
   }
 
+  dynamic "origin" {
+    for_each = var.custom_origin_domain == null ? [] : [var.custom_origin_domain]
+    content {
+      origin_id   = "custom"
+      domain_name = origin.value
+      custom_origin_config {
+        http_port              = 80
+        https_port             = 443
+        origin_protocol_policy = "https-only"
+        origin_ssl_protocols   = ["TLSv1.2"]
+      }
+    }
+  }
+
   default_cache_behavior {
-    target_origin_id           = "private-s3"
+    target_origin_id           = var.custom_origin_domain == null ? "private-s3" : "custom"
     viewer_protocol_policy     = "https-only"
-    allowed_methods            = ["GET", "HEAD", "OPTIONS"]
+    allowed_methods            = var.custom_origin_domain == null ? ["GET", "HEAD", "OPTIONS"] : ["GET", "HEAD", "OPTIONS", "PUT", "POST", "PATCH", "DELETE"]
     cached_methods             = ["GET", "HEAD"]
     compress                   = true
-    cache_policy_id            = data.aws_cloudfront_cache_policy.caching_optimized.id
+    cache_policy_id            = var.custom_origin_domain == null ? data.aws_cloudfront_cache_policy.caching_optimized.id : data.aws_cloudfront_cache_policy.caching_disabled.id
     origin_request_policy_id   = aws_cloudfront_origin_request_policy.viewer_cert.id
     response_headers_policy_id = aws_cloudfront_response_headers_policy.security.id
   }
@@ -446,8 +465,8 @@ resource "aws_cloudfront_distribution" "this" {
     mode = var.mtls_mode
     trust_store_config {
       trust_store_id                 = aws_cloudfront_trust_store.this.id
-      advertise_trust_store_ca_names = true
-      ignore_certificate_expiry      = false
+      advertise_trust_store_ca_names = var.advertise_trust_store_ca_names
+      ignore_certificate_expiry      = var.ignore_certificate_expiry
     }
   }
 
@@ -466,4 +485,42 @@ resource "aws_cloudfront_distribution" "this" {
 
   depends_on = [aws_s3_bucket_ownership_controls.logs]
   tags       = var.tags
+}
+
+# ---- connection logs ---------------------------------------------------------------------
+# The handshake's decisions (a certificate refused, the connection function's deny and its
+# logCustomData) are in connection logs only, delivered by CloudWatch vended log delivery
+# from us-east-1 (this module's default provider).
+
+resource "aws_cloudwatch_log_group" "connections" {
+  #checkov:skip=CKV_AWS_158: CloudWatch Logs encrypts every log group at rest; a customer-managed key would need a key policy for the logs service in us-east-1, which the operator can add with kms_key_id.
+  count             = var.connection_logs ? 1 : 0
+  name              = "/aws/cloudfront/${var.name}/connections"
+  retention_in_days = var.connection_log_retention_days
+  tags              = var.tags
+}
+
+resource "aws_cloudwatch_log_delivery_source" "connections" {
+  count        = var.connection_logs ? 1 : 0
+  name         = "${var.name}-connections"
+  log_type     = "CONNECTION_LOGS"
+  resource_arn = aws_cloudfront_distribution.this.arn
+  tags         = var.tags
+}
+
+resource "aws_cloudwatch_log_delivery_destination" "connections" {
+  count         = var.connection_logs ? 1 : 0
+  name          = "${var.name}-connections"
+  output_format = "json"
+  delivery_destination_configuration {
+    destination_resource_arn = aws_cloudwatch_log_group.connections[0].arn
+  }
+  tags = var.tags
+}
+
+resource "aws_cloudwatch_log_delivery" "connections" {
+  count                    = var.connection_logs ? 1 : 0
+  delivery_source_name     = aws_cloudwatch_log_delivery_source.connections[0].name
+  delivery_destination_arn = aws_cloudwatch_log_delivery_destination.connections[0].arn
+  tags                     = var.tags
 }

@@ -32,3 +32,8 @@ output "log_bucket" {
   description = "Access log bucket."
   value       = aws_s3_bucket.logs.bucket
 }
+
+output "connection_log_group" {
+  description = "CloudWatch log group of the distribution's connection logs (null when connection_logs is false)."
+  value       = one(aws_cloudwatch_log_group.connections[*].name)
+}

@@ -52,6 +52,40 @@ variable "mtls_mode" {
   }
 }
 
+variable "advertise_trust_store_ca_names" {
+  description = "Send the trust store's CA names in the TLS CertificateRequest, so a client holding several certificates picks the one this CA issued."
+  type        = bool
+  default     = true
+}
+
+variable "ignore_certificate_expiry" {
+  description = "Accept expired client certificates (CloudFront then checks the chain only). Leave it false: Lanyard renews before expiry, and an expired certificate should fail."
+  type        = bool
+  default     = false
+}
+
+variable "custom_origin_domain" {
+  description = "A custom origin (an API, an ALB) to send requests to instead of the module's private S3 bucket: its DNS name, reached over HTTPS. It receives the CloudFront-Viewer-Cert-* headers (serial, issuer, subject, SHA-256, validity, PEM) through the module's origin request policy, and is not cached."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.custom_origin_domain == null || can(regex("^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]{2,63}$", var.custom_origin_domain))
+    error_message = "custom_origin_domain must be a lowercase DNS name (no scheme, no path)."
+  }
+}
+
+variable "connection_logs" {
+  description = "Deliver CloudFront's connection logs (each TLS handshake: the client certificate, accepted or refused, and what the connection function logged) to a CloudWatch log group. Refusals at the handshake appear nowhere else: the access logs only see requests."
+  type        = bool
+  default     = true
+}
+
+variable "connection_log_retention_days" {
+  description = "How long the connection log group keeps events."
+  type        = number
+  default     = 365
+}
+
 variable "revocation_at_edge" {
   description = "Associate the connection function that denies serials listed in the KeyValueStore."
   type        = bool
