@@ -279,25 +279,6 @@ impl AwsBackend {
         Authority::new(self.store.clone(), clock, keys, publication)
     }
 
-    async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<()> {
-        let Some(bucket) = &self.bucket else { return Ok(()) };
-        self.s3
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(aws_sdk_s3::primitives::ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| {
-                CaError::Storage(format!(
-                    "S3 PutObject {key}: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                ))
-            })?;
-        Ok(())
-    }
-
     /// When `crl/crl.pem` was last written to the publication bucket (what the scheduled
     /// publisher and `lanyard-ca crl` write); `None` when it never was.
     pub async fn last_publication(&self) -> Result<Option<OffsetDateTime>> {
@@ -314,8 +295,8 @@ impl AwsBackend {
         }
     }
 
-    /// Publishes to S3: `ca-bundle.pem` (text/plain, what CloudFront's trust store reads),
-    /// the CRLs (DER and PEM) and `revoked.json` (the KeyValueStore export).
+    /// Publishes to the bucket (`S3Feed` at its top): `ca-bundle.pem`, the CRLs and
+    /// `revoked.json`, after revoking superseded certificates whose grace ran out.
     pub async fn publish(&self, auth: &Authority) -> Result<Published> {
         let Some(bucket) = self.bucket.clone() else {
             return Err(CaError::Config(
@@ -328,7 +309,57 @@ impl AwsBackend {
         if !retired.is_empty() {
             tracing::info!(count = retired.len(), "revoked superseded certificates");
         }
-        let bundle = crate::bundle::build(&s.name, &auth.keys().root_der, &auth.keys().issuing_der);
+        S3Feed { s3: self.s3.clone(), bucket, prefix: String::new() }.publish(auth, &s.name).await
+    }
+}
+
+/// One S3 location that every AWS trust store reads from: `ca-bundle.pem` (text/plain: the
+/// CloudFront, ALB and API Gateway trust stores), `crl/issuing.crl` and `crl/root.crl`
+/// (DER: the ALB trust store's revocation), `crl/crl.pem` (both, PEM) and `revoked.json`
+/// (the CloudFront KeyValueStore export). Both backends write it: the serverless CA to its
+/// publication bucket, the embedded CA with `lanyard-ca publish --s3 s3://BUCKET/PREFIX`.
+#[derive(Clone, Debug)]
+pub struct S3Feed {
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+    /// Empty, or ends with `/`.
+    prefix: String,
+}
+
+impl S3Feed {
+    /// `s3://bucket` or `s3://bucket/prefix`, with the standard AWS configuration chain.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let (bucket, prefix) = parse_s3_url(url)?;
+        let cfg = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let s3_cfg =
+            aws_sdk_s3::config::Builder::from(&cfg).force_path_style(path_style(&cfg)).build();
+        Ok(S3Feed { s3: aws_sdk_s3::Client::from_conf(s3_cfg), bucket, prefix })
+    }
+
+    async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<String> {
+        let key = format!("{}{key}", self.prefix);
+        self.s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type(content_type)
+            .body(aws_sdk_s3::primitives::ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| {
+                CaError::Storage(format!(
+                    "S3 PutObject s3://{}/{key}: {}",
+                    self.bucket,
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                ))
+            })?;
+        Ok(format!("s3://{}/{key}", self.bucket))
+    }
+
+    /// Writes the feed: the bundle (named `ca_name`), the CRLs and the revocation export.
+    /// The bundle goes last but one: an edge that sees a new bundle finds its CRLs there.
+    pub async fn publish(&self, auth: &Authority, ca_name: &str) -> Result<Published> {
+        let bundle = crate::bundle::build(ca_name, &auth.keys().root_der, &auth.keys().issuing_der);
         let issuing_crl = auth.issuing_crl().await?;
         let root_crl = auth.root_crl().await?;
         let pem = format!(
@@ -340,17 +371,37 @@ impl AwsBackend {
         let json = serde_json::to_vec(&revoked).map_err(|e| CaError::Config(e.to_string()))?;
         let mut out = Published { revoked: revoked.len(), ..Default::default() };
         for (key, body, ct) in [
-            ("ca-bundle.pem", bundle.into_bytes(), "text/plain"),
             ("crl/issuing.crl", issuing_crl, "application/pkix-crl"),
             ("crl/root.crl", root_crl, "application/pkix-crl"),
             ("crl/crl.pem", pem.into_bytes(), "application/x-pem-file"),
+            ("ca-bundle.pem", bundle.into_bytes(), "text/plain"),
             ("revoked.json", json, "application/json"),
         ] {
-            self.put(key, body, ct).await?;
-            out.objects.push(format!("s3://{bucket}/{key}"));
+            out.objects.push(self.put(key, body, ct).await?);
         }
         Ok(out)
     }
+}
+
+/// `s3://bucket[/prefix]` as (bucket, prefix ending in `/` or empty).
+pub fn parse_s3_url(url: &str) -> Result<(String, String)> {
+    let bad = || {
+        CaError::BadRequest(format!(
+            "{url:?} is not an S3 location: give s3://BUCKET or s3://BUCKET/PREFIX"
+        ))
+    };
+    let rest = url.strip_prefix("s3://").ok_or_else(bad)?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    let prefix = prefix.trim_matches('/');
+    if !bucket_ok || prefix.contains("//") || prefix.chars().any(|c| c.is_control()) {
+        return Err(bad());
+    }
+    let prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+    Ok((bucket.to_owned(), prefix))
 }
 
 impl AwsBackend {
@@ -497,6 +548,16 @@ impl KvsPlan {
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn s3_locations_are_parsed_or_refused() {
+        assert_eq!(parse_s3_url("s3://feed").ok(), Some(("feed".into(), String::new())));
+        assert_eq!(parse_s3_url("s3://feed/edge/").ok(), Some(("feed".into(), "edge/".into())));
+        assert_eq!(parse_s3_url("s3://feed/a/b").ok(), Some(("feed".into(), "a/b/".into())));
+        for bad in ["feed", "https://feed/x", "s3://", "s3://UPPER", "s3://f", "s3://feed/a//b"] {
+            assert!(parse_s3_url(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn s3_is_addressed_path_style_only_at_a_local_endpoint() {

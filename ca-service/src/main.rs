@@ -199,6 +199,16 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Publish the CA's feed for AWS trust stores to S3: ca-bundle.pem (CloudFront, ALB and
+    /// API Gateway trust stores), crl/issuing.crl and crl/root.crl (DER, the ALB trust
+    /// store's revocation), crl/crl.pem, revoked.json (CloudFront KeyValueStore). Run it
+    /// after revocations (or from a timer) so that the CRLs there stay fresh.
+    Publish {
+        /// Where: s3://BUCKET or s3://BUCKET/PREFIX (credentials and region from the
+        /// standard AWS configuration chain).
+        #[arg(long)]
+        s3: String,
+    },
     /// Check a bundle against CloudFront's trust store rules (default: DIR/ca-bundle.pem).
     Bundle {
         /// The bundle to check (default: DIR/ca-bundle.pem).
@@ -1186,6 +1196,34 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 eprintln!("CRLs (issuing, root) written to {}", out.display());
             } else {
                 eprintln!("CRLs published to {published}");
+            }
+        }
+        Cmd::Publish { s3 } => {
+            #[cfg(feature = "aws")]
+            {
+                lanyard_ca::aws::parse_s3_url(&s3)?;
+                let (ca, a) = open(&dir).await?;
+                let local = ca.publish(&a).await?;
+                let name = match &ca {
+                    Ca::Embedded(d) => d.settings()?.name,
+                    Ca::Aws(b) => b.settings().await?.name,
+                };
+                let feed = lanyard_ca::aws::S3Feed::connect(&s3).await?;
+                let published = feed.publish(&a, &name).await?;
+                for o in &published.objects {
+                    outln!("{o}");
+                }
+                eprintln!(
+                    "published to {s3} ({} revoked certificates in revoked.json); CRLs also in {local}",
+                    published.revoked
+                );
+            }
+            #[cfg(not(feature = "aws"))]
+            {
+                let _ = s3;
+                return Err(CaError::Config(
+                    "publish --s3 needs the AWS SDK: this lanyard-ca was built without the aws feature (cargo build --features aws)".into(),
+                ));
             }
         }
         Cmd::Bundle { check } => {

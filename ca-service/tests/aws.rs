@@ -394,6 +394,67 @@ async fn serverless_ca_on_moto() {
     // in --admin-dir) signs in, the devices page lists the fleet's device, and `/metrics`
     // has the age of the S3 publication.
     console_on_aws(&m.1, "sensor-1.fleet.example.com");
+    an_embedded_ca_feeds_s3(&cfg, &m.1).await;
+}
+
+/// The embedded CA feeds AWS trust stores too (`lanyard-ca publish --s3`, the binary): the
+/// bundle it keeps in its directory, both CRLs in DER and PEM and the revocation export,
+/// under a prefix, each with the content type its reader wants.
+async fn an_embedded_ca_feeds_s3(cfg: &aws_config::SdkConfig, endpoint: &str) {
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(cfg).force_path_style(true).build(),
+    );
+    s3.create_bucket().bucket("feed").send().await.expect("bucket");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca");
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lanyard-ca"))
+            .args(args)
+            .arg("--dir")
+            .arg(&ca)
+            .env_remove("LANYARD_CA_BACKEND")
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .expect("lanyard-ca");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = cli(&["init", "--name", "Fleet"]);
+    assert!(ok, "{text}");
+    let (ok, text) = cli(&["publish", "--s3", "https://feed/edge"]);
+    assert!(!ok && text.contains("not an S3 location"), "{text}");
+    let (ok, text) = cli(&["publish", "--s3", "s3://feed/edge"]);
+    assert!(ok, "{text}");
+    let get = |key: &'static str| {
+        let s3 = s3.clone();
+        async move {
+            let o = s3.get_object().bucket("feed").key(key).send().await.expect(key);
+            let ct = o.content_type().unwrap_or_default().to_owned();
+            (ct, o.body.collect().await.expect("read").into_bytes().to_vec())
+        }
+    };
+    let (ct, bundle) = get("edge/ca-bundle.pem").await;
+    assert_eq!(ct, "text/plain");
+    assert_eq!(bundle, std::fs::read(ca.join("ca-bundle.pem")).expect("bundle"), "the CA's bundle");
+    lanyard_ca::bundle::check(&bundle).expect("CloudFront bundle rules");
+    for key in ["edge/crl/issuing.crl", "edge/crl/root.crl"] {
+        let (ct, der) = get(key).await;
+        assert_eq!(ct, "application/pkix-crl", "{key}");
+        x509_parser::parse_x509_crl(&der).expect(key);
+    }
+    let (_, pem) = get("edge/crl/crl.pem").await;
+    assert_eq!(String::from_utf8_lossy(&pem).matches("BEGIN X509 CRL").count(), 2);
+    let (ct, json) = get("edge/revoked.json").await;
+    assert_eq!(ct, "application/json");
+    let revoked: Vec<serde_json::Value> = serde_json::from_slice(&json).expect("revoked.json");
+    assert!(revoked.is_empty());
 }
 
 fn console_on_aws(endpoint: &str, identity: &str) {

@@ -207,9 +207,8 @@ fn backup(c: &Connection, path: &Path, found: i64) -> Result<()> {
         std::process::id()
     );
     let to = path.with_file_name(name);
-    let target = to
-        .to_str()
-        .ok_or_else(|| CaError::Storage(format!("{}: not UTF-8", to.display())))?;
+    let target =
+        to.to_str().ok_or_else(|| CaError::Storage(format!("{}: not UTF-8", to.display())))?;
     c.execute("VACUUM INTO ?1", [target])
         .map_err(|e| CaError::Storage(format!("backing up before migration to {target}: {e}")))?;
     std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))
@@ -886,8 +885,10 @@ mod tests {
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.token("t-old").await.unwrap().unwrap().revoked_at, Some(at));
         // The migration was versioned, and a copy of the old database taken first (once).
-        let version: i64 =
-            store.with(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?)).await.unwrap();
+        let version: i64 = store
+            .with(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
+            .await
+            .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
         let backups: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
