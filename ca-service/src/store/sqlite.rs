@@ -200,7 +200,7 @@ fn check_not_newer(found: i64, path: &Path) -> Result<()> {
 /// migration: `lanyard-ca.db.before-schema-<N>-<unix time>`, N the new schema.
 fn backup(c: &Connection, path: &Path, found: i64) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock).unix_timestamp();
     let name = format!(
         "{}.before-schema-{SCHEMA_VERSION}-{now}-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("lanyard-ca.db"),
