@@ -1,5 +1,5 @@
 """The module's bundle preconditions (modules/cloudfront-mtls/main.tf, locals and the
-aws_s3_object precondition blocks), mirrored in Python so they can be checked offline
+aws_cloudfront_trust_store precondition blocks), mirrored in Python so they can be checked offline
 against a real bundle. Keep both in step."""
 
 import re

@@ -26,8 +26,9 @@ RENAMED = {
     ("aws_cloudwatch_metric_alarm", "alarm_name"): "name",
 }
 
-# Where Pulumi named a resource type differently from the Terraform provider.
-TYPE_RENAMED = {"aws_s3_object": "aws_s3_bucket_objectv2"}
+# Where Pulumi named a resource type differently from the Terraform provider (resources
+# only: the data source aws_s3_object is getObject there).
+TYPE_RENAMED = {("resource", "aws_s3_object"): "aws_s3_bucket_objectv2"}
 
 META = {"count", "for_each", "depends_on", "lifecycle", "provider", "providers", "timeouts", "connection", "provisioner"}
 
@@ -69,7 +70,7 @@ class Schema:
         self.tokens[("data" if data else "resource", tf)] = js
 
     def args(self, kind, tf):
-        js = self.tokens.get((kind, TYPE_RENAMED.get(tf, tf)))
+        js = self.tokens.get((kind, TYPE_RENAMED.get((kind, tf), tf)))
         if js is None:
             return None
         dts = js.with_suffix(".d.ts").read_text()

@@ -236,3 +236,31 @@ def test_the_mtls_domain_waits_for_the_bundle():
     variables = (MODULES / "serverless-ca" / "variables.tf").read_text()
     block = variables[variables.index('variable "truststore_version"') :]
     assert re.search(r"default\s*=\s*null", block.split("}")[0])
+
+
+def test_examples_give_each_module_what_it_declares():
+    """Offline stand-in for `terraform validate` of the module calls (the provider registry
+    is out of reach): every argument an example passes is a variable of the module, and
+    every variable without a default is passed."""
+    import hcl2
+
+    meta = {"source", "providers", "count", "for_each", "depends_on", "version", "__start_line__", "__end_line__"}
+    for example in (HERE.parent / "examples").iterdir():
+        for tf in example.glob("*.tf"):
+            with open(tf) as f:
+                doc = hcl2.load(f)
+            for block in doc.get("module", []):
+                for name, args in block.items():
+                    source = args["source"]
+                    source = source[0] if isinstance(source, list) else source
+                    module = (example / source).resolve()
+                    declared = {}
+                    with open(module / "variables.tf") as f:
+                        for v in hcl2.load(f).get("variable", []):
+                            for vname, body in v.items():
+                                declared[vname] = "default" in body
+                    given = set(args) - meta
+                    unknown = given - set(declared)
+                    assert not unknown, f"{example.name}: module {name} has no variable {unknown}"
+                    missing = {v for v, has_default in declared.items() if not has_default} - given
+                    assert not missing, f"{example.name}: module {name} needs {missing}"

@@ -19,8 +19,8 @@ output "revoked_kvs_arn" {
 }
 
 output "bundle_bucket" {
-  description = "Bucket holding ca-bundle.pem."
-  value       = aws_s3_bucket.bundle.bucket
+  description = "Bucket holding ca-bundle.pem (the module's own, or the feed's)."
+  value       = local.own_bundle ? aws_s3_bucket.bundle[0].bucket : var.ca_bundle_s3.bucket
 }
 
 output "origin_bucket" {

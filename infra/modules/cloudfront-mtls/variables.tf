@@ -28,8 +28,24 @@ variable "zone_id" {
 }
 
 variable "ca_bundle_path" {
-  description = "Path to the CA bundle written by `lanyard-ca init` (DIR/ca-bundle.pem). A change of its content updates the trust store on the next apply."
+  description = "Path to the CA bundle written by `lanyard-ca init` (DIR/ca-bundle.pem), uploaded to a bucket of the module's own. A change of its content updates the trust store on the next apply. Give this or ca_bundle_s3."
   type        = string
+  default     = null
+}
+
+variable "ca_bundle_s3" {
+  description = "The bundle where the CA's S3 feed keeps it (`lanyard-ca publish --s3`, or the serverless CA's bucket): bucket, key (PREFIX/ca-bundle.pem), object version, and the bucket's region (the aws.bundle provider's). The same object can feed ALB and API Gateway trust stores (modules alb-mtls, apigw-mtls). Give this or ca_bundle_path."
+  type = object({
+    bucket  = string
+    key     = string
+    version = string
+    region  = optional(string, "us-east-1")
+  })
+  default = null
+  validation {
+    condition     = (var.ca_bundle_s3 == null) != (var.ca_bundle_path == null)
+    error_message = "Give the CA bundle one way: ca_bundle_path (a local file) or ca_bundle_s3 (the CA's S3 feed)."
+  }
 }
 
 variable "bundle_region" {
