@@ -312,6 +312,50 @@ impl Authority {
         &self.publication
     }
     /// Issuing CA then root, DER: what `/cacerts` serves and what follows every leaf.
+    /// The root CA certificate (DER).
+    pub fn root_certificate(&self) -> &[u8] {
+        &self.keys.root_der
+    }
+
+    /// The issuing CA certificate (DER).
+    pub fn issuing_certificate(&self) -> &[u8] {
+        &self.keys.issuing_der
+    }
+
+    /// Whether the store answers (`/healthz`).
+    pub async fn ready(&self) -> Result<()> {
+        self.store.revocation_generation().await.map(|_| ())
+    }
+
+    /// The group of an enrolment token presented with its identity (checked, not used):
+    /// what `/csrattrs` and `/v1/policy` answer a device that has no certificate yet. Each
+    /// refusal carries its code.
+    pub async fn group_of_token(&self, identity: &str, token: &TokenSecret) -> Result<String> {
+        match self.store.token(&token.hash()).await? {
+            Some(t) if t.identity != identity => Err(CaError::refused(
+                ProblemCode::IdentityMismatch,
+                format!("this token is bound to another identity, not {identity:?}"),
+            )),
+            Some(t) if t.used.is_some() => Err(CaError::refused(
+                ProblemCode::TokenUsed,
+                format!("enrolment token for {identity:?} was already used; create a new token"),
+            )),
+            Some(t) if t.revoked_at.is_some() => Err(CaError::refused(
+                ProblemCode::TokenRevoked,
+                format!("enrolment token for {identity:?} was revoked; create a new one"),
+            )),
+            Some(t) if self.now() >= t.expires_at => Err(CaError::refused(
+                ProblemCode::TokenExpired,
+                format!(
+                    "enrolment token for {identity:?} expired at {}; create a new one",
+                    t.expires_at
+                ),
+            )),
+            Some(t) => Ok(t.group),
+            None => Err(CaError::refused(ProblemCode::TokenInvalid, "unknown enrolment token")),
+        }
+    }
+
     pub fn chain(&self) -> Vec<Vec<u8>> {
         vec![self.keys.issuing_der.clone(), self.keys.root_der.clone()]
     }

@@ -210,10 +210,7 @@ impl AwsBackend {
                 k
             }
         };
-        let root_params = profile::root(&opts.name, now);
-        let root_cert = root_params.self_signed(&root)?;
-        let issuing_cert = profile::issuing(&opts.name, now, &urls)?
-            .signed_by(&issuing, &rcgen::Issuer::from_params(&root_params, &root))?;
+        let certs = profile::ceremony(&opts.name, now, &urls, &root, &issuing)?;
         let settings = AwsCaSettings {
             name: opts.name.clone(),
             public_url: public_url.to_owned(),
@@ -224,9 +221,9 @@ impl AwsBackend {
             crl_validity_secs: 7 * 86_400,
             ocsp_validity_secs: 3_600,
         };
-        self.store.put_meta("root.crt", root_cert.der()).await?;
-        self.store.put_meta("issuing.crt", issuing_cert.der()).await?;
-        let json = serde_json::to_vec(&settings).map_err(|e| CaError::Config(e.to_string()))?;
+        self.store.put_meta("root.crt", &certs.root_der).await?;
+        self.store.put_meta("issuing.crt", &certs.issuing_der).await?;
+        let json = serde_json::to_vec(&settings).map_err(CaError::encoding("JSON"))?;
         if !self.store.put_meta_new("settings", &json).await? {
             return Err(CaError::Config(format!(
                 "table {} already holds a CA; refusing to overwrite it",
@@ -309,7 +306,9 @@ impl AwsBackend {
         if !retired.is_empty() {
             tracing::info!(count = retired.len(), "revoked superseded certificates");
         }
-        S3Feed { s3: self.s3.clone(), bucket, prefix: String::new() }.publish(auth, &s.name).await
+        S3Feed { s3: self.s3.clone(), bucket, prefix: String::new(), ca_name: s.name }
+            .publish(auth)
+            .await
     }
 }
 
@@ -324,16 +323,20 @@ pub struct S3Feed {
     bucket: String,
     /// Empty, or ends with `/`.
     prefix: String,
+    /// The CA's name, in the bundle's comment.
+    ca_name: String,
 }
 
 impl S3Feed {
-    /// `s3://bucket` or `s3://bucket/prefix`, with the standard AWS configuration chain.
-    pub async fn connect(url: &str) -> Result<Self> {
+    /// `s3://bucket` or `s3://bucket/prefix`, with the standard AWS configuration chain,
+    /// for the CA named `ca_name`.
+    pub async fn connect(url: &str, ca_name: &str) -> Result<Self> {
         let (bucket, prefix) = parse_s3_url(url)?;
         let cfg = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         let s3_cfg =
             aws_sdk_s3::config::Builder::from(&cfg).force_path_style(path_style(&cfg)).build();
-        Ok(S3Feed { s3: aws_sdk_s3::Client::from_conf(s3_cfg), bucket, prefix })
+        let s3 = aws_sdk_s3::Client::from_conf(s3_cfg);
+        Ok(S3Feed { s3, bucket, prefix, ca_name: ca_name.to_owned() })
     }
 
     async fn put(&self, key: &str, body: Vec<u8>, content_type: &str) -> Result<String> {
@@ -356,10 +359,14 @@ impl S3Feed {
         Ok(format!("s3://{}/{key}", self.bucket))
     }
 
-    /// Writes the feed: the bundle (named `ca_name`), the CRLs and the revocation export.
-    /// The bundle goes last but one: an edge that sees a new bundle finds its CRLs there.
-    pub async fn publish(&self, auth: &Authority, ca_name: &str) -> Result<Published> {
-        let bundle = crate::bundle::build(ca_name, &auth.keys().root_der, &auth.keys().issuing_der);
+    /// Writes the feed: the bundle, the CRLs and the revocation export. The bundle goes
+    /// last but one: an edge that sees a new bundle finds its CRLs there.
+    pub async fn publish(&self, auth: &Authority) -> Result<Published> {
+        let bundle = crate::bundle::build(
+            &self.ca_name,
+            auth.root_certificate(),
+            auth.issuing_certificate(),
+        );
         let issuing_crl = auth.issuing_crl().await?;
         let root_crl = auth.root_crl().await?;
         let pem = format!(
@@ -368,7 +375,7 @@ impl S3Feed {
             pem::encode(&pem::Pem::new("X509 CRL", root_crl.clone()))
         );
         let revoked = auth.revoked_export().await?;
-        let json = serde_json::to_vec(&revoked).map_err(|e| CaError::Config(e.to_string()))?;
+        let json = serde_json::to_vec(&revoked).map_err(CaError::encoding("JSON"))?;
         let mut out = Published { revoked: revoked.len(), ..Default::default() };
         for (key, body, ct) in [
             ("crl/issuing.crl", issuing_crl, "application/pkix-crl"),
@@ -380,6 +387,20 @@ impl S3Feed {
             out.objects.push(self.put(key, body, ct).await?);
         }
         Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::publish::Publisher for AwsBackend {
+    async fn publish(&self, auth: &Authority) -> Result<String> {
+        Ok(AwsBackend::publish(self, auth).await?.objects.join(", "))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::publish::Publisher for S3Feed {
+    async fn publish(&self, auth: &Authority) -> Result<String> {
+        Ok(S3Feed::publish(self, auth).await?.objects.join(", "))
     }
 }
 

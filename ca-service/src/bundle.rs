@@ -43,13 +43,17 @@ pub struct BundleSummary {
 /// The bundle Lanyard writes: a comment, the root, then the issuing CA (PEM, no blank
 /// lines, so it passes every rule above).
 pub fn build(name: &str, root_der: &[u8], issuing_der: &[u8]) -> String {
-    let pem = |d: &[u8]| {
-        pem::encode_config(
-            &pem::Pem::new("CERTIFICATE", d.to_vec()),
-            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-        )
-    };
-    format!("# {name} CA bundle: root then issuing CA\n{}{}", pem(root_der), pem(issuing_der))
+    let (root, issuing) = (certificate_pem(root_der), certificate_pem(issuing_der));
+    format!("# {name} CA bundle: root then issuing CA\n{root}{issuing}")
+}
+
+/// A certificate as PEM with `\n` line endings (what openssl writes; the `pem` crate's
+/// default is `\r\n`).
+pub fn certificate_pem(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 const BEGIN: &str = "-----BEGIN ";

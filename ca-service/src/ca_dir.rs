@@ -103,16 +103,17 @@ impl CaDir {
         let now = clock.now();
         let urls = PublicationUrls::from_base(&url);
         let root_key = LocalKeySigner::create(&stage.join("root.key"), opts.root_key)?;
-        let root_params = profile::root(&opts.name, now);
-        let root_cert = root_params.self_signed(root_key.key_pair())?;
-        let root_issuer = rcgen::Issuer::from_params(&root_params, root_key.key_pair());
         let issuing_key = LocalKeySigner::create(&stage.join("issuing.key"), opts.issuing_key)?;
-        let issuing_cert = profile::issuing(&opts.name, now, &urls)?
-            .signed_by(issuing_key.key_pair(), &root_issuer)?;
-
-        fsutil::write_atomic(&stage.join("root.crt"), root_cert.pem().as_bytes(), 0o644)?;
-        fsutil::write_atomic(&stage.join("issuing.crt"), issuing_cert.pem().as_bytes(), 0o644)?;
-        let bundle = crate::bundle::build(&opts.name, root_cert.der(), issuing_cert.der());
+        let certs =
+            profile::ceremony(&opts.name, now, &urls, root_key.key_pair(), issuing_key.key_pair())?;
+        let pem_of = crate::bundle::certificate_pem;
+        fsutil::write_atomic(&stage.join("root.crt"), pem_of(&certs.root_der).as_bytes(), 0o644)?;
+        fsutil::write_atomic(
+            &stage.join("issuing.crt"),
+            pem_of(&certs.issuing_der).as_bytes(),
+            0o644,
+        )?;
+        let bundle = crate::bundle::build(&opts.name, &certs.root_der, &certs.issuing_der);
         fsutil::write_atomic(&stage.join("ca-bundle.pem"), bundle.as_bytes(), 0o644)?;
         let settings = CaSettings {
             name: opts.name.clone(),
@@ -122,7 +123,7 @@ impl CaDir {
             crl_validity_secs: default_crl_validity(),
             ocsp_validity_secs: default_ocsp_validity(),
         };
-        let toml = toml::to_string_pretty(&settings).map_err(|e| CaError::Config(e.to_string()))?;
+        let toml = toml::to_string_pretty(&settings).map_err(CaError::encoding("TOML"))?;
 
         for f in ["root.key", "issuing.key", "root.crt", "issuing.crt", "ca-bundle.pem"] {
             std::fs::rename(stage.join(f), self.path(f))
@@ -255,8 +256,7 @@ impl CaDir {
         let key_pem = zeroize::Zeroizing::new(kp.serialize_pem());
         fsutil::write_atomic(&key, key_pem.as_bytes(), 0o600)?;
         // The chain (server then issuing CA), so peers that trust only the root verify it.
-        let issuing_pem =
-            pem::encode(&pem::Pem::new("CERTIFICATE", auth.keys().issuing_der.clone()));
+        let issuing_pem = crate::bundle::certificate_pem(&auth.keys().issuing_der);
         fsutil::write_atomic(&crt, format!("{}{issuing_pem}", cert.pem()).as_bytes(), 0o644)?;
         fsutil::write_atomic(&names_file, wanted.as_bytes(), 0o644)?;
         Ok((vec![cert.der().to_vec(), auth.keys().issuing_der.clone()], kp.serialize_der()))

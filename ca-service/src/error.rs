@@ -47,6 +47,9 @@ pub enum CaError {
     Storage(String),
     #[error("signing: {0}")]
     Signing(String),
+    /// Encoding something the CA made (JSON, TOML, PKCS#7) failed: a bug, not bad input.
+    #[error("encoding {what}: {detail}")]
+    Encoding { what: &'static str, detail: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -61,6 +64,11 @@ impl CaError {
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CaError {
         let context = context.into();
         move |source| CaError::Io { context, source }
+    }
+
+    /// `map_err` for an encoder: `serde_json::to_vec(&x).map_err(CaError::encoding("JSON"))`.
+    pub fn encoding<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> CaError {
+        move |e| CaError::Encoding { what, detail: e.to_string() }
     }
 
     /// A refusal with a stable code.
@@ -80,9 +88,11 @@ impl CaError {
             CaError::Refused { code, .. } => *code,
             CaError::Unavailable { .. } => ProblemCode::Busy,
             CaError::RateLimited { .. } => ProblemCode::RateLimited,
-            CaError::Config(_) | CaError::Storage(_) | CaError::Signing(_) | CaError::Io { .. } => {
-                ProblemCode::Internal
-            }
+            CaError::Config(_)
+            | CaError::Storage(_)
+            | CaError::Signing(_)
+            | CaError::Encoding { .. }
+            | CaError::Io { .. } => ProblemCode::Internal,
         }
     }
 

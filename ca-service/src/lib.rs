@@ -41,6 +41,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod ocsp;
 pub mod profile;
+pub mod publish;
 pub mod revocation;
 pub mod serve;
 pub mod signer;

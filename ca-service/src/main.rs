@@ -37,6 +37,15 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Where the CA's keys and records live: chosen once, here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    /// A directory: key files and SQLite.
+    Embedded,
+    /// KMS, DynamoDB and S3.
+    Aws,
+}
+
 #[derive(Args, Clone)]
 struct DirArg {
     /// The CA directory (created by `init`), for the embedded backend.
@@ -44,8 +53,8 @@ struct DirArg {
     dir: Option<PathBuf>,
     /// embedded (a directory: key files and SQLite) | aws (KMS, DynamoDB, S3; the table
     /// from LANYARD_AWS_TABLE, the bucket from LANYARD_AWS_BUCKET).
-    #[arg(long, env = "LANYARD_CA_BACKEND", default_value = "embedded", value_parser = ["embedded", "aws"], global = true)]
-    backend: String,
+    #[arg(long, env = "LANYARD_CA_BACKEND", value_enum, default_value_t = Backend::Embedded, global = true)]
+    backend: Backend,
     /// Where the console's admin key (`admin.key`) and admin CA (`admin-ca.crt`,
     /// `admin-ca.key`) live. Default: the CA directory (embedded), or
     /// $XDG_CONFIG_HOME/lanyard-ca (aws: the console runs on an admin's machine).
@@ -60,7 +69,7 @@ impl DirArg {
         if let Some(d) = &self.admin_dir {
             return Ok(d.clone());
         }
-        if self.backend == "aws" {
+        if self.backend == Backend::Aws {
             let config = std::env::var_os("XDG_CONFIG_HOME")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
@@ -96,13 +105,17 @@ enum Ca {
 }
 
 impl Ca {
-    /// Publishes CRLs (files, or S3 with the bundle and the revocation export).
-    async fn publish(&self, a: &Authority) -> Result<String, CaError> {
+    /// Where this CA publishes: files, or S3 with the bundle and the revocation export.
+    fn publisher(&self) -> &dyn lanyard_ca::publish::Publisher {
         match self {
-            Ca::Embedded(d) => Ok(d.publish_crls(a).await?.display().to_string()),
+            Ca::Embedded(d) => d,
             #[cfg(feature = "aws")]
-            Ca::Aws(b) => Ok(b.publish(a).await?.objects.join(", ")),
+            Ca::Aws(b) => b,
         }
+    }
+
+    async fn publish(&self, a: &Authority) -> Result<String, CaError> {
+        self.publisher().publish(a).await
     }
 }
 
@@ -575,7 +588,7 @@ fn time_span(d: std::time::Duration) -> time::Duration {
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, CaError> {
-    serde_json::to_string_pretty(v).map_err(|e| CaError::Config(e.to_string()))
+    serde_json::to_string_pretty(v).map_err(CaError::encoding("JSON"))
 }
 
 async fn devices(dir: &DirArg, cmd: DevicesCmd) -> Result<(), CaError> {
@@ -715,7 +728,7 @@ async fn devices(dir: &DirArg, cmd: DevicesCmd) -> Result<(), CaError> {
 }
 
 async fn open(dir: &DirArg) -> Result<(Ca, Authority), CaError> {
-    if dir.backend == "aws" {
+    if dir.backend == Backend::Aws {
         #[cfg(feature = "aws")]
         {
             let b = aws_backend().await?;
@@ -762,7 +775,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
     match cli.cmd {
         Cmd::Init { name, root_key, issuing_key, public_url } => {
             let opts = InitOptions { name, root_key, issuing_key, public_url };
-            if dir.backend == "aws" {
+            if dir.backend == Backend::Aws {
                 #[cfg(feature = "aws")]
                 {
                     let b = aws_backend().await?;
@@ -1029,7 +1042,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 (out.join(format!("{name}.crt")), out.join(format!("{name}.key")));
             lanyard_ca::fsutil::write_atomic(&key_path, key.as_bytes(), 0o600)?;
             lanyard_ca::fsutil::write_atomic(&crt_path, crt.as_bytes(), 0o644)?;
-            let ca_pem = pem::encode(&pem::Pem::new("CERTIFICATE", ca.der().to_vec()));
+            let ca_pem = lanyard_ca::bundle::certificate_pem(ca.der());
             lanyard_ca::fsutil::write_atomic(&out.join(CA_CERT), ca_pem.as_bytes(), 0o644)?;
             outln!("{}", crt_path.display());
             eprintln!(
@@ -1208,8 +1221,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                     Ca::Embedded(d) => d.settings()?.name,
                     Ca::Aws(b) => b.settings().await?.name,
                 };
-                let feed = lanyard_ca::aws::S3Feed::connect(&s3).await?;
-                let published = feed.publish(&a, &name).await?;
+                let feed = lanyard_ca::aws::S3Feed::connect(&s3, &name).await?;
+                let published = feed.publish(&a).await?;
                 for o in &published.objects {
                     outln!("{o}");
                 }
@@ -1266,8 +1279,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             if json {
                 outln!(
                     "{}",
-                    serde_json::to_string_pretty(&rows)
-                        .map_err(|e| CaError::Config(e.to_string()))?
+                    serde_json::to_string_pretty(&rows).map_err(CaError::encoding("JSON"))?
                 );
             } else {
                 for e in rows {
@@ -1290,8 +1302,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             if json {
                 outln!(
                     "{}",
-                    serde_json::to_string_pretty(&certs)
-                        .map_err(|e| CaError::Config(e.to_string()))?
+                    serde_json::to_string_pretty(&certs).map_err(CaError::encoding("JSON"))?
                 );
             } else {
                 // Columns as wide as their longest value, so long identities stay aligned.
@@ -1326,10 +1337,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             let (_, a) = open(&dir).await?;
             let rows = a.revoked_export().await?;
             if json || format == "json" {
-                outln!(
-                    "{}",
-                    serde_json::to_string(&rows).map_err(|e| CaError::Config(e.to_string()))?
-                );
+                outln!("{}", serde_json::to_string(&rows).map_err(CaError::encoding("JSON"))?);
             } else {
                 for r in rows {
                     outln!("{}", r.serial);
@@ -1357,8 +1365,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             if json {
                 outln!(
                     "{}",
-                    serde_json::to_string_pretty(&log)
-                        .map_err(|e| CaError::Config(e.to_string()))?
+                    serde_json::to_string_pretty(&log).map_err(CaError::encoding("JSON"))?
                 );
             } else {
                 for e in log {
@@ -1388,7 +1395,7 @@ async fn fleet_simulate(dir: &DirArg, a: SimulateArgs) -> Result<(), CaError> {
         }
         None => open(dir).await?.1.policy(&a.group).await?,
     };
-    policy.validate().map_err(|e| CaError::Config(e.to_string()))?;
+    policy.validate().map_err(|e| CaError::BadRequest(e.to_string()))?;
     if !(a.capacity.is_finite() && a.capacity > 0.0) {
         return Err(CaError::Config(format!("--capacity {}: must be above 0", a.capacity)));
     }
@@ -1410,10 +1417,7 @@ async fn fleet_simulate(dir: &DirArg, a: SimulateArgs) -> Result<(), CaError> {
         lanyard_ca::fleet::plot_svg(&report, p).map_err(CaError::Config)?;
     }
     if a.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| CaError::Config(e.to_string()))?
-        );
+        outln!("{}", serde_json::to_string_pretty(&report).map_err(CaError::encoding("JSON"))?);
     } else {
         outln!("{}", lanyard_ca::fleet::render_text(&report).trim_end());
     }
@@ -1438,8 +1442,7 @@ async fn policy(dir: &DirArg, cmd: PolicyCmd) -> Result<(), CaError> {
                     .collect();
                 outln!(
                     "{}",
-                    serde_json::to_string_pretty(&docs)
-                        .map_err(|e| CaError::Config(e.to_string()))?
+                    serde_json::to_string_pretty(&docs).map_err(CaError::encoding("JSON"))?
                 );
             } else {
                 for (g, _) in groups {
@@ -1450,10 +1453,7 @@ async fn policy(dir: &DirArg, cmd: PolicyCmd) -> Result<(), CaError> {
         PolicyCmd::Show { group } => {
             let (_, a) = open(dir).await?;
             let doc = a.policy_document(&group).await?;
-            outln!(
-                "{}",
-                serde_json::to_string_pretty(&doc).map_err(|e| CaError::Config(e.to_string()))?
-            );
+            outln!("{}", serde_json::to_string_pretty(&doc).map_err(CaError::encoding("JSON"))?);
         }
         PolicyCmd::Set {
             group,
@@ -1509,7 +1509,7 @@ async fn policy(dir: &DirArg, cmd: PolicyCmd) -> Result<(), CaError> {
             outln!(
                 "{}",
                 serde_json::to_string_pretty(&a.policy_document(&group).await?)
-                    .map_err(|e| CaError::Config(e.to_string()))?
+                    .map_err(CaError::encoding("JSON"))?
             );
         }
     }

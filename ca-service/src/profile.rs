@@ -204,6 +204,31 @@ fn ca_dn(org: &str, cn: String) -> DistinguishedName {
     dn
 }
 
+/// The two CA certificates of a new CA (DER): the self-signed root and the issuing CA it
+/// signs. The one creation ceremony every `init` performs (key files or KMS keys), and the
+/// test suites' CAs with it.
+pub struct CaCertificates {
+    pub root_der: Vec<u8>,
+    pub issuing_der: Vec<u8>,
+}
+
+pub fn ceremony(
+    name: &str,
+    now: OffsetDateTime,
+    urls: &PublicationUrls,
+    root_key: &impl rcgen::SigningKey,
+    issuing_key: &impl rcgen::SigningKey,
+) -> Result<CaCertificates> {
+    let root_params = root(name, now);
+    let root_cert = root_params.self_signed(root_key)?;
+    let issuing_cert = issuing(name, now, urls)?
+        .signed_by(issuing_key, &rcgen::Issuer::from_params(&root_params, root_key))?;
+    Ok(CaCertificates {
+        root_der: root_cert.der().to_vec(),
+        issuing_der: issuing_cert.der().to_vec(),
+    })
+}
+
 /// The self-signed root: 20 years, path length 1, certificate and CRL signing only.
 pub fn root(name: &str, now: OffsetDateTime) -> CertificateParams {
     let mut p = CertificateParams::default();

@@ -156,7 +156,7 @@ fn require_content_type(headers: &HeaderMap, expected: &'static str) -> Result<(
 }
 
 fn pkcs7_response(certs: &[Vec<u8>]) -> Result<Response> {
-    let der = est::certs_only_pkcs7(certs).map_err(|e| CaError::Signing(e.to_string()))?;
+    let der = est::certs_only_pkcs7(certs).map_err(CaError::encoding("PKCS#7"))?;
     let mut r = est::encode_base64(&der).into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(est::CT_PKCS7_CERTS));
@@ -243,29 +243,7 @@ async fn group_of(
         ));
     }
     let (identity, token) = basic_credentials(headers)?;
-    match auth.store().token(&token.hash()).await? {
-        Some(t) if t.identity != identity => Err(CaError::refused(
-            ProblemCode::IdentityMismatch,
-            format!("this token is bound to another identity, not {identity:?}"),
-        )),
-        Some(t) if t.used.is_some() => Err(CaError::refused(
-            ProblemCode::TokenUsed,
-            format!("enrolment token for {identity:?} was already used; create a new token"),
-        )),
-        Some(t) if t.revoked_at.is_some() => Err(CaError::refused(
-            ProblemCode::TokenRevoked,
-            format!("enrolment token for {identity:?} was revoked; create a new one"),
-        )),
-        Some(t) if auth.now() >= t.expires_at => Err(CaError::refused(
-            ProblemCode::TokenExpired,
-            format!(
-                "enrolment token for {identity:?} expired at {}; create a new one",
-                t.expires_at
-            ),
-        )),
-        Some(t) => Ok(t.group),
-        None => Err(CaError::refused(ProblemCode::TokenInvalid, "unknown enrolment token")),
-    }
+    auth.group_of_token(&identity, &token).await
 }
 
 async fn csrattrs(
@@ -276,7 +254,7 @@ async fn csrattrs(
     let group = group_of(&auth, peer.as_ref().map(|p| &p.0), &headers).await?;
     let policy = auth.policy(&group).await?;
     let der = lanyard_proto::csrattrs::encode(policy.preferred_key())
-        .map_err(|e| CaError::Signing(e.to_string()))?;
+        .map_err(CaError::encoding("CSR attributes"))?;
     let mut r = est::encode_base64(&der).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(est::CT_CSRATTRS));
     r.headers_mut().insert("content-transfer-encoding", HeaderValue::from_static("base64"));
@@ -354,11 +332,11 @@ async fn crl_root(State(auth): State<App>) -> Result<Response> {
 }
 
 async fn ca_issuing(State(auth): State<App>) -> Response {
-    der_response("application/pkix-cert", auth.keys().issuing_der.clone())
+    der_response("application/pkix-cert", auth.issuing_certificate().to_vec())
 }
 
 async fn ca_root(State(auth): State<App>) -> Response {
-    der_response("application/pkix-cert", auth.keys().root_der.clone())
+    der_response("application/pkix-cert", auth.root_certificate().to_vec())
 }
 
 fn ocsp_response(der: Vec<u8>) -> Response {
@@ -383,8 +361,8 @@ async fn ocsp_get(State(auth): State<App>, Path(req): Path<String>) -> Result<Re
 }
 
 async fn healthz(State(auth): State<App>) -> Response {
-    match auth.store().revocation_generation().await {
-        Ok(_) => {
+    match auth.ready().await {
+        Ok(()) => {
             let mut body = serde_json::json!({"status": "ok"});
             // The issuance pacer's counters (admitted, queued, refused, backlog).
             if let Some(stats) = auth.admission_stats() {

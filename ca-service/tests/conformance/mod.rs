@@ -31,22 +31,15 @@ pub fn ca_with(store: Arc<dyn Store>) -> Ca {
     let urls = PublicationUrls::from_base("http://ca.test");
     let root_key = LocalKeySigner::create(&dir.path().join("root.key"), KeyAlgorithm::EcdsaP384)
         .expect("root key");
-    let root_params = profile::root("Test", now);
-    let root = root_params.self_signed(root_key.key_pair()).expect("root");
     let issuing_key =
         LocalKeySigner::create(&dir.path().join("issuing.key"), KeyAlgorithm::EcdsaP256)
             .expect("key");
-    let issuing = profile::issuing("Test", now, &urls)
-        .expect("params")
-        .signed_by(
-            issuing_key.key_pair(),
-            &rcgen::Issuer::from_params(&root_params, root_key.key_pair()),
-        )
-        .expect("issuing");
+    let certs = profile::ceremony("Test", now, &urls, root_key.key_pair(), issuing_key.key_pair())
+        .expect("CA certificates");
     let keys = CaKeys {
         issuing: SharedSigner(Arc::new(issuing_key)),
-        issuing_der: issuing.der().to_vec(),
-        root_der: root.der().to_vec(),
+        issuing_der: certs.issuing_der,
+        root_der: certs.root_der,
         root: Some(SharedSigner(Arc::new(root_key))),
     };
     let publication = PublicationSettings {
