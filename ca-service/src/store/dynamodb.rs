@@ -109,6 +109,12 @@ where
         tracing::warn!(op, code = %code, "DynamoDB throttled; answering 503 busy");
         return busy(format!("DynamoDB {op} throttled"));
     }
+    // A single write that met a transaction in progress on the same item: the SDK does not
+    // retry it, the device may.
+    if code == "TransactionConflictException" {
+        tracing::warn!(op, "DynamoDB write conflicted with a transaction; answering 503 busy");
+        return busy(format!("DynamoDB {op} conflicted with a concurrent transaction"));
+    }
     let detail = aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string();
     err(op, detail)
 }
@@ -708,7 +714,7 @@ impl Store for DynamoStore {
 
 #[cfg(test)]
 mod tests {
-    use super::transact_failure;
+    use super::{sdk_err, transact_failure};
     use crate::error::CaError;
     use aws_sdk_dynamodb::error::SdkError;
     use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
@@ -753,6 +759,31 @@ mod tests {
         match transact_failure(cancelled(&codes)) {
             Ok(got) => assert_eq!(got, codes),
             Err(e) => panic!("expected the cancellation codes, got {e:?}"),
+        }
+    }
+
+    /// A single write refused with `TransactionConflictException` (DynamoDB's answer when a
+    /// transaction holds the item; moto never gives it) is 503 busy, not a 500.
+    #[test]
+    fn a_single_write_conflicting_with_a_transaction_is_busy() {
+        use aws_sdk_dynamodb::operation::put_item::PutItemError;
+        use aws_sdk_dynamodb::types::error::TransactionConflictException;
+        let e: SdkError<PutItemError, ()> = SdkError::service_error(
+            PutItemError::TransactionConflictException(
+                TransactionConflictException::builder()
+                    .message("Transaction is ongoing for the item")
+                    .meta(
+                        aws_sdk_dynamodb::error::ErrorMetadata::builder()
+                            .code("TransactionConflictException")
+                            .build(),
+                    )
+                    .build(),
+            ),
+            (),
+        );
+        match sdk_err("PutItem", e) {
+            e @ CaError::Unavailable { .. } => assert_eq!(e.status().as_u16(), 503),
+            other => panic!("expected 503 busy, got {other:?}"),
         }
     }
 
