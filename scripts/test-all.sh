@@ -52,14 +52,18 @@ reenrol_pid=$!
 step "unit, integration and end-to-end tests (openssl, curl, nginx, pkilint)"
 cargo test --workspace
 
+step "serverless CA (KMS, DynamoDB, S3, Lambda handler) against moto, and KMS against a strict stand-in (4 KB RAW limit, DIGEST)"
+# Before the fleet test starts: this step's binary is target/debug/lanyard-ca built with the
+# aws feature (its tests run `lanyard-ca console --backend aws` and `publish --s3`), and the
+# end-to-end tests rebuild that path with the default features when they start
+# (tests/src/bins.rs), which would swap the binary from under these tests.
+cargo test -p lanyard-ca --features aws --test aws --test kms_strict
+
 step "fleet: 300 real agents through pacing, a rotation and an outage (started in the background)"
 # Also #[ignore]d and mostly waiting (4.5 minutes of compressed certificate lifetimes); it
 # starts after the main tests, whose timing-sensitive flood tests it could disturb.
 cargo test -p lanyard-e2e --test fleet -- --ignored > "$TARGET/fleet.log" 2>&1 &
 fleet_pid=$!
-
-step "serverless CA (KMS, DynamoDB, S3, Lambda handler) against moto, and KMS against a strict stand-in (4 KB RAW limit, DIGEST)"
-cargo test -p lanyard-ca --features aws --test aws --test kms_strict
 
 step "credential stores against real OS keystores (kernel keyring, Secret Service)"
 bash agent/keystore/tests/run-keyring-tests.sh

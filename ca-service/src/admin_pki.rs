@@ -14,7 +14,7 @@ use crate::error::{CaError, Result};
 use crate::fsutil;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::path::Path;
@@ -156,26 +156,7 @@ impl AdminCa {
         now: OffsetDateTime,
     ) -> Result<rustls::ServerConfig> {
         let kp = crate::signer::local::generate(lanyard_proto::KeyAlgorithm::EcdsaP256)?;
-        let mut p = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, names.first().map_or("lanyard-ca admin", String::as_str));
-        p.distinguished_name = dn;
-        p.subject_alt_names = names
-            .iter()
-            .map(|n| match n.parse::<std::net::IpAddr>() {
-                Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => rcgen::string::Ia5String::try_from(n.clone())
-                    .map(SanType::DnsName)
-                    .map_err(|e| CaError::BadRequest(format!("TLS name {n:?}: {e}"))),
-            })
-            .collect::<Result<_>>()?;
-        p.serial_number = Some(serial());
-        p.not_before = now - BACKDATE;
-        p.not_after = now + Duration::days(90);
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        p.use_authority_key_identifier_extension = true;
+        let p = crate::profile::server(names, now)?;
         let cert = p.signed_by(&kp, &self.issuer)?;
         let mut roots = rustls::RootCertStore::empty();
         roots

@@ -164,27 +164,22 @@ pub fn device(
     Ok(p)
 }
 
-/// The CA's own HTTPS server certificate (`lanyard-ca serve`).
-pub fn tls_server(
-    names: &[String],
-    now: OffsetDateTime,
-    urls: &PublicationUrls,
-) -> Result<CertificateParams> {
+/// A TLS server certificate for `names` (the first is the CN; IPs become IP SANs), 90 days.
+/// No revocation pointers: see [`tls_server`].
+pub fn server(names: &[String], now: OffsetDateTime) -> Result<CertificateParams> {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, names.first().map(String::as_str).unwrap_or("lanyard-ca"));
     p.distinguished_name = dn;
-    let mut sans = Vec::new();
-    for n in names {
-        sans.push(match n.parse::<std::net::IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(
-                rcgen::string::Ia5String::try_from(n.clone())
-                    .map_err(|e| CaError::BadRequest(format!("TLS name {n:?}: {e}")))?,
-            ),
-        });
-    }
-    p.subject_alt_names = sans;
+    p.subject_alt_names = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => rcgen::string::Ia5String::try_from(n.clone())
+                .map(SanType::DnsName)
+                .map_err(|e| CaError::BadRequest(format!("TLS name {n:?}: {e}"))),
+        })
+        .collect::<Result<_>>()?;
     p.serial_number = Some(SerialNumber::from_slice(&random_serial()));
     p.not_before = now - BACKDATE;
     p.not_after = now + Duration::days(90);
@@ -192,6 +187,17 @@ pub fn tls_server(
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     p.use_authority_key_identifier_extension = true;
+    Ok(p)
+}
+
+/// The CA's own HTTPS server certificate (`lanyard-ca serve`): [`server`], with the issuing
+/// CA's CRL and OCSP pointers.
+pub fn tls_server(
+    names: &[String],
+    now: OffsetDateTime,
+    urls: &PublicationUrls,
+) -> Result<CertificateParams> {
+    let mut p = server(names, now)?;
     p.crl_distribution_points = vec![crl_dp(&urls.crl)];
     p.custom_extensions = vec![aia(&urls.ocsp, &urls.ca_issuers)?];
     Ok(p)
