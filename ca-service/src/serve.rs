@@ -231,14 +231,18 @@ pub async fn start_admin(
     let bound = l.local_addr().map_err(CaError::io("local address"))?;
     let tls = if console.mtls {
         let ca = crate::admin_pki::AdminCa::load(&at.admin_dir)?;
-        let mut names: Vec<String> = at.tls_names.clone();
-        for n in ["localhost", "127.0.0.1", "::1"] {
-            names.push(n.to_owned());
+        let mut names: Vec<String> = Vec::new();
+        let bound_ip = (!bound.ip().is_unspecified()).then(|| bound.ip().to_string());
+        let wanted =
+            at.tls_names.iter().cloned().chain(
+                ["localhost", "127.0.0.1", "::1"].map(String::from).into_iter().chain(bound_ip),
+            );
+        for n in wanted {
+            // Each name once: a listener bound to 127.0.0.1 would name it twice.
+            if !names.contains(&n) {
+                names.push(n);
+            }
         }
-        if !bound.ip().is_unspecified() {
-            names.push(bound.ip().to_string());
-        }
-        names.dedup();
         Some(Arc::new(ca.server_config(&names, auth.now())?))
     } else {
         if !bound.ip().is_loopback() {
