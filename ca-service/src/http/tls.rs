@@ -98,5 +98,13 @@ pub fn server_config(
         .with_single_cert(certs, key)
         .map_err(|e| format!("server certificate: {e}"))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // A device that comes back (a check-in, a renewal) resumes with a session ticket instead
+    // of a full handshake: stateless tickets (rustls's default cache holds 256 sessions, which a
+    // fleet of any size evicts long before a device comes back), keys
+    // rotated by rustls every few hours. A resumed session carries the client certificate
+    // of the full handshake; what it may do is still decided per request against the store
+    // (a revoked certificate is refused whether or not its session resumed).
+    cfg.ticketer =
+        rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
     Ok(cfg)
 }
