@@ -12,7 +12,7 @@ use crate::profile::{self, PublicationUrls};
 use crate::revocation::Reason;
 use crate::signer::SharedSigner;
 use crate::store::{
-    AuditEvent, CertFilter, CertRecord, RecordOutcome, Revocation, RevokeOutcome, Store,
+    AuditEvent, CertFilter, CertRecord, Consumes, RecordOutcome, Revocation, RevokeOutcome, Store,
     TokenFilter, TokenRecord, TokenRevokeOutcome,
 };
 use crate::tokens::TokenSecret;
@@ -22,6 +22,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
+
+mod claims;
+pub use claims::{MAX_TTL as MAX_CLAIM_TTL, MAX_USES as MAX_CLAIM_USES};
 
 /// Group used when a token names none.
 pub const DEFAULT_GROUP: &str = "default";
@@ -271,6 +274,9 @@ impl Authority {
                 | ProblemCode::TokenUsed
                 | ProblemCode::TokenExpired
                 | ProblemCode::TokenRevoked
+                | ProblemCode::ClaimExhausted
+                | ProblemCode::ClaimExpired
+                | ProblemCode::AlreadyProvisioned
                 | ProblemCode::CertificateUnknown
                 | ProblemCode::Unauthorized
         );
@@ -331,6 +337,9 @@ impl Authority {
     /// what `/csrattrs` and `/v1/policy` answer a device that has no certificate yet. Each
     /// refusal carries its code.
     pub async fn group_of_token(&self, identity: &str, token: &TokenSecret) -> Result<String> {
+        if lanyard_proto::claim::is_claim(token.expose()) {
+            return self.group_of_claim(identity, token).await;
+        }
         match self.store.token(&token.hash()).await? {
             Some(t) if t.identity != identity => Err(CaError::refused(
                 ProblemCode::IdentityMismatch,
@@ -416,17 +425,9 @@ impl Authority {
         self.store.revoke_token(&tok.hash, now, ev).await
     }
 
-    /// Creates a one-time enrolment token bound to an identity and a group.
-    pub async fn create_token(
-        &self,
-        identity: &str,
-        group: &str,
-        ttl: std::time::Duration,
-        actor: &str,
-    ) -> Result<(TokenSecret, TokenRecord)> {
-        profile::validate_identity(identity)?;
-        profile::validate_group(group)?;
-        // A mistyped group would silently give the device the default policy.
+    /// Refuses a group with no policy: a mistyped group would silently give devices the
+    /// default policy.
+    async fn check_group_known(&self, group: &str) -> Result<()> {
         if group != DEFAULT_GROUP && self.store.policy(group).await?.is_none() {
             let mut known: Vec<String> =
                 self.store.policies().await?.into_iter().map(|(g, _)| g).collect();
@@ -438,6 +439,20 @@ impl Authority {
                 known.join(", ")
             )));
         }
+        Ok(())
+    }
+
+    /// Creates a one-time enrolment token bound to an identity and a group.
+    pub async fn create_token(
+        &self,
+        identity: &str,
+        group: &str,
+        ttl: std::time::Duration,
+        actor: &str,
+    ) -> Result<(TokenSecret, TokenRecord)> {
+        profile::validate_identity(identity)?;
+        profile::validate_group(group)?;
+        self.check_group_known(group).await?;
         if ttl.is_zero() || ttl > std::time::Duration::from_secs(90 * 86_400) {
             return Err(CaError::BadRequest("token ttl must be between 1s and 90d".into()));
         }
@@ -498,6 +513,9 @@ impl Authority {
     ) -> Result<Issued> {
         // Authorize.
         profile::validate_identity(identity)?;
+        if lanyard_proto::claim::is_claim(token.expose()) {
+            return self.enroll_with_claim(identity, token, csr_der, meta).await;
+        }
         let Some(tok) = self.store.token(&token.hash()).await? else {
             return Err(CaError::refused(
                 ProblemCode::TokenInvalid,
@@ -547,13 +565,19 @@ impl Authority {
             ),
             meta,
         );
-        match self.store.record_issuance(record.clone(), Some(tok.hash.clone()), ev).await? {
+        match self
+            .store
+            .record_issuance(record.clone(), Consumes::Token(tok.hash.clone()), ev)
+            .await?
+        {
             RecordOutcome::Recorded => Ok(Issued { record, chain: self.chain(), replayed: false }),
             RecordOutcome::KeyReused { serial } => {
                 self.replay_if_used(&tok.hash, &csr).await?.ok_or_else(|| key_reused(&serial))
             }
-            RecordOutcome::ParentAlreadyRenewed { .. } => {
-                Err(CaError::Storage("an enrolment has no parent".into()))
+            RecordOutcome::ParentAlreadyRenewed { .. }
+            | RecordOutcome::ClaimUnavailable
+            | RecordOutcome::AlreadyClaimed => {
+                Err(CaError::Storage("a token enrolment has no parent and no claim".into()))
             }
             RecordOutcome::TokenAlreadyUsed => {
                 // A concurrent request with this token won; answer as a retry would be.
@@ -707,15 +731,17 @@ impl Authority {
             ),
             meta,
         );
-        match self.store.record_issuance(record.clone(), None, ev).await? {
+        match self.store.record_issuance(record.clone(), Consumes::Nothing, ev).await? {
             RecordOutcome::Recorded => {}
             RecordOutcome::ParentAlreadyRenewed { child } => {
                 // A concurrent renewal of the same certificate won.
                 return self.renewal_retry(&current, &child, &csr, meta).await;
             }
             RecordOutcome::KeyReused { serial } => return Err(key_reused(&serial)),
-            RecordOutcome::TokenAlreadyUsed => {
-                return Err(CaError::Storage("a renewal consumed no token".into()));
+            RecordOutcome::TokenAlreadyUsed
+            | RecordOutcome::ClaimUnavailable
+            | RecordOutcome::AlreadyClaimed => {
+                return Err(CaError::Storage("a renewal consumed no token and no claim".into()));
             }
         }
         // Renewing with a certificate is using it: its own parent retires now.

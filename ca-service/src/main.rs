@@ -286,6 +286,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AdminCmd,
     },
+    /// Zero-touch provisioning: batch claims shared by a batch of identical images, and
+    /// resetting an identity that enrolled through one.
+    Provisioning {
+        #[command(subcommand)]
+        cmd: ProvisioningCmd,
+    },
     /// The fleet inventory: what devices reported at their last check-in.
     Devices {
         #[command(subcommand)]
@@ -395,6 +401,56 @@ enum AdminCmd {
         /// Make a new admin key first: every token made before stops working.
         #[arg(long)]
         rotate_key: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProvisioningCmd {
+    /// Batch claims: one secret for a batch of identical images; each device enrols with it
+    /// once, under an identity of its own from the claim's template.
+    Claim {
+        #[command(subcommand)]
+        cmd: ClaimCmd,
+    },
+    /// Let an identity that enrolled through a claim enrol through one again (a replaced
+    /// board that keeps its serial number). Its certificates are left alone.
+    Reset {
+        /// The device's identity.
+        identity: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClaimCmd {
+    /// Create a batch claim and print it (alone on stdout). Put it in the image as the
+    /// agent's `[enrol] claim_file`.
+    Create {
+        /// The group whose policy the devices get; it must have one, except "default".
+        #[arg(long, default_value = "default")]
+        group: String,
+        /// The identities the claim enrols: `{id}` is the device's ID (its serial number, or
+        /// a hash of /etc/machine-id), e.g. 'sensor-{id}.fleet.example.com'. The agent's
+        /// `[enrol] identity_template` must be the same.
+        #[arg(long)]
+        identity_template: String,
+        /// How many devices it enrols (each identity once).
+        #[arg(long)]
+        uses: u64,
+        /// How long it may be used (e.g. 30d; at most 365d).
+        #[arg(long, default_value = "30d", value_parser = duration::parse)]
+        expires: std::time::Duration,
+    },
+    /// List claims: ID, group, template, uses, expiry and state.
+    List {
+        /// JSON (an array) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a claim: it enrols nothing more (devices it enrolled keep their certificates).
+    Revoke {
+        /// The claim's ID as `provisioning claim list` shows it.
+        #[arg(long)]
+        id: String,
     },
 }
 
@@ -589,6 +645,96 @@ fn time_span(d: std::time::Duration) -> time::Duration {
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String, CaError> {
     serde_json::to_string_pretty(v).map_err(CaError::encoding("JSON"))
+}
+
+fn claim_state(c: &lanyard_ca::store::ClaimRecord, now: time::OffsetDateTime) -> &'static str {
+    if c.revoked_at.is_some() {
+        "revoked"
+    } else if c.uses >= c.max_uses {
+        "used up"
+    } else if now >= c.expires_at {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
+async fn provisioning(dir: &DirArg, cmd: ProvisioningCmd) -> Result<(), CaError> {
+    let (_, a) = open(dir).await?;
+    let actor = ca_dir::actor();
+    match cmd {
+        ProvisioningCmd::Claim {
+            cmd: ClaimCmd::Create { group, identity_template, uses, expires },
+        } => {
+            let (secret, rec) =
+                a.create_claim(&group, &identity_template, uses, expires, &actor).await?;
+            outln!("{}", secret.expose());
+            eprintln!(
+                "claim {} (group {group}, identities {identity_template}) enrols up to {uses} devices until {}",
+                rec.id,
+                rfc3339(rec.expires_at)
+            );
+        }
+        ProvisioningCmd::Claim { cmd: ClaimCmd::List { json } } => {
+            let now = a.now();
+            let claims = a.claims().await?;
+            if json {
+                let v: Vec<serde_json::Value> = claims
+                    .iter()
+                    .map(|c| {
+                        let mut v = serde_json::to_value(c).unwrap_or_default();
+                        v["state"] = claim_state(c, now).into();
+                        v
+                    })
+                    .collect();
+                outln!("{}", serde_json::Value::Array(v));
+            } else {
+                let group_w = claims.iter().map(|c| c.group.len()).max().unwrap_or(0).max(5);
+                let t_w =
+                    claims.iter().map(|c| c.identity_template.len()).max().unwrap_or(0).max(8);
+                outln!(
+                    "{:<16}  {:<group_w$}  {:<t_w$}  {:>15}  {:<20}  STATE",
+                    "ID",
+                    "GROUP",
+                    "TEMPLATE",
+                    "USES",
+                    "EXPIRES"
+                );
+                for c in &claims {
+                    outln!(
+                        "{:<16}  {:<group_w$}  {:<t_w$}  {:>15}  {:<20}  {}",
+                        c.id,
+                        c.group,
+                        c.identity_template,
+                        format!("{}/{}", c.uses, c.max_uses),
+                        rfc3339(c.expires_at),
+                        claim_state(c, now)
+                    );
+                }
+            }
+        }
+        ProvisioningCmd::Claim { cmd: ClaimCmd::Revoke { id } } => {
+            let claim = a.claim_by_id(&id).await?;
+            if a.revoke_claim(&claim, &actor).await? {
+                eprintln!(
+                    "claim {} revoked: it enrols no more devices ({} enrolled through it keep their certificates)",
+                    claim.id, claim.uses
+                );
+            } else {
+                eprintln!("claim {} was revoked already", claim.id);
+            }
+        }
+        ProvisioningCmd::Reset { identity } => {
+            if a.reset_provisioning(&identity, &actor).await? {
+                eprintln!("{identity} may enrol through a claim again");
+            } else {
+                return Err(CaError::NotFound(format!(
+                    "{identity:?} never enrolled through a claim; nothing to reset"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn devices(dir: &DirArg, cmd: DevicesCmd) -> Result<(), CaError> {
@@ -990,6 +1136,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             }
         }
         Cmd::Devices { cmd } => devices(&dir, cmd).await?,
+        Cmd::Provisioning { cmd } => provisioning(&dir, cmd).await?,
         Cmd::Admin { cmd: AdminCmd::Token { name, ttl, rotate_key } } => {
             use lanyard_ca::admin::{AdminKey, KEY_FILE};
             if ttl.is_zero() || ttl > std::time::Duration::from_secs(30 * 86_400) {

@@ -22,6 +22,14 @@ impl TokenSecret {
         TokenSecret(zeroize::Zeroizing::new(lanyard_proto::token::format(identity, &b)))
     }
 
+    /// A new batch claim (see `lanyard_proto::claim`): the same kind of secret, shared by
+    /// a batch of devices.
+    pub fn generate_claim() -> Self {
+        let mut b = zeroize::Zeroizing::new([0u8; 32]);
+        rand::fill(&mut *b);
+        TokenSecret(zeroize::Zeroizing::new(lanyard_proto::claim::format(&b)))
+    }
+
     pub fn from_presented(s: &str) -> Self {
         TokenSecret(zeroize::Zeroizing::new(s.trim().to_owned()))
     }

@@ -35,4 +35,6 @@ on_sqlite!(
     tokens_are_listed_and_revoked_before_use,
     a_token_is_revoked_or_used_never_both,
     checkins_fill_the_inventory,
+    a_batch_claim_enrols_each_identity_once_and_no_more_than_its_uses,
+    a_claim_is_never_used_beyond_its_uses,
 );

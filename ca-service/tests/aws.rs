@@ -201,6 +201,8 @@ async fn serverless_ca_on_moto() {
         tokens_are_listed_and_revoked_before_use,
         a_token_is_revoked_or_used_never_both,
         checkins_fill_the_inventory,
+        a_batch_claim_enrols_each_identity_once_and_no_more_than_its_uses,
+        a_claim_is_never_used_beyond_its_uses,
     );
 
     init_is_checked_claimed_and_cleaned_up(&cfg).await;

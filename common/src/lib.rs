@@ -21,6 +21,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod claim;
 pub mod csrattrs;
 pub mod duration;
 pub mod est;

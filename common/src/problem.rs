@@ -33,8 +33,16 @@ pub enum ProblemCode {
     TokenExpired,
     /// The enrolment token was revoked (`lanyard-ca token revoke`) before it was used.
     TokenRevoked,
-    /// The credentials (a token) are bound to another identity.
+    /// The credentials (a token) are bound to another identity, or the identity is not one a
+    /// batch claim may enrol (outside its identity template).
     IdentityMismatch,
+    /// The batch claim has enrolled as many devices as it may (or was revoked).
+    ClaimExhausted,
+    /// The batch claim expired.
+    ClaimExpired,
+    /// The identity (or factory certificate) was provisioned before: once only, until the
+    /// fleet manager resets it.
+    AlreadyProvisioned,
     /// The CSR does not parse, its signature does not verify, or it asks for something the
     /// profile refuses.
     CsrInvalid,
@@ -79,6 +87,9 @@ impl ProblemCode {
         ProblemCode::TokenExpired,
         ProblemCode::TokenRevoked,
         ProblemCode::IdentityMismatch,
+        ProblemCode::ClaimExhausted,
+        ProblemCode::ClaimExpired,
+        ProblemCode::AlreadyProvisioned,
         ProblemCode::CsrInvalid,
         ProblemCode::KeyNotAllowed,
         ProblemCode::KeyReused,
@@ -107,6 +118,9 @@ impl ProblemCode {
             ProblemCode::TokenExpired => "token-expired",
             ProblemCode::TokenRevoked => "token-revoked",
             ProblemCode::IdentityMismatch => "identity-mismatch",
+            ProblemCode::ClaimExhausted => "claim-exhausted",
+            ProblemCode::ClaimExpired => "claim-expired",
+            ProblemCode::AlreadyProvisioned => "already-provisioned",
             ProblemCode::CsrInvalid => "csr-invalid",
             ProblemCode::KeyNotAllowed => "key-not-allowed",
             ProblemCode::KeyReused => "key-reused",
@@ -138,11 +152,13 @@ impl ProblemCode {
             | ProblemCode::TokenUsed
             | ProblemCode::TokenExpired
             | ProblemCode::TokenRevoked
+            | ProblemCode::ClaimExhausted
+            | ProblemCode::ClaimExpired
             | ProblemCode::Revoked
             | ProblemCode::ExpiredBeyondGrace => 403,
             ProblemCode::NotFound => 404,
             ProblemCode::MethodNotAllowed => 405,
-            ProblemCode::RenewalConflict => 409,
+            ProblemCode::RenewalConflict | ProblemCode::AlreadyProvisioned => 409,
             ProblemCode::TooLarge => 413,
             ProblemCode::UnsupportedMediaType => 415,
             ProblemCode::RateLimited => 429,
@@ -166,6 +182,9 @@ impl ProblemCode {
             ProblemCode::TokenExpired => "Enrolment token expired",
             ProblemCode::TokenRevoked => "Enrolment token revoked",
             ProblemCode::IdentityMismatch => "Identity does not match",
+            ProblemCode::ClaimExhausted => "Batch claim used up",
+            ProblemCode::ClaimExpired => "Batch claim expired",
+            ProblemCode::AlreadyProvisioned => "Device already provisioned",
             ProblemCode::CsrInvalid => "Certificate request refused",
             ProblemCode::KeyNotAllowed => "Key type not allowed",
             ProblemCode::KeyReused => "Key used before",

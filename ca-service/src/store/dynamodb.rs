@@ -3,6 +3,8 @@
 //! ```text
 //! CERT#<serial>     an issued certificate (DER, identity, group, validity, revocation)
 //! TOKEN#<sha256>    an enrolment token (hash only); `ttl` lets DynamoDB drop it later
+//! CLAIM#<sha256>    a batch claim (hash only): group, identity template, uses and their limit
+//! CLAIMUSE#<identity>  an identity's one enrolment through a claim (serial, key)
 //! KEY#<identity>#<spki sha256>  the serial that certified a key (no key is certified twice)
 //! POLICY#<group>    a group's policy (JSON)
 //! COUNTER#<name>    CRL numbers, the revocation generation
@@ -14,11 +16,14 @@
 //! issuance is one transaction that updates the token only if it is unused and not
 //! revoked (a token revocation is conditional on the same), marks the
 //! parent superseded only if nothing superseded it yet, claims the key only if it was never
-//! certified for the identity, and puts the certificate only if the serial is new.
+//! certified for the identity, and puts the certificate only if the serial is new; through a
+//! batch claim, it also adds one use only below the claim's limit and puts the identity's
+//! `CLAIMUSE#` only if it has none.
 
 use super::{
-    AuditEvent, CertFilter, CertRecord, DeviceRecord, RecordOutcome, Revocation, RevokeOutcome,
-    Store, TokenFilter, TokenRecord, TokenRevokeOutcome, TokenUse,
+    AuditEvent, CertFilter, CertRecord, ClaimRecord, ClaimUse, Consumes, DeviceRecord,
+    RecordOutcome, Revocation, RevokeOutcome, Store, TokenFilter, TokenRecord, TokenRevokeOutcome,
+    TokenUse,
 };
 use crate::error::{CaError, Result};
 use crate::revocation::Reason;
@@ -68,6 +73,21 @@ fn token_from(i: &Item) -> Option<TokenRecord> {
             serial: get_s(i, "used_serial").unwrap_or_default(),
             spki_sha256: get_s(i, "used_spki").unwrap_or_default(),
         }),
+        revoked_at: get_n(i, "revoked_at").map(from_ts),
+    })
+}
+
+fn claim_from(i: &Item) -> Option<ClaimRecord> {
+    let hash = get_s(i, "pk")?.strip_prefix("CLAIM#")?.to_owned();
+    Some(ClaimRecord {
+        id: get_s(i, "id").unwrap_or_default(),
+        hash,
+        group: get_s(i, "group").unwrap_or_default(),
+        identity_template: get_s(i, "template").unwrap_or_default(),
+        max_uses: get_n(i, "max_uses").unwrap_or(0).max(0) as u64,
+        uses: get_n(i, "uses").unwrap_or(0).max(0) as u64,
+        created_at: from_ts(get_n(i, "created_at").unwrap_or(0)),
+        expires_at: from_ts(get_n(i, "expires_at").unwrap_or(0)),
         revoked_at: get_n(i, "revoked_at").map(from_ts),
     })
 }
@@ -468,14 +488,32 @@ impl Store for DynamoStore {
     async fn record_issuance(
         &self,
         cert: CertRecord,
-        token_hash: Option<String>,
+        consumes: Consumes,
         audit: AuditEvent,
     ) -> Result<RecordOutcome> {
         // Which transaction item stands for which condition, to read cancellation reasons.
         let mut items = Vec::new();
         let mut token_at = None;
         let mut parent_at = None;
-        if let Some(hash) = &token_hash {
+        let (mut claim_at, mut claim_use_at) = (None, None);
+        if let Consumes::Claim(hash) = &consumes {
+            claim_at = Some(items.len());
+            items.push(self.update_tx(
+                format!("CLAIM#{hash}"),
+                "SET uses = uses + :one",
+                "attribute_exists(pk) AND uses < max_uses AND attribute_not_exists(revoked_at)",
+                vec![(":one", n(1))],
+            )?);
+            claim_use_at = Some(items.len());
+            let mut u = Item::new();
+            u.insert("pk".into(), s(format!("CLAIMUSE#{}", cert.identity)));
+            u.insert("claim_hash".into(), s(hash));
+            u.insert("at".into(), n(ts(cert.issued_at)));
+            u.insert("serial".into(), s(&cert.serial));
+            u.insert("spki".into(), s(&cert.spki_sha256));
+            items.push(self.put_tx(u, Some("attribute_not_exists(pk)"))?);
+        }
+        if let Consumes::Token(hash) = &consumes {
             token_at = Some(items.len());
             items.push(self.update_tx(
                 format!("TOKEN#{hash}"),
@@ -514,6 +552,12 @@ impl Store for DynamoStore {
         if failed(token_at) {
             return Ok(RecordOutcome::TokenAlreadyUsed);
         }
+        if failed(claim_at) {
+            return Ok(RecordOutcome::ClaimUnavailable);
+        }
+        if failed(claim_use_at) {
+            return Ok(RecordOutcome::AlreadyClaimed);
+        }
         if failed(parent_at) {
             let parent = cert.parent_serial.as_deref().unwrap_or_default();
             return match self.cert(parent).await?.and_then(|p| p.superseded_by) {
@@ -530,6 +574,76 @@ impl Store for DynamoStore {
             };
         }
         Err(CaError::Storage(format!("issuance not recorded: {}", codes.join(", "))))
+    }
+
+    async fn put_claim(&self, k: ClaimRecord, audit: AuditEvent) -> Result<()> {
+        let max = i64::try_from(k.max_uses).map_err(CaError::encoding("claim uses"))?;
+        let mut i = Item::new();
+        i.insert("pk".into(), s(format!("CLAIM#{}", k.hash)));
+        i.insert("id".into(), s(&k.id));
+        i.insert("group".into(), s(&k.group));
+        i.insert("template".into(), s(&k.identity_template));
+        i.insert("max_uses".into(), n(max));
+        i.insert("uses".into(), n(0));
+        i.insert("created_at".into(), n(ts(k.created_at)));
+        i.insert("expires_at".into(), n(ts(k.expires_at)));
+        let r = self
+            .transact(vec![
+                self.put_tx(i, Some("attribute_not_exists(pk)"))?,
+                self.put_tx(audit_item(&audit), None)?,
+            ])
+            .await?;
+        r.map_err(|_| CaError::Storage("claim hash collision".into()))
+    }
+
+    async fn claim(&self, hash: &str) -> Result<Option<ClaimRecord>> {
+        Ok(self.get(format!("CLAIM#{hash}")).await?.as_ref().and_then(claim_from))
+    }
+
+    async fn claims(&self) -> Result<Vec<ClaimRecord>> {
+        let mut v: Vec<ClaimRecord> =
+            self.scan_prefix("CLAIM#").await?.iter().filter_map(claim_from).collect();
+        v.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(v)
+    }
+
+    async fn revoke_claim(
+        &self,
+        hash: &str,
+        at: OffsetDateTime,
+        audit: AuditEvent,
+    ) -> Result<bool> {
+        let upd = self.update_tx(
+            format!("CLAIM#{hash}"),
+            "SET revoked_at = :at",
+            "attribute_exists(pk) AND attribute_not_exists(revoked_at)",
+            vec![(":at", n(ts(at)))],
+        )?;
+        Ok(self.transact(vec![upd, self.put_tx(audit_item(&audit), None)?]).await?.is_ok())
+    }
+
+    async fn claim_use(&self, identity: &str) -> Result<Option<ClaimUse>> {
+        Ok(self.get(format!("CLAIMUSE#{identity}")).await?.map(|i| ClaimUse {
+            identity: identity.to_owned(),
+            claim_hash: get_s(&i, "claim_hash").unwrap_or_default(),
+            at: from_ts(get_n(&i, "at").unwrap_or(0)),
+            serial: get_s(&i, "serial").unwrap_or_default(),
+            spki_sha256: get_s(&i, "spki").unwrap_or_default(),
+        }))
+    }
+
+    async fn reset_claim_use(&self, identity: &str, audit: AuditEvent) -> Result<bool> {
+        let del = aws_sdk_dynamodb::types::Delete::builder()
+            .table_name(&self.table)
+            .key("pk", s(format!("CLAIMUSE#{identity}")))
+            .condition_expression("attribute_exists(pk)")
+            .build()
+            .map_err(|e| err("build", e))?;
+        let items = vec![
+            TransactWriteItem::builder().delete(del).build(),
+            self.put_tx(audit_item(&audit), None)?,
+        ];
+        Ok(self.transact(items).await?.is_ok())
     }
 
     async fn cert_by_key(&self, identity: &str, spki_sha256: &str) -> Result<Option<String>> {

@@ -100,6 +100,50 @@ pub struct TokenUse {
     pub spki_sha256: String,
 }
 
+/// A batch claim (`lanyard-ca provisioning claim create`): enrols up to `max_uses` devices,
+/// each under an identity its template makes, each identity once. Only the SHA-256 of the
+/// secret is stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClaimRecord {
+    #[serde(skip)]
+    pub hash: String,
+    /// The first 16 hex digits of the hash: names the claim in lists and the audit trail.
+    pub id: String,
+    pub group: String,
+    pub identity_template: String,
+    pub max_uses: u64,
+    pub uses: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// An identity's one enrolment through a claim: what a retry with the same key is answered
+/// with, and what refuses another key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimUse {
+    pub identity: String,
+    pub claim_hash: String,
+    pub at: OffsetDateTime,
+    pub serial: String,
+    pub spki_sha256: String,
+}
+
+/// What an issuance consumes, atomically with its record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Consumes {
+    /// A renewal (authenticated by the certificate it renews).
+    Nothing,
+    /// An enrolment with a one-time token (by hash).
+    Token(String),
+    /// An enrolment through a batch claim (by hash): one of its uses, and the identity's one
+    /// claim enrolment.
+    Claim(String),
+}
+
 /// Who did what, when, from where. Never holds a secret.
 #[derive(Clone, Debug, Serialize)]
 pub struct AuditEvent {
@@ -154,6 +198,11 @@ pub enum RecordOutcome {
     KeyReused {
         serial: String,
     },
+    /// The claim is used up or revoked (or vanished). Nothing was recorded.
+    ClaimUnavailable,
+    /// The identity enrolled through a claim before ([`Store::claim_use`] says how).
+    /// Nothing was recorded.
+    AlreadyClaimed,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -206,8 +255,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<TokenRevokeOutcome>;
 
     /// Records an issued certificate and its audit event, atomically, or nothing:
-    /// - with `token_hash`, consumes the token, only if it is still unused and not revoked
-    ///   (else [`RecordOutcome::TokenAlreadyUsed`]);
+    /// - with [`Consumes::Token`], consumes the token, only if it is still unused and not
+    ///   revoked (else [`RecordOutcome::TokenAlreadyUsed`]);
+    /// - with [`Consumes::Claim`], takes one use of the claim, only if it has one left and is
+    ///   not revoked (else [`RecordOutcome::ClaimUnavailable`]), and records the identity's
+    ///   claim enrolment, only if it has none (else [`RecordOutcome::AlreadyClaimed`]);
     /// - with `cert.parent_serial`, marks the parent superseded by this certificate, only if
     ///   no other certificate superseded it (else [`RecordOutcome::ParentAlreadyRenewed`]);
     /// - only if no certificate of the same identity has the same key (else
@@ -215,9 +267,24 @@ pub trait Store: Send + Sync + 'static {
     async fn record_issuance(
         &self,
         cert: CertRecord,
-        token_hash: Option<String>,
+        consumes: Consumes,
         audit: AuditEvent,
     ) -> Result<RecordOutcome>;
+
+    /// Stores a new claim with its audit event.
+    async fn put_claim(&self, claim: ClaimRecord, audit: AuditEvent) -> Result<()>;
+    async fn claim(&self, hash: &str) -> Result<Option<ClaimRecord>>;
+    /// Every claim, oldest first.
+    async fn claims(&self) -> Result<Vec<ClaimRecord>>;
+    /// Revokes a claim (it enrols nothing more) with its audit event; false if it was
+    /// revoked already or does not exist.
+    async fn revoke_claim(&self, hash: &str, at: OffsetDateTime, audit: AuditEvent)
+    -> Result<bool>;
+    /// The identity's enrolment through a claim, if any.
+    async fn claim_use(&self, identity: &str) -> Result<Option<ClaimUse>>;
+    /// Forgets the identity's enrolment through a claim (`provisioning reset`), audited, so
+    /// that it may enrol through a claim again; false if it had none.
+    async fn reset_claim_use(&self, identity: &str, audit: AuditEvent) -> Result<bool>;
 
     async fn cert(&self, serial: &str) -> Result<Option<CertRecord>>;
     /// The serial of a certificate of `identity` with this key (SPKI SHA-256), if any.

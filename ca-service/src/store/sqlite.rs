@@ -9,8 +9,9 @@
 //! the commit that makes it durable (`synchronous=FULL`).
 
 use super::{
-    AuditEvent, CertFilter, CertRecord, DeviceRecord, RecordOutcome, Revocation, RevokeOutcome,
-    Store, TokenFilter, TokenRecord, TokenRevokeOutcome, TokenUse,
+    AuditEvent, CertFilter, CertRecord, ClaimRecord, ClaimUse, Consumes, DeviceRecord,
+    RecordOutcome, Revocation, RevokeOutcome, Store, TokenFilter, TokenRecord, TokenRevokeOutcome,
+    TokenUse,
 };
 use crate::error::{CaError, Result};
 use crate::revocation::Reason;
@@ -47,6 +48,24 @@ CREATE TABLE IF NOT EXISTS tokens (
     used_serial   TEXT,
     used_spki     TEXT
 );
+CREATE TABLE IF NOT EXISTS claims (
+    hash          TEXT PRIMARY KEY,
+    id            TEXT NOT NULL,
+    group_name    TEXT NOT NULL,
+    template      TEXT NOT NULL,
+    max_uses      INTEGER NOT NULL,
+    uses          INTEGER NOT NULL DEFAULT 0,
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    revoked_at    INTEGER
+);
+CREATE TABLE IF NOT EXISTS claim_uses (
+    identity      TEXT PRIMARY KEY,
+    claim_hash    TEXT NOT NULL,
+    at            INTEGER NOT NULL,
+    serial        TEXT NOT NULL,
+    spki_sha256   TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS policies (
     group_name    TEXT PRIMARY KEY,
     json          TEXT NOT NULL,
@@ -80,7 +99,8 @@ CREATE TABLE IF NOT EXISTS audit (
 /// The schema this build writes, kept in `PRAGMA user_version`. 0 is a database from
 /// before versions were kept (0.1.0 on): migrated by [`migrate`], which adds what it lacks.
 /// Raise it with every change to [`SCHEMA`] or [`migrate`].
-pub const SCHEMA_VERSION: i64 = 1;
+/// 2: batch claims (`claims`, `claim_uses`).
+pub const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -91,7 +111,7 @@ pub struct SqliteStore {
 /// One issuance waiting for the next group commit.
 struct Issuance {
     cert: CertRecord,
-    token_hash: Option<String>,
+    consumes: Consumes,
     audit: AuditEvent,
     reply: tokio::sync::oneshot::Sender<Result<RecordOutcome>>,
 }
@@ -258,6 +278,23 @@ fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
 
 const DEVICE_COLUMNS: &str = "identity, group_name, last_seen, serial, cert_status, remote, report";
 
+const CLAIM_COLUMNS: &str =
+    "hash, id, group_name, template, max_uses, uses, created_at, expires_at, revoked_at";
+
+fn claim_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClaimRecord> {
+    Ok(ClaimRecord {
+        hash: r.get(0)?,
+        id: r.get(1)?,
+        group: r.get(2)?,
+        identity_template: r.get(3)?,
+        max_uses: r.get::<_, i64>(4)?.max(0) as u64,
+        uses: r.get::<_, i64>(5)?.max(0) as u64,
+        created_at: from_ts(r.get(6)?),
+        expires_at: from_ts(r.get(7)?),
+        revoked_at: r.get::<_, Option<i64>>(8)?.map(from_ts),
+    })
+}
+
 const TOKEN_COLUMNS: &str = "hash, identity, group_name, created_at, expires_at, used_at, used_serial, used_spki, revoked_at";
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
@@ -323,7 +360,25 @@ fn commit_issuances(c: &mut Connection, batch: Vec<Issuance>) {
 
 fn record_one(c: &Connection, job: &Issuance) -> Result<RecordOutcome> {
     let cert = &job.cert;
-    if let Some(hash) = &job.token_hash {
+    if let Consumes::Claim(hash) = &job.consumes {
+        let n = c
+            .prepare_cached(
+                "UPDATE claims SET uses = uses + 1 WHERE hash = ?1 AND uses < max_uses AND revoked_at IS NULL",
+            )?
+            .execute(params![hash])?;
+        if n != 1 {
+            return Ok(RecordOutcome::ClaimUnavailable);
+        }
+        let n = c
+            .prepare_cached(
+                "INSERT OR IGNORE INTO claim_uses (identity, claim_hash, at, serial, spki_sha256) VALUES (?1,?2,?3,?4,?5)",
+            )?
+            .execute(params![cert.identity, hash, ts(cert.issued_at), cert.serial, cert.spki_sha256])?;
+        if n != 1 {
+            return Ok(RecordOutcome::AlreadyClaimed);
+        }
+    }
+    if let Consumes::Token(hash) = &job.consumes {
         let n = c
             .prepare_cached(
                 "UPDATE tokens SET used_at = ?2, used_serial = ?3, used_spki = ?4 WHERE hash = ?1 AND used_at IS NULL AND revoked_at IS NULL",
@@ -489,14 +544,14 @@ impl Store for SqliteStore {
     async fn record_issuance(
         &self,
         cert: CertRecord,
-        token_hash: Option<String>,
+        consumes: Consumes,
         audit: AuditEvent,
     ) -> Result<RecordOutcome> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.pending
             .lock()
             .map_err(|_| CaError::Storage("issuance queue lock poisoned".into()))?
-            .push(Issuance { cert, token_hash, audit, reply });
+            .push(Issuance { cert, consumes, audit, reply });
         let pending = self.pending.clone();
         // Under the connection lock, take whatever is queued (ours, unless an earlier
         // holder already committed it) and commit it as one batch.
@@ -515,6 +570,98 @@ impl Store for SqliteStore {
         answer
             .await
             .map_err(|_| CaError::Storage("the issuance batch was dropped unanswered".into()))?
+    }
+
+    async fn put_claim(&self, k: ClaimRecord, audit: AuditEvent) -> Result<()> {
+        let max = i64::try_from(k.max_uses).map_err(CaError::encoding("claim uses"))?;
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO claims (hash, id, group_name, template, max_uses, uses, created_at, expires_at) VALUES (?1,?2,?3,?4,?5,0,?6,?7)",
+                params![k.hash, k.id, k.group, k.identity_template, max, ts(k.created_at), ts(k.expires_at)],
+            )?;
+            insert_audit(&tx, &audit)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim(&self, hash: &str) -> Result<Option<ClaimRecord>> {
+        let hash = hash.to_owned();
+        self.with(move |c| {
+            Ok(c.prepare_cached(&format!("SELECT {CLAIM_COLUMNS} FROM claims WHERE hash = ?1"))?
+                .query_row(params![hash], claim_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn claims(&self) -> Result<Vec<ClaimRecord>> {
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {CLAIM_COLUMNS} FROM claims ORDER BY created_at, id"
+            ))?;
+            let rows = stmt.query_map([], claim_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn revoke_claim(
+        &self,
+        hash: &str,
+        at: OffsetDateTime,
+        audit: AuditEvent,
+    ) -> Result<bool> {
+        let hash = hash.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE claims SET revoked_at = ?2 WHERE hash = ?1 AND revoked_at IS NULL",
+                params![hash, ts(at)],
+            )?;
+            if n == 1 {
+                insert_audit(&tx, &audit)?;
+                tx.commit()?;
+            }
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn claim_use(&self, identity: &str) -> Result<Option<ClaimUse>> {
+        let identity = identity.to_owned();
+        self.with(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT identity, claim_hash, at, serial, spki_sha256 FROM claim_uses WHERE identity = ?1",
+            )?
+            .query_row(params![identity], |r| {
+                Ok(ClaimUse {
+                    identity: r.get(0)?,
+                    claim_hash: r.get(1)?,
+                    at: from_ts(r.get(2)?),
+                    serial: r.get(3)?,
+                    spki_sha256: r.get(4)?,
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn reset_claim_use(&self, identity: &str, audit: AuditEvent) -> Result<bool> {
+        let identity = identity.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute("DELETE FROM claim_uses WHERE identity = ?1", params![identity])?;
+            if n == 1 {
+                insert_audit(&tx, &audit)?;
+                tx.commit()?;
+            }
+            Ok(n == 1)
+        })
+        .await
     }
 
     async fn cert(&self, serial: &str) -> Result<Option<CertRecord>> {
@@ -805,7 +952,7 @@ mod tests {
             let store = store.clone();
             // Two issuances race for token t1; serial 10 is issued twice.
             let serial = if i == 63 { "10".to_string() } else { i.to_string() };
-            let token = (i < 2).then(|| "t1".to_string());
+            let token = if i < 2 { Consumes::Token("t1".into()) } else { Consumes::Nothing };
             let mut rec = cert(&serial);
             if i == 63 {
                 // Another identity and key, so it is the serial alone that collides.

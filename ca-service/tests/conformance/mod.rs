@@ -685,3 +685,118 @@ pub async fn checkins_fill_the_inventory(ca: Ca) {
     assert!(row(&all, "inv-a").last_seen.is_some());
     assert!(row(&all, "inv-b").last_seen.is_none());
 }
+
+const TEMPLATE: &str = "sensor-{id}.fleet.example.com";
+
+fn sensor(id: &str) -> String {
+    TEMPLATE.replace("{id}", id)
+}
+
+/// A claim with 3 uses: three identities enrol, the fourth is refused; each identity once
+/// (the same key again gets the same certificate, another key is refused); identities
+/// outside the template, unknown claims, revoked and expired claims are refused with their
+/// codes; a reset lets an identity enrol through a claim again.
+pub async fn a_batch_claim_enrols_each_identity_once_and_no_more_than_its_uses(ca: Ca) {
+    use lanyard_proto::ProblemCode as P;
+    let (claim, rec) = ca
+        .auth
+        .create_claim("default", TEMPLATE, 3, Duration::from_secs(86_400), "test")
+        .await
+        .expect("claim");
+    assert!(claim.expose().starts_with("lyc.") && rec.uses == 0 && rec.max_uses == 3);
+    let mut issued = Vec::new();
+    for d in ["a1", "a2", "a3"] {
+        let (_k, der) = csr(None, p256());
+        let i = ca.auth.enroll(&sensor(d), &claim, &der, &meta()).await.expect("enrol");
+        assert_eq!(i.record.identity, sensor(d));
+        issued.push((d, der, i.record.serial));
+    }
+    // A retry with the same key (a lost answer) gets the same certificate, even now that the
+    // claim is used up.
+    let (d, der, serial) = &issued[0];
+    let again = ca.auth.enroll(&sensor(d), &claim, der, &meta()).await.expect("retry");
+    assert!(again.replayed && again.record.serial == *serial);
+    let (_k, other) = csr(None, p256());
+    let e = ca.auth.enroll(&sensor("a1"), &claim, &other, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), P::AlreadyProvisioned, "{e}");
+    let e = ca.auth.enroll(&sensor("a4"), &claim, &other, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), P::ClaimExhausted, "{e}");
+    assert_eq!(ca.auth.claims().await.expect("list")[0].uses, 3);
+    assert_eq!(ca.auth.certs(CertFilter::default()).await.expect("certs").len(), 3);
+
+    let (claim2, rec2) = ca
+        .auth
+        .create_claim("default", TEMPLATE, 10, Duration::from_secs(3600), "test")
+        .await
+        .expect("claim");
+    let e = ca.auth.enroll("other.fleet.example.com", &claim2, &other, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), P::IdentityMismatch, "{e}");
+    let e = ca.auth.enroll(&sensor("a1"), &claim2, &other, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), P::AlreadyProvisioned, "an identity enrols through claims once: {e}");
+    assert!(ca.auth.reset_provisioning(&sensor("a1"), "test").await.expect("reset"));
+    assert!(!ca.auth.reset_provisioning(&sensor("never"), "test").await.expect("reset"));
+    ca.auth.enroll(&sensor("a1"), &claim2, &other, &meta()).await.expect("after the reset");
+    let fake = TokenSecret::from_presented(&lanyard_proto::claim::format(&[9u8; 32]));
+    let e = ca.auth.enroll(&sensor("b1"), &fake, &other, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), P::TokenInvalid, "{e}");
+
+    assert!(ca.auth.revoke_claim(&rec2, "test").await.expect("revoke"));
+    assert!(!ca.auth.revoke_claim(&rec2, "test").await.expect("revoke twice"));
+    let (_k, der) = csr(None, p256());
+    let e = ca.auth.enroll(&sensor("b2"), &claim2, &der, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), P::ClaimExhausted, "{e}");
+    assert!(e.to_string().contains("revoked"), "{e}");
+
+    let (claim3, _) = ca
+        .auth
+        .create_claim("default", TEMPLATE, 10, Duration::from_secs(60), "test")
+        .await
+        .expect("claim");
+    ca.clock.advance(time::Duration::minutes(2));
+    let e = ca.auth.enroll(&sensor("c1"), &claim3, &der, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), P::ClaimExpired, "{e}");
+
+    // Bad claims are refused at creation.
+    for (group, template, uses, ttl) in [
+        ("default", "sensor.example.com", 3, 60),
+        ("default", TEMPLATE, 0, 60),
+        ("default", TEMPLATE, 3, 0),
+        ("no-such-group", TEMPLATE, 3, 60),
+    ] {
+        let r = ca.auth.create_claim(group, template, uses, Duration::from_secs(ttl), "test").await;
+        assert_eq!(code(&r.unwrap_err()), P::BadRequest, "{group} {template} {uses} {ttl}");
+    }
+    // Every use is audited with the claim's ID, never the claim itself.
+    let log = ca.auth.store().audit_log(100).await.expect("audit");
+    let uses = log.iter().filter(|e| e.actor == format!("claim:{}", rec.id)).count();
+    assert_eq!(uses, 3, "{log:?}");
+    assert!(!format!("{log:?}").contains(claim.expose()));
+}
+
+/// Eight devices race for a claim with three uses: exactly three enrol.
+pub async fn a_claim_is_never_used_beyond_its_uses(ca: Ca) {
+    let ca = Arc::new(ca);
+    let (claim, _) = ca
+        .auth
+        .create_claim("default", TEMPLATE, 3, Duration::from_secs(3600), "test")
+        .await
+        .expect("claim");
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (ca, claim) = (ca.clone(), claim.clone());
+        tasks.push(tokio::spawn(async move {
+            let (_k, der) = csr(None, p256());
+            ca.auth.enroll(&sensor(&format!("r{i}")), &claim, &der, &meta()).await
+        }));
+    }
+    let (mut ok, mut exhausted) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => ok += 1,
+            Err(e) if code(&e) == lanyard_proto::ProblemCode::ClaimExhausted => exhausted += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((ok, exhausted), (3, 5));
+    assert_eq!(ca.auth.claims().await.expect("list")[0].uses, 3);
+}

@@ -1,0 +1,144 @@
+//! Batch claims through the CLI and EST, with curl and openssl from outside: a claim with 3
+//! uses enrols three devices and refuses the fourth (`claim-exhausted`), each identity once
+//! (`already-provisioned` for another key, the same certificate for the same key), only
+//! identities its template makes; `provisioning claim list`, `revoke` and `reset`, and the
+//! audit trail, which names the claim by its ID and never holds it.
+
+use lanyard_e2e::est;
+use lanyard_e2e::pki::{self, KeyAlg};
+use lanyard_e2e::{Ca, peers};
+
+const TEMPLATE: &str = "sensor-{id}.fleet.example.com";
+
+fn problem_code(r: &est::Resp) -> String {
+    serde_json::from_slice::<serde_json::Value>(&r.body)
+        .ok()
+        .and_then(|v| v["code"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no problem document: {r}"))
+}
+
+#[test]
+fn a_batch_claim_enrols_three_devices_and_refuses_the_fourth() {
+    if !peers::require_basics() {
+        return;
+    }
+    let ca = Ca::init();
+    let srv = ca.serve();
+    let create = ca
+        .cli(&["provisioning", "claim", "create", "--identity-template", TEMPLATE, "--uses", "3"])
+        .ok();
+    let claim = create.stdout.trim().to_owned();
+    assert!(claim.starts_with("lyc.") && !claim.contains('\n'), "{}", create.all());
+    assert!(create.stderr.contains("enrols up to 3 devices"), "{}", create.all());
+
+    let mut first = None;
+    for sn in ["sn-1", "sn-2", "sn-3"] {
+        let id = TEMPLATE.replace("{id}", sn);
+        let (_key, csr) = pki::key_and_csr(&ca.work, KeyAlg::P256, &id);
+        let r = est::enroll(&srv, &id, &claim, &csr.b64).expect(200);
+        let leaf = pki::leaf_from_est(&r.body, &ca.work, sn);
+        let subject = lanyard_e2e::run(
+            "openssl",
+            &[
+                "x509",
+                "-in",
+                leaf.to_str().unwrap_or_default(),
+                "-noout",
+                "-subject",
+                "-ext",
+                "subjectAltName",
+            ],
+        )
+        .ok();
+        assert!(subject.stdout.contains(&id), "{}", subject.all());
+        first.get_or_insert((id, csr, pki::serial_hex(&leaf)));
+    }
+    let (id1, csr1, serial1) = first.expect("a first device");
+    // The same device again with its key (a lost answer): the same certificate.
+    let again = est::enroll(&srv, &id1, &claim, &csr1.b64).expect(200);
+    assert_eq!(pki::serial_hex(&pki::leaf_from_est(&again.body, &ca.work, "again")), serial1);
+    // ... with another key: refused.
+    let (_k, other) = pki::key_and_csr(&ca.work, KeyAlg::P256, &id1);
+    let r = est::enroll(&srv, &id1, &claim, &other.b64).expect(409);
+    assert_eq!(problem_code(&r), "already-provisioned", "{r}");
+    // The fourth device: the claim is used up.
+    let id4 = TEMPLATE.replace("{id}", "sn-4");
+    let (_k, csr4) = pki::key_and_csr(&ca.work, KeyAlg::P256, &id4);
+    let r = est::enroll(&srv, &id4, &claim, &csr4.b64).expect(403);
+    assert_eq!(problem_code(&r), "claim-exhausted", "{r}");
+    // An identity the template does not make.
+    let r = est::enroll(&srv, "gateway.fleet.example.com", &claim, &csr4.b64).expect(403);
+    assert_eq!(problem_code(&r), "identity-mismatch", "{r}");
+    assert_eq!(ca.certs().len(), 3);
+
+    let list = ca.cli(&["provisioning", "claim", "list", "--json"]).ok();
+    let claims: serde_json::Value = serde_json::from_str(&list.stdout).expect("json");
+    assert_eq!(claims[0]["uses"], 3, "{claims}");
+    assert_eq!(claims[0]["max_uses"], 3, "{claims}");
+    assert_eq!(claims[0]["state"], "used up", "{claims}");
+    let claim_id = claims[0]["id"].as_str().expect("id").to_owned();
+    assert!(!list.stdout.contains(&claim), "the claim itself is not stored");
+    let table = ca.cli(&["provisioning", "claim", "list"]).ok();
+    assert!(table.stdout.contains(&claim_id) && table.stdout.contains("3/3"), "{}", table.all());
+
+    // A second claim: an identity enrolled through a claim needs a reset first.
+    let claim2 = ca
+        .cli(&[
+            "provisioning",
+            "claim",
+            "create",
+            "--identity-template",
+            TEMPLATE,
+            "--uses",
+            "5",
+            "--expires",
+            "1h",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let r = est::enroll(&srv, &id1, &claim2, &other.b64).expect(409);
+    assert_eq!(problem_code(&r), "already-provisioned", "{r}");
+    ca.cli(&["provisioning", "reset", &id1]).ok();
+    est::enroll(&srv, &id1, &claim2, &other.b64).expect(200);
+    let none = ca.cli(&["provisioning", "reset", "sensor-never.fleet.example.com"]).fails();
+    assert!(none.stderr.contains("never enrolled through a claim"), "{}", none.all());
+
+    // Revoked: enrols nothing more.
+    let id2 = ca.cli(&["provisioning", "claim", "list", "--json"]).ok().stdout;
+    let v: serde_json::Value = serde_json::from_str(&id2).expect("json");
+    let second_id = v[1]["id"].as_str().expect("id").to_owned();
+    ca.cli(&["provisioning", "claim", "revoke", "--id", &second_id]).ok();
+    let id5 = TEMPLATE.replace("{id}", "sn-5");
+    let (_k, csr5) = pki::key_and_csr(&ca.work, KeyAlg::P256, &id5);
+    let r = est::enroll(&srv, &id5, &claim2, &csr5.b64).expect(403);
+    assert_eq!(problem_code(&r), "claim-exhausted", "{r}");
+    assert!(r.text().contains("revoked"), "{r}");
+
+    // Bad claims are refused with a message naming the problem, and nothing is made.
+    for (args, want) in [
+        (vec!["--identity-template", "sensor.fleet.example.com", "--uses", "3"], "has no {id}"),
+        (vec!["--identity-template", TEMPLATE, "--uses", "0"], "--uses"),
+        (vec!["--identity-template", TEMPLATE, "--uses", "3", "--group", "nope"], "has no policy"),
+        (vec!["--identity-template", TEMPLATE, "--uses", "3", "--expires", "400d"], "365d"),
+    ] {
+        let mut all = vec!["provisioning", "claim", "create"];
+        all.extend(args);
+        let out = ca.cli(&all).fails();
+        assert!(out.stderr.contains(want), "{all:?}: {}", out.all());
+    }
+    let count = ca.cli(&["provisioning", "claim", "list", "--json"]).ok().stdout;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&count).expect("json").as_array().map(Vec::len),
+        Some(2)
+    );
+
+    // The audit trail: each use by the claim's ID, never the claim.
+    let audit = ca.cli(&["audit", "--json", "--limit", "100"]).ok().stdout;
+    assert_eq!(audit.matches(&format!("claim:{claim_id}")).count(), 3, "{audit}");
+    for action in ["claim.create", "claim.revoke", "provisioning.reset"] {
+        assert!(audit.contains(action), "{action} not audited: {audit}");
+    }
+    assert!(!audit.contains(&claim) && !audit.contains(&claim2), "a claim in the audit trail");
+}
