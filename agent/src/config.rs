@@ -52,6 +52,9 @@ struct RawEnrol {
     method: Option<String>,
     token_file: Option<PathBuf>,
     identity: Option<String>,
+    claim_file: Option<PathBuf>,
+    identity_template: Option<String>,
+    device_id_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -143,6 +146,41 @@ pub struct EnrolConfig {
     pub token_file: Option<PathBuf>,
     /// The identity, for a token that does not carry it (a token from elsewhere).
     pub identity: Option<String>,
+    /// Method "claim": a batch claim shared by the image, and how the device makes its own
+    /// identity for it.
+    pub claim: Option<ClaimConfig>,
+}
+
+/// `[enrol] method = "claim"`: `claim_file`, `identity_template`, `device_id_file`.
+#[derive(Debug, Clone)]
+pub struct ClaimConfig {
+    /// The file holding the batch claim (`lanyard-ca provisioning claim create`); removed
+    /// (or erased) after the device enrolled.
+    pub file: PathBuf,
+    /// The claim's identity template, e.g. `sensor-{id}.fleet.example.com`.
+    pub identity_template: String,
+    /// A file holding the device's serial number; `None`: a hash of `/etc/machine-id`.
+    pub device_id_file: Option<PathBuf>,
+}
+
+impl EnrolConfig {
+    /// The file `lanyard run` enrols from: the claim file for method "claim", else the
+    /// token file.
+    pub fn file(&self) -> Option<&PathBuf> {
+        self.claim.as_ref().map(|c| &c.file).or(self.token_file.as_ref())
+    }
+
+    /// The identity to enrol as, when it is not the token's: `[enrol] identity`, or for a
+    /// claim the template with this device's ID.
+    pub fn identity(&self) -> Result<Option<String>, String> {
+        match &self.claim {
+            Some(c) => {
+                let id = crate::device_id::read(c.device_id_file.as_deref())?;
+                lanyard_proto::claim::identity(&c.identity_template, &id).map(Some)
+            }
+            None => Ok(self.identity.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -483,29 +521,68 @@ impl Config {
 }
 
 fn enrol_config(f: &Option<PathBuf>, r: RawEnrol) -> Result<EnrolConfig, ConfigError> {
-    match r.method.as_deref() {
-        None | Some("token") => {}
-        Some(m @ ("factory-cert" | "claim")) => {
-            return Err(err(
-                f,
-                format!(
-                    "[enrol] method {m:?} is not available in this version: use \"token\" with token_file"
-                ),
-            ));
+    let absolute = |key: &str, p: &Option<PathBuf>| match p {
+        Some(p) if !p.is_absolute() => {
+            Err(err(f, format!("[enrol] {key} {}: give an absolute path", p.display())))
         }
-        Some(m) => return Err(err(f, format!("[enrol] method {m:?}: use \"token\""))),
-    }
-    if let Some(p) = &r.token_file
-        && !p.is_absolute()
-    {
-        return Err(err(f, format!("[enrol] token_file {}: give an absolute path", p.display())));
-    }
+        _ => Ok(()),
+    };
+    absolute("token_file", &r.token_file)?;
+    absolute("claim_file", &r.claim_file)?;
+    absolute("device_id_file", &r.device_id_file)?;
     if let Some(id) = &r.identity
         && id.trim().is_empty()
     {
         return Err(err(f, "[enrol] identity is empty: remove it, or give the device's name"));
     }
-    Ok(EnrolConfig { token_file: r.token_file, identity: r.identity })
+    let claim = match r.method.as_deref() {
+        None | Some("token") => {
+            for (key, set) in [
+                ("claim_file", r.claim_file.is_some()),
+                ("identity_template", r.identity_template.is_some()),
+                ("device_id_file", r.device_id_file.is_some()),
+            ] {
+                if set {
+                    return Err(err(
+                        f,
+                        format!("[enrol] {key} is for method = \"claim\"; set it, or remove {key}"),
+                    ));
+                }
+            }
+            None
+        }
+        Some("claim") => {
+            let (Some(file), Some(template)) = (r.claim_file, r.identity_template) else {
+                return Err(err(
+                    f,
+                    "[enrol] method = \"claim\" needs claim_file (the batch claim) and identity_template (the claim's, e.g. \"sensor-{id}.fleet.example.com\")",
+                ));
+            };
+            if r.token_file.is_some() || r.identity.is_some() {
+                return Err(err(
+                    f,
+                    "[enrol] method = \"claim\" makes the identity from identity_template: remove token_file and identity",
+                ));
+            }
+            lanyard_proto::claim::check_template(&template)
+                .map_err(|e| err(f, format!("[enrol] {e}")))?;
+            Some(ClaimConfig {
+                file,
+                identity_template: template,
+                device_id_file: r.device_id_file,
+            })
+        }
+        Some(m @ "factory-cert") => {
+            return Err(err(
+                f,
+                format!(
+                    "[enrol] method {m:?} is not available in this version: use \"token\" with token_file, or \"claim\""
+                ),
+            ));
+        }
+        Some(m) => return Err(err(f, format!("[enrol] method {m:?}: use \"token\" or \"claim\""))),
+    };
+    Ok(EnrolConfig { token_file: r.token_file, identity: r.identity, claim })
 }
 
 fn route(f: &Option<PathBuf>, i: usize, r: RawRoute) -> Result<Route, ConfigError> {
@@ -641,14 +718,42 @@ upstream = "https://web.apps.example.com"
         assert!(parse("").unwrap().enrol.token_file.is_none());
         let e = parse("[enrol]\ntoken_file = \"enrol.token\"\n").unwrap_err().to_string();
         assert!(e.contains("[enrol] token_file") && e.contains("absolute"), "{e}");
+        let e = parse("[enrol]\nmethod = \"factory-cert\"\n").unwrap_err().to_string();
+        assert!(e.contains("\"factory-cert\"") && e.contains("not available"), "{e}");
         let e = parse("[enrol]\nmethod = \"claim\"\n").unwrap_err().to_string();
-        assert!(e.contains("\"claim\"") && e.contains("not available"), "{e}");
+        assert!(e.contains("claim_file") && e.contains("identity_template"), "{e}");
+        let e = parse("[enrol]\nclaim_file = \"/etc/lanyard/claim\"\n").unwrap_err().to_string();
+        assert!(e.contains("method = \"claim\""), "{e}");
         let e = parse("[enrol]\nmethod = \"magic\"\n").unwrap_err().to_string();
         assert!(e.contains("[enrol] method") && e.contains("\"token\""), "{e}");
         let e = parse("[enrol]\nidentity = \" \"\n").unwrap_err().to_string();
         assert!(e.contains("[enrol] identity"), "{e}");
         let e = parse("[enrol]\ntoken = \"lyt.x.y\"\n").unwrap_err().to_string();
         assert!(e.contains("token_file"), "a token in the config is refused: {e}");
+    }
+
+    #[test]
+    fn enrol_section_takes_a_claim_and_makes_the_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let serial = dir.path().join("serial-number");
+        std::fs::write(&serial, "SN-0042\0").unwrap();
+        let toml = format!(
+            "[enrol]\nmethod = \"claim\"\nclaim_file = \"/etc/lanyard/claim\"\nidentity_template = \"sensor-{{id}}.fleet.example.com\"\ndevice_id_file = \"{}\"\n",
+            serial.display()
+        );
+        let c = parse(&toml).unwrap();
+        assert_eq!(c.enrol.file(), Some(&PathBuf::from("/etc/lanyard/claim")));
+        assert_eq!(
+            c.enrol.identity().unwrap().as_deref(),
+            Some("sensor-sn-0042.fleet.example.com")
+        );
+        std::fs::write(&serial, "not a label!").unwrap();
+        assert!(c.enrol.identity().unwrap_err().contains("device ID"));
+        let bad = toml.replace("sensor-{id}", "sensor");
+        let e = parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("has no {id}"), "{e}");
+        let both = format!("{toml}token_file = \"/etc/lanyard/enrol.token\"\n");
+        assert!(parse(&both).unwrap_err().to_string().contains("remove token_file"));
     }
 
     #[test]

@@ -42,8 +42,8 @@ pub fn watch(agent: &Agent, tx: mpsc::Sender<()>) -> Option<notify::RecommendedW
     if let Some(p) = &agent.cfg.renewal.policy_file {
         paths.push(p.clone());
     }
-    if let Some(p) = &agent.cfg.enrol.token_file {
-        paths.push(p.clone());
+    if let Some(p) = agent.cfg.enrol.file() {
+        paths.push(p.to_path_buf());
     }
     let names: Vec<std::ffi::OsString> =
         paths.iter().filter_map(|p| p.file_name().map(|n| n.to_owned())).collect();
@@ -218,7 +218,7 @@ impl Renewer {
             }
             Decision::NeedsEnrolment(msg) => {
                 let mut msg = msg.clone();
-                if let Some(path) = &agent.cfg.enrol.token_file {
+                if let Some(path) = agent.cfg.enrol.file() {
                     use crate::token_file::Next;
                     match self.token_file.step(agent, path).await {
                         Next::Enrolled => return Turn::Again,

@@ -26,6 +26,7 @@ pub mod clock;
 pub mod config;
 pub mod credential;
 pub mod daemon;
+pub mod device_id;
 pub mod error;
 pub mod est;
 pub mod fsutil;

@@ -56,8 +56,16 @@ enum Cmd {
         #[arg(long)]
         token_file: Option<PathBuf>,
         /// The identity, when the token does not carry it.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "identity_template")]
         identity: Option<String>,
+        /// With a batch claim: the claim's identity template (e.g.
+        /// 'sensor-{id}.fleet.example.com'); `{id}` becomes this device's ID.
+        #[arg(long)]
+        identity_template: Option<String>,
+        /// With --identity-template: a file holding this device's serial number (default: a
+        /// hash of /etc/machine-id).
+        #[arg(long, requires = "identity_template")]
+        device_id_file: Option<PathBuf>,
         /// Trust the CA's TLS certificate through this PEM bundle.
         #[arg(long, conflicts_with = "ca_fingerprint")]
         ca_bundle: Option<PathBuf>,
@@ -183,16 +191,31 @@ fn terminate_token() -> CancellationToken {
 
 async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
     match &cli.cmd {
-        Cmd::Enrol { ca, token, token_file, identity, ca_bundle, ca_fingerprint, force } => {
+        Cmd::Enrol {
+            ca,
+            token,
+            token_file,
+            identity,
+            identity_template,
+            device_id_file,
+            ca_bundle,
+            ca_fingerprint,
+            force,
+        } => {
             let agent = open(&cli)?;
-            // Without --token or --token-file, the config's [enrol] token_file, removed
-            // after success as `lanyard run` would.
-            let configured = agent
-                .cfg
-                .enrol
-                .token_file
-                .as_ref()
-                .filter(|_| token.is_none() && token_file.is_none());
+            // Without --token or --token-file, the config's [enrol] token_file (or claim_file),
+            // removed after success as `lanyard run` would.
+            let configured =
+                agent.cfg.enrol.file().filter(|_| token.is_none() && token_file.is_none());
+            let identity = match (identity, identity_template) {
+                (Some(i), _) => Some(i.clone()),
+                (None, Some(t)) => {
+                    let id = lanyard_agent::device_id::read(device_id_file.as_deref())
+                        .map_err(AgentError::Usage)?;
+                    Some(lanyard_proto::claim::identity(t, &id).map_err(AgentError::Usage)?)
+                }
+                (None, None) => agent.cfg.enrol.identity().map_err(AgentError::Usage)?,
+            };
             let token = match (token, token_file.as_ref().or(configured)) {
                 (Some(t), _) => Zeroizing::new(t.trim().to_owned()),
                 (None, Some(f)) => lanyard_agent::token_file::read(f)?.ok_or_else(|| {
@@ -209,7 +232,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                 .enrol(EnrolArgs {
                     ca_url: ca.clone(),
                     token,
-                    identity: identity.clone().or(agent.cfg.enrol.identity.clone()),
+                    identity,
                     ca_bundle: ca_bundle.clone(),
                     ca_fingerprint: ca_fingerprint.clone(),
                     force: *force,

@@ -101,11 +101,19 @@ impl TokenFileEnrolment {
             // Another token: start afresh.
             *self = TokenFileEnrolment::default();
         }
+        // The identity: the token's, `[enrol] identity`, or for a batch claim the template
+        // with this device's ID (a device ID that cannot be read is for a person to fix).
+        let identity = match agent.cfg.enrol.identity() {
+            Ok(i) => i,
+            Err(e) => {
+                let why = format!("not enrolled: {e}");
+                agent.record_enrolment_error(Some(why.clone()));
+                return Next::Idle(why);
+            }
+        };
         // A token that cannot be one (cut off, not Lanyard's without an identity) is refused
         // here, before anything is sent.
-        if let Err(e) =
-            crate::agent::enrolment_identity(&token, agent.cfg.enrol.identity.as_deref())
-        {
+        if let Err(e) = crate::agent::enrolment_identity(&token, identity.as_deref()) {
             return self.refuse(agent, id, path, &e);
         }
         let now = agent.clock.now();
@@ -115,10 +123,10 @@ impl TokenFileEnrolment {
         {
             return Next::RetryAt(at);
         }
-        tracing::info!(file = %shown, attempt = self.failures.count + 1, "enrolling with the token file");
+        tracing::info!(file = %shown, identity = identity.as_deref().unwrap_or("(the token's)"), attempt = self.failures.count + 1, "enrolling with the token file");
         let args = EnrolArgs {
             token,
-            identity: agent.cfg.enrol.identity.clone(),
+            identity,
             // The daemon enrols only when its credential cannot go on (none, expired,
             // revoked, refused renewal); it backs off itself.
             force: true,

@@ -708,6 +708,27 @@ impl ZeroTouch {
         d
     }
 
+    /// A device flashed with a batch claim and a serial number: `[enrol] method = "claim"`.
+    fn with_claim(tmp: &std::path::Path, ca: &Ca, name: &str, serial: &str) -> ZeroTouch {
+        let d = ZeroTouch::new(tmp, ca, name);
+        let serial_file = d.state.with_file_name("serial-number");
+        // As a device tree gives it: NUL-terminated.
+        std::fs::write(&serial_file, format!("{serial}\0")).expect("serial");
+        std::fs::write(
+            &d.cfg,
+            format!(
+                "[ca]\nurl = \"{}\"\nca_bundle = \"{}\"\n[store]\nbackend = \"file\"\npath = \"{}\"\n[enrol]\nmethod = \"claim\"\nclaim_file = \"{}\"\nidentity_template = \"{CLAIM_TEMPLATE}\"\ndevice_id_file = \"{}\"\n",
+                ca.url,
+                ca.root(),
+                d.state.display(),
+                d.token_file.display(),
+                serial_file.display()
+            ),
+        )
+        .expect("config");
+        d
+    }
+
     fn run(&self) -> tokio::process::Child {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_lanyard"))
             // -v: Lanyard's own debug lines too (each wake by a watched file is one).
@@ -831,6 +852,93 @@ async fn the_daemon_enrols_from_a_token_file_retries_an_absent_ca_and_waits_out_
     let attempts = third.log().matches("enrolling with the token file").count();
     assert!((2..=4).contains(&attempts), "{attempts} attempts in about 10 s:\n{}", third.log());
     third.token_file_gone_within(Duration::from_secs(10)).await;
+}
+
+const CLAIM_TEMPLATE: &str = "sensor-{id}.fleet.example.com";
+
+/// Identical images with one batch claim of 3 uses: three devices enrol by themselves, each
+/// under its own serial number, and remove the claim; the fourth is refused
+/// (`claim-exhausted`), says so in its status and waits. `lanyard enrol` takes a claim
+/// with `--identity-template`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_images_enrol_through_a_batch_claim_each_under_its_own_identity() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let (claim, rec) = ca
+        .auth()
+        .create_claim("default", CLAIM_TEMPLATE, 3, Duration::from_secs(86_400), "test")
+        .await
+        .expect("claim");
+    let claim = claim.expose().to_owned();
+    let mut daemons = Vec::new();
+    let devices: Vec<ZeroTouch> = ["SN-0001", "SN-0002", "SN-0003"]
+        .iter()
+        .map(|sn| {
+            let d = ZeroTouch::with_claim(tmp.path(), &ca, &format!("dev-{sn}"), sn);
+            std::fs::write(&d.token_file, format!("{claim}\n")).expect("claim file");
+            daemons.push(d.run());
+            d
+        })
+        .collect();
+    for (d, sn) in devices.iter().zip(["sn-0001", "sn-0002", "sn-0003"]) {
+        let s = d.enrolled_within(Duration::from_secs(40)).await;
+        assert_eq!(s["identity"], format!("sensor-{sn}.fleet.example.com"), "{s}");
+        d.token_file_gone_within(Duration::from_secs(10)).await;
+        assert!(!d.log().contains(&claim), "the claim reached the log");
+    }
+    let claims = ca.auth().claims().await.expect("claims");
+    assert_eq!((claims[0].id.as_str(), claims[0].uses), (rec.id.as_str(), 3));
+
+    // The fourth image: the claim is used up.
+    let fourth = ZeroTouch::with_claim(tmp.path(), &ca, "dev-4", "SN-0004");
+    std::fs::write(&fourth.token_file, &claim).expect("claim file");
+    let _fourth_daemon = fourth.run();
+    let t = Instant::now();
+    while !fourth.log().contains("enrolment refused") {
+        assert!(t.elapsed() < Duration::from_secs(20), "no refusal:\n{}", fourth.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let s = fourth.status().await;
+    assert_eq!(s["state"], "not_enrolled", "{s}");
+    assert!(s["action"].as_str().unwrap_or_default().contains("claim-exhausted"), "{s}");
+    assert_eq!(fourth.log().matches("enrolling with the token file").count(), 1);
+
+    // By hand: `lanyard enrol` with a new claim, the template and the serial file.
+    let (claim2, _) = ca
+        .auth()
+        .create_claim("default", CLAIM_TEMPLATE, 1, Duration::from_secs(3600), "test")
+        .await
+        .expect("claim");
+    let hand = tmp.path().join("by-hand");
+    let serial = tmp.path().join("by-hand-serial");
+    std::fs::write(&serial, "SN-0005\n").expect("serial");
+    let o = lanyard(
+        &hand,
+        &[
+            "enrol",
+            "--ca",
+            &ca.url,
+            "--ca-bundle",
+            &ca.root(),
+            "--token",
+            claim2.expose(),
+            "--identity-template",
+            CLAIM_TEMPLATE,
+            "--device-id-file",
+            serial.to_str().expect("p"),
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("enrolled as sensor-sn-0005.fleet.example.com"), "{}", text(&o));
+    // Without an identity, a claim is refused before anything is sent, saying what to give.
+    let o = lanyard(
+        &tmp.path().join("no-identity"),
+        &["enrol", "--ca", &ca.url, "--ca-bundle", &ca.root(), "--token", claim2.expose()],
+    )
+    .await;
+    assert!(!o.status.success() && text(&o).contains("--identity-template"), "{}", text(&o));
+    assert!(!text(&o).contains(claim2.expose()), "the claim reached the output");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,6 +56,11 @@ pub fn enrolment_identity(token: &str, given: Option<&str>) -> Result<String> {
         ))),
         (Ok(from_token), _) => Ok(from_token),
         (Err(Malformed::NotLanyard), Some(g)) => Ok(g.to_owned()),
+        (Err(Malformed::NotLanyard), None) if lanyard_proto::claim::is_claim(token) => {
+            Err(AgentError::Usage(
+                "this is a batch claim (\"lyc.\"): it enrols under an identity of the device's own; give --identity-template (the claim's, e.g. 'sensor-{id}.fleet.example.com') or --identity, or set [enrol] method = \"claim\"".into(),
+            ))
+        }
         (Err(Malformed::NotLanyard), None) if token.trim().is_empty() => {
             Err(AgentError::Usage("the enrolment token is empty".into()))
         }

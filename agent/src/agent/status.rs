@@ -85,7 +85,7 @@ impl Agent {
             Decision::SleepUntil { at, .. } => (Some(*at), None),
             Decision::NeedsEnrolment(m) => (
                 None,
-                Some(match (&self.cfg.enrol.token_file, &st.enrolment_error) {
+                Some(match (self.cfg.enrol.file(), &st.enrolment_error) {
                     (Some(_), Some(why)) => why.clone(),
                     (Some(f), None) => crate::token_file::waiting(f),
                     (None, _) => m.clone(),
