@@ -24,7 +24,9 @@ use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 mod claims;
+mod factory;
 pub use claims::{MAX_TTL as MAX_CLAIM_TTL, MAX_USES as MAX_CLAIM_USES};
+pub use factory::cert_fingerprint as factory_cert_fingerprint;
 
 /// Group used when a token names none.
 pub const DEFAULT_GROUP: &str = "default";
@@ -576,7 +578,7 @@ impl Authority {
             }
             RecordOutcome::ParentAlreadyRenewed { .. }
             | RecordOutcome::ClaimUnavailable
-            | RecordOutcome::AlreadyClaimed => {
+            | RecordOutcome::AlreadyProvisioned => {
                 Err(CaError::Storage("a token enrolment has no parent and no claim".into()))
             }
             RecordOutcome::TokenAlreadyUsed => {
@@ -740,7 +742,7 @@ impl Authority {
             RecordOutcome::KeyReused { serial } => return Err(key_reused(&serial)),
             RecordOutcome::TokenAlreadyUsed
             | RecordOutcome::ClaimUnavailable
-            | RecordOutcome::AlreadyClaimed => {
+            | RecordOutcome::AlreadyProvisioned => {
                 return Err(CaError::Storage("a renewal consumed no token and no claim".into()));
             }
         }

@@ -412,11 +412,51 @@ enum ProvisioningCmd {
         #[command(subcommand)]
         cmd: ClaimCmd,
     },
-    /// Let an identity that enrolled through a claim enrol through one again (a replaced
-    /// board that keeps its serial number). Its certificates are left alone.
+    /// Let an identity that enrolled through a claim or with its factory certificate do so
+    /// again (a replaced board that keeps its serial number). Its certificates are left
+    /// alone; a blocked factory certificate stays blocked.
     Reset {
         /// The device's identity.
         identity: String,
+    },
+    /// Trust a manufacturer's CA for a group's first enrolments: devices present their
+    /// factory certificate (IDevID) over mTLS on simpleenroll, with no token.
+    Trust {
+        /// The group whose policy the devices get; it must have one, except "default".
+        #[arg(long, default_value = "default")]
+        group: String,
+        /// The CA that signs the factory certificates (one PEM certificate).
+        #[arg(long)]
+        ca: PathBuf,
+        /// What names a device: cn (the subject CN), serial (the certificate's serial number,
+        /// with --identity-template) or san-uri (the last segment of the first URI SAN).
+        #[arg(long)]
+        identity_from: lanyard_ca::store::IdentityFrom,
+        /// Make identities from the value: `{id}` is replaced by it, e.g.
+        /// 'sensor-{id}.fleet.example.com'. Without it the value is the identity.
+        #[arg(long)]
+        identity_template: Option<String>,
+    },
+    /// Stop trusting a factory CA (devices it enrolled keep their certificates).
+    Untrust {
+        /// The factory CA's ID, as `provisioning list` shows it.
+        #[arg(long)]
+        id: String,
+    },
+    /// Block one factory certificate: it never enrols again.
+    Block {
+        /// The factory certificate (PEM).
+        #[arg(long, required_unless_present = "fingerprint", conflicts_with = "fingerprint")]
+        cert: Option<PathBuf>,
+        /// Its SHA-256 fingerprint (hex, colons allowed).
+        #[arg(long)]
+        fingerprint: Option<String>,
+    },
+    /// The trusted factory CAs.
+    List {
+        /// JSON (an array) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -724,12 +764,58 @@ async fn provisioning(dir: &DirArg, cmd: ProvisioningCmd) -> Result<(), CaError>
                 eprintln!("claim {} was revoked already", claim.id);
             }
         }
+        ProvisioningCmd::Trust { group, ca, identity_from, identity_template } => {
+            let pem =
+                std::fs::read(&ca).map_err(CaError::io(format!("reading {}", ca.display())))?;
+            let rec =
+                a.trust_factory_ca(&group, &pem, identity_from, identity_template, &actor).await?;
+            outln!("{}", rec.id);
+            eprintln!(
+                "factory CA {} ({}) trusted for group {group}: its devices enrol with their factory certificates",
+                rec.id, rec.subject
+            );
+        }
+        ProvisioningCmd::Untrust { id } => {
+            a.untrust_factory_ca(&id, &actor).await?;
+            eprintln!("factory CA {id} is no longer trusted");
+        }
+        ProvisioningCmd::Block { cert, fingerprint } => {
+            let given = match (cert, fingerprint) {
+                (Some(f), _) => std::fs::read_to_string(&f)
+                    .map_err(CaError::io(format!("reading {}", f.display())))?,
+                (None, Some(fp)) => fp,
+                (None, None) => {
+                    return Err(CaError::BadRequest("give --cert or --fingerprint".into()));
+                }
+            };
+            let fp = lanyard_ca::authority::factory_cert_fingerprint(&given)?;
+            a.block_factory_cert(&fp, &actor).await?;
+            eprintln!("factory certificate {fp} is blocked: it enrols nothing from now on");
+        }
+        ProvisioningCmd::List { json } => {
+            let cas = a.factory_cas().await?;
+            if json {
+                outln!("{}", serde_json::to_string(&cas).map_err(CaError::encoding("JSON"))?);
+            } else {
+                outln!("{:<16}  {:<12}  {:<8}  {:<32}  SUBJECT", "ID", "GROUP", "FROM", "TEMPLATE");
+                for c in &cas {
+                    outln!(
+                        "{:<16}  {:<12}  {:<8}  {:<32}  {}",
+                        c.id,
+                        c.group,
+                        c.identity_from.name(),
+                        c.identity_template.as_deref().unwrap_or("-"),
+                        c.subject
+                    );
+                }
+            }
+        }
         ProvisioningCmd::Reset { identity } => {
             if a.reset_provisioning(&identity, &actor).await? {
                 eprintln!("{identity} may enrol through a claim again");
             } else {
                 return Err(CaError::NotFound(format!(
-                    "{identity:?} never enrolled through a claim; nothing to reset"
+                    "{identity:?} never enrolled through a claim or with a factory certificate; nothing to reset"
                 )));
             }
         }

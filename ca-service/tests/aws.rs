@@ -203,6 +203,7 @@ async fn serverless_ca_on_moto() {
         checkins_fill_the_inventory,
         a_batch_claim_enrols_each_identity_once_and_no_more_than_its_uses,
         a_claim_is_never_used_beyond_its_uses,
+        factory_certificates_enrol_once_each,
     );
 
     init_is_checked_claimed_and_cleaned_up(&cfg).await;

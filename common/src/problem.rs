@@ -43,6 +43,9 @@ pub enum ProblemCode {
     /// The identity (or factory certificate) was provisioned before: once only, until the
     /// fleet manager resets it.
     AlreadyProvisioned,
+    /// The client certificate presented for a first enrolment is not from a trusted factory
+    /// CA (`lanyard-ca provisioning trust`).
+    FactoryCaUnknown,
     /// The CSR does not parse, its signature does not verify, or it asks for something the
     /// profile refuses.
     CsrInvalid,
@@ -90,6 +93,7 @@ impl ProblemCode {
         ProblemCode::ClaimExhausted,
         ProblemCode::ClaimExpired,
         ProblemCode::AlreadyProvisioned,
+        ProblemCode::FactoryCaUnknown,
         ProblemCode::CsrInvalid,
         ProblemCode::KeyNotAllowed,
         ProblemCode::KeyReused,
@@ -121,6 +125,7 @@ impl ProblemCode {
             ProblemCode::ClaimExhausted => "claim-exhausted",
             ProblemCode::ClaimExpired => "claim-expired",
             ProblemCode::AlreadyProvisioned => "already-provisioned",
+            ProblemCode::FactoryCaUnknown => "factory-ca-unknown",
             ProblemCode::CsrInvalid => "csr-invalid",
             ProblemCode::KeyNotAllowed => "key-not-allowed",
             ProblemCode::KeyReused => "key-reused",
@@ -146,6 +151,7 @@ impl ProblemCode {
             | ProblemCode::PolicyInvalid => 400,
             ProblemCode::Unauthorized
             | ProblemCode::TokenInvalid
+            | ProblemCode::FactoryCaUnknown
             | ProblemCode::CertificateUnknown => 401,
             ProblemCode::Forbidden
             | ProblemCode::IdentityMismatch
@@ -185,6 +191,7 @@ impl ProblemCode {
             ProblemCode::ClaimExhausted => "Batch claim used up",
             ProblemCode::ClaimExpired => "Batch claim expired",
             ProblemCode::AlreadyProvisioned => "Device already provisioned",
+            ProblemCode::FactoryCaUnknown => "Factory certificate not from a trusted factory CA",
             ProblemCode::CsrInvalid => "Certificate request refused",
             ProblemCode::KeyNotAllowed => "Key type not allowed",
             ProblemCode::KeyReused => "Key used before",

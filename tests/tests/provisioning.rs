@@ -142,3 +142,226 @@ fn a_batch_claim_enrols_three_devices_and_refuses_the_fourth() {
     }
     assert!(!audit.contains(&claim) && !audit.contains(&claim2), "a claim in the audit trail");
 }
+
+/// A manufacturer's CA made with openssl, and factory certificates (IDevID) it signs.
+struct Factory {
+    dir: std::path::PathBuf,
+    ca_crt: std::path::PathBuf,
+    ca_key: std::path::PathBuf,
+}
+
+impl Factory {
+    fn new(dir: &std::path::Path, name: &str) -> Factory {
+        let f = Factory {
+            dir: dir.to_owned(),
+            ca_crt: dir.join(format!("{name}.crt")),
+            ca_key: dir.join(format!("{name}.key")),
+        };
+        lanyard_e2e::run(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                f.ca_key.to_str().unwrap_or_default(),
+                "-out",
+                f.ca_crt.to_str().unwrap_or_default(),
+                "-subj",
+                &format!("/O=Acme Devices/CN={name}"),
+                "-days",
+                "3650",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        )
+        .ok();
+        f
+    }
+
+    /// A factory certificate for serial number `sn` (its CN): (certificate, key).
+    fn device(&self, sn: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let key = pki::genkey(&self.dir.join(format!("idev-{sn}.key")), KeyAlg::P256);
+        let csr = self.dir.join(format!("idev-{sn}.csr"));
+        let crt = self.dir.join(format!("idev-{sn}.crt"));
+        let ext = self.dir.join(format!("idev-{sn}.ext"));
+        std::fs::write(
+            &ext,
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+        )
+        .expect("ext");
+        let s = |p: &std::path::Path| p.display().to_string();
+        lanyard_e2e::run(
+            "openssl",
+            &["req", "-new", "-key", &s(&key), "-subj", &format!("/CN={sn}"), "-out", &s(&csr)],
+        )
+        .ok();
+        lanyard_e2e::run(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &s(&csr),
+                "-CA",
+                &s(&self.ca_crt),
+                "-CAkey",
+                &s(&self.ca_key),
+                "-CAcreateserial",
+                "-days",
+                "3650",
+                "-extfile",
+                &s(&ext),
+                "-out",
+                &s(&crt),
+            ],
+        )
+        .ok();
+        (crt, key)
+    }
+}
+
+/// `simpleenroll` with a factory certificate as the TLS client certificate and no token.
+fn enrol_with(
+    srv: &lanyard_e2e::Server,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    csr_b64: &std::path::Path,
+) -> est::Resp {
+    est::Request::post(srv.url("/.well-known/est/simpleenroll"), "application/pkcs10", csr_b64)
+        .cacert(&srv.cacert)
+        .client(cert, key)
+        .send()
+}
+
+#[test]
+fn devices_enrol_with_factory_certificates_once_each() {
+    if !peers::require_basics() {
+        return;
+    }
+    let ca = Ca::init();
+    let srv = ca.serve();
+    let acme = Factory::new(&ca.work, "Acme Factory CA");
+    let trust = ca
+        .cli(&[
+            "provisioning",
+            "trust",
+            "--ca",
+            acme.ca_crt.to_str().unwrap_or_default(),
+            "--identity-from",
+            "cn",
+            "--identity-template",
+            TEMPLATE,
+        ])
+        .ok();
+    let acme_id = trust.stdout.trim().to_owned();
+    assert_eq!(acme_id.len(), 16, "{}", trust.all());
+
+    // Two devices enrol with their factory certificates; each gets its identity from its CN,
+    // and a certificate openssl verifies against the CA's bundle.
+    let mut enrolled = Vec::new();
+    for sn in ["SN-100", "SN-200"] {
+        let (idev, idev_key) = acme.device(sn);
+        let id = TEMPLATE.replace("{id}", &sn.to_ascii_lowercase());
+        let (_key, csr) = pki::key_and_csr(&ca.work, KeyAlg::P256, &id);
+        let r = enrol_with(&srv, &idev, &idev_key, &csr.b64).expect(200);
+        let leaf = pki::leaf_from_est(&r.body, &ca.work, sn);
+        let subject = lanyard_e2e::run(
+            "openssl",
+            &["x509", "-in", leaf.to_str().unwrap_or_default(), "-noout", "-subject"],
+        )
+        .ok();
+        assert!(subject.stdout.contains(&id), "{}", subject.all());
+        let verify = lanyard_e2e::run(
+            "openssl",
+            &[
+                "verify",
+                "-CAfile",
+                ca.bundle().to_str().unwrap_or_default(),
+                leaf.to_str().unwrap_or_default(),
+            ],
+        );
+        assert!(verify.success(), "{}", verify.all());
+        enrolled.push((idev, idev_key, id, csr, pki::serial_hex(&leaf)));
+    }
+    // The same factory certificate again: the same certificate for the same key (a lost
+    // answer), 409 for another key.
+    let (idev, idev_key, id1, csr1, serial1) = &enrolled[0];
+    let again = enrol_with(&srv, idev, idev_key, &csr1.b64).expect(200);
+    assert_eq!(pki::serial_hex(&pki::leaf_from_est(&again.body, &ca.work, "again")), *serial1);
+    let (_k, other) = pki::key_and_csr(&ca.work, KeyAlg::P256, id1);
+    let r = enrol_with(&srv, idev, idev_key, &other.b64).expect(409);
+    assert_eq!(problem_code(&r), "already-provisioned", "{r}");
+    // After a reset (a repaired board), it enrols again.
+    ca.cli(&["provisioning", "reset", id1]).ok();
+    enrol_with(&srv, idev, idev_key, &other.b64).expect(200);
+
+    // A certificate from a factory CA nobody trusted: 401 factory-ca-unknown.
+    let rogue = Factory::new(&ca.work, "Rogue CA");
+    let (rogue_crt, rogue_key) = rogue.device("SN-300");
+    let (_k, csr3) = pki::key_and_csr(&ca.work, KeyAlg::P256, &TEMPLATE.replace("{id}", "sn-300"));
+    let r = enrol_with(&srv, &rogue_crt, &rogue_key, &csr3.b64).expect(401);
+    assert_eq!(problem_code(&r), "factory-ca-unknown", "{r}");
+    // No certificate and no token: 401 naming both ways in.
+    let r = est::Request::post(
+        srv.url("/.well-known/est/simpleenroll"),
+        "application/pkcs10",
+        &csr3.b64,
+    )
+    .cacert(&srv.cacert)
+    .send()
+    .expect(401);
+    assert!(r.text().contains("factory certificate"), "{r}");
+
+    // A blocked factory certificate never enrols.
+    let (blocked, blocked_key) = acme.device("SN-400");
+    ca.cli(&["provisioning", "block", "--cert", blocked.to_str().unwrap_or_default()]).ok();
+    let (_k, csr4) = pki::key_and_csr(&ca.work, KeyAlg::P256, &TEMPLATE.replace("{id}", "sn-400"));
+    let r = enrol_with(&srv, &blocked, &blocked_key, &csr4.b64).expect(403);
+    assert!(r.text().contains("blocked"), "{r}");
+
+    // Untrusted: Acme's next device is refused.
+    let list = ca.cli(&["provisioning", "list", "--json"]).ok().stdout;
+    assert!(list.contains(&acme_id) && list.contains("\"identity_from\":\"cn\""), "{list}");
+    ca.cli(&["provisioning", "untrust", "--id", &acme_id]).ok();
+    let (late, late_key) = acme.device("SN-500");
+    let (_k, csr5) = pki::key_and_csr(&ca.work, KeyAlg::P256, &TEMPLATE.replace("{id}", "sn-500"));
+    let r = enrol_with(&srv, &late, &late_key, &csr5.b64).expect(401);
+    assert_eq!(problem_code(&r), "factory-ca-unknown", "{r}");
+
+    // Bad trust requests name the problem.
+    let leaf_not_ca = ca
+        .cli(&[
+            "provisioning",
+            "trust",
+            "--ca",
+            late.to_str().unwrap_or_default(),
+            "--identity-from",
+            "cn",
+        ])
+        .fails();
+    assert!(leaf_not_ca.stderr.contains("not a CA certificate"), "{}", leaf_not_ca.all());
+    let serial_bare = ca
+        .cli(&[
+            "provisioning",
+            "trust",
+            "--ca",
+            acme.ca_crt.to_str().unwrap_or_default(),
+            "--identity-from",
+            "serial",
+        ])
+        .fails();
+    assert!(serial_bare.stderr.contains("--identity-template"), "{}", serial_bare.all());
+
+    let audit = ca.cli(&["audit", "--json", "--limit", "100"]).ok().stdout;
+    assert_eq!(audit.matches(&format!("factory:{acme_id}")).count(), 3, "{audit}");
+    for action in ["provisioning.trust", "provisioning.untrust", "provisioning.block"] {
+        assert!(audit.contains(action), "{action} not audited: {audit}");
+    }
+}

@@ -9,7 +9,7 @@ use super::{Authority, Issued, RequestMeta, audit, key_reused, profile_allows, r
 use crate::csr::{self, CheckedCsr};
 use crate::error::{CaError, Result};
 use crate::profile;
-use crate::store::{ClaimRecord, ClaimUse, Consumes, RecordOutcome};
+use crate::store::{ClaimRecord, Consumes, Provisioned, RecordOutcome};
 use crate::tokens::TokenSecret;
 use lanyard_proto::ProblemCode;
 use std::time::Duration;
@@ -97,8 +97,9 @@ impl Authority {
         self.store.revoke_claim(&claim.hash, now, ev).await
     }
 
-    /// Lets `identity` enrol through a claim again (a replaced board keeping its serial);
-    /// false if it never enrolled through one. Its certificates are left alone.
+    /// Lets `identity` enrol through a claim, or with its factory certificate, again (a
+    /// replaced board keeping its serial); false if it never did. Its certificates are left
+    /// alone; a blocked factory certificate stays blocked.
     pub async fn reset_provisioning(&self, identity: &str, actor: &str) -> Result<bool> {
         profile::validate_identity(identity)?;
         let ev = audit(
@@ -109,7 +110,7 @@ impl Authority {
             String::new(),
             &RequestMeta::default(),
         );
-        self.store.reset_claim_use(identity, ev).await
+        Ok(self.store.reset_provisioned(identity, ev).await? > 0)
     }
 
     /// The group a claim would enrol `identity` in (checked, not used), for `/csrattrs`.
@@ -119,7 +120,7 @@ impl Authority {
         secret: &TokenSecret,
     ) -> Result<String> {
         let claim = self.usable_claim(identity, secret).await?;
-        if self.store.claim_use(identity).await?.is_some() {
+        if self.store.provisioned(&Provisioned::identity_key(identity)).await?.is_some() {
             return Err(already_provisioned(identity));
         }
         Ok(claim.group)
@@ -155,10 +156,12 @@ impl Authority {
         let csr = csr::check(csr_der)?;
         // A retry (same key) is answered before the claim's state is looked at: the claim may
         // be used up by now, by this device among others.
-        if let Some(used) = self.store.claim_use(identity).await? {
+        if let Some(used) = self.store.provisioned(&Provisioned::identity_key(identity)).await? {
             let claim = self.store.claim(&secret.hash()).await?;
-            if claim.is_some_and(|c| c.hash == used.claim_hash) {
-                return self.claim_replay(identity, &used, &csr).await;
+            if claim.is_some_and(|c| used.source == format!("claim:{}", c.id)) {
+                return self
+                    .provisioned_replay(&used, &csr, || already_provisioned(identity))
+                    .await;
             }
         }
         let claim = self.usable_claim(identity, secret).await?;
@@ -192,12 +195,16 @@ impl Authority {
         {
             RecordOutcome::Recorded => Ok(Issued { record, chain: self.chain(), replayed: false }),
             RecordOutcome::KeyReused { serial } => Err(key_reused(&serial)),
-            RecordOutcome::AlreadyClaimed => {
-                // A concurrent enrolment of this identity won.
-                let used = self.store.claim_use(identity).await?.ok_or_else(|| {
-                    CaError::Storage(format!("the claim enrolment of {identity} vanished"))
-                })?;
-                self.claim_replay(identity, &used, &csr).await
+            RecordOutcome::AlreadyProvisioned => {
+                // A concurrent enrolment of this identity won (or it enrolled before).
+                let used = self
+                    .store
+                    .provisioned(&Provisioned::identity_key(identity))
+                    .await?
+                    .ok_or_else(|| {
+                        CaError::Storage(format!("the claim enrolment of {identity} vanished"))
+                    })?;
+                self.provisioned_replay(&used, &csr, || already_provisioned(identity)).await
             }
             RecordOutcome::ClaimUnavailable => {
                 // Used up (or revoked) by others between the check and the record.
@@ -211,19 +218,19 @@ impl Authority {
         }
     }
 
-    /// The answer to an identity that enrolled through a claim before: the same certificate
-    /// for the same key, `already-provisioned` for another.
-    async fn claim_replay(
+    /// The answer to a provisioning done before (through a claim, with a factory
+    /// certificate): the same certificate for the same key, `refused` for another.
+    pub(super) async fn provisioned_replay(
         &self,
-        identity: &str,
-        used: &ClaimUse,
+        used: &Provisioned,
         csr: &CheckedCsr,
+        refused: impl FnOnce() -> CaError,
     ) -> Result<Issued> {
-        if used.spki_sha256 != csr.spki_sha256 {
-            return Err(already_provisioned(identity));
+        if used.serial.is_empty() || used.spki_sha256 != csr.spki_sha256 {
+            return Err(refused());
         }
         let record = self.store.cert(&used.serial).await?.ok_or_else(|| {
-            CaError::Storage(format!("certificate {} of a claim enrolment is missing", used.serial))
+            CaError::Storage(format!("certificate {} of a provisioning is missing", used.serial))
         })?;
         if let Some(r) = &record.revocation {
             return Err(revoked_error(&record.serial, r));

@@ -171,7 +171,7 @@ fn der_response(ct: &'static str, der: Vec<u8>) -> Response {
 /// `identity:token` from `Authorization: Basic`.
 fn basic_credentials(headers: &HeaderMap) -> Result<(String, TokenSecret)> {
     let missing = || {
-        CaError::Unauthorized("simpleenroll needs HTTP Basic credentials: the identity as user, the enrolment token as password".into())
+        CaError::Unauthorized("simpleenroll needs HTTP Basic credentials (the identity as user, the enrolment token or batch claim as password) or a factory certificate as the TLS client certificate".into())
     };
     let v = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(missing)?;
     let b64 = v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")).ok_or_else(missing)?;
@@ -197,14 +197,26 @@ async fn cacerts(State(auth): State<App>) -> Result<Response> {
 
 async fn simpleenroll(
     State(auth): State<App>,
+    peer: Option<axum::Extension<PeerCert>>,
     remote: Option<axum::Extension<Remote>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let (identity, token) = basic_credentials(&headers)?;
-    let csr = csr_from_body(&headers, &body)?;
-    let issued = auth.enroll(&identity, &token, &csr, &meta(&remote)).await?;
-    tracing::info!(identity = %identity, serial = %issued.record.serial, replayed = issued.replayed, "enrolled");
+    // No credentials but a client certificate: a factory certificate (IDevID).
+    let factory =
+        peer.and_then(|p| p.0.0.clone()).filter(|_| !headers.contains_key(header::AUTHORIZATION));
+    let issued = match factory {
+        Some(factory_der) => {
+            let csr = csr_from_body(&headers, &body)?;
+            auth.enroll_with_factory_cert(&factory_der, &csr, &meta(&remote)).await?
+        }
+        None => {
+            let (identity, token) = basic_credentials(&headers)?;
+            let csr = csr_from_body(&headers, &body)?;
+            auth.enroll(&identity, &token, &csr, &meta(&remote)).await?
+        }
+    };
+    tracing::info!(identity = %issued.record.identity, serial = %issued.record.serial, replayed = issued.replayed, "enrolled");
     let mut r = pkcs7_response(&[issued.record.der])?;
     r.extensions_mut().insert(IssuedGroup(issued.record.group));
     Ok(r)

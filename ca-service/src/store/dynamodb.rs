@@ -4,7 +4,9 @@
 //! CERT#<serial>     an issued certificate (DER, identity, group, validity, revocation)
 //! TOKEN#<sha256>    an enrolment token (hash only); `ttl` lets DynamoDB drop it later
 //! CLAIM#<sha256>    a batch claim (hash only): group, identity template, uses and their limit
-//! CLAIMUSE#<identity>  an identity's one enrolment through a claim (serial, key)
+//! PROVISIONED#<key>  a provisioning done once: `identity:<identity>` through a claim,
+//!                   `factory:<sha256>` with a factory certificate (or blocked)
+//! FACTORYCA#<id>    a trusted factory CA (DER, group, identity rule)
 //! KEY#<identity>#<spki sha256>  the serial that certified a key (no key is certified twice)
 //! POLICY#<group>    a group's policy (JSON)
 //! COUNTER#<name>    CRL numbers, the revocation generation
@@ -17,13 +19,13 @@
 //! revoked (a token revocation is conditional on the same), marks the
 //! parent superseded only if nothing superseded it yet, claims the key only if it was never
 //! certified for the identity, and puts the certificate only if the serial is new; through a
-//! batch claim, it also adds one use only below the claim's limit and puts the identity's
-//! `CLAIMUSE#` only if it has none.
+//! batch claim, it also adds one use only below the claim's limit, and through a claim or a
+//! factory certificate puts its `PROVISIONED#` only if there is none.
 
 use super::{
-    AuditEvent, CertFilter, CertRecord, ClaimRecord, ClaimUse, Consumes, DeviceRecord,
-    RecordOutcome, Revocation, RevokeOutcome, Store, TokenFilter, TokenRecord, TokenRevokeOutcome,
-    TokenUse,
+    AuditEvent, CertFilter, CertRecord, ClaimRecord, Consumes, DeviceRecord, FactoryCaRecord,
+    Provisioned, RecordOutcome, Revocation, RevokeOutcome, Store, TokenFilter, TokenRecord,
+    TokenRevokeOutcome, TokenUse,
 };
 use crate::error::{CaError, Result};
 use crate::revocation::Reason;
@@ -89,6 +91,40 @@ fn claim_from(i: &Item) -> Option<ClaimRecord> {
         created_at: from_ts(get_n(i, "created_at").unwrap_or(0)),
         expires_at: from_ts(get_n(i, "expires_at").unwrap_or(0)),
         revoked_at: get_n(i, "revoked_at").map(from_ts),
+    })
+}
+
+fn provisioned_item(p: &Provisioned) -> Item {
+    let mut u = Item::new();
+    u.insert("pk".into(), s(format!("PROVISIONED#{}", p.key)));
+    u.insert("identity".into(), s(&p.identity));
+    u.insert("source".into(), s(&p.source));
+    u.insert("at".into(), n(ts(p.at)));
+    u.insert("serial".into(), s(&p.serial));
+    u.insert("spki".into(), s(&p.spki_sha256));
+    u
+}
+
+fn provisioned_from(i: &Item) -> Option<Provisioned> {
+    Some(Provisioned {
+        key: get_s(i, "pk")?.strip_prefix("PROVISIONED#")?.to_owned(),
+        identity: get_s(i, "identity").unwrap_or_default(),
+        source: get_s(i, "source").unwrap_or_default(),
+        at: from_ts(get_n(i, "at").unwrap_or(0)),
+        serial: get_s(i, "serial").unwrap_or_default(),
+        spki_sha256: get_s(i, "spki").unwrap_or_default(),
+    })
+}
+
+fn factory_ca_from(i: &Item) -> Option<FactoryCaRecord> {
+    Some(FactoryCaRecord {
+        id: get_s(i, "pk")?.strip_prefix("FACTORYCA#")?.to_owned(),
+        group: get_s(i, "group").unwrap_or_default(),
+        subject: get_s(i, "subject").unwrap_or_default(),
+        der: i.get("der").and_then(|v| v.as_b().ok()).map(|b| b.as_ref().to_vec())?,
+        identity_from: get_s(i, "identity_from")?.parse().ok()?,
+        identity_template: get_s(i, "template"),
+        added_at: from_ts(get_n(i, "added_at").unwrap_or(0)),
     })
 }
 
@@ -495,7 +531,7 @@ impl Store for DynamoStore {
         let mut items = Vec::new();
         let mut token_at = None;
         let mut parent_at = None;
-        let (mut claim_at, mut claim_use_at) = (None, None);
+        let (mut claim_at, mut provisioned_at) = (None, None);
         if let Consumes::Claim(hash) = &consumes {
             claim_at = Some(items.len());
             items.push(self.update_tx(
@@ -504,14 +540,10 @@ impl Store for DynamoStore {
                 "attribute_exists(pk) AND uses < max_uses AND attribute_not_exists(revoked_at)",
                 vec![(":one", n(1))],
             )?);
-            claim_use_at = Some(items.len());
-            let mut u = Item::new();
-            u.insert("pk".into(), s(format!("CLAIMUSE#{}", cert.identity)));
-            u.insert("claim_hash".into(), s(hash));
-            u.insert("at".into(), n(ts(cert.issued_at)));
-            u.insert("serial".into(), s(&cert.serial));
-            u.insert("spki".into(), s(&cert.spki_sha256));
-            items.push(self.put_tx(u, Some("attribute_not_exists(pk)"))?);
+        }
+        if let Some(p) = consumes.provisioned(&cert) {
+            provisioned_at = Some(items.len());
+            items.push(self.put_tx(provisioned_item(&p), Some("attribute_not_exists(pk)"))?);
         }
         if let Consumes::Token(hash) = &consumes {
             token_at = Some(items.len());
@@ -555,8 +587,8 @@ impl Store for DynamoStore {
         if failed(claim_at) {
             return Ok(RecordOutcome::ClaimUnavailable);
         }
-        if failed(claim_use_at) {
-            return Ok(RecordOutcome::AlreadyClaimed);
+        if failed(provisioned_at) {
+            return Ok(RecordOutcome::AlreadyProvisioned);
         }
         if failed(parent_at) {
             let parent = cert.parent_serial.as_deref().unwrap_or_default();
@@ -622,20 +654,87 @@ impl Store for DynamoStore {
         Ok(self.transact(vec![upd, self.put_tx(audit_item(&audit), None)?]).await?.is_ok())
     }
 
-    async fn claim_use(&self, identity: &str) -> Result<Option<ClaimUse>> {
-        Ok(self.get(format!("CLAIMUSE#{identity}")).await?.map(|i| ClaimUse {
-            identity: identity.to_owned(),
-            claim_hash: get_s(&i, "claim_hash").unwrap_or_default(),
-            at: from_ts(get_n(&i, "at").unwrap_or(0)),
-            serial: get_s(&i, "serial").unwrap_or_default(),
-            spki_sha256: get_s(&i, "spki").unwrap_or_default(),
-        }))
+    async fn provisioned(&self, key: &str) -> Result<Option<Provisioned>> {
+        Ok(self.get(format!("PROVISIONED#{key}")).await?.as_ref().and_then(provisioned_from))
     }
 
-    async fn reset_claim_use(&self, identity: &str, audit: AuditEvent) -> Result<bool> {
+    async fn reset_provisioned(&self, identity: &str, audit: AuditEvent) -> Result<u64> {
+        // Rare (a person's command): a scan finds the identity's records.
+        let found: Vec<Provisioned> = self
+            .scan_prefix("PROVISIONED#")
+            .await?
+            .iter()
+            .filter_map(provisioned_from)
+            .filter(|p| p.identity == identity && p.source != Provisioned::BLOCKED)
+            .collect();
+        if found.is_empty() {
+            return Ok(0);
+        }
+        let mut items = Vec::new();
+        for p in &found {
+            let del = aws_sdk_dynamodb::types::Delete::builder()
+                .table_name(&self.table)
+                .key("pk", s(format!("PROVISIONED#{}", p.key)))
+                .build()
+                .map_err(|e| err("build", e))?;
+            items.push(TransactWriteItem::builder().delete(del).build());
+        }
+        items.push(self.put_tx(audit_item(&audit), None)?);
+        self.transact(items)
+            .await?
+            .map_err(|c| CaError::Storage(format!("reset not recorded: {}", c.join(", "))))?;
+        Ok(found.len() as u64)
+    }
+
+    async fn block_factory_cert(
+        &self,
+        cert_sha256: &str,
+        at: OffsetDateTime,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        let p = Provisioned {
+            key: Provisioned::factory_key(cert_sha256),
+            identity: String::new(),
+            source: Provisioned::BLOCKED.to_owned(),
+            at,
+            serial: String::new(),
+            spki_sha256: String::new(),
+        };
+        let items =
+            vec![self.put_tx(provisioned_item(&p), None)?, self.put_tx(audit_item(&audit), None)?];
+        self.transact(items)
+            .await?
+            .map_err(|c| CaError::Storage(format!("block not recorded: {}", c.join(", "))))
+    }
+
+    async fn put_factory_ca(&self, f: FactoryCaRecord, audit: AuditEvent) -> Result<()> {
+        let mut i = Item::new();
+        i.insert("pk".into(), s(format!("FACTORYCA#{}", f.id)));
+        i.insert("group".into(), s(&f.group));
+        i.insert("subject".into(), s(&f.subject));
+        i.insert("der".into(), AttributeValue::B(Blob::new(f.der.clone())));
+        i.insert("identity_from".into(), s(f.identity_from.name()));
+        if let Some(t) = &f.identity_template {
+            i.insert("template".into(), s(t));
+        }
+        i.insert("added_at".into(), n(ts(f.added_at)));
+        let items = vec![self.put_tx(i, None)?, self.put_tx(audit_item(&audit), None)?];
+        self.transact(items)
+            .await?
+            .map_err(|c| CaError::Storage(format!("factory CA not recorded: {}", c.join(", "))))
+    }
+
+    async fn factory_cas(&self) -> Result<Vec<FactoryCaRecord>> {
+        let mut v: Vec<FactoryCaRecord> =
+            self.scan_prefix("FACTORYCA#").await?.iter().filter_map(factory_ca_from).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(v)
+    }
+
+    async fn remove_factory_ca(&self, id: &str, audit: AuditEvent) -> Result<bool> {
         let del = aws_sdk_dynamodb::types::Delete::builder()
             .table_name(&self.table)
-            .key("pk", s(format!("CLAIMUSE#{identity}")))
+            .key("pk", s(format!("FACTORYCA#{id}")))
             .condition_expression("attribute_exists(pk)")
             .build()
             .map_err(|e| err("build", e))?;

@@ -121,15 +121,83 @@ pub struct ClaimRecord {
     pub revoked_at: Option<OffsetDateTime>,
 }
 
-/// An identity's one enrolment through a claim: what a retry with the same key is answered
-/// with, and what refuses another key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClaimUse {
+/// A provisioning that happened once and is not repeated: an identity enrolled through a
+/// batch claim (key `identity:<identity>`), a factory certificate used
+/// (`factory:<sha256 of its DER>`), or a factory certificate blocked (source `blocked`).
+/// What a retry with the same key is answered with, and what refuses another key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Provisioned {
+    pub key: String,
     pub identity: String,
-    pub claim_hash: String,
+    /// `claim:<claim ID>`, `factory:<factory CA ID>` or `blocked`.
+    pub source: String,
+    #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// Empty for a block.
     pub serial: String,
     pub spki_sha256: String,
+}
+
+impl Provisioned {
+    pub const BLOCKED: &'static str = "blocked";
+
+    pub fn identity_key(identity: &str) -> String {
+        format!("identity:{identity}")
+    }
+    pub fn factory_key(cert_sha256: &str) -> String {
+        format!("factory:{cert_sha256}")
+    }
+}
+
+/// How a factory CA's certificates name their devices (`provisioning trust --identity-from`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdentityFrom {
+    /// The subject's common name.
+    Cn,
+    /// The certificate's serial number, in lowercase hex (with a template).
+    Serial,
+    /// The first URI subject alternative name's last segment (after the last ':' or '/').
+    SanUri,
+}
+
+impl IdentityFrom {
+    pub fn name(self) -> &'static str {
+        match self {
+            IdentityFrom::Cn => "cn",
+            IdentityFrom::Serial => "serial",
+            IdentityFrom::SanUri => "san-uri",
+        }
+    }
+}
+
+impl std::str::FromStr for IdentityFrom {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cn" => Ok(IdentityFrom::Cn),
+            "serial" => Ok(IdentityFrom::Serial),
+            "san-uri" => Ok(IdentityFrom::SanUri),
+            o => Err(format!("identity-from {o:?}: use cn, serial or san-uri")),
+        }
+    }
+}
+
+/// A manufacturer's CA trusted to authenticate first enrolments of a group's devices
+/// (`lanyard-ca provisioning trust`).
+#[derive(Clone, Debug, Serialize)]
+pub struct FactoryCaRecord {
+    /// The first 16 hex digits of the SHA-256 of the CA certificate's DER.
+    pub id: String,
+    pub group: String,
+    pub subject: String,
+    #[serde(skip)]
+    pub der: Vec<u8>,
+    pub identity_from: IdentityFrom,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_template: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub added_at: OffsetDateTime,
 }
 
 /// What an issuance consumes, atomically with its record.
@@ -142,6 +210,33 @@ pub enum Consumes {
     /// An enrolment through a batch claim (by hash): one of its uses, and the identity's one
     /// claim enrolment.
     Claim(String),
+    /// An enrolment with a factory certificate (by the SHA-256 of its DER), from a factory
+    /// CA (by ID): the certificate's one enrolment.
+    FactoryCert { cert_sha256: String, ca_id: String },
+}
+
+impl Consumes {
+    /// The [`Provisioned`] record this issuance makes, if any.
+    pub fn provisioned(&self, cert: &CertRecord) -> Option<Provisioned> {
+        let (key, source) = match self {
+            Consumes::Nothing | Consumes::Token(_) => return None,
+            Consumes::Claim(hash) => (
+                Provisioned::identity_key(&cert.identity),
+                format!("claim:{}", &hash[..hash.len().min(16)]),
+            ),
+            Consumes::FactoryCert { cert_sha256, ca_id } => {
+                (Provisioned::factory_key(cert_sha256), format!("factory:{ca_id}"))
+            }
+        };
+        Some(Provisioned {
+            key,
+            identity: cert.identity.clone(),
+            source,
+            at: cert.issued_at,
+            serial: cert.serial.clone(),
+            spki_sha256: cert.spki_sha256.clone(),
+        })
+    }
 }
 
 /// Who did what, when, from where. Never holds a secret.
@@ -200,9 +295,9 @@ pub enum RecordOutcome {
     },
     /// The claim is used up or revoked (or vanished). Nothing was recorded.
     ClaimUnavailable,
-    /// The identity enrolled through a claim before ([`Store::claim_use`] says how).
-    /// Nothing was recorded.
-    AlreadyClaimed,
+    /// The identity (through a claim) or the factory certificate was provisioned before
+    /// ([`Store::provisioned`] says how). Nothing was recorded.
+    AlreadyProvisioned,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -258,8 +353,10 @@ pub trait Store: Send + Sync + 'static {
     /// - with [`Consumes::Token`], consumes the token, only if it is still unused and not
     ///   revoked (else [`RecordOutcome::TokenAlreadyUsed`]);
     /// - with [`Consumes::Claim`], takes one use of the claim, only if it has one left and is
-    ///   not revoked (else [`RecordOutcome::ClaimUnavailable`]), and records the identity's
-    ///   claim enrolment, only if it has none (else [`RecordOutcome::AlreadyClaimed`]);
+    ///   not revoked (else [`RecordOutcome::ClaimUnavailable`]);
+    /// - with [`Consumes::Claim`] or [`Consumes::FactoryCert`], puts its [`Provisioned`]
+    ///   record ([`Consumes::provisioned`]), only if none has its key (else
+    ///   [`RecordOutcome::AlreadyProvisioned`]);
     /// - with `cert.parent_serial`, marks the parent superseded by this certificate, only if
     ///   no other certificate superseded it (else [`RecordOutcome::ParentAlreadyRenewed`]);
     /// - only if no certificate of the same identity has the same key (else
@@ -280,11 +377,28 @@ pub trait Store: Send + Sync + 'static {
     /// revoked already or does not exist.
     async fn revoke_claim(&self, hash: &str, at: OffsetDateTime, audit: AuditEvent)
     -> Result<bool>;
-    /// The identity's enrolment through a claim, if any.
-    async fn claim_use(&self, identity: &str) -> Result<Option<ClaimUse>>;
-    /// Forgets the identity's enrolment through a claim (`provisioning reset`), audited, so
-    /// that it may enrol through a claim again; false if it had none.
-    async fn reset_claim_use(&self, identity: &str, audit: AuditEvent) -> Result<bool>;
+    /// The provisioning record with this key ([`Provisioned::identity_key`],
+    /// [`Provisioned::factory_key`]), if any.
+    async fn provisioned(&self, key: &str) -> Result<Option<Provisioned>>;
+    /// Forgets the provisionings of `identity` (`provisioning reset`), audited, so that it
+    /// may enrol through a claim or with its factory certificate again; blocks stay. How many
+    /// were forgotten.
+    async fn reset_provisioned(&self, identity: &str, audit: AuditEvent) -> Result<u64>;
+    /// Blocks a factory certificate (by the SHA-256 of its DER): it enrols nothing from now
+    /// on, even after a reset. Replaces its provisioning record, audited.
+    async fn block_factory_cert(
+        &self,
+        cert_sha256: &str,
+        at: OffsetDateTime,
+        audit: AuditEvent,
+    ) -> Result<()>;
+
+    /// Trusts a factory CA (replacing one with the same ID), audited.
+    async fn put_factory_ca(&self, ca: FactoryCaRecord, audit: AuditEvent) -> Result<()>;
+    /// Every trusted factory CA, by ID.
+    async fn factory_cas(&self) -> Result<Vec<FactoryCaRecord>>;
+    /// Stops trusting a factory CA, audited; false if it was not trusted.
+    async fn remove_factory_ca(&self, id: &str, audit: AuditEvent) -> Result<bool>;
 
     async fn cert(&self, serial: &str) -> Result<Option<CertRecord>>;
     /// The serial of a certificate of `identity` with this key (SPKI SHA-256), if any.

@@ -9,9 +9,9 @@
 //! the commit that makes it durable (`synchronous=FULL`).
 
 use super::{
-    AuditEvent, CertFilter, CertRecord, ClaimRecord, ClaimUse, Consumes, DeviceRecord,
-    RecordOutcome, Revocation, RevokeOutcome, Store, TokenFilter, TokenRecord, TokenRevokeOutcome,
-    TokenUse,
+    AuditEvent, CertFilter, CertRecord, ClaimRecord, Consumes, DeviceRecord, FactoryCaRecord,
+    Provisioned, RecordOutcome, Revocation, RevokeOutcome, Store, TokenFilter, TokenRecord,
+    TokenRevokeOutcome, TokenUse,
 };
 use crate::error::{CaError, Result};
 use crate::revocation::Reason;
@@ -59,12 +59,23 @@ CREATE TABLE IF NOT EXISTS claims (
     expires_at    INTEGER NOT NULL,
     revoked_at    INTEGER
 );
-CREATE TABLE IF NOT EXISTS claim_uses (
-    identity      TEXT PRIMARY KEY,
-    claim_hash    TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS provisioned (
+    key           TEXT PRIMARY KEY,
+    identity      TEXT NOT NULL,
+    source        TEXT NOT NULL,
     at            INTEGER NOT NULL,
     serial        TEXT NOT NULL,
     spki_sha256   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS provisioned_identity ON provisioned(identity);
+CREATE TABLE IF NOT EXISTS factory_cas (
+    id            TEXT PRIMARY KEY,
+    group_name    TEXT NOT NULL,
+    subject       TEXT NOT NULL,
+    der           BLOB NOT NULL,
+    identity_from TEXT NOT NULL,
+    template      TEXT,
+    added_at      INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS policies (
     group_name    TEXT PRIMARY KEY,
@@ -99,7 +110,7 @@ CREATE TABLE IF NOT EXISTS audit (
 /// The schema this build writes, kept in `PRAGMA user_version`. 0 is a database from
 /// before versions were kept (0.1.0 on): migrated by [`migrate`], which adds what it lacks.
 /// Raise it with every change to [`SCHEMA`] or [`migrate`].
-/// 2: batch claims (`claims`, `claim_uses`).
+/// 2: zero-touch provisioning (`claims`, `provisioned`, `factory_cas`).
 pub const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Clone)]
@@ -369,13 +380,15 @@ fn record_one(c: &Connection, job: &Issuance) -> Result<RecordOutcome> {
         if n != 1 {
             return Ok(RecordOutcome::ClaimUnavailable);
         }
+    }
+    if let Some(p) = job.consumes.provisioned(cert) {
         let n = c
             .prepare_cached(
-                "INSERT OR IGNORE INTO claim_uses (identity, claim_hash, at, serial, spki_sha256) VALUES (?1,?2,?3,?4,?5)",
+                "INSERT OR IGNORE INTO provisioned (key, identity, source, at, serial, spki_sha256) VALUES (?1,?2,?3,?4,?5,?6)",
             )?
-            .execute(params![cert.identity, hash, ts(cert.issued_at), cert.serial, cert.spki_sha256])?;
+            .execute(params![p.key, p.identity, p.source, ts(p.at), p.serial, p.spki_sha256])?;
         if n != 1 {
-            return Ok(RecordOutcome::AlreadyClaimed);
+            return Ok(RecordOutcome::AlreadyProvisioned);
         }
     }
     if let Consumes::Token(hash) = &job.consumes {
@@ -630,19 +643,20 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim_use(&self, identity: &str) -> Result<Option<ClaimUse>> {
-        let identity = identity.to_owned();
+    async fn provisioned(&self, key: &str) -> Result<Option<Provisioned>> {
+        let key = key.to_owned();
         self.with(move |c| {
             Ok(c.prepare_cached(
-                "SELECT identity, claim_hash, at, serial, spki_sha256 FROM claim_uses WHERE identity = ?1",
+                "SELECT key, identity, source, at, serial, spki_sha256 FROM provisioned WHERE key = ?1",
             )?
-            .query_row(params![identity], |r| {
-                Ok(ClaimUse {
-                    identity: r.get(0)?,
-                    claim_hash: r.get(1)?,
-                    at: from_ts(r.get(2)?),
-                    serial: r.get(3)?,
-                    spki_sha256: r.get(4)?,
+            .query_row(params![key], |r| {
+                Ok(Provisioned {
+                    key: r.get(0)?,
+                    identity: r.get(1)?,
+                    source: r.get(2)?,
+                    at: from_ts(r.get(3)?),
+                    serial: r.get(4)?,
+                    spki_sha256: r.get(5)?,
                 })
             })
             .optional()?)
@@ -650,11 +664,89 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn reset_claim_use(&self, identity: &str, audit: AuditEvent) -> Result<bool> {
+    async fn reset_provisioned(&self, identity: &str, audit: AuditEvent) -> Result<u64> {
         let identity = identity.to_owned();
         self.with(move |c| {
             let tx = c.transaction()?;
-            let n = tx.execute("DELETE FROM claim_uses WHERE identity = ?1", params![identity])?;
+            let n = tx.execute(
+                "DELETE FROM provisioned WHERE identity = ?1 AND source != ?2",
+                params![identity, Provisioned::BLOCKED],
+            )?;
+            if n > 0 {
+                insert_audit(&tx, &audit)?;
+                tx.commit()?;
+            }
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn block_factory_cert(
+        &self,
+        cert_sha256: &str,
+        at: OffsetDateTime,
+        audit: AuditEvent,
+    ) -> Result<()> {
+        let key = Provisioned::factory_key(cert_sha256);
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO provisioned (key, identity, source, at, serial, spki_sha256) VALUES (?1, '', ?2, ?3, '', '')
+                 ON CONFLICT(key) DO UPDATE SET source = excluded.source, at = excluded.at",
+                params![key, Provisioned::BLOCKED, ts(at)],
+            )?;
+            insert_audit(&tx, &audit)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn put_factory_ca(&self, f: FactoryCaRecord, audit: AuditEvent) -> Result<()> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT OR REPLACE INTO factory_cas (id, group_name, subject, der, identity_from, template, added_at) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                params![f.id, f.group, f.subject, f.der, f.identity_from.name(), f.identity_template, ts(f.added_at)],
+            )?;
+            insert_audit(&tx, &audit)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn factory_cas(&self) -> Result<Vec<FactoryCaRecord>> {
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, group_name, subject, der, identity_from, template, added_at FROM factory_cas ORDER BY id",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(FactoryCaRecord {
+                        id: r.get(0)?,
+                        group: r.get(1)?,
+                        subject: r.get(2)?,
+                        der: r.get(3)?,
+                        identity_from: r
+                            .get::<_, String>(4)?
+                            .parse()
+                            .unwrap_or(super::IdentityFrom::Cn),
+                        identity_template: r.get(5)?,
+                        added_at: from_ts(r.get(6)?),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn remove_factory_ca(&self, id: &str, audit: AuditEvent) -> Result<bool> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute("DELETE FROM factory_cas WHERE id = ?1", params![id])?;
             if n == 1 {
                 insert_audit(&tx, &audit)?;
                 tx.commit()?;

@@ -800,3 +800,89 @@ pub async fn a_claim_is_never_used_beyond_its_uses(ca: Ca) {
     assert_eq!((ok, exhausted), (3, 5));
     assert_eq!(ca.auth.claims().await.expect("list")[0].uses, 3);
 }
+
+/// A factory CA and its factory certificates (IDevID), made with rcgen.
+struct FactoryPki {
+    ca_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl FactoryPki {
+    fn new(name: &str) -> FactoryPki {
+        let key = rcgen::KeyPair::generate_for(p256()).expect("key");
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        let ca = p.self_signed(&key).expect("factory CA");
+        FactoryPki { ca_pem: ca.pem(), issuer: rcgen::Issuer::new(p, key) }
+    }
+
+    /// A factory certificate with this CN and URI SAN (DER).
+    fn device(&self, cn: &str, uri: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(p256()).expect("key");
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().expect("uri"))];
+        p.is_ca = rcgen::IsCa::ExplicitNoCa;
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        p.signed_by(&key, &self.issuer).expect("factory certificate").der().to_vec()
+    }
+}
+
+/// Factory certificates: the identity from the CA's rule (a template over the URI SAN's last
+/// segment), once per certificate (the same key again gets the same certificate), a reset
+/// allows it again, an unknown factory CA and a blocked certificate are refused, and an
+/// untrusted CA enrols nothing more.
+pub async fn factory_certificates_enrol_once_each(ca: Ca) {
+    use lanyard_ca::store::IdentityFrom;
+    use lanyard_proto::ProblemCode as P;
+    let acme = FactoryPki::new("Acme Factory CA");
+    let rec = ca
+        .auth
+        .trust_factory_ca(
+            "default",
+            acme.ca_pem.as_bytes(),
+            IdentityFrom::SanUri,
+            Some(TEMPLATE.into()),
+            "test",
+        )
+        .await
+        .expect("trust");
+    let idev = acme.device("Acme sensor", "urn:acme:sensor:SN-77");
+    let (_k, der) = csr(None, p256());
+    let first = ca.auth.enroll_with_factory_cert(&idev, &der, &meta()).await.expect("enrol");
+    assert_eq!(first.record.identity, sensor("sn-77"));
+    let again = ca.auth.enroll_with_factory_cert(&idev, &der, &meta()).await.expect("retry");
+    assert!(again.replayed && again.record.serial == first.record.serial);
+    let (_k, other) = csr(None, p256());
+    let e = ca.auth.enroll_with_factory_cert(&idev, &other, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), P::AlreadyProvisioned, "{e}");
+    assert!(ca.auth.reset_provisioning(&sensor("sn-77"), "test").await.expect("reset"));
+    ca.auth.enroll_with_factory_cert(&idev, &other, &meta()).await.expect("after a reset");
+
+    let rogue = FactoryPki::new("Rogue CA").device("x", "urn:rogue:SN-1");
+    let e = ca.auth.enroll_with_factory_cert(&rogue, &der, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), P::FactoryCaUnknown, "{e}");
+
+    let blocked = acme.device("Acme sensor", "urn:acme:sensor:SN-78");
+    let fp = lanyard_ca::authority::factory_cert_fingerprint(&hex_sha256(&blocked)).expect("fp");
+    ca.auth.block_factory_cert(&fp, "test").await.expect("block");
+    let (_k, d2) = csr(None, p256());
+    let e = ca.auth.enroll_with_factory_cert(&blocked, &d2, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), P::Forbidden, "{e}");
+
+    assert_eq!(ca.auth.factory_cas().await.expect("list").len(), 1);
+    ca.auth.untrust_factory_ca(&rec.id, "test").await.expect("untrust");
+    assert!(ca.auth.factory_cas().await.expect("list").is_empty());
+    let late = acme.device("Acme sensor", "urn:acme:sensor:SN-79");
+    let e = ca.auth.enroll_with_factory_cert(&late, &d2, &meta()).await.unwrap_err();
+    assert_eq!(code(&e), P::FactoryCaUnknown, "{e}");
+}
+
+fn hex_sha256(der: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
+}
