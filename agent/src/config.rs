@@ -55,6 +55,8 @@ struct RawEnrol {
     claim_file: Option<PathBuf>,
     identity_template: Option<String>,
     device_id_file: Option<PathBuf>,
+    factory_cert: Option<PathBuf>,
+    factory_key: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -149,6 +151,8 @@ pub struct EnrolConfig {
     /// Method "claim": a batch claim shared by the image, and how the device makes its own
     /// identity for it.
     pub claim: Option<ClaimConfig>,
+    /// Method "factory-cert": the certificate and key the manufacturer installed (IDevID).
+    pub factory: Option<crate::agent::FactoryCert>,
 }
 
 /// `[enrol] method = "claim"`: `claim_file`, `identity_template`, `device_id_file`.
@@ -167,7 +171,11 @@ impl EnrolConfig {
     /// The file `lanyard run` enrols from: the claim file for method "claim", else the
     /// token file.
     pub fn file(&self) -> Option<&PathBuf> {
-        self.claim.as_ref().map(|c| &c.file).or(self.token_file.as_ref())
+        self.claim
+            .as_ref()
+            .map(|c| &c.file)
+            .or(self.factory.as_ref().map(|f| &f.cert))
+            .or(self.token_file.as_ref())
     }
 
     /// The identity to enrol as, when it is not the token's: `[enrol] identity`, or for a
@@ -530,6 +538,9 @@ fn enrol_config(f: &Option<PathBuf>, r: RawEnrol) -> Result<EnrolConfig, ConfigE
     absolute("token_file", &r.token_file)?;
     absolute("claim_file", &r.claim_file)?;
     absolute("device_id_file", &r.device_id_file)?;
+    absolute("factory_cert", &r.factory_cert)?;
+    absolute("factory_key", &r.factory_key)?;
+    let mut factory = None;
     if let Some(id) = &r.identity
         && id.trim().is_empty()
     {
@@ -537,18 +548,42 @@ fn enrol_config(f: &Option<PathBuf>, r: RawEnrol) -> Result<EnrolConfig, ConfigE
     }
     let claim = match r.method.as_deref() {
         None | Some("token") => {
-            for (key, set) in [
-                ("claim_file", r.claim_file.is_some()),
-                ("identity_template", r.identity_template.is_some()),
-                ("device_id_file", r.device_id_file.is_some()),
+            for (key, set, method) in [
+                ("claim_file", r.claim_file.is_some(), "claim"),
+                ("identity_template", r.identity_template.is_some(), "claim"),
+                ("device_id_file", r.device_id_file.is_some(), "claim"),
+                ("factory_cert", r.factory_cert.is_some(), "factory-cert"),
+                ("factory_key", r.factory_key.is_some(), "factory-cert"),
             ] {
                 if set {
                     return Err(err(
                         f,
-                        format!("[enrol] {key} is for method = \"claim\"; set it, or remove {key}"),
+                        format!(
+                            "[enrol] {key} is for method = \"{method}\"; set it, or remove {key}"
+                        ),
                     ));
                 }
             }
+            None
+        }
+        Some("factory-cert") => {
+            let (Some(cert), Some(key)) = (r.factory_cert, r.factory_key) else {
+                return Err(err(
+                    f,
+                    "[enrol] method = \"factory-cert\" needs factory_cert and factory_key (the PEM files the manufacturer installed)",
+                ));
+            };
+            if r.token_file.is_some()
+                || r.identity.is_some()
+                || r.claim_file.is_some()
+                || r.identity_template.is_some()
+            {
+                return Err(err(
+                    f,
+                    "[enrol] method = \"factory-cert\": the CA names the device from its factory certificate; remove token_file, identity, claim_file and identity_template",
+                ));
+            }
+            factory = Some(crate::agent::FactoryCert { cert, key });
             None
         }
         Some("claim") => {
@@ -572,17 +607,14 @@ fn enrol_config(f: &Option<PathBuf>, r: RawEnrol) -> Result<EnrolConfig, ConfigE
                 device_id_file: r.device_id_file,
             })
         }
-        Some(m @ "factory-cert") => {
+        Some(m) => {
             return Err(err(
                 f,
-                format!(
-                    "[enrol] method {m:?} is not available in this version: use \"token\" with token_file, or \"claim\""
-                ),
+                format!("[enrol] method {m:?}: use \"token\", \"claim\" or \"factory-cert\""),
             ));
         }
-        Some(m) => return Err(err(f, format!("[enrol] method {m:?}: use \"token\" or \"claim\""))),
     };
-    Ok(EnrolConfig { token_file: r.token_file, identity: r.identity, claim })
+    Ok(EnrolConfig { token_file: r.token_file, identity: r.identity, claim, factory })
 }
 
 fn route(f: &Option<PathBuf>, i: usize, r: RawRoute) -> Result<Route, ConfigError> {
@@ -719,7 +751,12 @@ upstream = "https://web.apps.example.com"
         let e = parse("[enrol]\ntoken_file = \"enrol.token\"\n").unwrap_err().to_string();
         assert!(e.contains("[enrol] token_file") && e.contains("absolute"), "{e}");
         let e = parse("[enrol]\nmethod = \"factory-cert\"\n").unwrap_err().to_string();
-        assert!(e.contains("\"factory-cert\"") && e.contains("not available"), "{e}");
+        assert!(e.contains("factory_cert") && e.contains("factory_key"), "{e}");
+        let c = parse("[enrol]\nmethod = \"factory-cert\"\nfactory_cert = \"/etc/lanyard/idevid.crt\"\nfactory_key = \"/etc/lanyard/idevid.key\"\n").unwrap();
+        assert_eq!(c.enrol.file(), Some(&PathBuf::from("/etc/lanyard/idevid.crt")));
+        let e =
+            parse("[enrol]\nfactory_cert = \"/etc/lanyard/idevid.crt\"\n").unwrap_err().to_string();
+        assert!(e.contains("method = \"factory-cert\""), "{e}");
         let e = parse("[enrol]\nmethod = \"claim\"\n").unwrap_err().to_string();
         assert!(e.contains("claim_file") && e.contains("identity_template"), "{e}");
         let e = parse("[enrol]\nclaim_file = \"/etc/lanyard/claim\"\n").unwrap_err().to_string();

@@ -166,25 +166,36 @@ impl EstClient {
         csr: &[u8],
         spki: &[u8],
     ) -> Result<Vec<u8>> {
-        let req = self
-            .http
-            .post(self.url("/.well-known/est/simpleenroll"))
-            .basic_auth(identity, Some(token))
-            .header(reqwest::header::CONTENT_TYPE, est::CT_PKCS10)
-            .header("content-transfer-encoding", "base64")
-            .body(Self::csr_body(csr));
-        let r = self.send(req).await?;
-        Self::leaf_of(self.pkcs7_certs(r).await?, spki)
+        self.post_csr("/.well-known/est/simpleenroll", Some((identity, token)), csr, spki).await
+    }
+
+    /// `POST /simpleenroll` with no token: authenticated by the client certificate this
+    /// client was made with (a factory certificate).
+    pub async fn simpleenroll_with_certificate(&self, csr: &[u8], spki: &[u8]) -> Result<Vec<u8>> {
+        self.post_csr("/.well-known/est/simpleenroll", None, csr, spki).await
     }
 
     /// `POST /simplereenroll`, authenticated by the current certificate.
     pub async fn simplereenroll(&self, csr: &[u8], spki: &[u8]) -> Result<Vec<u8>> {
-        let req = self
+        self.post_csr("/.well-known/est/simplereenroll", None, csr, spki).await
+    }
+
+    async fn post_csr(
+        &self,
+        path: &str,
+        basic: Option<(&str, &str)>,
+        csr: &[u8],
+        spki: &[u8],
+    ) -> Result<Vec<u8>> {
+        let mut req = self
             .http
-            .post(self.url("/.well-known/est/simplereenroll"))
+            .post(self.url(path))
             .header(reqwest::header::CONTENT_TYPE, est::CT_PKCS10)
             .header("content-transfer-encoding", "base64")
             .body(Self::csr_body(csr));
+        if let Some((identity, token)) = basic {
+            req = req.basic_auth(identity, Some(token));
+        }
         let r = self.send(req).await?;
         Self::leaf_of(self.pkcs7_certs(r).await?, spki)
     }

@@ -69,9 +69,17 @@ impl DeviceKey {
     /// A PKCS#10 CSR (DER) with subject CN = identity and no extensions: the CA decides the
     /// rest of the profile.
     pub fn csr(&self, identity: &str) -> Result<Vec<u8>> {
+        self.csr_named(Some(identity))
+    }
+
+    /// A CSR with the identity as its CN, or with an empty subject when the CA names the
+    /// device (a factory certificate's enrolment).
+    pub fn csr_named(&self, identity: Option<&str>) -> Result<Vec<u8>> {
         let mut p = rcgen::CertificateParams::default();
         p.distinguished_name = rcgen::DistinguishedName::new();
-        p.distinguished_name.push(rcgen::DnType::CommonName, identity);
+        if let Some(identity) = identity {
+            p.distinguished_name.push(rcgen::DnType::CommonName, identity);
+        }
         Ok(p.serialize_request(&self.key)?.der().to_vec())
     }
 

@@ -66,6 +66,13 @@ enum Cmd {
         /// hash of /etc/machine-id).
         #[arg(long, requires = "identity_template")]
         device_id_file: Option<PathBuf>,
+        /// Enrol with the factory certificate the manufacturer installed (PEM; IDevID)
+        /// instead of a token: the CA names the device from it.
+        #[arg(long, requires = "factory_key", conflicts_with_all = ["token", "token_file", "identity", "identity_template"])]
+        factory_cert: Option<PathBuf>,
+        /// The factory certificate's key (PEM).
+        #[arg(long, requires = "factory_cert")]
+        factory_key: Option<PathBuf>,
         /// Trust the CA's TLS certificate through this PEM bundle.
         #[arg(long, conflicts_with = "ca_fingerprint")]
         ca_bundle: Option<PathBuf>,
@@ -198,6 +205,8 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
             identity,
             identity_template,
             device_id_file,
+            factory_cert,
+            factory_key,
             ca_bundle,
             ca_fingerprint,
             force,
@@ -216,7 +225,16 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                 }
                 (None, None) => agent.cfg.enrol.identity().map_err(AgentError::Usage)?,
             };
+            // A factory certificate: given, or configured (method "factory-cert").
+            let factory = match (factory_cert, factory_key) {
+                (Some(cert), Some(key)) => {
+                    Some(lanyard_agent::agent::FactoryCert { cert: cert.clone(), key: key.clone() })
+                }
+                _ if token.is_none() && token_file.is_none() => agent.cfg.enrol.factory.clone(),
+                _ => None,
+            };
             let token = match (token, token_file.as_ref().or(configured)) {
+                _ if factory.is_some() => Zeroizing::new(String::new()),
                 (Some(t), _) => Zeroizing::new(t.trim().to_owned()),
                 (None, Some(f)) => lanyard_agent::token_file::read(f)?.ok_or_else(|| {
                     AgentError::Usage(format!("{} holds no enrolment token", f.display()))
@@ -237,9 +255,10 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                     ca_fingerprint: ca_fingerprint.clone(),
                     force: *force,
                     once: false,
+                    factory: factory.clone(),
                 })
                 .await?;
-            if let Some(f) = configured {
+            if let Some(f) = configured.filter(|_| factory.is_none()) {
                 lanyard_agent::token_file::consume(f);
             }
             outln!(

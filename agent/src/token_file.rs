@@ -87,6 +87,9 @@ pub struct TokenFileEnrolment {
 impl TokenFileEnrolment {
     /// Enrols from `path` if a token is there and an attempt is due.
     pub async fn step(&mut self, agent: &Agent, path: &Path) -> Next {
+        if let Some(factory) = &agent.cfg.enrol.factory {
+            return self.factory_step(agent, factory).await;
+        }
         let shown = path.display();
         let token = match read(path) {
             Ok(Some(t)) => t,
@@ -145,28 +148,62 @@ impl TokenFileEnrolment {
             Err(e) if e.code().is_some() && !e.retryable() => self.refuse(agent, id, path, &e),
             // Anything else (the CA unreachable or busy, the store, the config, the CA's
             // answer) is not the token's fault: back off and try again.
-            Err(e) => {
-                let now = agent.clock.now();
-                self.failures = Failures {
-                    count: self.failures.count.saturating_add(1),
-                    last_at: Some(now),
-                    jitter: rand::random::<f64>(),
-                    code: e.code(),
-                    retry_not_before: e
-                        .retry_after()
-                        .and_then(|d| time::Duration::try_from(d).ok())
-                        .map(|d| now + d),
-                };
-                let at = retry_at(&self.failures, &policy).unwrap_or(now);
-                let why = format!(
-                    "enrolment with the token file {shown} failed ({e}); retrying at {}",
-                    lanyard_proto::timefmt::rfc3339(at)
-                );
-                agent.record_enrolment_error(Some(why));
-                tracing::warn!(error = %e, attempt = self.failures.count, retry_at = %lanyard_proto::timefmt::Rfc3339Time(at), file = %shown, "enrolment failed; will retry");
-                Next::RetryAt(at)
-            }
+            Err(e) => self.back_off(agent, &e, &format!("the token file {shown}")),
         }
+    }
+
+    /// Enrolment with a factory certificate. Every failure backs off, refusals included: a
+    /// factory CA may be trusted (or a device reset) after the device first tried, and the
+    /// certificate in the device does not change.
+    async fn factory_step(&mut self, agent: &Agent, factory: &crate::agent::FactoryCert) -> Next {
+        let now = agent.clock.now();
+        let policy = agent.effective_policy();
+        if let Some(at) = retry_at(&self.failures, &policy)
+            && now < at
+        {
+            return Next::RetryAt(at);
+        }
+        let shown = factory.cert.display();
+        tracing::info!(factory_cert = %shown, attempt = self.failures.count + 1, "enrolling with the factory certificate");
+        let args = EnrolArgs {
+            force: true,
+            once: true,
+            factory: Some(factory.clone()),
+            ..Default::default()
+        };
+        match agent.enrol(args).await {
+            Ok(info) => {
+                tracing::info!(identity = %info.identity, serial = %info.serial, "enrolled with the factory certificate");
+                *self = TokenFileEnrolment::default();
+                Next::Enrolled
+            }
+            Err(e) => self.back_off(agent, &e, &format!("the factory certificate {shown}")),
+        }
+    }
+
+    /// A failure worth another try later: the policy's back-off (the CA's `Retry-After` as a
+    /// floor), said in the status and the journal.
+    fn back_off(&mut self, agent: &Agent, e: &AgentError, with: &str) -> Next {
+        let policy = agent.effective_policy();
+        let now = agent.clock.now();
+        self.failures = Failures {
+            count: self.failures.count.saturating_add(1),
+            last_at: Some(now),
+            jitter: rand::random::<f64>(),
+            code: e.code(),
+            retry_not_before: e
+                .retry_after()
+                .and_then(|d| time::Duration::try_from(d).ok())
+                .map(|d| now + d),
+        };
+        let at = retry_at(&self.failures, &policy).unwrap_or(now);
+        let why = format!(
+            "enrolment with {with} failed ({e}); retrying at {}",
+            lanyard_proto::timefmt::rfc3339(at)
+        );
+        agent.record_enrolment_error(Some(why));
+        tracing::warn!(error = %e, code = e.code().map(|c| c.as_str()).unwrap_or(""), attempt = self.failures.count, retry_at = %lanyard_proto::timefmt::Rfc3339Time(at), with, "enrolment failed; will retry");
+        Next::RetryAt(at)
     }
 
     /// The token cannot enrol: say so once (log and status) and wait for another.

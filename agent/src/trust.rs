@@ -30,6 +30,39 @@ pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
+/// A private key from a PEM file: PKCS#8 (`PRIVATE KEY`), SEC1 (`EC PRIVATE KEY`) or PKCS#1
+/// (`RSA PRIVATE KEY`). Errors name the file, never the key.
+pub fn read_pem_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>> {
+    use rustls::pki_types::{
+        PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
+    };
+    let data = zeroize::Zeroizing::new(
+        std::fs::read(path).map_err(AgentError::io(format!("reading {}", path.display())))?,
+    );
+    let blocks = pem::parse_many(&*data)
+        .map_err(|_| AgentError::Usage(format!("{}: not a PEM private key", path.display())))?;
+    blocks
+        .into_iter()
+        .find_map(|p| match p.tag() {
+            "PRIVATE KEY" => {
+                Some(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(p.into_contents())))
+            }
+            "EC PRIVATE KEY" => {
+                Some(PrivateKeyDer::Sec1(PrivateSec1KeyDer::from(p.into_contents())))
+            }
+            "RSA PRIVATE KEY" => {
+                Some(PrivateKeyDer::Pkcs1(PrivatePkcs1KeyDer::from(p.into_contents())))
+            }
+            _ => None,
+        })
+        .ok_or_else(|| {
+            AgentError::Usage(format!(
+                "{}: holds no PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY",
+                path.display()
+            ))
+        })
+}
+
 pub fn to_pem(certs: &[CertificateDer<'_>]) -> String {
     certs.iter().map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec()))).collect()
 }

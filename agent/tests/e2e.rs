@@ -856,6 +856,126 @@ async fn the_daemon_enrols_from_a_token_file_retries_an_absent_ca_and_waits_out_
 
 const CLAIM_TEMPLATE: &str = "sensor-{id}.fleet.example.com";
 
+/// A manufacturer's CA and a factory certificate (IDevID) it signed for `sn`, written as
+/// PEM files under `dir`: (CA PEM, certificate file, key file).
+fn factory_pki(
+    dir: &std::path::Path,
+    sns: &[&str],
+) -> (String, Vec<(std::path::PathBuf, std::path::PathBuf)>) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name.push(rcgen::DnType::CommonName, "Acme Factory CA");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let ca_pem = p.self_signed(&ca_key).expect("factory CA").pem();
+    let issuer = rcgen::Issuer::new(p, ca_key);
+    std::fs::create_dir_all(dir).expect("dir");
+    let devices = sns
+        .iter()
+        .map(|sn| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+            let mut d = rcgen::CertificateParams::default();
+            d.distinguished_name.push(rcgen::DnType::CommonName, *sn);
+            d.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+            d.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            let cert = d.signed_by(&key, &issuer).expect("factory certificate");
+            let (c, k) = (dir.join(format!("{sn}.crt")), dir.join(format!("{sn}.key")));
+            std::fs::write(&c, cert.pem()).expect("cert");
+            std::fs::write(&k, key.serialize_pem()).expect("key");
+            (c, k)
+        })
+        .collect();
+    (ca_pem, devices)
+}
+
+/// Devices with factory certificates: the daemon of a device whose factory CA is not trusted
+/// yet backs off with `factory-ca-unknown` in its status, and enrols by itself once the fleet
+/// manager trusts the CA; `lanyard enrol --factory-cert` enrols another. The factory
+/// certificate is left in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_enrol_with_factory_certificates_once_their_ca_is_trusted() {
+    use lanyard_ca::store::IdentityFrom;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = Ca::start(tmp.path()).await;
+    let (ca_pem, devices) = factory_pki(&tmp.path().join("factory"), &["SN-9001", "SN-9002"]);
+    let (cert1, key1) = &devices[0];
+    let dev = ZeroTouch::new(tmp.path(), &ca, "idevid-1");
+    std::fs::write(
+        &dev.cfg,
+        format!(
+            "[ca]\nurl = \"{}\"\nca_bundle = \"{}\"\n[store]\nbackend = \"file\"\npath = \"{}\"\n[enrol]\nmethod = \"factory-cert\"\nfactory_cert = \"{}\"\nfactory_key = \"{}\"\n",
+            ca.url,
+            ca.root(),
+            dev.state.display(),
+            cert1.display(),
+            key1.display()
+        ),
+    )
+    .expect("config");
+    let _daemon = dev.run();
+    let t = Instant::now();
+    while !dev.log().contains("enrolment failed; will retry") {
+        assert!(t.elapsed() < Duration::from_secs(20), "no failure:\n{}", dev.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let s = dev.status().await;
+    assert_eq!(s["state"], "not_enrolled", "{s}");
+    let why = s["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(why.contains("factory-ca-unknown") && why.contains("retrying at"), "{s}");
+
+    ca.auth()
+        .trust_factory_ca(
+            "default",
+            ca_pem.as_bytes(),
+            IdentityFrom::Cn,
+            Some(CLAIM_TEMPLATE.into()),
+            "test",
+        )
+        .await
+        .expect("trust");
+    let s = dev.enrolled_within(Duration::from_secs(40)).await;
+    assert_eq!(s["identity"], "sensor-sn-9001.fleet.example.com", "{s}");
+    assert!(cert1.exists() && key1.exists(), "the factory certificate stays");
+    let attempts = dev.log().matches("enrolling with the factory certificate").count();
+    assert!((2..=4).contains(&attempts), "{attempts} attempts:\n{}", dev.log());
+
+    let (cert2, key2) = &devices[1];
+    let o = lanyard(
+        &tmp.path().join("idevid-2"),
+        &[
+            "enrol",
+            "--ca",
+            &ca.url,
+            "--ca-bundle",
+            &ca.root(),
+            "--factory-cert",
+            cert2.to_str().expect("p"),
+            "--factory-key",
+            key2.to_str().expect("p"),
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("enrolled as sensor-sn-9002.fleet.example.com"), "{}", text(&o));
+    // The same factory certificate on another device (a copy): refused.
+    let o = lanyard(
+        &tmp.path().join("idevid-2-copy"),
+        &[
+            "enrol",
+            "--ca",
+            &ca.url,
+            "--ca-bundle",
+            &ca.root(),
+            "--factory-cert",
+            cert2.to_str().expect("p"),
+            "--factory-key",
+            key2.to_str().expect("p"),
+        ],
+    )
+    .await;
+    assert!(!o.status.success() && text(&o).contains("already-provisioned"), "{}", text(&o));
+}
+
 /// Identical images with one batch claim of 3 uses: three devices enrol by themselves, each
 /// under its own serial number, and remove the claim; the fourth is refused
 /// (`claim-exhausted`), says so in its status and waits. `lanyard enrol` takes a claim

@@ -254,6 +254,7 @@ async fn device(
             force: false,
             // Every attempt is this loop's, so each is checked against Retry-After.
             once: true,
+            factory: None,
         };
         shared.attempts.fetch_add(1, Ordering::Relaxed);
         match agent.enrol(args).await {

@@ -25,6 +25,27 @@ pub struct EnrolArgs {
     /// One request, no retries here: the caller backs off itself (the daemon's token-file
     /// enrolment). `lanyard enrol` retries a few times, honouring the CA's `Retry-After`.
     pub once: bool,
+    /// Enrol with a factory certificate (IDevID) instead of a token: the CA names the
+    /// device from it.
+    pub factory: Option<FactoryCert>,
+}
+
+/// A factory certificate and its key (PEM files), for `[enrol] method = "factory-cert"`.
+#[derive(Debug, Clone)]
+pub struct FactoryCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl FactoryCert {
+    /// The client authentication it gives, and a fingerprint of the certificate (what a
+    /// staged key is kept under).
+    fn load(&self) -> Result<(ClientAuth, String)> {
+        let chain = crate::trust::read_pem_certs(&self.cert)?;
+        let key = crate::trust::read_pem_key(&self.key)?;
+        let fp = crate::trust::sha256_hex(&chain[0]);
+        Ok((ClientAuth::Certificate(chain, key), fp))
+    }
 }
 
 impl std::fmt::Debug for EnrolArgs {
@@ -38,6 +59,7 @@ impl std::fmt::Debug for EnrolArgs {
             .field("ca_fingerprint", &self.ca_fingerprint)
             .field("force", &self.force)
             .field("once", &self.once)
+            .field("factory", &self.factory)
             .finish()
     }
 }
@@ -88,7 +110,14 @@ impl Agent {
         }
         // Everything that can be checked on this device is checked before the token is
         // sent anywhere: its format, the CA's URL and pin, and that the store can write.
-        let identity = enrolment_identity(&args.token, args.identity.as_deref())?;
+        // With a factory certificate the CA names the device; with a token, the token does
+        // (or the identity given with it).
+        let factory = args.factory.as_ref().map(FactoryCert::load).transpose()?;
+        let identity = match factory {
+            Some(_) => None,
+            None => Some(enrolment_identity(&args.token, args.identity.as_deref())?),
+        };
+        let shown = identity.as_deref().unwrap_or("(named by the CA from the factory certificate)");
         let ca_url = match args.ca_url.as_deref().or(self.cfg.ca.url.as_deref()) {
             Some(u) => u.trim_end_matches('/').to_owned(),
             None => {
@@ -132,14 +161,18 @@ impl Agent {
             Some(p) => crate::trust::root_store(p)?,
             None => self.roots()?,
         };
-        let client = EstClient::new(&ca_url, Trust::Roots(roots), ClientAuth::None, timeout)?;
+        let (auth, fingerprint) = match factory {
+            Some((auth, fp)) => (auth, fp),
+            None => (ClientAuth::None, crate::token_file::fingerprint(&args.token)),
+        };
+        let client = EstClient::new(&ca_url, Trust::Roots(roots), auth, timeout)?;
 
         // The key is staged (under a digest of the token) before the request: an enrolment
         // whose answer was lost (a timeout while the CA signed, a crash, retries used up)
         // is tried again with the same key, and the CA answers the same token and key with
         // the same certificate, where a new key would be refused as token-used. (Its kind
         // was chosen from csrattrs the first time; csrattrs refuses a used token.)
-        let mark = format!("enrol:{}", crate::token_file::fingerprint(&args.token));
+        let mark = format!("enrol:{}", &fingerprint[..16]);
         let staged = {
             let m = mark.clone();
             // Enrolment is how a device recovers: an unreadable staged key is not a reason
@@ -151,14 +184,14 @@ impl Agent {
         };
         let key = match staged.and_then(|k| DeviceKey::from_pkcs8(&k).ok()) {
             Some(k) => {
-                tracing::info!(identity = %identity, "retrying an earlier enrolment with its staged key");
+                tracing::info!(identity = %shown, "retrying an earlier enrolment with its staged key");
                 k
             }
             None => {
                 // Key on the device, of the kind the CA asks for.
-                tracing::debug!(ca = %ca_url, identity = %identity, "asking the CA which key to generate");
+                tracing::debug!(ca = %ca_url, identity = %shown, "asking the CA which key to generate");
                 let alg = client
-                    .csrattrs(Some((&identity, &args.token)))
+                    .csrattrs(identity.as_deref().map(|i| (i, args.token.as_str())))
                     .await?
                     .unwrap_or(lanyard_proto::KeyAlgorithm::EcdsaP256);
                 let k = DeviceKey::generate(alg)?;
@@ -168,7 +201,7 @@ impl Agent {
                 k
             }
         };
-        let csr = key.csr(&identity)?;
+        let csr = key.csr_named(identity.as_deref())?;
         let spki = key.spki_der();
 
         // The CA answers a retry with the same token and key with the same certificate, so
@@ -176,7 +209,11 @@ impl Agent {
         tracing::debug!("sending the enrolment request");
         let mut attempt = 0u32;
         let leaf = loop {
-            match client.simpleenroll(&identity, &args.token, &csr, &spki).await {
+            let sent = match &identity {
+                Some(id) => client.simpleenroll(id, &args.token, &csr, &spki).await,
+                None => client.simpleenroll_with_certificate(&csr, &spki).await,
+            };
+            match sent {
                 Ok(l) => break l,
                 Err(e) if e.retryable() && attempt < 4 && !args.once => {
                     attempt += 1;
@@ -206,8 +243,14 @@ impl Agent {
         let ca_certs = client.cacerts().await?;
         let (ca_roots, intermediates) = verify::split_ca_certs(&ca_certs);
         let anchors = pinned.clone().unwrap_or(ca_roots);
-        let info =
-            verify::issued(&leaf, &spki, &identity, &anchors, &intermediates, self.clock.now())?;
+        let info = verify::issued(
+            &leaf,
+            &spki,
+            identity.as_deref(),
+            &anchors,
+            &intermediates,
+            self.clock.now(),
+        )?;
 
         let mut chain = vec![leaf];
         chain.extend(intermediates.iter().map(|c| c.to_vec()));
@@ -219,7 +262,7 @@ impl Agent {
         self.reload()?;
         let st = AgentState {
             ca_url: Some(ca_url),
-            identity: Some(identity),
+            identity: Some(info.identity.clone()),
             last_renewal: Some(self.clock.now()),
             // Spread the first renewal over the whole interval (a fleet enrolled in one
             // hour must not renew in one hour ever after).

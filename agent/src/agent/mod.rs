@@ -23,7 +23,7 @@ mod enrol;
 mod renew;
 mod status;
 
-pub use enrol::{EnrolArgs, enrolment_identity};
+pub use enrol::{EnrolArgs, FactoryCert, enrolment_identity};
 pub use status::{CredentialState, Status};
 
 pub struct Agent {

@@ -116,7 +116,7 @@ impl Agent {
         let info = verify::issued(
             &leaf,
             &spki,
-            &cur.info.identity,
+            Some(&cur.info.identity),
             &anchors,
             &intermediates,
             self.clock.now(),

@@ -148,6 +148,20 @@ impl Authority {
         self.store.block_factory_cert(cert_sha256, now, ev).await
     }
 
+    /// The group a factory certificate would enrol in (checked, not used), for `/csrattrs`.
+    pub async fn group_of_factory_cert(&self, der: &[u8]) -> Result<String> {
+        let ca = self.factory_ca_of(der).await?;
+        let fp = sha256_hex(der);
+        match self.store.provisioned(&Provisioned::factory_key(&fp)).await? {
+            Some(p) if p.source == Provisioned::BLOCKED => Err(CaError::refused(
+                ProblemCode::Forbidden,
+                format!("factory certificate {} is blocked", &fp[..16]),
+            )),
+            // Enrolled before: a retry (same key) is answered at simpleenroll.
+            _ => Ok(ca.group),
+        }
+    }
+
     /// `simpleenroll` with a factory certificate (presented in the TLS handshake, which
     /// proved the device holds its key) and no token.
     pub async fn enroll_with_factory_cert(

@@ -247,7 +247,17 @@ async fn group_of(
     headers: &HeaderMap,
 ) -> Result<String> {
     if let Some(der) = peer.and_then(|p| p.0.as_ref()) {
-        return Ok(auth.authenticate_device(der).await?.group);
+        return match auth.authenticate_device(der).await {
+            Ok(rec) => Ok(rec.group),
+            // Not a certificate of this CA: a factory certificate, before its enrolment.
+            Err(e)
+                if e.code() == lanyard_proto::ProblemCode::CertificateUnknown
+                    && !headers.contains_key(header::AUTHORIZATION) =>
+            {
+                auth.group_of_factory_cert(der).await
+            }
+            Err(e) => Err(e),
+        };
     }
     if !headers.contains_key(header::AUTHORIZATION) {
         return Err(CaError::Unauthorized(
