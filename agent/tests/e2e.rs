@@ -939,40 +939,30 @@ async fn devices_enrol_with_factory_certificates_once_their_ca_is_trusted() {
     let attempts = dev.log().matches("enrolling with the factory certificate").count();
     assert!((2..=4).contains(&attempts), "{attempts} attempts:\n{}", dev.log());
 
+    // By hand on a second device; then the same factory certificate on a third (a copy):
+    // refused.
     let (cert2, key2) = &devices[1];
-    let o = lanyard(
-        &tmp.path().join("idevid-2"),
-        &[
-            "enrol",
-            "--ca",
-            &ca.url,
-            "--ca-bundle",
-            &ca.root(),
-            "--factory-cert",
-            cert2.to_str().expect("p"),
-            "--factory-key",
-            key2.to_str().expect("p"),
-        ],
-    )
-    .await;
+    let enrol_by_hand = |state: &'static str| {
+        let (url, root, tmp) = (ca.url.clone(), ca.root(), tmp.path().to_owned());
+        async move {
+            let args = [
+                "enrol",
+                "--ca",
+                &url,
+                "--ca-bundle",
+                &root,
+                "--factory-cert",
+                cert2.to_str().expect("p"),
+                "--factory-key",
+                key2.to_str().expect("p"),
+            ];
+            lanyard(&tmp.join(state), &args).await
+        }
+    };
+    let o = enrol_by_hand("idevid-2").await;
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("enrolled as sensor-sn-9002.fleet.example.com"), "{}", text(&o));
-    // The same factory certificate on another device (a copy): refused.
-    let o = lanyard(
-        &tmp.path().join("idevid-2-copy"),
-        &[
-            "enrol",
-            "--ca",
-            &ca.url,
-            "--ca-bundle",
-            &ca.root(),
-            "--factory-cert",
-            cert2.to_str().expect("p"),
-            "--factory-key",
-            key2.to_str().expect("p"),
-        ],
-    )
-    .await;
+    let o = enrol_by_hand("idevid-2-copy").await;
     assert!(!o.status.success() && text(&o).contains("already-provisioned"), "{}", text(&o));
 }
 

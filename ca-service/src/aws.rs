@@ -313,7 +313,10 @@ impl AwsBackend {
 }
 
 /// One S3 location that every AWS trust store reads from: `ca-bundle.pem` (text/plain: the
-/// CloudFront, ALB and API Gateway trust stores), `crl/issuing.crl` and `crl/root.crl`
+/// CloudFront, ALB and API Gateway trust stores), `mtls-truststore.pem` (the bundle and the
+/// trusted factory CAs: the trust store of the serverless CA's own mTLS hostname, where
+/// devices also enrol with factory certificates; never an edge's, since a factory
+/// certificate must not open the fleet's services), `crl/issuing.crl` and `crl/root.crl`
 /// (DER: the ALB trust store's revocation), `crl/crl.pem` (both, PEM) and `revoked.json`
 /// (the CloudFront KeyValueStore export). Both backends write it: the serverless CA to its
 /// publication bucket, the embedded CA with `lanyard-ca publish --s3 s3://BUCKET/PREFIX`.
@@ -376,11 +379,17 @@ impl S3Feed {
         );
         let revoked = auth.revoked_export().await?;
         let json = serde_json::to_vec(&revoked).map_err(CaError::encoding("JSON"))?;
+        let mut mtls = bundle.clone();
+        for f in auth.factory_cas().await? {
+            mtls.push_str(&format!("# Factory CA {} (group {}): {}\n", f.id, f.group, f.subject));
+            mtls.push_str(&crate::bundle::certificate_pem(&f.der));
+        }
         let mut out = Published { revoked: revoked.len(), ..Default::default() };
         for (key, body, ct) in [
             ("crl/issuing.crl", issuing_crl, "application/pkix-crl"),
             ("crl/root.crl", root_crl, "application/pkix-crl"),
             ("crl/crl.pem", pem.into_bytes(), "application/x-pem-file"),
+            ("mtls-truststore.pem", mtls.into_bytes(), "text/plain"),
             ("ca-bundle.pem", bundle.into_bytes(), "text/plain"),
             ("revoked.json", json, "application/json"),
         ] {

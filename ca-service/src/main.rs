@@ -700,7 +700,18 @@ fn claim_state(c: &lanyard_ca::store::ClaimRecord, now: time::OffsetDateTime) ->
 }
 
 async fn provisioning(dir: &DirArg, cmd: ProvisioningCmd) -> Result<(), CaError> {
-    let (_, a) = open(dir).await?;
+    let (ca, a) = open(dir).await?;
+    // The serverless CA's mTLS trust store (mtls-truststore.pem) lists the factory CAs.
+    let republish = |what: &str| {
+        let what = what.to_owned();
+        let (ca, a) = (&ca, &a);
+        async move {
+            match ca.publish(a).await {
+                Ok(to) => eprintln!("{what}; published to {to}"),
+                Err(e) => eprintln!("{what}; not published ({e}): run `lanyard-ca publish`"),
+            }
+        }
+    };
     let actor = ca_dir::actor();
     match cmd {
         ProvisioningCmd::Claim {
@@ -770,14 +781,15 @@ async fn provisioning(dir: &DirArg, cmd: ProvisioningCmd) -> Result<(), CaError>
             let rec =
                 a.trust_factory_ca(&group, &pem, identity_from, identity_template, &actor).await?;
             outln!("{}", rec.id);
-            eprintln!(
+            republish(&format!(
                 "factory CA {} ({}) trusted for group {group}: its devices enrol with their factory certificates",
                 rec.id, rec.subject
-            );
+            ))
+            .await;
         }
         ProvisioningCmd::Untrust { id } => {
             a.untrust_factory_ca(&id, &actor).await?;
-            eprintln!("factory CA {id} is no longer trusted");
+            republish(&format!("factory CA {id} is no longer trusted")).await;
         }
         ProvisioningCmd::Block { cert, fingerprint } => {
             let given = match (cert, fingerprint) {

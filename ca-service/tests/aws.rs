@@ -376,6 +376,36 @@ async fn serverless_ca_on_moto() {
     );
     let obj = s3.get_object().bucket("lanyard-pub").key("ca-bundle.pem").send().await.expect("get");
     assert_eq!(obj.content_type(), Some("text/plain"));
+    // A trusted factory CA joins the mTLS hostname's trust store, never the edges' bundle.
+    let factory_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut fp = rcgen::CertificateParams::default();
+    fp.distinguished_name.push(rcgen::DnType::CommonName, "Acme Factory CA");
+    fp.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let factory_pem = fp.self_signed(&factory_key).expect("factory CA").pem();
+    full.trust_factory_ca(
+        "default",
+        factory_pem.as_bytes(),
+        lanyard_ca::store::IdentityFrom::Cn,
+        None,
+        "test",
+    )
+    .await
+    .expect("trust");
+    backend.publish(&full).await.expect("publish");
+    let text = |key: &'static str| {
+        let s3 = s3.clone();
+        async move {
+            let o = s3.get_object().bucket("lanyard-pub").key(key).send().await.expect("get");
+            String::from_utf8(o.body.collect().await.expect("body").into_bytes().to_vec())
+                .expect("utf-8")
+        }
+    };
+    let (mtls, edges) = (text("mtls-truststore.pem").await, text("ca-bundle.pem").await);
+    let factory_b64: String = factory_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let flat = |s: &str| s.lines().filter(|l| !l.starts_with("-----")).collect::<String>();
+    assert!(mtls.starts_with(&edges), "the bundle first");
+    assert!(flat(&mtls).contains(&factory_b64), "{mtls}");
+    assert!(!flat(&edges).contains(&factory_b64), "a factory CA in the edges' bundle");
     let export = auth.revoked_export().await.expect("export");
     let plan = KvsPlan::new(&Default::default(), &export, auth.now());
     let colon = lanyard_proto::serial::to_colon_hex(

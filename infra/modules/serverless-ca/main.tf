@@ -463,7 +463,8 @@ resource "aws_apigatewayv2_domain_name" "bootstrap" {
   tags = var.tags
 }
 
-# Renewal: API Gateway verifies the device certificate against the CA's own bundle and
+# Renewal: API Gateway verifies the device certificate (or a factory certificate, at a
+# first enrolment) against mtls-truststore.pem (the CA's bundle and the factory CAs) and
 # hands it to the Lambda in the request context. API Gateway reads the trust store when the
 # domain is created, and the bundle exists only once `lanyard-ca init --backend aws` has
 # published it: so the domain is made by the second apply, the one that sets
@@ -477,7 +478,7 @@ resource "aws_apigatewayv2_domain_name" "renewal" {
     security_policy = "TLS_1_2"
   }
   mutual_tls_authentication {
-    truststore_uri     = "s3://${aws_s3_bucket.publications.bucket}/ca-bundle.pem"
+    truststore_uri     = "s3://${aws_s3_bucket.publications.bucket}/mtls-truststore.pem"
     truststore_version = var.truststore_version
   }
   tags = var.tags

@@ -4,7 +4,7 @@ output "table_name" {
 }
 
 output "bucket_name" {
-  description = "Publication bucket: ca-bundle.pem, crl/, revoked.json (LANYARD_AWS_BUCKET)."
+  description = "Publication bucket: ca-bundle.pem, mtls-truststore.pem, crl/, revoked.json (LANYARD_AWS_BUCKET)."
   value       = aws_s3_bucket.publications.bucket
 }
 

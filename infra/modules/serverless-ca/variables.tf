@@ -56,7 +56,7 @@ variable "certificate_arn" {
 }
 
 variable "truststore_version" {
-  description = "S3 object version of ca-bundle.pem for the renewal domain's trust store. Null (the first apply): the renewal domain is not created yet, since API Gateway reads the trust store when it creates the domain and the bundle exists only after `lanyard-ca init --backend aws`. Set it after init; change it when the bundle changes (API Gateway does not re-read the object by itself)."
+  description = "S3 object version of mtls-truststore.pem (the CA bundle and the trusted factory CAs) for the renewal domain's trust store. Null (the first apply): the renewal domain is not created yet, since API Gateway reads the trust store when it creates the domain and the bundle exists only after `lanyard-ca init --backend aws`. Set it after init; change it when the object changes (a new factory CA, a new bundle) (API Gateway does not re-read the object by itself)."
   type        = string
   default     = null
 }
