@@ -1148,6 +1148,44 @@ mod tests {
         assert_eq!((n, cols), (1, 0), "the backup is the database as it was");
     }
 
+    /// A schema-1 database (before zero-touch provisioning) gains the claim, provisioning and
+    /// factory-CA tables, with a copy taken first.
+    #[tokio::test]
+    async fn a_schema_1_database_gains_provisioning() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lanyard-ca.db");
+        drop(SqliteStore::open(&path).unwrap());
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "DROP TABLE claims; DROP TABLE provisioned; DROP TABLE factory_cas; PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let claim = ClaimRecord {
+            hash: "c1".into(),
+            id: "c1".into(),
+            group: "default".into(),
+            identity_template: "s-{id}.example.com".into(),
+            max_uses: 2,
+            uses: 0,
+            created_at: now,
+            expires_at: now + time::Duration::DAY,
+            revoked_at: None,
+        };
+        store.put_claim(claim, audit("c1")).await.unwrap();
+        assert_eq!(store.claims().await.unwrap().len(), 1);
+        assert!(store.factory_cas().await.unwrap().is_empty());
+        let backups = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".before-schema-2-"))
+            .count();
+        assert_eq!(backups, 1);
+    }
+
     /// A new database gets the current schema version and no backup; one written by a newer
     /// lanyard-ca is refused, naming what to do, and left as it was.
     #[tokio::test]
