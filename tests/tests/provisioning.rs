@@ -290,6 +290,16 @@ fn devices_enrol_with_factory_certificates_once_each() {
         assert!(verify.success(), "{}", verify.all());
         enrolled.push((idev, idev_key, id, csr, pki::serial_hex(&leaf)));
     }
+    // csrattrs answers a factory certificate (the agent asks which key to make); /v1/policy
+    // is for enrolled devices only.
+    let (idev, idev_key) = (&enrolled[1].0, &enrolled[1].1);
+    let get = |path: &str| {
+        est::Request::get(srv.url(path)).cacert(&srv.cacert).client(idev, idev_key).send()
+    };
+    get("/.well-known/est/csrattrs").expect(200);
+    let r = get("/v1/policy").expect(401);
+    assert_eq!(problem_code(&r), "certificate-unknown", "{r}");
+
     // The same factory certificate again: the same certificate for the same key (a lost
     // answer), 409 for another key.
     let (idev, idev_key, id1, csr1, serial1) = &enrolled[0];

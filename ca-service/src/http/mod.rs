@@ -238,6 +238,16 @@ async fn simplereenroll(
     Ok(r)
 }
 
+/// Whether a factory certificate may stand for its group: at `/csrattrs`, which a device
+/// asks before its first enrolment; not at `/v1/policy`, where a certificate this CA did not
+/// issue stays `certificate-unknown` (for an enrolled device, a final refusal: it enrols
+/// again).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Factory {
+    Accepted,
+    Refused,
+}
+
 /// Group whose policy applies to a request: the client certificate's (valid, issued here),
 /// or the token's (HTTP Basic, unused and unexpired; checked, not consumed). Anyone else is
 /// refused: a group's policy is for its devices.
@@ -245,13 +255,15 @@ async fn group_of(
     auth: &Authority,
     peer: Option<&PeerCert>,
     headers: &HeaderMap,
+    factory: Factory,
 ) -> Result<String> {
     if let Some(der) = peer.and_then(|p| p.0.as_ref()) {
         return match auth.authenticate_device(der).await {
             Ok(rec) => Ok(rec.group),
             // Not a certificate of this CA: a factory certificate, before its enrolment.
             Err(e)
-                if e.code() == lanyard_proto::ProblemCode::CertificateUnknown
+                if factory == Factory::Accepted
+                    && e.code() == lanyard_proto::ProblemCode::CertificateUnknown
                     && !headers.contains_key(header::AUTHORIZATION) =>
             {
                 auth.group_of_factory_cert(der).await
@@ -273,7 +285,7 @@ async fn csrattrs(
     peer: Option<axum::Extension<PeerCert>>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let group = group_of(&auth, peer.as_ref().map(|p| &p.0), &headers).await?;
+    let group = group_of(&auth, peer.as_ref().map(|p| &p.0), &headers, Factory::Accepted).await?;
     let policy = auth.policy(&group).await?;
     let der = lanyard_proto::csrattrs::encode(policy.preferred_key())
         .map_err(CaError::encoding("CSR attributes"))?;
@@ -294,7 +306,7 @@ async fn policy(
     headers: HeaderMap,
     Query(q): Query<PolicyQuery>,
 ) -> Result<Response> {
-    let group = group_of(&auth, peer.as_ref().map(|p| &p.0), &headers).await?;
+    let group = group_of(&auth, peer.as_ref().map(|p| &p.0), &headers, Factory::Refused).await?;
     if let Some(g) = q.group
         && g != group
     {
