@@ -11,7 +11,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             let _ = verify::issued(
                 c,
                 &info.spki_der,
-                &info.identity,
+                Some(&info.identity),
                 &roots,
                 &inter,
                 time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
