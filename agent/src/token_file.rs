@@ -119,11 +119,7 @@ impl TokenFileEnrolment {
         if let Err(e) = crate::agent::enrolment_identity(&token, identity.as_deref()) {
             return self.refuse(agent, id, path, &e);
         }
-        let now = agent.clock.now();
-        let policy = agent.effective_policy();
-        if let Some(at) = retry_at(&self.failures, &policy)
-            && now < at
-        {
+        if let Some(at) = self.backing_off(agent) {
             return Next::RetryAt(at);
         }
         tracing::info!(file = %shown, identity = identity.as_deref().unwrap_or("(the token's)"), attempt = self.failures.count + 1, "enrolling with the token file");
@@ -156,11 +152,7 @@ impl TokenFileEnrolment {
     /// factory CA may be trusted (or a device reset) after the device first tried, and the
     /// certificate in the device does not change.
     async fn factory_step(&mut self, agent: &Agent, factory: &crate::agent::FactoryCert) -> Next {
-        let now = agent.clock.now();
-        let policy = agent.effective_policy();
-        if let Some(at) = retry_at(&self.failures, &policy)
-            && now < at
-        {
+        if let Some(at) = self.backing_off(agent) {
             return Next::RetryAt(at);
         }
         let shown = factory.cert.display();
@@ -179,6 +171,11 @@ impl TokenFileEnrolment {
             }
             Err(e) => self.back_off(agent, &e, &format!("the factory certificate {shown}")),
         }
+    }
+
+    /// When the next attempt is due, if that is still to come.
+    fn backing_off(&self, agent: &Agent) -> Option<OffsetDateTime> {
+        retry_at(&self.failures, &agent.effective_policy()).filter(|at| agent.clock.now() < *at)
     }
 
     /// A failure worth another try later: the policy's back-off (the CA's `Retry-After` as a

@@ -19,9 +19,7 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use std::sync::Arc;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-fn sha256_hex(der: &[u8]) -> String {
-    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der))
-}
+use crate::ca_dir::fingerprint as sha256_hex;
 
 /// The SHA-256 of a certificate given as PEM, or a SHA-256 fingerprint given as hex (colons
 /// allowed): what `provisioning block` takes.
@@ -308,8 +306,7 @@ fn identity_of(ca: &FactoryCaRecord, cert: &X509Certificate<'_>) -> Result<Strin
             .and_then(|cn| cn.as_str().ok())
             .map(str::to_owned),
         IdentityFrom::Serial => {
-            Some(hex::encode(cert.raw_serial()).trim_start_matches("00").to_owned())
-                .filter(|s| !s.is_empty())
+            Some(lanyard_proto::serial::to_hex(cert.raw_serial())).filter(|s| !s.is_empty())
         }
         IdentityFrom::SanUri => cert.subject_alternative_name().ok().flatten().and_then(|san| {
             san.value.general_names.iter().find_map(|g| match g {

@@ -211,9 +211,9 @@ async fn simpleenroll(
             auth.enroll_with_factory_cert(&factory_der, &csr, &meta(&remote)).await?
         }
         None => {
+            // Credentials first: a request without them is told so, whatever its body.
             let (identity, token) = basic_credentials(&headers)?;
-            let csr = csr_from_body(&headers, &body)?;
-            auth.enroll(&identity, &token, &csr, &meta(&remote)).await?
+            auth.enroll(&identity, &token, &csr_from_body(&headers, &body)?, &meta(&remote)).await?
         }
     };
     tracing::info!(identity = %issued.record.identity, serial = %issued.record.serial, replayed = issued.replayed, "enrolled");

@@ -728,10 +728,13 @@ impl Store for SqliteStore {
                         group: r.get(1)?,
                         subject: r.get(2)?,
                         der: r.get(3)?,
-                        identity_from: r
-                            .get::<_, String>(4)?
-                            .parse()
-                            .unwrap_or(super::IdentityFrom::Cn),
+                        identity_from: r.get::<_, String>(4)?.parse().map_err(|e: String| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                4,
+                                rusqlite::types::Type::Text,
+                                e.into(),
+                            )
+                        })?,
                         identity_template: r.get(5)?,
                         added_at: from_ts(r.get(6)?),
                     })
