@@ -129,7 +129,7 @@ async fn used_tokens_wrong_pins_and_bad_cas_are_refused_cleanly() {
     // A server with the right TLS certificate that answers garbage.
     let (chain, key) =
         CaDir::new(&ca.dir).tls_identity(&ca.auth(), &["127.0.0.1".into()]).expect("tls");
-    let tls = lanyard_ca::http::tls::server_config(chain, key, &ca.auth().keys().issuing_der)
+    let tls = lanyard_ca::http::tls::server_config(chain, key, &[&ca.auth().keys().issuing_der])
         .expect("tls");
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
@@ -1120,7 +1120,7 @@ async fn older_ca(ca: &Ca) -> (tokio_util::sync::CancellationToken, tokio::task:
     let d = CaDir::new(&ca.dir);
     let auth = Arc::new(d.open(ca.clock.clone()).expect("open"));
     let (chain, key) = d.tls_identity(&auth, &["127.0.0.1".into()]).expect("tls identity");
-    let tls = lanyard_ca::http::tls::server_config(chain, key, &auth.keys().issuing_der)
+    let tls = lanyard_ca::http::tls::server_config(chain, key, &[&auth.keys().issuing_der])
         .expect("tls config");
     let app = lanyard_ca::http::router(auth).layer(axum::middleware::from_fn(
         |req: axum::extract::Request, next: axum::middleware::Next| async move {

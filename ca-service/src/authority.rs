@@ -25,16 +25,36 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 mod claims;
 mod factory;
+mod issuers;
 pub use claims::{MAX_TTL as MAX_CLAIM_TTL, MAX_USES as MAX_CLAIM_USES};
 pub use factory::cert_fingerprint as factory_cert_fingerprint;
+pub use issuers::{CaCertStatus, IssuerRevocation, RetiredIssuer};
+
+/// The CRL cache's and CRL number's scope for the root (issuing CAs use their generation).
+const ROOT_SCOPE: u32 = 0;
+
+/// The name a CRL number counter is kept under: "root", "issuing" (the first issuing CA,
+/// as before any rotation), "issuing-N".
+fn crl_scope_name(scope: u32) -> String {
+    match scope {
+        ROOT_SCOPE => "root".into(),
+        1 => "issuing".into(),
+        n => format!("issuing-{n}"),
+    }
+}
 
 /// Group used when a token names none.
 pub const DEFAULT_GROUP: &str = "default";
 
 /// The CA's key material and certificates, as loaded by the embedded or AWS backend.
 pub struct CaKeys {
+    /// The current issuing CA: it signs every new certificate.
     pub issuing: SharedSigner,
     pub issuing_der: Vec<u8>,
+    /// Its generation: 1 at `init`, one more at each `ca rotate-issuing`.
+    pub generation: u32,
+    /// Earlier issuing CAs, still answering for the certificates they signed.
+    pub retired: Vec<RetiredIssuer>,
     pub root_der: Vec<u8>,
     /// The root key, where it is online (embedded mode keeps it in a file); needed to sign
     /// the root's CRL and OCSP answers about the issuing CA.
@@ -101,10 +121,12 @@ pub struct Authority {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     keys: CaKeys,
-    issuer: rcgen::Issuer<'static, SharedSigner>,
+    current: issuers::LoadedIssuer,
+    retired: Vec<issuers::LoadedIssuer>,
     root_issuer: Option<rcgen::Issuer<'static, SharedSigner>>,
     publication: PublicationSettings,
-    crl_cache: Mutex<HashMap<&'static str, CachedCrl>>,
+    /// By scope: 0 for the root's CRL, else the issuing CA's generation.
+    crl_cache: Mutex<HashMap<u32, CachedCrl>>,
     failures: FailureLimiter,
     /// Paces enrolments and renewals (`serve --max-issuance-rate`); `None`: unlimited.
     admission: Option<Pacer>,
@@ -193,9 +215,17 @@ impl Authority {
         keys: CaKeys,
         publication: PublicationSettings,
     ) -> Result<Self> {
-        let issuer =
-            rcgen::Issuer::from_ca_cert_der(&keys.issuing_der.clone().into(), keys.issuing.clone())
-                .map_err(|e| CaError::Config(format!("issuing CA certificate: {e}")))?;
+        let current = issuers::LoadedIssuer::load(
+            keys.generation,
+            &keys.issuing_der,
+            keys.issuing.clone(),
+            None,
+        )?;
+        let retired = keys
+            .retired
+            .iter()
+            .map(|r| issuers::LoadedIssuer::load(r.generation, &r.der, r.signer.clone(), r.revoked))
+            .collect::<Result<Vec<_>>>()?;
         let root_issuer = match &keys.root {
             Some(root) => Some(
                 rcgen::Issuer::from_ca_cert_der(&keys.root_der.clone().into(), root.clone())
@@ -207,7 +237,8 @@ impl Authority {
             store,
             clock,
             keys,
-            issuer,
+            current,
+            retired,
             root_issuer,
             publication,
             crl_cache: Mutex::new(HashMap::new()),
@@ -235,7 +266,7 @@ impl Authority {
 
     /// When this process last made the issuing CA's CRL.
     pub fn crl_made_at(&self) -> Option<OffsetDateTime> {
-        self.crl_cache.lock().ok()?.get("issuing").map(|c| c.this_update)
+        self.crl_cache.lock().ok()?.get(&self.current.generation).map(|c| c.this_update)
     }
 
     pub fn admission_stats(&self) -> Option<AdmissionStats> {
@@ -383,6 +414,17 @@ impl Authority {
     pub async fn set_policy(&self, group: &str, policy: GroupPolicy, actor: &str) -> Result<()> {
         profile::validate_group(group)?;
         policy.validate().map_err(|e| CaError::BadRequest(e.to_string()))?;
+        let left = self.current.not_after - self.now();
+        if time::Duration::try_from(policy.lifetime()).is_ok_and(|l| l > left) {
+            return Err(CaError::BadRequest(format!(
+                "a certificate lifetime of {}s would outlive the issuing CA (it expires at {}, \
+                 {} days from now); choose a shorter lifetime or rotate the issuing CA \
+                 (`lanyard-ca ca rotate-issuing`)",
+                policy.lifetime().as_secs(),
+                self.current.not_after,
+                left.whole_days()
+            )));
+        }
         let detail = serde_json::to_string(&policy).unwrap_or_default();
         let ev = audit(
             self.now(),
@@ -625,7 +667,7 @@ impl Authority {
                 ),
             ));
         }
-        Ok(Issued { record, chain: self.chain(), replayed: true })
+        Ok(Issued { chain: self.chain_of(&record.der), record, replayed: true })
     }
 
     /// The answer to a retry, if the token has been used meanwhile (by any key).
@@ -769,7 +811,7 @@ impl Authority {
             if let Some(r) = &child.revocation {
                 return Err(revoked_error(&child.serial, r));
             }
-            return Ok(Issued { record: child, chain: self.chain(), replayed: true });
+            return Ok(Issued { chain: self.chain_of(&child.der), record: child, replayed: true });
         }
         let now = self.now();
         let ev = audit(
@@ -864,7 +906,8 @@ impl Authority {
         Ok(rec)
     }
 
-    /// The record of a certificate this CA issued (revoked or not).
+    /// The record of a certificate this CA issued (revoked or not), by any of its issuing
+    /// CAs that is not revoked.
     pub async fn known_device_cert(&self, cert_der: &[u8]) -> Result<CertRecord> {
         let unknown = || {
             CaError::refused(
@@ -875,9 +918,7 @@ impl Authority {
         let (_, cert) = X509Certificate::from_der(cert_der).map_err(|_| {
             CaError::refused(ProblemCode::CertificateUnknown, "client certificate does not parse")
         })?;
-        let (_, issuing) = X509Certificate::from_der(&self.keys.issuing_der)
-            .map_err(|e| CaError::Config(format!("issuing CA certificate: {e}")))?;
-        cert.verify_signature(Some(issuing.public_key())).map_err(|_| unknown())?;
+        self.issuer_of(&cert)?;
         let serial = lanyard_proto::serial::to_hex(cert.raw_serial());
         let rec = self.store.cert(&serial).await?.ok_or_else(unknown)?;
         if rec.der != cert_der {
@@ -897,11 +938,14 @@ impl Authority {
     ) -> Result<CertRecord> {
         profile_allows(identity, group, csr, policy)?;
         let serial = profile::random_serial();
-        let params =
+        let mut params =
             profile::device(identity, &serial, now, policy.lifetime(), &self.publication.urls)?;
+        // No certificate outlives its issuer (a relying party would refuse the chain before
+        // the leaf expires): near the issuing CA's end, lifetimes shorten to reach it.
+        params.not_after = params.not_after.min(self.current.not_after);
         let spki = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der)
             .map_err(|e| CaError::BadRequest(format!("CSR public key: {e}")))?;
-        let cert = params.signed_by(&spki, &self.issuer)?;
+        let cert = params.signed_by(&spki, &self.current.issuer)?;
         Ok(CertRecord {
             serial: lanyard_proto::serial::to_hex(&serial),
             identity: identity.to_owned(),
@@ -1041,49 +1085,58 @@ impl Authority {
             .collect())
     }
 
-    /// The issuing CA's CRL (DER), regenerated when a revocation happened or half its
-    /// validity has passed.
+    /// The current issuing CA's CRL (DER), regenerated when a revocation happened or half
+    /// its validity has passed.
     pub async fn issuing_crl(&self) -> Result<Vec<u8>> {
-        self.crl("issuing").await
+        self.crl(self.current.generation).await
     }
 
     /// The root's CRL (DER; it lists no issuing CA unless one is revoked). Needs the root key.
     pub async fn root_crl(&self) -> Result<Vec<u8>> {
-        self.crl("root").await
+        self.crl(ROOT_SCOPE).await
     }
 
-    async fn crl(&self, scope: &'static str) -> Result<Vec<u8>> {
+    /// `scope`: [`ROOT_SCOPE`] or an issuing CA's generation.
+    async fn crl(&self, scope: u32) -> Result<Vec<u8>> {
         let now = self.now();
         let generation = self.store.revocation_generation().await?;
         let half = self.publication.crl_validity / 2;
         if let Ok(cache) = self.crl_cache.lock()
-            && let Some(c) = cache.get(scope)
-            && (scope == "root" || c.generation == generation)
+            && let Some(c) = cache.get(&scope)
+            && (scope == ROOT_SCOPE || c.generation == generation)
             && now - c.this_update < half
         {
             return Ok(c.der.clone());
         }
-        let (issuer, revoked) = match scope {
-            "root" => (
-                self.root_issuer.as_ref().ok_or_else(|| {
-                    CaError::NotFound(
-                        "the root key is offline: the root CRL is published from files".into(),
-                    )
-                })?,
-                Vec::new(),
-            ),
-            _ => (&self.issuer, self.store.certs(CertFilter::revoked()).await?),
-        };
-        let number = self.store.next_crl_number(scope).await?;
-        let params = rcgen::CertificateRevocationListParams {
-            this_update: now - profile::BACKDATE,
-            next_update: now + self.publication.crl_validity,
-            crl_number: rcgen::SerialNumber::from(number),
-            issuing_distribution_point: None,
-            revoked_certs: revoked
+        let (issuer, revoked) = if scope == ROOT_SCOPE {
+            let root = self.root_issuer.as_ref().ok_or_else(|| {
+                CaError::NotFound(
+                    "the root key is offline: the root CRL is published from files".into(),
+                )
+            })?;
+            let entries = self
+                .revoked_issuers()
+                .into_iter()
+                .map(|(serial, r)| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(&serial),
+                    revocation_time: r.at,
+                    reason_code: (r.reason != Reason::Unspecified).then(|| r.reason.rcgen()),
+                    invalidity_date: None,
+                })
+                .collect();
+            (root, entries)
+        } else {
+            let issuer = self
+                .all_issuers()
+                .find(|i| i.generation == scope)
+                .ok_or_else(|| CaError::NotFound(format!("no issuing CA {scope}")))?;
+            let entries = self
+                .store
+                .certs(CertFilter::revoked())
+                .await?
                 .iter()
                 // Entries may leave the CRL once the certificate has expired (RFC 5280 3.3).
-                .filter(|c| c.not_after > now)
+                .filter(|c| c.not_after > now && self.signed_by_generation(&c.der, scope))
                 .filter_map(|c| {
                     let r = c.revocation.as_ref()?;
                     Some(rcgen::RevokedCertParams {
@@ -1096,7 +1149,16 @@ impl Authority {
                         invalidity_date: None,
                     })
                 })
-                .collect(),
+                .collect();
+            (&issuer.issuer, entries)
+        };
+        let number = self.store.next_crl_number(&crl_scope_name(scope)).await?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - profile::BACKDATE,
+            next_update: now + self.publication.crl_validity,
+            crl_number: rcgen::SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
         let der = params.signed_by(issuer)?.der().to_vec();
@@ -1106,9 +1168,6 @@ impl Authority {
         Ok(der)
     }
 
-    pub(crate) fn issuer_signer(&self) -> &SharedSigner {
-        &self.keys.issuing
-    }
     pub(crate) fn root_signer(&self) -> Option<&SharedSigner> {
         self.keys.root.as_ref()
     }

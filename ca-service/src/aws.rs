@@ -268,6 +268,8 @@ impl AwsBackend {
         let keys = CaKeys {
             issuing: SharedSigner(Arc::new(issuing)),
             issuing_der: cert("issuing.crt").await?,
+            generation: 1,
+            retired: Vec::new(),
             root_der: cert("root.crt").await?,
             root,
         };
@@ -368,7 +370,7 @@ impl S3Feed {
         let bundle = crate::bundle::build(
             &self.ca_name,
             auth.root_certificate(),
-            auth.issuing_certificate(),
+            &auth.bundle_issuers().await?,
         );
         let issuing_crl = auth.issuing_crl().await?;
         let root_crl = auth.root_crl().await?;

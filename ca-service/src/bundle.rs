@@ -40,11 +40,15 @@ pub struct BundleSummary {
     pub subjects: Vec<String>,
 }
 
-/// The bundle Lanyard writes: a comment, the root, then the issuing CA (PEM, no blank
-/// lines, so it passes every rule above).
-pub fn build(name: &str, root_der: &[u8], issuing_der: &[u8]) -> String {
-    let (root, issuing) = (certificate_pem(root_der), certificate_pem(issuing_der));
-    format!("# {name} CA bundle: root then issuing CA\n{root}{issuing}")
+/// The bundle Lanyard writes: a comment, the root, then each issuing CA in use, current
+/// first (PEM, no blank lines, so it passes every rule above).
+pub fn build(name: &str, root_der: &[u8], issuing_ders: &[Vec<u8>]) -> String {
+    let what = if issuing_ders.len() > 1 { "issuing CAs" } else { "issuing CA" };
+    let mut out = format!("# {name} CA bundle: root then {what}\n{}", certificate_pem(root_der));
+    for der in issuing_ders {
+        out.push_str(&certificate_pem(der));
+    }
+    out
 }
 
 /// A certificate as PEM with `\n` line endings (what openssl writes; the `pem` crate's

@@ -3,18 +3,28 @@
 //! ```text
 //! DIR/ca.toml          settings (name, public URL, key algorithms); written last by init
 //! DIR/root.crt         root CA certificate (PEM)         DIR/root.key     0600
-//! DIR/issuing.crt      issuing CA certificate (PEM)      DIR/issuing.key  0600
-//! DIR/ca-bundle.pem    CloudFront trust store bundle: root then issuing CA
+//! DIR/issuing.crt      first issuing CA certificate (PEM) DIR/issuing.key 0600
+//! DIR/issuers/         later issuing CAs (`ca rotate-issuing`): issuing-N.crt, issuing-N.key
+//! DIR/ca-bundle.pem    CloudFront trust store bundle: root then each issuing CA in use
 //! DIR/lanyard-ca.db    SQLite (WAL): certificates, tokens, policies, audit
 //! DIR/tls/             the HTTPS server certificate of `serve` (renewed automatically)
-//! DIR/crl/             published CRLs: issuing.crl, root.crl (DER), crl.pem (both, PEM)
+//! DIR/crl/             published CRLs: issuing.crl (issuing-N.crl after rotations),
+//!                      root.crl (DER), crl.pem (all of them, PEM)
+//! ```
+//!
+//! `ca.toml`'s `issuing_generation` names the current issuing CA; rewriting `ca.toml` is
+//! the one step that commits a rotation, so a rotation interrupted before it leaves the
+//! CA as it was.
+//!
+//! ```text
 //! ```
 
-use crate::authority::{Authority, CaKeys, PublicationSettings};
+use crate::authority::{Authority, CaKeys, IssuerRevocation, PublicationSettings, RetiredIssuer};
 use crate::clock::Clock;
 use crate::error::{CaError, Result};
 use crate::fsutil;
 use crate::profile::{self, PublicationUrls};
+use crate::revocation::Reason;
 use crate::signer::SharedSigner;
 use crate::signer::local::LocalKeySigner;
 use crate::store::sqlite::SqliteStore;
@@ -24,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use time::OffsetDateTime;
 
 /// `DIR/ca.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -39,6 +50,55 @@ pub struct CaSettings {
     pub crl_validity_secs: u64,
     #[serde(default = "default_ocsp_validity")]
     pub ocsp_validity_secs: u64,
+    /// The current issuing CA (1 until the first `ca rotate-issuing`); `issuing_key` is its
+    /// key's algorithm.
+    #[serde(default = "default_generation", skip_serializing_if = "is_first")]
+    pub issuing_generation: u32,
+    /// Earlier issuing CAs, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_issuers: Vec<RetiredIssuerSettings>,
+}
+
+/// An earlier issuing CA in `ca.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetiredIssuerSettings {
+    pub generation: u32,
+    pub key: KeyAlgorithm,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<IssuerRevocation>,
+}
+
+fn default_generation() -> u32 {
+    1
+}
+fn is_first(g: &u32) -> bool {
+    *g == 1
+}
+
+/// Options of `lanyard-ca ca rotate-issuing`.
+#[derive(Clone, Debug)]
+pub struct RotateOptions {
+    pub key: KeyAlgorithm,
+    pub validity: time::Duration,
+    /// Revoke the old issuing CA in the root's CRL at once (an emergency).
+    pub revoke_old: Option<Reason>,
+}
+
+/// What a rotation did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rotation {
+    pub old_generation: u32,
+    pub new_generation: u32,
+    pub subject: String,
+    pub sha256: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    /// The validity asked for was cut to the root's.
+    pub shortened_to_root: bool,
+    pub old_revoked: Option<IssuerRevocation>,
+    /// With `old_revoked`: the old CA's live certificates, revoked (`cACompromise`).
+    pub leaves_revoked: usize,
 }
 
 fn default_crl_validity() -> u64 {
@@ -113,7 +173,11 @@ impl CaDir {
             pem_of(&certs.issuing_der).as_bytes(),
             0o644,
         )?;
-        let bundle = crate::bundle::build(&opts.name, &certs.root_der, &certs.issuing_der);
+        let bundle = crate::bundle::build(
+            &opts.name,
+            &certs.root_der,
+            std::slice::from_ref(&certs.issuing_der),
+        );
         fsutil::write_atomic(&stage.join("ca-bundle.pem"), bundle.as_bytes(), 0o644)?;
         let settings = CaSettings {
             name: opts.name.clone(),
@@ -122,6 +186,8 @@ impl CaDir {
             issuing_key: opts.issuing_key,
             crl_validity_secs: default_crl_validity(),
             ocsp_validity_secs: default_ocsp_validity(),
+            issuing_generation: 1,
+            retired_issuers: Vec::new(),
         };
         let toml = toml::to_string_pretty(&settings).map_err(CaError::encoding("TOML"))?;
 
@@ -176,32 +242,179 @@ impl CaDir {
         store: Arc<dyn Store>,
         s: &CaSettings,
     ) -> Result<Authority> {
-        let issuing = LocalKeySigner::load(&self.path("issuing.key"), s.issuing_key)?;
+        let (crt, key) = self.issuer_paths(s.issuing_generation);
+        let issuing = LocalKeySigner::load(&key, s.issuing_key)?;
         let root = match LocalKeySigner::load(&self.path("root.key"), s.root_key) {
             Ok(k) => Some(SharedSigner(Arc::new(k))),
             // An operator may move the root key offline after init.
             Err(_) if !self.path("root.key").exists() => None,
             Err(e) => return Err(e),
         };
+        let mut retired = Vec::new();
+        for r in &s.retired_issuers {
+            let (crt, key) = self.issuer_paths(r.generation);
+            if !key.exists() {
+                // Removed by the operator once its last certificate expired.
+                tracing::debug!(generation = r.generation, "retired issuing CA key absent");
+                continue;
+            }
+            retired.push(RetiredIssuer {
+                generation: r.generation,
+                der: read_cert_der(&crt)?,
+                signer: SharedSigner(Arc::new(LocalKeySigner::load(&key, r.key)?)),
+                revoked: r.revoked,
+            });
+        }
         let keys = CaKeys {
             issuing: SharedSigner(Arc::new(issuing)),
-            issuing_der: read_cert_der(&self.path("issuing.crt"))?,
+            issuing_der: read_cert_der(&crt)?,
+            generation: s.issuing_generation,
+            retired,
             root_der: read_cert_der(&self.path("root.crt"))?,
             root,
         };
-        let publication =
+        let mut publication =
             PublicationSettings::new(&s.public_url, s.crl_validity_secs, s.ocsp_validity_secs);
+        publication.urls = publication.urls.for_generation(s.issuing_generation);
         Authority::new(store, clock, keys, publication)
     }
 
-    /// Writes `crl/issuing.crl`, `crl/root.crl` (DER) and `crl/crl.pem` (both, PEM: what
-    /// nginx's `ssl_crl` wants, since it checks every level of the chain).
+    /// The certificate and key files of issuing CA `generation`: `issuing.crt` and
+    /// `issuing.key` for the first, `issuers/issuing-N.*` for later ones.
+    pub fn issuer_paths(&self, generation: u32) -> (PathBuf, PathBuf) {
+        match generation {
+            0 | 1 => (self.path("issuing.crt"), self.path("issuing.key")),
+            n => (
+                self.path(&format!("issuers/issuing-{n}.crt")),
+                self.path(&format!("issuers/issuing-{n}.key")),
+            ),
+        }
+    }
+
+    /// `lanyard-ca ca rotate-issuing`: a new issuing key and certificate under the same
+    /// root (whose key must be online). The new files are written first; rewriting
+    /// `ca.toml` commits the rotation; then the CRLs and the bundle are published. From
+    /// then on every issuance uses the new CA; the old one answers for its certificates
+    /// until the last expires (or at once no longer, with `revoke_old`).
+    pub async fn rotate_issuing(
+        &self,
+        opts: &RotateOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Rotation> {
+        let mut s = self.settings()?;
+        let root_key = match LocalKeySigner::load(&self.path("root.key"), s.root_key) {
+            Ok(k) => SharedSigner(Arc::new(k)),
+            Err(_) if !self.path("root.key").exists() => {
+                return Err(CaError::Config(format!(
+                    "the root key is offline ({} is absent): put it back for the rotation, \
+                     then take it offline again",
+                    self.path("root.key").display()
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        if opts.validity < time::Duration::days(1) {
+            return Err(CaError::BadRequest(
+                "--validity must be at least 1 day (an issuing CA lives years)".into(),
+            ));
+        }
+        let root_der = read_cert_der(&self.path("root.crt"))?;
+        let root_not_after = x509_parser::parse_x509_certificate(&root_der)
+            .ok()
+            .and_then(|(_, x)| {
+                OffsetDateTime::from_unix_timestamp(x.validity().not_after.timestamp()).ok()
+            })
+            .ok_or_else(|| CaError::Config("root.crt: unreadable expiry".into()))?;
+        let now = clock.now();
+        let old = s.issuing_generation;
+        let new = old + 1;
+        let (crt, key) = self.issuer_paths(new);
+        let folder = self.path("issuers");
+        std::fs::create_dir_all(&folder).map_err(CaError::io("creating issuers/"))?;
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))
+            .map_err(CaError::io("setting mode of issuers/"))?;
+        // Left by a rotation interrupted before it committed: never used, safe to replace.
+        for f in [&crt, &key] {
+            if f.exists() {
+                std::fs::remove_file(f)
+                    .map_err(CaError::io(format!("removing {}", f.display())))?;
+            }
+        }
+        let signer = LocalKeySigner::create(&key, opts.key)?;
+        let urls = PublicationUrls::from_base(&s.public_url);
+        let mut params = profile::issuing(&s.name, new, now, opts.validity, &urls)?;
+        // An issuing CA never outlives its root.
+        let shortened_to_root = params.not_after > root_not_after;
+        params.not_after = params.not_after.min(root_not_after);
+        let root_issuer = rcgen::Issuer::from_ca_cert_der(&root_der.clone().into(), root_key)?;
+        let cert = params.signed_by(signer.key_pair(), &root_issuer)?;
+        fsutil::write_atomic(&crt, crate::bundle::certificate_pem(cert.der()).as_bytes(), 0o644)?;
+
+        let old_revoked = opts.revoke_old.map(|reason| IssuerRevocation { at: now, reason });
+        s.retired_issuers.push(RetiredIssuerSettings {
+            generation: old,
+            key: s.issuing_key,
+            revoked: old_revoked,
+        });
+        s.issuing_generation = new;
+        s.issuing_key = opts.key;
+        let toml = toml::to_string_pretty(&s).map_err(CaError::encoding("TOML"))?;
+        fsutil::write_atomic(&self.settings_path(), toml.as_bytes(), 0o600)?;
+
+        let auth = self.open(clock)?;
+        let rotation = Rotation {
+            old_generation: old,
+            new_generation: new,
+            subject: profile::issuing_cn(&s.name, new),
+            sha256: fingerprint(cert.der()),
+            not_after: params.not_after,
+            shortened_to_root,
+            old_revoked,
+            leaves_revoked: 0,
+        };
+        auth.store()
+            .audit(AuditEvent {
+                at: now,
+                actor: actor(),
+                action: "ca.rotate-issuing".into(),
+                subject: rotation.subject.clone(),
+                detail: format!(
+                    "generation {old} -> {new}, key={}, sha256={}{}",
+                    opts.key,
+                    rotation.sha256,
+                    old_revoked
+                        .map(|r| format!(", old revoked: {}", r.reason.name()))
+                        .unwrap_or_default()
+                ),
+                remote: None,
+            })
+            .await?;
+        let mut rotation = rotation;
+        if old_revoked.is_some() {
+            rotation.leaves_revoked =
+                auth.revoke_issued_by(old, Reason::CaCompromise, &actor()).await?;
+        }
+        self.publish_crls(&auth).await?;
+        Ok(rotation)
+    }
+
+    /// Writes each issuing CA's CRL (`crl/issuing.crl`, `crl/issuing-N.crl`), `crl/root.crl`
+    /// (DER) and `crl/crl.pem` (all of them, PEM: what nginx's `ssl_crl` wants, since it
+    /// checks every level of the chain); and `ca-bundle.pem` when the issuing CAs it should
+    /// carry changed (a rotation, a retired CA's last certificate expiring).
     pub async fn publish_crls(&self, auth: &Authority) -> Result<PathBuf> {
         let dir = self.path("crl");
         std::fs::create_dir_all(&dir).map_err(CaError::io("creating crl/"))?;
-        let issuing = auth.issuing_crl().await?;
-        fsutil::write_atomic(&dir.join("issuing.crl"), &issuing, 0o644)?;
-        let mut pem = pem::encode(&pem::Pem::new("X509 CRL", issuing));
+        let mut pem = String::new();
+        for generation in auth.published_generations().await? {
+            let crl = auth.issuer_crl(generation).await?;
+            let file = match generation {
+                1 => "issuing.crl".to_owned(),
+                n => format!("issuing-{n}.crl"),
+            };
+            fsutil::write_atomic(&dir.join(file), &crl, 0o644)?;
+            pem.push_str(&pem::encode(&pem::Pem::new("X509 CRL", crl)));
+        }
         match auth.root_crl().await {
             Ok(root) => {
                 fsutil::write_atomic(&dir.join("root.crl"), &root, 0o644)?;
@@ -216,7 +429,31 @@ impl CaDir {
         }
         let out = dir.join("crl.pem");
         fsutil::write_atomic(&out, pem.as_bytes(), 0o644)?;
+        self.write_bundle(auth).await?;
         Ok(out)
+    }
+
+    /// Rewrites `ca-bundle.pem` when it should carry other issuing CAs than it does.
+    async fn write_bundle(&self, auth: &Authority) -> Result<()> {
+        let s = self.settings()?;
+        if auth.keys().retired.is_empty() && self.bundle_path().exists() {
+            // One issuing CA, as `init` wrote it: nothing to change.
+            return Ok(());
+        }
+        if s.issuing_generation != auth.issuing_generation() {
+            // This process loaded the CA before a rotation: the bundle is not its to write.
+            return Ok(());
+        }
+        let issuers = auth.bundle_issuers().await?;
+        let bundle = crate::bundle::build(&s.name, &auth.keys().root_der, &issuers);
+        if std::fs::read_to_string(self.bundle_path()).ok().as_deref() != Some(bundle.as_str()) {
+            fsutil::write_atomic(&self.bundle_path(), bundle.as_bytes(), 0o644)?;
+            tracing::info!(
+                issuing_cas = issuers.len(),
+                "trust bundle rewritten: upload it to the edge's trust store"
+            );
+        }
+        Ok(())
     }
 
     /// The HTTPS server certificate and key for `serve`: reused while it has the names
@@ -241,6 +478,9 @@ impl CaDir {
             && let Ok((_, x)) = x509_parser::parse_x509_certificate(p.contents())
             && x.validity().not_after.timestamp()
                 > (now + time::Duration::days(30)).unix_timestamp()
+            // Issued by the current issuing CA (not one a rotation retired).
+            && x509_parser::parse_x509_certificate(&auth.keys().issuing_der)
+                .is_ok_and(|(_, ca)| ca.subject().as_raw() == x.issuer().as_raw())
             && let Ok(kp) = pem::parse(&k)
         {
             let chain = vec![p.contents().to_vec(), auth.keys().issuing_der.clone()];

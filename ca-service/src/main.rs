@@ -592,6 +592,36 @@ struct SimulateArgs {
 enum CaCmd {
     /// Print the root certificate's SHA-256, for `lanyard enrol --ca-fingerprint`.
     Fingerprint,
+    /// The CA certificates: role (root, current, retired, revoked), expiry and days left,
+    /// the live certificates each issuing CA signed, and when a retired one leaves the
+    /// bundle.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the issuing CA with a new key and certificate under the same root (whose
+    /// key must be in the CA directory). New certificates come from the new CA at once;
+    /// devices move at their next renewal (or sooner, with --rotate-devices). The old CA
+    /// stays in the bundle and keeps answering (CRL, OCSP, renewals) until its last
+    /// certificate expires. Restart `serve` afterwards.
+    RotateIssuing {
+        /// ecdsa-p256 | ecdsa-p384 | rsa-2048 | rsa-3072 | rsa-4096 (default: the current
+        /// issuing CA's).
+        #[arg(long)]
+        key_algorithm: Option<KeyAlgorithm>,
+        /// How long the new issuing CA is valid (cut to the root's expiry).
+        #[arg(long, default_value = "3650d", value_parser = duration::parse)]
+        validity: std::time::Duration,
+        /// Ask every device to renew now (every group's policy gets
+        /// rotate-issued-before = now), rather than at its next renewal.
+        #[arg(long)]
+        rotate_devices: bool,
+        /// Emergency: revoke the old issuing CA in the root's CRL with this reason
+        /// (keyCompromise, cACompromise, ...). Its certificates stop renewing and leave the
+        /// bundle at once; their devices enrol again (see the README's playbook).
+        #[arg(long, value_parser = |s: &str| s.parse::<lanyard_ca::revocation::Reason>().map_err(|e| e.to_string()))]
+        revoke_old: Option<lanyard_ca::revocation::Reason>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1445,13 +1475,15 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             let (d, a) = open(&dir).await?;
             let published = d.publish(&a).await?;
             if let Some(out) = out {
-                let pem = format!(
-                    "{}{}",
-                    pem::encode(&pem::Pem::new("X509 CRL", a.issuing_crl().await?)),
-                    pem::encode(&pem::Pem::new("X509 CRL", a.root_crl().await?))
-                );
+                let mut pem = String::new();
+                let generations = a.published_generations().await?;
+                for g in &generations {
+                    pem.push_str(&pem::encode(&pem::Pem::new("X509 CRL", a.issuer_crl(*g).await?)));
+                }
+                pem.push_str(&pem::encode(&pem::Pem::new("X509 CRL", a.root_crl().await?)));
                 lanyard_ca::fsutil::write_atomic(&out, pem.as_bytes(), 0o644)?;
-                eprintln!("CRLs (issuing, root) written to {}", out.display());
+                let what = if generations.len() > 1 { "issuing CAs'" } else { "issuing" };
+                eprintln!("CRLs ({what}, root) written to {}", out.display());
             } else {
                 eprintln!("CRLs published to {published}");
             }
@@ -1511,6 +1543,66 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                     return Ok(ExitCode::from(1));
                 }
             }
+        }
+        Cmd::CaCerts { cmd: CaCmd::Status { json } } => {
+            let (_, a) = open(&dir).await?;
+            ca_status(&a, json).await?;
+        }
+        Cmd::CaCerts {
+            cmd: CaCmd::RotateIssuing { key_algorithm, validity, rotate_devices, revoke_old },
+        } => {
+            if dir.backend == Backend::Aws {
+                return Err(CaError::Config(
+                    "`ca rotate-issuing` rotates the embedded CA; the serverless CA's issuing \
+                     key (KMS) cannot be rotated by lanyard-ca yet"
+                        .into(),
+                ));
+            }
+            let d = CaDir::new(dir.dir()?);
+            let key = match key_algorithm {
+                Some(k) => k,
+                None => d.settings()?.issuing_key,
+            };
+            let validity = time::Duration::try_from(validity)
+                .map_err(|e| CaError::BadRequest(format!("--validity: {e}")))?;
+            let opts = ca_dir::RotateOptions { key, validity, revoke_old };
+            let r = d.rotate_issuing(&opts, Arc::new(SystemClock)).await?;
+            outln!(
+                "issuing CA {} -> {}: {} (sha256 {}), valid until {}{}",
+                r.old_generation,
+                r.new_generation,
+                r.subject,
+                r.sha256,
+                rfc3339(r.not_after),
+                if r.shortened_to_root { " (cut to the root's expiry)" } else { "" }
+            );
+            if let Some(rev) = r.old_revoked {
+                outln!(
+                    "issuing CA {} revoked ({}): it left the bundle, and its {} live \
+                     certificate(s) were revoked (cACompromise); their devices must enrol again",
+                    r.old_generation,
+                    rev.reason.name(),
+                    r.leaves_revoked
+                );
+            }
+            if rotate_devices {
+                let a = d.open(Arc::new(SystemClock))?;
+                let mut groups: Vec<String> =
+                    a.store().policies().await?.into_iter().map(|(g, _)| g).collect();
+                if !groups.iter().any(|g| g == lanyard_ca::authority::DEFAULT_GROUP) {
+                    groups.push(lanyard_ca::authority::DEFAULT_GROUP.to_owned());
+                }
+                for g in &groups {
+                    let mut p = a.policy(g).await?;
+                    p.rotate_issued_before = Some(a.now());
+                    a.set_policy(g, p, &ca_dir::actor()).await?;
+                }
+                outln!("asked the devices of {} group(s) to renew now", groups.len());
+            }
+            outln!(
+                "upload {} to the edge's trust store, then restart `lanyard-ca serve`",
+                d.bundle_path().display()
+            );
         }
         Cmd::CaCerts { cmd: CaCmd::Fingerprint } => {
             let (_, a) = open(&dir).await?;
@@ -1761,6 +1853,41 @@ async fn policy(dir: &DirArg, cmd: PolicyCmd) -> Result<(), CaError> {
     Ok(())
 }
 
+async fn ca_status(a: &Authority, json: bool) -> Result<(), CaError> {
+    let rows = a.ca_status().await?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&rows).map_err(CaError::encoding("JSON"))?);
+        return Ok(());
+    }
+    outln!(
+        "{:<8} {:<4} {:<26} {:>6} {:>8}  {:<9} SUBJECT",
+        "ROLE",
+        "GEN",
+        "EXPIRES",
+        "DAYS",
+        "LIVE",
+        "BUNDLE"
+    );
+    for r in rows {
+        let bundle = match (r.in_bundle, r.leaves_bundle) {
+            (true, Some(t)) => format!("until {}", t.date()),
+            (true, None) => "yes".to_owned(),
+            (false, _) => "no".to_owned(),
+        };
+        outln!(
+            "{:<8} {:<4} {:<26} {:>6} {:>8}  {:<9} {}",
+            r.role,
+            r.generation.map_or_else(|| "-".to_owned(), |g| g.to_string()),
+            rfc3339(r.not_after),
+            r.days_left,
+            r.live_leaves.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            bundle,
+            r.subject
+        );
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)] // serve's flags, passed through once
 async fn serve(
     dir: DirArg,
@@ -1814,9 +1941,18 @@ async fn serve(
         }
         lanyard_ca::fsutil::write_atomic(&f, addrs.to_string().as_bytes(), 0o644)?;
     }
-    wait_for_signal().await;
+    let rotated = tokio::select! {
+        _ = wait_for_signal() => false,
+        _ = running.rotated() => true,
+    };
     tracing::info!("shutting down");
     running.stop().await;
+    if rotated {
+        // A non-zero exit: systemd's Restart=on-failure starts it again with the new CA.
+        return Err(CaError::Config(
+            "the issuing CA was rotated: exiting so that `serve` starts again with it".into(),
+        ));
+    }
     Ok(())
 }
 

@@ -14,6 +14,8 @@
 //! lanyard_ca_devices_failing                      reporting failed renewals
 //! lanyard_ca_certificates_expiring{within="24h|7d"}  devices' current certificates
 //! lanyard_ca_crl_age_seconds                      since the issuing CRL was made
+//! lanyard_ca_ca_days_left{role,generation}        days before each CA certificate expires
+//!                                                 (role: root, current, retired, revoked)
 //! lanyard_ca_publication_age_seconds              since the CRLs were last published
 //!                                                 (DIR/crl, or the S3 bucket on AWS)
 //! ```
@@ -208,6 +210,18 @@ pub fn render(
         }
         Err(e) => tracing::warn!(error = %e, "metrics: cannot read the inventory"),
     }
+    let days_left = Family::<Labels, Gauge>::default();
+    for (role, generation, not_after) in auth.ca_expiries() {
+        let generation = generation.map_or_else(String::new, |g| g.to_string());
+        days_left
+            .get_or_create(&vec![("role".into(), role.into()), ("generation".into(), generation)])
+            .set((not_after - now).whole_days());
+    }
+    reg.register(
+        "ca_days_left",
+        "Days before each CA certificate expires (the root, each issuing CA)",
+        days_left,
+    );
     if let Some(at) = auth.crl_made_at() {
         reg.register(
             "crl_age_seconds",

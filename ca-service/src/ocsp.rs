@@ -119,21 +119,35 @@ pub async fn respond(auth: &Authority, request_der: &[u8]) -> Vec<u8> {
 
 async fn build(auth: &Authority, req: &OcspRequest) -> Result<Option<Vec<u8>>, String> {
     let keys = auth.keys();
-    let issuing = Certificate::from_der(&keys.issuing_der).map_err(|e| e.to_string())?;
     let root = Certificate::from_der(&keys.root_der).map_err(|e| e.to_string())?;
-    let issuing_id = CaId::of(&issuing).ok_or("issuing CA name")?;
     let root_id = CaId::of(&root).ok_or("root CA name")?;
+    let mut issuers = Vec::new();
+    for (generation, der) in auth.issuer_certificates() {
+        let cert = Certificate::from_der(der).map_err(|e| e.to_string())?;
+        let id = CaId::of(&cert).ok_or("issuing CA name")?;
+        issuers.push((generation, cert, id));
+    }
 
     // One response has one signer: the root when every request is about a certificate the
-    // root issued (i.e. the issuing CA), otherwise the issuing CA.
+    // root issued (an issuing CA), otherwise the issuing CA the first request names (the
+    // current one or a retired one still answering for its certificates).
     let about_root = req.tbs_request.request_list.iter().all(|r| root_id.matches(&r.req_cert));
-    let (signer, signer_cert): (&SharedSigner, &Certificate) = if about_root {
-        match auth.root_signer() {
+    let chosen = (!about_root)
+        .then(|| {
+            let first = req.tbs_request.request_list.first()?;
+            issuers.iter().find(|(_, _, id)| id.matches(&first.req_cert))
+        })
+        .flatten()
+        .or_else(|| issuers.first().filter(|_| !about_root));
+    let (signer, signer_cert): (&SharedSigner, &Certificate) = match chosen {
+        None => match auth.root_signer() {
             Some(s) => (s, &root),
             None => return Ok(None),
+        },
+        Some((generation, cert, _)) => {
+            let (_, s) = auth.issuer_keys(*generation).ok_or("issuing CA key")?;
+            (s, cert)
         }
-    } else {
-        (auth.issuer_signer(), &issuing)
     };
 
     let now = auth.now();
@@ -142,23 +156,28 @@ async fn build(auth: &Authority, req: &OcspRequest) -> Result<Option<Vec<u8>>, S
     for r in &req.tbs_request.request_list {
         let id = &r.req_cert;
         let serial = lanyard_proto::serial::to_hex(id.serial_number.as_bytes());
-        let status = if !about_root && issuing_id.matches(id) {
-            match auth.store().cert(&serial).await.map_err(|e| e.to_string())? {
-                Some(rec) => match rec.revocation {
-                    Some(rev) => CertStatus::Revoked(RevokedInfo {
-                        revocation_time: gtime(rev.at).map_err(|e| e.to_string())?,
-                        revocation_reason: Some(crl_reason(rev.reason)),
-                    }),
-                    None => CertStatus::good(),
-                },
-                None => CertStatus::unknown(),
+        let status = match chosen {
+            Some((_, _, issuer_id)) if issuer_id.matches(id) => {
+                match auth.store().cert(&serial).await.map_err(|e| e.to_string())? {
+                    Some(rec) => match rec.revocation {
+                        Some(rev) => CertStatus::Revoked(RevokedInfo {
+                            revocation_time: gtime(rev.at).map_err(|e| e.to_string())?,
+                            revocation_reason: Some(crl_reason(rev.reason)),
+                        }),
+                        None => CertStatus::good(),
+                    },
+                    None => CertStatus::unknown(),
+                }
             }
-        } else if about_root
-            && id.serial_number.as_bytes() == issuing.tbs_certificate.serial_number.as_bytes()
-        {
-            CertStatus::good()
-        } else {
-            CertStatus::unknown()
+            None => match auth.issuing_ca_serial(id.serial_number.as_bytes()) {
+                Some(None) => CertStatus::good(),
+                Some(Some(rev)) => CertStatus::Revoked(RevokedInfo {
+                    revocation_time: gtime(rev.at).map_err(|e| e.to_string())?,
+                    revocation_reason: Some(crl_reason(rev.reason)),
+                }),
+                None => CertStatus::unknown(),
+            },
+            Some(_) => CertStatus::unknown(),
         };
         responses.push(SingleResponse {
             cert_id: id.clone(),

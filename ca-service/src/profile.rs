@@ -46,6 +46,19 @@ impl PublicationUrls {
             root_issuers: format!("{b}/ca/root.crt"),
         }
     }
+
+    /// The URLs written into certificates of issuing CA `generation`: the first keeps
+    /// `/crl` and `/ca/issuing.crt` (every certificate issued before a rotation names
+    /// them), later ones get `/crl/issuing-N` and `/ca/issuing-N.crt`, so that each
+    /// issuer's certificates point at that issuer's CRL.
+    pub fn for_generation(mut self, generation: u32) -> Self {
+        if generation > 1 {
+            let b = self.crl.trim_end_matches("/crl").to_owned();
+            self.crl = format!("{b}/crl/issuing-{generation}");
+            self.ca_issuers = format!("{b}/ca/issuing-{generation}.crt");
+        }
+        self
+    }
 }
 
 /// Checks an identity: 1 to 64 characters of letters, digits, `.`, `_`, `-`, `@`,
@@ -227,7 +240,7 @@ pub fn ceremony(
 ) -> Result<CaCertificates> {
     let root_params = root(name, now);
     let root_cert = root_params.self_signed(root_key)?;
-    let issuing_cert = issuing(name, now, urls)?
+    let issuing_cert = issuing(name, 1, now, Duration::days(10 * 365), urls)?
         .signed_by(issuing_key, &rcgen::Issuer::from_params(&root_params, root_key))?;
     Ok(CaCertificates {
         root_der: root_cert.der().to_vec(),
@@ -247,19 +260,31 @@ pub fn root(name: &str, now: OffsetDateTime) -> CertificateParams {
     p
 }
 
-/// The issuing CA: 10 years, path length 0; signs device certificates, its CRL and OCSP
-/// answers (hence digitalSignature). Carries AIA OCSP because CloudFront's OCSP mode wants
-/// it on every certificate below the trust anchor.
+/// The CN of issuing CA `generation`: "NAME Issuing CA", then "NAME Issuing CA 2", ...
+/// Each generation has a name of its own, so a certificate's issuer name says which CA
+/// signed it and path builders never confuse two issuers.
+pub fn issuing_cn(name: &str, generation: u32) -> String {
+    match generation {
+        0 | 1 => format!("{name} Issuing CA"),
+        n => format!("{name} Issuing CA {n}"),
+    }
+}
+
+/// Issuing CA `generation` (10 years at init), path length 0; signs device certificates,
+/// its CRL and OCSP answers (hence digitalSignature). Carries AIA OCSP because
+/// CloudFront's OCSP mode wants it on every certificate below the trust anchor.
 pub fn issuing(
     name: &str,
+    generation: u32,
     now: OffsetDateTime,
+    validity: Duration,
     urls: &PublicationUrls,
 ) -> Result<CertificateParams> {
     let mut p = CertificateParams::default();
-    p.distinguished_name = ca_dn(name, format!("{name} Issuing CA"));
+    p.distinguished_name = ca_dn(name, issuing_cn(name, generation));
     p.serial_number = Some(SerialNumber::from_slice(&random_serial()));
     p.not_before = now - BACKDATE;
-    p.not_after = now + Duration::days(10 * 365);
+    p.not_after = now + validity;
     p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
     p.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,

@@ -79,10 +79,18 @@ pub struct Running {
     pub admin: Option<SocketAddr>,
     pub authority: Arc<Authority>,
     shutdown: CancellationToken,
+    /// Cancelled when `ca.toml` names another issuing CA than the one loaded.
+    rotated: CancellationToken,
     tasks: JoinSet<()>,
 }
 
 impl Running {
+    /// Resolves when the issuing CA was rotated (`lanyard-ca ca rotate-issuing`) under this
+    /// running CA: it must be started again to issue from the new one.
+    pub async fn rotated(&self) {
+        self.rotated.cancelled().await
+    }
+
     /// Stops accepting, lets open requests finish (bounded), and returns.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
@@ -100,8 +108,12 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
         }
     }
     let (chain, key) = dir.tls_identity(&auth, &names)?;
-    let tls =
-        http::tls::server_config(chain, key, &auth.keys().issuing_der).map_err(CaError::Config)?;
+    let tls = http::tls::server_config(
+        chain,
+        key,
+        &auth.issuer_certificates().into_iter().map(|(_, d)| d).collect::<Vec<_>>(),
+    )
+    .map_err(CaError::Config)?;
 
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind(&opts.listen).await.map_err(CaError::io(
@@ -148,8 +160,9 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
         admin_addr = Some(start_admin(auth.clone(), console, &admin, &shutdown, &mut tasks).await?);
     }
     // Keep DIR/crl fresh: after revocations (also those made by the CLI) and before expiry.
+    let rotated = CancellationToken::new();
     {
-        let (auth, shutdown) = (auth.clone(), shutdown.clone());
+        let (auth, shutdown, rotated) = (auth.clone(), shutdown.clone(), rotated.clone());
         tasks.spawn(async move {
             let mut last = u64::MAX;
             let mut published_at = auth.now();
@@ -168,6 +181,18 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
                             tracing::warn!(error = %e, "retiring superseded certificates failed")
                         }
                     }
+                }
+                if let Ok(s) = dir.settings()
+                    && s.issuing_generation != auth.issuing_generation()
+                {
+                    // Publishing with the old set would undo the rotation's bundle.
+                    tracing::warn!(
+                        loaded = auth.issuing_generation(),
+                        now = s.issuing_generation,
+                        "the issuing CA was rotated: this server must start again to load it"
+                    );
+                    rotated.cancel();
+                    break;
                 }
                 let generation = auth.store().revocation_generation().await.unwrap_or(last);
                 let stale = auth.now() - published_at > auth.publication().crl_validity / 2;
@@ -195,11 +220,19 @@ pub async fn start(dir: CaDir, auth: Authority, opts: ServeOptions) -> Result<Ru
         https.port()
     );
     let public_url =
-        auth.publication().urls.crl.strip_suffix("/crl").unwrap_or_default().to_owned();
+        auth.publication().urls.root_crl.strip_suffix("/crl/root").unwrap_or_default().to_owned();
     if let Some(warning) = publication_mismatch(&public_url, http_addr) {
         tracing::warn!("{warning}");
     }
-    Ok(Running { https, http: http_addr, admin: admin_addr, authority: auth, shutdown, tasks })
+    Ok(Running {
+        https,
+        http: http_addr,
+        admin: admin_addr,
+        authority: auth,
+        shutdown,
+        rotated,
+        tasks,
+    })
 }
 
 /// Where the admin listener (console and `/metrics`) listens, and with what.

@@ -241,8 +241,11 @@ async fn serverless_ca_on_moto() {
     assert!(auth.keys().issuing.0.describe().starts_with("kms:"));
     let published = backend.publish(&auth).await.expect("publish");
     assert!(published.objects.iter().any(|o| o.ends_with("ca-bundle.pem")));
-    let bundle =
-        lanyard_ca::bundle::build("Fleet", &auth.keys().root_der, &auth.keys().issuing_der);
+    let bundle = lanyard_ca::bundle::build(
+        "Fleet",
+        &auth.keys().root_der,
+        &[auth.keys().issuing_der.clone()],
+    );
     lanyard_ca::bundle::check(bundle.as_bytes()).expect("CloudFront bundle rules");
 
     // Keys made beforehand (as Terraform does, with their key policies) are used, not

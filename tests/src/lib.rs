@@ -20,6 +20,7 @@ pub mod bins;
 pub mod ca;
 pub mod cmd;
 pub mod est;
+pub mod nginx;
 pub mod peers;
 pub mod pki;
 

@@ -235,7 +235,7 @@ impl Authority {
         if let Some(r) = &record.revocation {
             return Err(revoked_error(&record.serial, r));
         }
-        Ok(Issued { record, chain: self.chain(), replayed: true })
+        Ok(Issued { chain: self.chain_of(&record.der), record, replayed: true })
     }
 }
 

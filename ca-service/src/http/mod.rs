@@ -117,9 +117,8 @@ async fn problem_for_bare_errors(resp: Response) -> Response {
 pub fn publication_router() -> Router<App> {
     Router::new()
         .route("/crl", get(crl_issuing))
-        .route("/crl/root", get(crl_root))
-        .route("/ca/issuing.crt", get(ca_issuing))
-        .route("/ca/root.crt", get(ca_root))
+        .route("/crl/{name}", get(crl_named))
+        .route("/ca/{name}", get(ca_named))
         .route("/ocsp", post(ocsp_post))
         .route("/ocsp/{*req}", get(ocsp_get))
         .route("/healthz", get(healthz))
@@ -357,20 +356,37 @@ async fn checkin(
     Ok(axum::Json(answer).into_response())
 }
 
+/// `/crl`: the first issuing CA's CRL, the distribution point its certificates name.
 async fn crl_issuing(State(auth): State<App>) -> Result<Response> {
-    Ok(der_response("application/pkix-crl", auth.issuing_crl().await?))
+    Ok(der_response("application/pkix-crl", auth.issuer_crl(1).await?))
 }
 
-async fn crl_root(State(auth): State<App>) -> Result<Response> {
-    Ok(der_response("application/pkix-crl", auth.root_crl().await?))
+/// `/crl/root` and `/crl/issuing-N` (issuing CAs after a rotation).
+async fn crl_named(State(auth): State<App>, Path(name): Path<String>) -> Result<Response> {
+    let der = match name.as_str() {
+        "root" => auth.root_crl().await?,
+        n => auth.issuer_crl(generation_in(n, "issuing-", "")?).await?,
+    };
+    Ok(der_response("application/pkix-crl", der))
 }
 
-async fn ca_issuing(State(auth): State<App>) -> Response {
-    der_response("application/pkix-cert", auth.issuing_certificate().to_vec())
+/// `/ca/root.crt`, `/ca/issuing.crt` (the first issuing CA) and `/ca/issuing-N.crt`: the
+/// AIA caIssuers URLs.
+async fn ca_named(State(auth): State<App>, Path(name): Path<String>) -> Result<Response> {
+    let der = match name.as_str() {
+        "root.crt" => auth.root_certificate().to_vec(),
+        "issuing.crt" => auth.issuer_certificate(1)?,
+        n => auth.issuer_certificate(generation_in(n, "issuing-", ".crt")?)?,
+    };
+    Ok(der_response("application/pkix-cert", der))
 }
 
-async fn ca_root(State(auth): State<App>) -> Response {
-    der_response("application/pkix-cert", auth.root_certificate().to_vec())
+/// The N of `PREFIX` N `SUFFIX`; anything else is not found.
+fn generation_in(name: &str, prefix: &str, suffix: &str) -> Result<u32> {
+    name.strip_prefix(prefix)
+        .and_then(|r| r.strip_suffix(suffix))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| CaError::NotFound(format!("no such publication: {name:?}")))
 }
 
 fn ocsp_response(der: Vec<u8>) -> Response {

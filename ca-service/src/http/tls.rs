@@ -86,16 +86,19 @@ impl ClientCertVerifier for DeviceCertVerifier {
 }
 
 /// The server config: `chain` is the server certificate then the issuing CA (DER), `key`
-/// PKCS#8 DER; device certificates are verified against `issuing_der`.
+/// PKCS#8 DER; device certificates are verified against `issuing` (every issuing CA that
+/// answers for its certificates, current first).
 pub fn server_config(
     chain: Vec<Vec<u8>>,
     key: Vec<u8>,
-    issuing_der: &[u8],
+    issuing: &[&[u8]],
 ) -> Result<rustls::ServerConfig, String> {
     let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from(issuing_der.to_vec()))
-        .map_err(|e| format!("issuing CA as client trust anchor: {e}"))?;
+    for der in issuing {
+        roots
+            .add(CertificateDer::from(der.to_vec()))
+            .map_err(|e| format!("issuing CA as client trust anchor: {e}"))?;
+    }
     let inner = WebPkiClientVerifier::builder(Arc::new(roots))
         .allow_unauthenticated()
         .build()

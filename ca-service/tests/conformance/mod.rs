@@ -39,6 +39,8 @@ pub fn ca_with(store: Arc<dyn Store>) -> Ca {
     let keys = CaKeys {
         issuing: SharedSigner(Arc::new(issuing_key)),
         issuing_der: certs.issuing_der,
+        generation: 1,
+        retired: Vec::new(),
         root_der: certs.root_der,
         root: Some(SharedSigner(Arc::new(root_key))),
     };
