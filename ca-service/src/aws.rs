@@ -318,8 +318,9 @@ impl AwsBackend {
 /// CloudFront, ALB and API Gateway trust stores), `mtls-truststore.pem` (the bundle and the
 /// trusted factory CAs: the trust store of the serverless CA's own mTLS hostname, where
 /// devices also enrol with factory certificates; never an edge's, since a factory
-/// certificate must not open the fleet's services), `crl/issuing.crl` and `crl/root.crl`
-/// (DER: the ALB trust store's revocation), `crl/crl.pem` (both, PEM) and `revoked.json`
+/// certificate must not open the fleet's services), `crl/issuing.crl` (and
+/// `crl/issuing-N.crl` for each issuing CA a rotation added) and `crl/root.crl` (DER: the
+/// ALB trust store's revocation), `crl/crl.pem` (all of them, PEM) and `revoked.json`
 /// (the CloudFront KeyValueStore export). Both backends write it: the serverless CA to its
 /// publication bucket, the embedded CA with `lanyard-ca publish --s3 s3://BUCKET/PREFIX`.
 #[derive(Clone, Debug)]
@@ -372,13 +373,22 @@ impl S3Feed {
             auth.root_certificate(),
             &auth.bundle_issuers().await?,
         );
-        let issuing_crl = auth.issuing_crl().await?;
+        // Each issuing CA in use (after a rotation, more than one): crl/issuing.crl for the
+        // first, crl/issuing-N.crl for later ones, as the embedded CA names them.
+        let mut crls = Vec::new();
+        for generation in auth.published_generations().await? {
+            let key = match generation {
+                1 => "crl/issuing.crl".to_owned(),
+                n => format!("crl/issuing-{n}.crl"),
+            };
+            crls.push((key, auth.issuer_crl(generation).await?));
+        }
         let root_crl = auth.root_crl().await?;
-        let pem = format!(
-            "{}{}",
-            pem::encode(&pem::Pem::new("X509 CRL", issuing_crl.clone())),
-            pem::encode(&pem::Pem::new("X509 CRL", root_crl.clone()))
-        );
+        let mut pem = String::new();
+        for (_, der) in &crls {
+            pem.push_str(&pem::encode(&pem::Pem::new("X509 CRL", der.clone())));
+        }
+        pem.push_str(&pem::encode(&pem::Pem::new("X509 CRL", root_crl.clone())));
         let revoked = auth.revoked_export().await?;
         let json = serde_json::to_vec(&revoked).map_err(CaError::encoding("JSON"))?;
         let mut mtls = bundle.clone();
@@ -387,8 +397,10 @@ impl S3Feed {
             mtls.push_str(&crate::bundle::certificate_pem(&f.der));
         }
         let mut out = Published { revoked: revoked.len(), ..Default::default() };
+        for (key, der) in crls {
+            out.objects.push(self.put(&key, der, "application/pkix-crl").await?);
+        }
         for (key, body, ct) in [
-            ("crl/issuing.crl", issuing_crl, "application/pkix-crl"),
             ("crl/root.crl", root_crl, "application/pkix-crl"),
             ("crl/crl.pem", pem.into_bytes(), "application/x-pem-file"),
             ("mtls-truststore.pem", mtls.into_bytes(), "text/plain"),

@@ -491,6 +491,29 @@ async fn an_embedded_ca_feeds_s3(cfg: &aws_config::SdkConfig, endpoint: &str) {
     assert_eq!(ct, "application/json");
     let revoked: Vec<serde_json::Value> = serde_json::from_slice(&json).expect("revoked.json");
     assert!(revoked.is_empty());
+
+    // After an issuing CA rotation the feed carries the new CA's CRL under its own name and
+    // the CA's new bundle (the old CA signed nothing still live, so it left at once).
+    let (ok, text) = cli(&["ca", "rotate-issuing"]);
+    assert!(ok, "{text}");
+    let (ok, text) = cli(&["publish", "--s3", "s3://feed/edge"]);
+    assert!(ok, "{text}");
+    let (ct, der) = get("edge/crl/issuing-2.crl").await;
+    assert_eq!(ct, "application/pkix-crl");
+    let (_, crl) = x509_parser::parse_x509_crl(&der).expect("CRL of issuing CA 2");
+    assert!(crl.issuer().to_string().contains("Fleet Issuing CA 2"), "{}", crl.issuer());
+    let (_, bundle) = get("edge/ca-bundle.pem").await;
+    assert_eq!(bundle, std::fs::read(ca.join("ca-bundle.pem")).expect("bundle"));
+    let text = String::from_utf8_lossy(&bundle).into_owned();
+    assert!(text.contains(&lanyard_ca::bundle::certificate_pem(&pem_der(
+        &ca.join("issuers/issuing-2.crt")
+    ))));
+    let (_, pem) = get("edge/crl/crl.pem").await;
+    assert_eq!(String::from_utf8_lossy(&pem).matches("BEGIN X509 CRL").count(), 2);
+}
+
+fn pem_der(path: &std::path::Path) -> Vec<u8> {
+    pem::parse(std::fs::read(path).expect("PEM file")).expect("PEM").contents().to_vec()
 }
 
 fn console_on_aws(endpoint: &str, identity: &str) {

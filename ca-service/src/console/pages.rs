@@ -519,6 +519,13 @@ pub fn status(
             dl.facts {
                 (cert_facts("Root", &auth.keys().root_der, now))
                 (cert_facts("Issuing CA", &auth.keys().issuing_der, now))
+                @for r in &auth.keys().retired {
+                    (cert_facts(
+                        &format!("Issuing CA {} ({})", r.generation, if r.revoked.is_some() { "revoked" } else { "retired" }),
+                        &r.der,
+                        now,
+                    ))
+                }
                 dt { "Signer" } dd { (auth.keys().issuing.0.describe()) }
                 dt { "CRL" } dd { @match crl_age { Some(a) => { "made " (a) " ago; valid " (format(auth.publication().crl_validity.unsigned_abs())) } None => "not made by this process yet" } }
                 dt { "Published" } dd { @match published { Some(t) => { (format_approx(now - t)) " ago" } None => "never (or unreadable: see the log)" } }
