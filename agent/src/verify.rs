@@ -99,3 +99,96 @@ pub fn issued(
     )?;
     Ok(i)
 }
+
+/// The roots a CA introduces at a root rotation that a root this device trusts vouches for:
+/// each self-signed `candidate` (from `/cacerts`) whose subject and public key a
+/// cross-certificate among `intermediates` carries, that cross-certificate signed by one of
+/// `anchors` and valid `now`, and the candidate's own signature sound. Those already
+/// trusted are left out. A CA cannot introduce a root this way without a trusted root's
+/// signature on it.
+pub fn vouched_roots(
+    anchors: &[CertificateDer<'static>],
+    candidates: &[CertificateDer<'static>],
+    intermediates: &[CertificateDer<'static>],
+    now: OffsetDateTime,
+) -> Vec<CertificateDer<'static>> {
+    fn parsed<'a>(d: &'a CertificateDer<'static>) -> Option<X509Certificate<'a>> {
+        X509Certificate::from_der(d).ok().map(|(_, x)| x)
+    }
+    let anchors: Vec<X509Certificate> = anchors.iter().filter_map(parsed).collect();
+    let at = x509_parser::time::ASN1Time::from_timestamp(now.unix_timestamp()).ok();
+    candidates
+        .iter()
+        .filter(|c| {
+            let Some(root) = parsed(c) else { return false };
+            let known = anchors.iter().any(|a| a.as_raw() == root.as_raw());
+            let self_signed =
+                root.subject() == root.issuer() && root.verify_signature(None).is_ok();
+            let vouched = intermediates.iter().filter_map(parsed).any(|x| {
+                x.subject() == root.subject()
+                    && x.public_key().raw == root.public_key().raw
+                    && at.is_some_and(|t| x.validity().is_valid_at(t))
+                    && anchors.iter().any(|a| {
+                        x.issuer() == a.subject()
+                            && x.verify_signature(Some(a.public_key())).is_ok()
+                    })
+            });
+            !known && self_signed && vouched
+        })
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+    fn root_params(cn: &str) -> CertificateParams {
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(2));
+        p
+    }
+
+    fn der(c: &rcgen::Certificate) -> CertificateDer<'static> {
+        CertificateDer::from(c.der().to_vec())
+    }
+
+    #[test]
+    fn a_new_root_is_trusted_only_when_a_trusted_root_vouches_for_it() {
+        // rcgen's default validity runs from 1975 to 4096.
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("2027");
+        let (k1, k2, k3) = (
+            KeyPair::generate().expect("key"),
+            KeyPair::generate().expect("key"),
+            KeyPair::generate().expect("key"),
+        );
+        let (p1, p2) = (root_params("Root CA"), root_params("Root CA 2"));
+        let r1 = p1.self_signed(&k1).expect("root 1");
+        let r2 = p2.self_signed(&k2).expect("root 2");
+        let old = Issuer::from_params(&p1, &k1);
+        let cross = p2.signed_by(&k2, &old).expect("cross");
+        // Signed by a stranger posing as root 1 (same name, other key).
+        let stranger = Issuer::from_params(&p1, &k3);
+        let forged = p2.signed_by(&k2, &stranger).expect("forged cross");
+        // Root 2's name on another key.
+        let impostor = p2.self_signed(&k3).expect("impostor");
+
+        let anchors = vec![der(&r1)];
+        let learned = vouched_roots(&anchors, &[der(&r2)], &[der(&cross)], now);
+        assert_eq!(learned, vec![der(&r2)]);
+        assert!(vouched_roots(&anchors, &[der(&r2)], &[], now).is_empty(), "no cross-certificate");
+        assert!(vouched_roots(&anchors, &[der(&r2)], &[der(&forged)], now).is_empty(), "forged");
+        assert!(
+            vouched_roots(&anchors, &[der(&impostor)], &[der(&cross)], now).is_empty(),
+            "the cross-certificate carries another key"
+        );
+        assert!(
+            vouched_roots(&[der(&r1), der(&r2)], &[der(&r2)], &[der(&cross)], now).is_empty(),
+            "already trusted"
+        );
+        let later = OffsetDateTime::from_unix_timestamp(70_000_000_000).expect("year 4188");
+        assert!(vouched_roots(&anchors, &[der(&r2)], &[der(&cross)], later).is_empty(), "expired");
+    }
+}

@@ -26,20 +26,29 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 mod claims;
 mod factory;
 mod issuers;
+mod roots;
 pub use claims::{MAX_TTL as MAX_CLAIM_TTL, MAX_USES as MAX_CLAIM_USES};
 pub use factory::cert_fingerprint as factory_cert_fingerprint;
 pub use issuers::{CaCertStatus, IssuerRevocation, RetiredIssuer};
+pub use roots::RootKeys;
 
-/// The CRL cache's and CRL number's scope for the root (issuing CAs use their generation).
-const ROOT_SCOPE: u32 = 0;
+/// Whose CRL: a root's or an issuing CA's, by generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CrlScope {
+    Root(u32),
+    Issuing(u32),
+}
 
-/// The name a CRL number counter is kept under: "root", "issuing" (the first issuing CA,
-/// as before any rotation), "issuing-N".
-fn crl_scope_name(scope: u32) -> String {
-    match scope {
-        ROOT_SCOPE => "root".into(),
-        1 => "issuing".into(),
-        n => format!("issuing-{n}"),
+impl CrlScope {
+    /// The name its file, URL and CRL number counter use: "root" and "issuing" for the
+    /// first of each (as before any rotation), then "root-N" and "issuing-N".
+    pub fn name(self) -> String {
+        match self {
+            CrlScope::Root(0 | 1) => "root".into(),
+            CrlScope::Root(n) => format!("root-{n}"),
+            CrlScope::Issuing(0 | 1) => "issuing".into(),
+            CrlScope::Issuing(n) => format!("issuing-{n}"),
+        }
     }
 }
 
@@ -59,6 +68,14 @@ pub struct CaKeys {
     /// The root key, where it is online (embedded mode keeps it in a file); needed to sign
     /// the root's CRL and OCSP answers about the issuing CA.
     pub root: Option<SharedSigner>,
+    /// The current root's generation: 1 at `init`, one more at each `ca rotate-root`.
+    pub root_generation: u32,
+    /// Earlier roots, still signing their CRLs while an issuing CA under them is in use.
+    pub retired_roots: Vec<RootKeys>,
+    /// Cross-certificates between the roots (DER), both ways: the current root signed by
+    /// the one before it (sent with the CA's chain, so that a device or edge that trusts
+    /// only the earlier root still verifies it), and the reverse.
+    pub cross: Vec<Vec<u8>>,
 }
 
 /// How long published artefacts stay valid.
@@ -123,10 +140,11 @@ pub struct Authority {
     keys: CaKeys,
     current: issuers::LoadedIssuer,
     retired: Vec<issuers::LoadedIssuer>,
-    root_issuer: Option<rcgen::Issuer<'static, SharedSigner>>,
+    /// Every root, current first.
+    roots: Vec<roots::LoadedRoot>,
     publication: PublicationSettings,
     /// By scope: 0 for the root's CRL, else the issuing CA's generation.
-    crl_cache: Mutex<HashMap<u32, CachedCrl>>,
+    crl_cache: Mutex<HashMap<CrlScope, CachedCrl>>,
     failures: FailureLimiter,
     /// Paces enrolments and renewals (`serve --max-issuance-rate`); `None`: unlimited.
     admission: Option<Pacer>,
@@ -226,20 +244,18 @@ impl Authority {
             .iter()
             .map(|r| issuers::LoadedIssuer::load(r.generation, &r.der, r.signer.clone(), r.revoked))
             .collect::<Result<Vec<_>>>()?;
-        let root_issuer = match &keys.root {
-            Some(root) => Some(
-                rcgen::Issuer::from_ca_cert_der(&keys.root_der.clone().into(), root.clone())
-                    .map_err(|e| CaError::Config(format!("root CA certificate: {e}")))?,
-            ),
-            None => None,
-        };
+        let mut roots =
+            vec![roots::LoadedRoot::load(keys.root_generation, &keys.root_der, keys.root.clone())?];
+        for r in &keys.retired_roots {
+            roots.push(roots::LoadedRoot::load(r.generation, &r.der, r.signer.clone())?);
+        }
         Ok(Authority {
             store,
             clock,
             keys,
             current,
             retired,
-            root_issuer,
+            roots,
             publication,
             crl_cache: Mutex::new(HashMap::new()),
             metrics: Default::default(),
@@ -266,7 +282,11 @@ impl Authority {
 
     /// When this process last made the issuing CA's CRL.
     pub fn crl_made_at(&self) -> Option<OffsetDateTime> {
-        self.crl_cache.lock().ok()?.get(&self.current.generation).map(|c| c.this_update)
+        self.crl_cache
+            .lock()
+            .ok()?
+            .get(&CrlScope::Issuing(self.current.generation))
+            .map(|c| c.this_update)
     }
 
     pub fn admission_stats(&self) -> Option<AdmissionStats> {
@@ -398,8 +418,10 @@ impl Authority {
         }
     }
 
+    /// The current issuing CA, the root, and cross-certificates to earlier roots (DER):
+    /// what `/cacerts` serves.
     pub fn chain(&self) -> Vec<Vec<u8>> {
-        vec![self.keys.issuing_der.clone(), self.keys.root_der.clone()]
+        self.chain_from(&self.current)
     }
 
     /// The policy of a group: the one set by `policy set`, else the defaults.
@@ -1088,71 +1110,80 @@ impl Authority {
     /// The current issuing CA's CRL (DER), regenerated when a revocation happened or half
     /// its validity has passed.
     pub async fn issuing_crl(&self) -> Result<Vec<u8>> {
-        self.crl(self.current.generation).await
+        self.crl(CrlScope::Issuing(self.current.generation)).await
     }
 
-    /// The root's CRL (DER; it lists no issuing CA unless one is revoked). Needs the root key.
+    /// The current root's CRL (DER; it lists no issuing CA unless one is revoked). Needs
+    /// the root key.
     pub async fn root_crl(&self) -> Result<Vec<u8>> {
-        self.crl(ROOT_SCOPE).await
+        self.crl(CrlScope::Root(self.roots[0].generation)).await
     }
 
-    /// `scope`: [`ROOT_SCOPE`] or an issuing CA's generation.
-    async fn crl(&self, scope: u32) -> Result<Vec<u8>> {
+    pub(crate) async fn crl(&self, scope: CrlScope) -> Result<Vec<u8>> {
         let now = self.now();
         let generation = self.store.revocation_generation().await?;
         let half = self.publication.crl_validity / 2;
         if let Ok(cache) = self.crl_cache.lock()
             && let Some(c) = cache.get(&scope)
-            && (scope == ROOT_SCOPE || c.generation == generation)
+            && (matches!(scope, CrlScope::Root(_)) || c.generation == generation)
             && now - c.this_update < half
         {
             return Ok(c.der.clone());
         }
-        let (issuer, revoked) = if scope == ROOT_SCOPE {
-            let root = self.root_issuer.as_ref().ok_or_else(|| {
-                CaError::NotFound(
-                    "the root key is offline: the root CRL is published from files".into(),
-                )
-            })?;
-            let entries = self
-                .revoked_issuers()
-                .into_iter()
-                .map(|(serial, r)| rcgen::RevokedCertParams {
-                    serial_number: rcgen::SerialNumber::from_slice(&serial),
-                    revocation_time: r.at,
-                    reason_code: (r.reason != Reason::Unspecified).then(|| r.reason.rcgen()),
-                    invalidity_date: None,
-                })
-                .collect();
-            (root, entries)
-        } else {
-            let issuer = self
-                .all_issuers()
-                .find(|i| i.generation == scope)
-                .ok_or_else(|| CaError::NotFound(format!("no issuing CA {scope}")))?;
-            let entries = self
-                .store
-                .certs(CertFilter::revoked())
-                .await?
-                .iter()
-                // Entries may leave the CRL once the certificate has expired (RFC 5280 3.3).
-                .filter(|c| c.not_after > now && self.signed_by_generation(&c.der, scope))
-                .filter_map(|c| {
-                    let r = c.revocation.as_ref()?;
-                    Some(rcgen::RevokedCertParams {
-                        serial_number: rcgen::SerialNumber::from_slice(
-                            &lanyard_proto::serial::parse_hex(&c.serial).ok()?,
-                        ),
+        let (issuer, revoked) = match scope {
+            CrlScope::Root(generation) => {
+                let root = self
+                    .roots
+                    .iter()
+                    .find(|r| r.generation == generation)
+                    .ok_or_else(|| CaError::NotFound(format!("no root {generation}")))?;
+                let issuer = root.issuer.as_ref().ok_or_else(|| {
+                    CaError::NotFound(
+                        "the root key is offline: the root CRL is published from files".into(),
+                    )
+                })?;
+                let entries = self
+                    .revoked_issuers(root)
+                    .into_iter()
+                    .map(|(serial, r)| rcgen::RevokedCertParams {
+                        serial_number: rcgen::SerialNumber::from_slice(&serial),
                         revocation_time: r.at,
-                        // "unspecified" SHOULD be absent (RFC 5280 5.3.1).
                         reason_code: (r.reason != Reason::Unspecified).then(|| r.reason.rcgen()),
                         invalidity_date: None,
                     })
-                })
-                .collect();
-            (&issuer.issuer, entries)
+                    .collect();
+                (issuer, entries)
+            }
+            CrlScope::Issuing(scope) => {
+                let issuer = self
+                    .all_issuers()
+                    .find(|i| i.generation == scope)
+                    .ok_or_else(|| CaError::NotFound(format!("no issuing CA {scope}")))?;
+                let entries = self
+                    .store
+                    .certs(CertFilter::revoked())
+                    .await?
+                    .iter()
+                    // Entries may leave the CRL once the certificate has expired (RFC 5280 3.3).
+                    .filter(|c| c.not_after > now && self.signed_by_generation(&c.der, scope))
+                    .filter_map(|c| {
+                        let r = c.revocation.as_ref()?;
+                        Some(rcgen::RevokedCertParams {
+                            serial_number: rcgen::SerialNumber::from_slice(
+                                &lanyard_proto::serial::parse_hex(&c.serial).ok()?,
+                            ),
+                            revocation_time: r.at,
+                            // "unspecified" SHOULD be absent (RFC 5280 5.3.1).
+                            reason_code: (r.reason != Reason::Unspecified)
+                                .then(|| r.reason.rcgen()),
+                            invalidity_date: None,
+                        })
+                    })
+                    .collect();
+                (&issuer.issuer, entries)
+            }
         };
-        let number = self.store.next_crl_number(&crl_scope_name(scope)).await?;
+        let number = self.store.next_crl_number(&scope.name()).await?;
         let params = rcgen::CertificateRevocationListParams {
             this_update: now - profile::BACKDATE,
             next_update: now + self.publication.crl_validity,
@@ -1166,10 +1197,6 @@ impl Authority {
             cache.insert(scope, CachedCrl { generation, this_update: now, der: der.clone() });
         }
         Ok(der)
-    }
-
-    pub(crate) fn root_signer(&self) -> Option<&SharedSigner> {
-        self.keys.root.as_ref()
     }
 }
 

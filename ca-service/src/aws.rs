@@ -270,6 +270,9 @@ impl AwsBackend {
             issuing_der: cert("issuing.crt").await?,
             generation: 1,
             retired: Vec::new(),
+            root_generation: 1,
+            retired_roots: Vec::new(),
+            cross: Vec::new(),
             root_der: cert("root.crt").await?,
             root,
         };
@@ -368,11 +371,8 @@ impl S3Feed {
     /// Writes the feed: the bundle, the CRLs and the revocation export. The bundle goes
     /// last but one: an edge that sees a new bundle finds its CRLs there.
     pub async fn publish(&self, auth: &Authority) -> Result<Published> {
-        let bundle = crate::bundle::build(
-            &self.ca_name,
-            auth.root_certificate(),
-            &auth.bundle_issuers().await?,
-        );
+        let (roots, issuers) = auth.bundle_certificates().await?;
+        let bundle = crate::bundle::build(&self.ca_name, &roots, &issuers);
         // Each issuing CA in use (after a rotation, more than one): crl/issuing.crl for the
         // first, crl/issuing-N.crl for later ones, as the embedded CA names them.
         let mut crls = Vec::new();

@@ -40,12 +40,13 @@ pub struct BundleSummary {
     pub subjects: Vec<String>,
 }
 
-/// The bundle Lanyard writes: a comment, the root, then each issuing CA in use, current
-/// first (PEM, no blank lines, so it passes every rule above).
-pub fn build(name: &str, root_der: &[u8], issuing_ders: &[Vec<u8>]) -> String {
+/// The bundle Lanyard writes: a comment, the roots in use (after a root rotation, two),
+/// then each issuing CA in use, current first (PEM, no blank lines, so it passes every rule above).
+pub fn build(name: &str, root_ders: &[Vec<u8>], issuing_ders: &[Vec<u8>]) -> String {
+    let roots = if root_ders.len() > 1 { "roots" } else { "root" };
     let what = if issuing_ders.len() > 1 { "issuing CAs" } else { "issuing CA" };
-    let mut out = format!("# {name} CA bundle: root then {what}\n{}", certificate_pem(root_der));
-    for der in issuing_ders {
+    let mut out = format!("# {name} CA bundle: {roots} then {what}\n");
+    for der in root_ders.iter().chain(issuing_ders) {
         out.push_str(&certificate_pem(der));
     }
     out

@@ -19,7 +19,9 @@
 //! ```text
 //! ```
 
-use crate::authority::{Authority, CaKeys, IssuerRevocation, PublicationSettings, RetiredIssuer};
+use crate::authority::{
+    Authority, CaKeys, CrlScope, IssuerRevocation, PublicationSettings, RetiredIssuer, RootKeys,
+};
 use crate::clock::Clock;
 use crate::error::{CaError, Result};
 use crate::fsutil;
@@ -57,6 +59,28 @@ pub struct CaSettings {
     /// Earlier issuing CAs, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired_issuers: Vec<RetiredIssuerSettings>,
+    /// The current root (1 until the first `ca rotate-root`); `root_key` is its key's
+    /// algorithm.
+    #[serde(default = "default_generation", skip_serializing_if = "is_first")]
+    pub root_generation: u32,
+    /// Earlier roots, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_roots: Vec<RetiredRootSettings>,
+}
+
+/// An earlier root in `ca.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetiredRootSettings {
+    pub generation: u32,
+    pub key: KeyAlgorithm,
+}
+
+/// The new root of `lanyard-ca ca rotate-root`.
+#[derive(Clone, Debug)]
+pub struct NewRoot {
+    pub key: KeyAlgorithm,
+    pub validity: time::Duration,
 }
 
 /// An earlier issuing CA in `ca.toml`.
@@ -99,6 +123,9 @@ pub struct Rotation {
     pub old_revoked: Option<IssuerRevocation>,
     /// With `old_revoked`: the old CA's live certificates, revoked (`cACompromise`).
     pub leaves_revoked: usize,
+    /// `rotate-root`: the new root's generation, subject and SHA-256.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_root: Option<(u32, String, String)>,
 }
 
 fn default_crl_validity() -> u64 {
@@ -175,7 +202,7 @@ impl CaDir {
         )?;
         let bundle = crate::bundle::build(
             &opts.name,
-            &certs.root_der,
+            std::slice::from_ref(&certs.root_der),
             std::slice::from_ref(&certs.issuing_der),
         );
         fsutil::write_atomic(&stage.join("ca-bundle.pem"), bundle.as_bytes(), 0o644)?;
@@ -188,6 +215,8 @@ impl CaDir {
             ocsp_validity_secs: default_ocsp_validity(),
             issuing_generation: 1,
             retired_issuers: Vec::new(),
+            root_generation: 1,
+            retired_roots: Vec::new(),
         };
         let toml = toml::to_string_pretty(&settings).map_err(CaError::encoding("TOML"))?;
 
@@ -244,12 +273,33 @@ impl CaDir {
     ) -> Result<Authority> {
         let (crt, key) = self.issuer_paths(s.issuing_generation);
         let issuing = LocalKeySigner::load(&key, s.issuing_key)?;
-        let root = match LocalKeySigner::load(&self.path("root.key"), s.root_key) {
-            Ok(k) => Some(SharedSigner(Arc::new(k))),
-            // An operator may move the root key offline after init.
-            Err(_) if !self.path("root.key").exists() => None,
-            Err(e) => return Err(e),
-        };
+        let (root_crt, root_key) = self.root_paths(s.root_generation);
+        // An operator may move a root key offline after init.
+        let root = self.optional_key(&root_key, s.root_key)?;
+        let mut retired_roots = Vec::new();
+        for r in &s.retired_roots {
+            let (crt, key) = self.root_paths(r.generation);
+            retired_roots.push(RootKeys {
+                generation: r.generation,
+                der: read_cert_der(&crt)?,
+                signer: self.optional_key(&key, r.key)?,
+            });
+        }
+        let mut cross = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(self.path("roots")) {
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.contains("-by-") && n.ends_with(".crt"))
+                })
+                .collect();
+            files.sort();
+            for f in files {
+                cross.push(read_cert_der(&f)?);
+            }
+        }
         let mut retired = Vec::new();
         for r in &s.retired_issuers {
             let (crt, key) = self.issuer_paths(r.generation);
@@ -270,13 +320,42 @@ impl CaDir {
             issuing_der: read_cert_der(&crt)?,
             generation: s.issuing_generation,
             retired,
-            root_der: read_cert_der(&self.path("root.crt"))?,
+            root_der: read_cert_der(&root_crt)?,
             root,
+            root_generation: s.root_generation,
+            retired_roots,
+            cross,
         };
         let mut publication =
             PublicationSettings::new(&s.public_url, s.crl_validity_secs, s.ocsp_validity_secs);
         publication.urls = publication.urls.for_generation(s.issuing_generation);
         Authority::new(store, clock, keys, publication)
+    }
+
+    /// A CA key that may be offline (absent): `None` then.
+    fn optional_key(&self, path: &Path, alg: KeyAlgorithm) -> Result<Option<SharedSigner>> {
+        match LocalKeySigner::load(path, alg) {
+            Ok(k) => Ok(Some(SharedSigner(Arc::new(k)))),
+            Err(_) if !path.exists() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The certificate and key files of root `generation`: `root.crt` and `root.key` for
+    /// the first, `roots/root-N.*` for later ones.
+    pub fn root_paths(&self, generation: u32) -> (PathBuf, PathBuf) {
+        match generation {
+            0 | 1 => (self.path("root.crt"), self.path("root.key")),
+            n => (
+                self.path(&format!("roots/root-{n}.crt")),
+                self.path(&format!("roots/root-{n}.key")),
+            ),
+        }
+    }
+
+    /// The cross-certificate of root `subject` signed by root `signer`.
+    pub fn cross_path(&self, subject: u32, signer: u32) -> PathBuf {
+        self.path(&format!("roots/root-{subject}-by-{signer}.crt"))
     }
 
     /// The certificate and key files of issuing CA `generation`: `issuing.crt` and
@@ -301,14 +380,38 @@ impl CaDir {
         opts: &RotateOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Rotation> {
+        self.rotate(opts, None, clock).await
+    }
+
+    /// `lanyard-ca ca rotate-root`: a new root, cross-certificates both ways between it and
+    /// the current root (`roots/root-N-by-M.crt`), and a new issuing CA under it, in one
+    /// commit (`ca.toml`). Devices and edges that trust either root verify the other's
+    /// chains through the cross-certificates; the bundle carries both roots while the old
+    /// one still has an issuing CA in use.
+    pub async fn rotate_root(
+        &self,
+        opts: &RotateOptions,
+        root: &NewRoot,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Rotation> {
+        self.rotate(opts, Some(root), clock).await
+    }
+
+    async fn rotate(
+        &self,
+        opts: &RotateOptions,
+        new_root: Option<&NewRoot>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Rotation> {
         let mut s = self.settings()?;
-        let root_key = match LocalKeySigner::load(&self.path("root.key"), s.root_key) {
-            Ok(k) => SharedSigner(Arc::new(k)),
-            Err(_) if !self.path("root.key").exists() => {
+        let (root_crt, root_key_path) = self.root_paths(s.root_generation);
+        let root_signer = match LocalKeySigner::load(&root_key_path, s.root_key) {
+            Ok(k) => k,
+            Err(_) if !root_key_path.exists() => {
                 return Err(CaError::Config(format!(
                     "the root key is offline ({} is absent): put it back for the rotation, \
                      then take it offline again",
-                    self.path("root.key").display()
+                    root_key_path.display()
                 )));
             }
             Err(e) => return Err(e),
@@ -318,13 +421,88 @@ impl CaDir {
                 "--validity must be at least 1 day (an issuing CA lives years)".into(),
             ));
         }
-        let root_der = read_cert_der(&self.path("root.crt"))?;
-        let root_not_after = x509_parser::parse_x509_certificate(&root_der)
-            .ok()
-            .and_then(|(_, x)| {
-                OffsetDateTime::from_unix_timestamp(x.validity().not_after.timestamp()).ok()
-            })
-            .ok_or_else(|| CaError::Config("root.crt: unreadable expiry".into()))?;
+        if new_root.is_some_and(|r| r.validity < time::Duration::days(365)) {
+            return Err(CaError::BadRequest(
+                "--root-validity must be at least 365 days (a root outlives its issuing CAs)"
+                    .into(),
+            ));
+        }
+        let old_root_der = read_cert_der(&root_crt)?;
+        let expiry_of = |der: &[u8]| {
+            x509_parser::parse_x509_certificate(der)
+                .ok()
+                .and_then(|(_, x)| {
+                    OffsetDateTime::from_unix_timestamp(x.validity().not_after.timestamp()).ok()
+                })
+                .ok_or_else(|| CaError::Config("root certificate: unreadable expiry".into()))
+        };
+        let now = clock.now();
+        let urls = PublicationUrls::from_base(&s.public_url);
+        let old_root_gen = s.root_generation;
+        let old_root = rcgen::Issuer::from_ca_cert_der(
+            &old_root_der.clone().into(),
+            SharedSigner(Arc::new(root_signer)),
+        )?;
+        // The parent of the new issuing CA: the current root, or the new one.
+        let (parent, parent_der, parent_gen) = match new_root {
+            None => (old_root, old_root_der.clone(), old_root_gen),
+            Some(r) => {
+                let g = old_root_gen + 1;
+                let (crt, key) = self.root_paths(g);
+                let folder = self.path("roots");
+                std::fs::create_dir_all(&folder).map_err(CaError::io("creating roots/"))?;
+                std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))
+                    .map_err(CaError::io("setting mode of roots/"))?;
+                for f in [
+                    &crt,
+                    &key,
+                    &self.cross_path(g, old_root_gen),
+                    &self.cross_path(old_root_gen, g),
+                ] {
+                    if f.exists() {
+                        std::fs::remove_file(f)
+                            .map_err(CaError::io(format!("removing {}", f.display())))?;
+                    }
+                }
+                let signer = LocalKeySigner::create(&key, r.key)?;
+                let params = profile::root(&s.name, g, now, r.validity);
+                let cert = params.self_signed(signer.key_pair())?;
+                fsutil::write_atomic(
+                    &crt,
+                    crate::bundle::certificate_pem(cert.der()).as_bytes(),
+                    0o644,
+                )?;
+                // Cross-certificates, each ending with the earlier of the two roots.
+                let until = params.not_after.min(expiry_of(&old_root_der)?);
+                let forward =
+                    profile::cross(&s.name, g, now, until, &urls.clone().for_root(old_root_gen))?
+                        .signed_by(signer.key_pair(), &old_root)?;
+                let old_spki = x509_parser::parse_x509_certificate(&old_root_der)
+                    .map(|(_, x)| x.public_key().raw.to_vec())
+                    .map_err(|e| CaError::Config(format!("root certificate: {e}")))?;
+                let old_key = rcgen::SubjectPublicKeyInfo::from_der(&old_spki)
+                    .map_err(|e| CaError::Config(format!("root public key: {e}")))?;
+                let new_issuer = rcgen::Issuer::from_ca_cert_der(
+                    &cert.der().clone(),
+                    SharedSigner(Arc::new(signer)),
+                )?;
+                let backward =
+                    profile::cross(&s.name, old_root_gen, now, until, &urls.clone().for_root(g))?
+                        .signed_by(&old_key, &new_issuer)?;
+                for (path, c) in [
+                    (self.cross_path(g, old_root_gen), &forward),
+                    (self.cross_path(old_root_gen, g), &backward),
+                ] {
+                    fsutil::write_atomic(
+                        &path,
+                        crate::bundle::certificate_pem(c.der()).as_bytes(),
+                        0o644,
+                    )?;
+                }
+                (new_issuer, cert.der().to_vec(), g)
+            }
+        };
+        let root_not_after = expiry_of(&parent_der)?;
         let now = clock.now();
         let old = s.issuing_generation;
         let new = old + 1;
@@ -341,13 +519,12 @@ impl CaDir {
             }
         }
         let signer = LocalKeySigner::create(&key, opts.key)?;
-        let urls = PublicationUrls::from_base(&s.public_url);
-        let mut params = profile::issuing(&s.name, new, now, opts.validity, &urls)?;
+        let mut params =
+            profile::issuing(&s.name, new, now, opts.validity, &urls.for_root(parent_gen))?;
         // An issuing CA never outlives its root.
         let shortened_to_root = params.not_after > root_not_after;
         params.not_after = params.not_after.min(root_not_after);
-        let root_issuer = rcgen::Issuer::from_ca_cert_der(&root_der.clone().into(), root_key)?;
-        let cert = params.signed_by(signer.key_pair(), &root_issuer)?;
+        let cert = params.signed_by(signer.key_pair(), &parent)?;
         fsutil::write_atomic(&crt, crate::bundle::certificate_pem(cert.der()).as_bytes(), 0o644)?;
 
         let old_revoked = opts.revoke_old.map(|reason| IssuerRevocation { at: now, reason });
@@ -358,6 +535,11 @@ impl CaDir {
         });
         s.issuing_generation = new;
         s.issuing_key = opts.key;
+        if let Some(r) = new_root {
+            s.retired_roots.push(RetiredRootSettings { generation: old_root_gen, key: s.root_key });
+            s.root_generation = parent_gen;
+            s.root_key = r.key;
+        }
         let toml = toml::to_string_pretty(&s).map_err(CaError::encoding("TOML"))?;
         fsutil::write_atomic(&self.settings_path(), toml.as_bytes(), 0o600)?;
 
@@ -371,7 +553,22 @@ impl CaDir {
             shortened_to_root,
             old_revoked,
             leaves_revoked: 0,
+            new_root: new_root.map(|_| {
+                (parent_gen, profile::root_cn(&s.name, parent_gen), fingerprint(&parent_der))
+            }),
         };
+        if let Some((g, subject, sha256)) = &rotation.new_root {
+            auth.store()
+                .audit(AuditEvent {
+                    at: now,
+                    actor: actor(),
+                    action: "ca.rotate-root".into(),
+                    subject: subject.clone(),
+                    detail: format!("root generation {old_root_gen} -> {g}, sha256={sha256}"),
+                    remote: None,
+                })
+                .await?;
+        }
         auth.store()
             .audit(AuditEvent {
                 at: now,
@@ -415,17 +612,21 @@ impl CaDir {
             fsutil::write_atomic(&dir.join(file), &crl, 0o644)?;
             pem.push_str(&pem::encode(&pem::Pem::new("X509 CRL", crl)));
         }
-        match auth.root_crl().await {
-            Ok(root) => {
-                fsutil::write_atomic(&dir.join("root.crl"), &root, 0o644)?;
-                pem.push_str(&pem::encode(&pem::Pem::new("X509 CRL", root)));
-            }
-            Err(CaError::NotFound(_)) => {
-                if let Ok(root) = std::fs::read(dir.join("root.crl")) {
+        for generation in auth.published_root_generations().await? {
+            let file = format!("{}.crl", CrlScope::Root(generation).name());
+            match auth.root_crl_of(generation).await {
+                Ok(root) => {
+                    fsutil::write_atomic(&dir.join(&file), &root, 0o644)?;
                     pem.push_str(&pem::encode(&pem::Pem::new("X509 CRL", root)));
                 }
+                // The root key is offline: its CRL is published from files.
+                Err(CaError::NotFound(_)) => {
+                    if let Ok(root) = std::fs::read(dir.join(&file)) {
+                        pem.push_str(&pem::encode(&pem::Pem::new("X509 CRL", root)));
+                    }
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
         let out = dir.join("crl.pem");
         fsutil::write_atomic(&out, pem.as_bytes(), 0o644)?;
@@ -436,7 +637,10 @@ impl CaDir {
     /// Rewrites `ca-bundle.pem` when it should carry other issuing CAs than it does.
     async fn write_bundle(&self, auth: &Authority) -> Result<()> {
         let s = self.settings()?;
-        if auth.keys().retired.is_empty() && self.bundle_path().exists() {
+        if auth.keys().retired.is_empty()
+            && auth.keys().retired_roots.is_empty()
+            && self.bundle_path().exists()
+        {
             // One issuing CA, as `init` wrote it: nothing to change.
             return Ok(());
         }
@@ -444,8 +648,8 @@ impl CaDir {
             // This process loaded the CA before a rotation: the bundle is not its to write.
             return Ok(());
         }
-        let issuers = auth.bundle_issuers().await?;
-        let bundle = crate::bundle::build(&s.name, &auth.keys().root_der, &issuers);
+        let (roots, issuers) = auth.bundle_certificates().await?;
+        let bundle = crate::bundle::build(&s.name, &roots, &issuers);
         if std::fs::read_to_string(self.bundle_path()).ok().as_deref() != Some(bundle.as_str()) {
             fsutil::write_atomic(&self.bundle_path(), bundle.as_bytes(), 0o644)?;
             tracing::info!(
@@ -483,7 +687,8 @@ impl CaDir {
                 .is_ok_and(|(_, ca)| ca.subject().as_raw() == x.issuer().as_raw())
             && let Ok(kp) = pem::parse(&k)
         {
-            let chain = vec![p.contents().to_vec(), auth.keys().issuing_der.clone()];
+            let mut chain = vec![p.contents().to_vec()];
+            chain.extend(auth.server_chain_tail());
             return Ok((chain, kp.contents().to_vec()));
         }
         let kp = crate::signer::local::generate(KeyAlgorithm::EcdsaP256)?;
@@ -495,11 +700,18 @@ impl CaDir {
         let cert = params.signed_by(&kp, &issuer)?;
         let key_pem = zeroize::Zeroizing::new(kp.serialize_pem());
         fsutil::write_atomic(&key, key_pem.as_bytes(), 0o600)?;
-        // The chain (server then issuing CA), so peers that trust only the root verify it.
-        let issuing_pem = crate::bundle::certificate_pem(&auth.keys().issuing_der);
-        fsutil::write_atomic(&crt, format!("{}{issuing_pem}", cert.pem()).as_bytes(), 0o644)?;
+        // The chain (server, issuing CA, cross-certificates to earlier roots), so peers that
+        // trust only a root verify it.
+        let tail = auth.server_chain_tail();
+        let mut text = cert.pem();
+        for der in &tail {
+            text.push_str(&crate::bundle::certificate_pem(der));
+        }
+        fsutil::write_atomic(&crt, text.as_bytes(), 0o644)?;
         fsutil::write_atomic(&names_file, wanted.as_bytes(), 0o644)?;
-        Ok((vec![cert.der().to_vec(), auth.keys().issuing_der.clone()], kp.serialize_der()))
+        let mut chain = vec![cert.der().to_vec()];
+        chain.extend(tail);
+        Ok((chain, kp.serialize_der()))
     }
 }
 

@@ -622,6 +622,27 @@ enum CaCmd {
         #[arg(long, value_parser = |s: &str| s.parse::<lanyard_ca::revocation::Reason>().map_err(|e| e.to_string()))]
         revoke_old: Option<lanyard_ca::revocation::Reason>,
     },
+    /// Replace the root: a new root key and certificate ("NAME Root CA N", DIR/roots/),
+    /// cross-certificates both ways between it and the current root, and a new issuing CA
+    /// under the new root. Devices and edges that trust either root verify during the
+    /// overlap; agents learn the new root from the CA at their next renewal; the bundle
+    /// carries both roots while the old one still has an issuing CA in use. Needs the
+    /// current root key in the CA directory. Restart `serve` afterwards.
+    RotateRoot {
+        /// The new root's key: ecdsa-p256 | ecdsa-p384 | rsa-2048 | rsa-3072 | rsa-4096
+        /// (default: the current root's).
+        #[arg(long)]
+        root_key_algorithm: Option<KeyAlgorithm>,
+        /// How long the new root is valid.
+        #[arg(long, default_value = "7300d", value_parser = duration::parse)]
+        root_validity: std::time::Duration,
+        /// The new issuing CA's key (default: the current issuing CA's).
+        #[arg(long)]
+        key_algorithm: Option<KeyAlgorithm>,
+        /// How long the new issuing CA is valid (cut to the new root's expiry).
+        #[arg(long, default_value = "3650d", value_parser = duration::parse)]
+        validity: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1480,7 +1501,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 for g in &generations {
                     pem.push_str(&pem::encode(&pem::Pem::new("X509 CRL", a.issuer_crl(*g).await?)));
                 }
-                pem.push_str(&pem::encode(&pem::Pem::new("X509 CRL", a.root_crl().await?)));
+                for g in a.published_root_generations().await? {
+                    pem.push_str(&pem::encode(&pem::Pem::new("X509 CRL", a.root_crl_of(g).await?)));
+                }
                 lanyard_ca::fsutil::write_atomic(&out, pem.as_bytes(), 0o644)?;
                 let what = if generations.len() > 1 { "issuing CAs'" } else { "issuing" };
                 eprintln!("CRLs ({what}, root) written to {}", out.display());
@@ -1601,6 +1624,66 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             }
             outln!(
                 "upload {} to the edge's trust store, then restart `lanyard-ca serve`",
+                d.bundle_path().display()
+            );
+        }
+        Cmd::CaCerts {
+            cmd: CaCmd::RotateRoot { root_key_algorithm, root_validity, key_algorithm, validity },
+        } => {
+            if dir.backend == Backend::Aws {
+                return Err(CaError::Config(
+                    "`ca rotate-root` rotates the embedded CA's root; the serverless CA's root \
+                     key (KMS) cannot be rotated by lanyard-ca yet"
+                        .into(),
+                ));
+            }
+            let d = CaDir::new(dir.dir()?);
+            let s = d.settings()?;
+            let old_root_pathlen = std::fs::read(d.root_paths(s.root_generation).0)
+                .ok()
+                .and_then(|t| pem::parse(t).ok())
+                .and_then(|p| {
+                    let (_, x) = x509_parser::parse_x509_certificate(p.contents()).ok()?;
+                    x.basic_constraints().ok().flatten().and_then(|b| b.value.path_len_constraint)
+                });
+            let span = |v: std::time::Duration, flag: &str| {
+                time::Duration::try_from(v).map_err(|e| CaError::BadRequest(format!("{flag}: {e}")))
+            };
+            let opts = ca_dir::RotateOptions {
+                key: key_algorithm.unwrap_or(s.issuing_key),
+                validity: span(validity, "--validity")?,
+                revoke_old: None,
+            };
+            let root = ca_dir::NewRoot {
+                key: root_key_algorithm.unwrap_or(s.root_key),
+                validity: span(root_validity, "--root-validity")?,
+            };
+            let r = d.rotate_root(&opts, &root, Arc::new(SystemClock)).await?;
+            if let Some((g, subject, sha256)) = &r.new_root {
+                outln!("root {} -> {g}: {subject} (sha256 {sha256})", g - 1);
+                outln!(
+                    "cross-certificates: {} and {}",
+                    d.cross_path(*g, g - 1).display(),
+                    d.cross_path(g - 1, *g).display()
+                );
+            }
+            outln!(
+                "issuing CA {} -> {}: {} (sha256 {}), valid until {}",
+                r.old_generation,
+                r.new_generation,
+                r.subject,
+                r.sha256,
+                rfc3339(r.not_after)
+            );
+            if old_root_pathlen == Some(1) {
+                outln!(
+                    "note: the old root allows one CA below it, so OpenSSL-based peers (curl, nginx) \
+                     that trust only the old root cannot follow the cross-certificate: give them \
+                     the bundle (both roots); Lanyard agents are not affected"
+                );
+            }
+            outln!(
+                "upload {} (both roots) to the edge's trust store, then restart `lanyard-ca serve`",
                 d.bundle_path().display()
             );
         }

@@ -118,9 +118,12 @@ pub async fn respond(auth: &Authority, request_der: &[u8]) -> Vec<u8> {
 }
 
 async fn build(auth: &Authority, req: &OcspRequest) -> Result<Option<Vec<u8>>, String> {
-    let keys = auth.keys();
-    let root = Certificate::from_der(&keys.root_der).map_err(|e| e.to_string())?;
-    let root_id = CaId::of(&root).ok_or("root CA name")?;
+    let mut roots = Vec::new();
+    for (der, signer) in auth.root_keys() {
+        let cert = Certificate::from_der(der).map_err(|e| e.to_string())?;
+        let id = CaId::of(&cert).ok_or("root CA name")?;
+        roots.push((cert, id, signer));
+    }
     let mut issuers = Vec::new();
     for (generation, der) in auth.issuer_certificates() {
         let cert = Certificate::from_der(der).map_err(|e| e.to_string())?;
@@ -128,26 +131,28 @@ async fn build(auth: &Authority, req: &OcspRequest) -> Result<Option<Vec<u8>>, S
         issuers.push((generation, cert, id));
     }
 
-    // One response has one signer: the root when every request is about a certificate the
-    // root issued (an issuing CA), otherwise the issuing CA the first request names (the
-    // current one or a retired one still answering for its certificates).
-    let about_root = req.tbs_request.request_list.iter().all(|r| root_id.matches(&r.req_cert));
-    let chosen = (!about_root)
-        .then(|| {
-            let first = req.tbs_request.request_list.first()?;
-            issuers.iter().find(|(_, _, id)| id.matches(&first.req_cert))
-        })
-        .flatten()
-        .or_else(|| issuers.first().filter(|_| !about_root));
-    let (signer, signer_cert): (&SharedSigner, &Certificate) = match chosen {
-        None => match auth.root_signer() {
-            Some(s) => (s, &root),
-            None => return Ok(None),
-        },
-        Some((generation, cert, _)) => {
+    // One response has one signer: a root when the first request is about a certificate a
+    // root issued (an issuing CA, or a cross-certificate), otherwise the issuing CA the
+    // first request names (the current one or a retired one still answering for its
+    // certificates). Requests about another CA's certificates get "unknown".
+    let Some(first) = req.tbs_request.request_list.first() else { return Ok(None) };
+    let root = roots.iter().find(|(_, id, _)| id.matches(&first.req_cert));
+    let chosen = match root {
+        Some(_) => None,
+        None => issuers
+            .iter()
+            .find(|(_, _, id)| id.matches(&first.req_cert))
+            .or_else(|| issuers.first()),
+    };
+    let (signer, signer_cert): (&SharedSigner, &Certificate) = match (root, chosen) {
+        (Some((cert, _, Some(s))), _) => (s, cert),
+        // About a certificate of a root whose key is offline: nobody here may answer.
+        (Some((_, _, None)), _) => return Ok(None),
+        (None, Some((generation, cert, _))) => {
             let (_, s) = auth.issuer_keys(*generation).ok_or("issuing CA key")?;
             (s, cert)
         }
+        (None, None) => return Ok(None),
     };
 
     let now = auth.now();
@@ -169,15 +174,18 @@ async fn build(auth: &Authority, req: &OcspRequest) -> Result<Option<Vec<u8>>, S
                     None => CertStatus::unknown(),
                 }
             }
-            None => match auth.issuing_ca_serial(id.serial_number.as_bytes()) {
-                Some(None) => CertStatus::good(),
-                Some(Some(rev)) => CertStatus::Revoked(RevokedInfo {
-                    revocation_time: gtime(rev.at).map_err(|e| e.to_string())?,
-                    revocation_reason: Some(crl_reason(rev.reason)),
-                }),
-                None => CertStatus::unknown(),
-            },
-            Some(_) => CertStatus::unknown(),
+            None if root.is_some_and(|(_, rid, _)| rid.matches(id)) => {
+                match auth.issuing_ca_serial(id.serial_number.as_bytes()) {
+                    Some(None) => CertStatus::good(),
+                    Some(Some(rev)) => CertStatus::Revoked(RevokedInfo {
+                        revocation_time: gtime(rev.at).map_err(|e| e.to_string())?,
+                        revocation_reason: Some(crl_reason(rev.reason)),
+                    }),
+                    None if auth.cross_serial(id.serial_number.as_bytes()) => CertStatus::good(),
+                    None => CertStatus::unknown(),
+                }
+            }
+            _ => CertStatus::unknown(),
         };
         responses.push(SingleResponse {
             cert_id: id.clone(),

@@ -47,6 +47,17 @@ impl PublicationUrls {
         }
     }
 
+    /// The URLs written into certificates that root `generation` signs: the first keeps
+    /// `/crl/root` and `/ca/root.crt`, later ones get `/crl/root-N` and `/ca/root-N.crt`.
+    pub fn for_root(mut self, generation: u32) -> Self {
+        if generation > 1 {
+            let b = self.root_crl.trim_end_matches("/crl/root").to_owned();
+            self.root_crl = format!("{b}/crl/root-{generation}");
+            self.root_issuers = format!("{b}/ca/root-{generation}.crt");
+        }
+        self
+    }
+
     /// The URLs written into certificates of issuing CA `generation`: the first keeps
     /// `/crl` and `/ca/issuing.crt` (every certificate issued before a rotation names
     /// them), later ones get `/crl/issuing-N` and `/ca/issuing-N.crt`, so that each
@@ -238,7 +249,7 @@ pub fn ceremony(
     root_key: &impl rcgen::SigningKey,
     issuing_key: &impl rcgen::SigningKey,
 ) -> Result<CaCertificates> {
-    let root_params = root(name, now);
+    let root_params = root(name, 1, now, Duration::days(20 * 365));
     let root_cert = root_params.self_signed(root_key)?;
     let issuing_cert = issuing(name, 1, now, Duration::days(10 * 365), urls)?
         .signed_by(issuing_key, &rcgen::Issuer::from_params(&root_params, root_key))?;
@@ -248,16 +259,53 @@ pub fn ceremony(
     })
 }
 
-/// The self-signed root: 20 years, path length 1, certificate and CRL signing only.
-pub fn root(name: &str, now: OffsetDateTime) -> CertificateParams {
+/// The CN of root `generation`: "NAME Root CA", then "NAME Root CA 2", ...
+pub fn root_cn(name: &str, generation: u32) -> String {
+    match generation {
+        0 | 1 => format!("{name} Root CA"),
+        n => format!("{name} Root CA {n}"),
+    }
+}
+
+/// The self-signed root `generation` (20 years at init), path length 2, certificate and CRL
+/// signing only. Two, not one: after a root rotation a relying party that trusts only this
+/// root verifies the next root's chains through a cross-certificate (leaf, issuing CA,
+/// cross-certificate, this root), and OpenSSL enforces a trust anchor's path length.
+pub fn root(
+    name: &str,
+    generation: u32,
+    now: OffsetDateTime,
+    validity: Duration,
+) -> CertificateParams {
     let mut p = CertificateParams::default();
-    p.distinguished_name = ca_dn(name, format!("{name} Root CA"));
+    p.distinguished_name = ca_dn(name, root_cn(name, generation));
     p.serial_number = Some(SerialNumber::from_slice(&random_serial()));
     p.not_before = now - BACKDATE;
-    p.not_after = now + Duration::days(20 * 365);
-    p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Constrained(1));
+    p.not_after = now + validity;
+    p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Constrained(2));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     p
+}
+
+/// A cross-certificate: root `subject_generation`'s name (and, when signed, its key) under
+/// another root, so that a relying party trusting the signer verifies chains that end in
+/// the subject. Path length 1 like the root itself; it ends with the earlier of the two
+/// roots; its CRL is the signing root's (`signer_urls`).
+pub fn cross(
+    name: &str,
+    subject_generation: u32,
+    now: OffsetDateTime,
+    not_after: OffsetDateTime,
+    signer_urls: &PublicationUrls,
+) -> Result<CertificateParams> {
+    let mut p = root(name, subject_generation, now, Duration::days(1));
+    p.not_after = not_after;
+    // Below it: an issuing CA, then leaves.
+    p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Constrained(1));
+    p.use_authority_key_identifier_extension = true;
+    p.crl_distribution_points = vec![crl_dp(&signer_urls.root_crl)];
+    p.custom_extensions = vec![aia(&signer_urls.ocsp, &signer_urls.root_issuers)?];
+    Ok(p)
 }
 
 /// The CN of issuing CA `generation`: "NAME Issuing CA", then "NAME Issuing CA 2", ...

@@ -243,8 +243,8 @@ async fn serverless_ca_on_moto() {
     assert!(published.objects.iter().any(|o| o.ends_with("ca-bundle.pem")));
     let bundle = lanyard_ca::bundle::build(
         "Fleet",
-        &auth.keys().root_der,
-        &[auth.keys().issuing_der.clone()],
+        std::slice::from_ref(&auth.keys().root_der),
+        std::slice::from_ref(&auth.keys().issuing_der),
     );
     lanyard_ca::bundle::check(bundle.as_bytes()).expect("CloudFront bundle rules");
 

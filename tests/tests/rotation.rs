@@ -298,7 +298,7 @@ fn no_certificate_outlives_its_issuing_ca() {
         body.contains(r#"lanyard_ca_ca_days_left{role="retired",generation="1"} 3649"#),
         "{body}"
     );
-    assert!(body.contains(r#"lanyard_ca_ca_days_left{role="root",generation=""} 7299"#), "{body}");
+    assert!(body.contains(r#"lanyard_ca_ca_days_left{role="root",generation="1"} 7299"#), "{body}");
 }
 
 /// The agent (`lanyard`, file store) enrolled under issuing CA 1 renews across the rotation
@@ -357,4 +357,125 @@ fn an_agent_renews_onto_the_new_issuing_ca_without_a_new_token() {
         std::fs::read_to_string(ca.path("issuers/issuing-2.crt")).expect("issuing-2").trim()
     );
     pki::verify(&ca.bundle(), &cert, &[]).ok();
+}
+
+/// `ca rotate-root`: a new root, cross-certificates both ways and a new issuing CA under the
+/// new root. Checked by openssl with each root alone, by nginx with the bundle, by pkilint,
+/// and by an agent that pinned the old root: it renews across the rotation without a new
+/// token and learns the new root from the CA.
+#[test]
+fn rotating_the_root_keeps_both_roots_verifying() {
+    if !peers::require_basics() || !peers::require_peer("nginx") {
+        return;
+    }
+    let ca = Ca::init();
+    let srv = ca.serve();
+    // An agent that pinned root 1 by its fingerprint.
+    let state = ca.work.join("agent-state");
+    let config = ca.work.join("agent.toml");
+    let write_config = |srv: &Server| {
+        let text = format!(
+            "[ca]\nurl = \"{}\"\n[store]\nbackend = \"file\"\npath = \"{}\"\n",
+            srv.url(""),
+            state.display()
+        );
+        std::fs::write(&config, text).expect("agent.toml");
+    };
+    let lanyard = |args: &[&str]| {
+        let mut a = args.to_vec();
+        let c = config.display().to_string();
+        a.extend_from_slice(&["--config", &c]);
+        run(lanyard_e2e::bins::bin("lanyard"), &a)
+    };
+    write_config(&srv);
+    let fp = ca.cli(&["ca", "fingerprint"]).ok().stdout.trim().to_owned();
+    let id = "laptop-1.fleet.example.com";
+    let token = ca.token(id);
+    lanyard(&["enrol", "--token", &token, "--identity", id, "--ca-fingerprint", &fp]).ok();
+    let roots_file = state.join("ca-roots.pem");
+    let pinned = std::fs::read_to_string(&roots_file).expect("pinned roots");
+    assert_eq!(pinned.matches("BEGIN CERTIFICATE").count(), 1);
+    // A device under root 1.
+    let (old_leaf, old_key) = enrol(&ca, &srv, "dev-old.fleet.example.com", "old");
+
+    let out = ca.cli(&["ca", "rotate-root"]).ok();
+    assert!(out.stdout.contains("root 1 -> 2: Lanyard Root CA 2"), "{out}");
+    assert!(out.stdout.contains("issuing CA 1 -> 2"), "{out}");
+    let srv = restarted(&ca, srv);
+    write_config(&srv);
+
+    let (root1, root2) = (ca.root_crt(), ca.path("roots/root-2.crt"));
+    let (forward, backward) = (ca.path("roots/root-2-by-1.crt"), ca.path("roots/root-1-by-2.crt"));
+    let (issuing1, issuing2) = (ca.issuing_crt(), ca.path("issuers/issuing-2.crt"));
+    assert_eq!(issuer_cn(&issuing2), "Lanyard Root CA 2");
+    assert_eq!(issuer_cn(&forward), "Lanyard Root CA");
+    assert_eq!(issuer_cn(&backward), "Lanyard Root CA 2");
+    for (issuer, subject) in [(&root1, &forward), (&root2, &backward), (&root2, &issuing2)] {
+        pki::lint_chain(issuer, subject);
+    }
+    let concat = |name: &str, parts: &[&Path]| {
+        let p = ca.work.join(name);
+        let text: String = parts.iter().map(|f| std::fs::read_to_string(f).expect("PEM")).collect();
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+
+    // A new device under root 2: verified by root 1 alone through the cross-certificate,
+    // and by root 2 alone; without the cross-certificate root 1 cannot.
+    let (new_leaf, new_key) = enrol(&ca, &srv, "dev-new.fleet.example.com", "new");
+    assert_eq!(issuer_cn(&new_leaf), "Lanyard Issuing CA 2");
+    let via_cross = concat("untrusted-new.pem", &[&issuing2, &forward]);
+    pki::verify(&root1, &new_leaf, &["-untrusted", &via_cross]).ok();
+    let i2 = issuing2.display().to_string();
+    pki::verify(&root2, &new_leaf, &["-untrusted", &i2]).ok();
+    pki::verify(&root1, &new_leaf, &["-untrusted", &i2]).fails();
+    // The old device: root 2 alone verifies it through the reverse cross-certificate.
+    let back = concat("untrusted-old.pem", &[&issuing1, &backward]);
+    pki::verify(&root2, &old_leaf, &["-untrusted", &back]).ok();
+    let i1 = issuing1.display().to_string();
+    pki::verify(&root1, &old_leaf, &["-untrusted", &i1]).ok();
+    // With every CRL (both issuing CAs, both roots).
+    let crl = ca.work("crl-all.pem");
+    let c = crl.display().to_string();
+    ca.cli(&["crl", "--out", &c]).ok();
+    let crls = std::fs::read_to_string(&crl).expect("crls");
+    assert_eq!(crls.matches("BEGIN X509 CRL").count(), 4, "two issuing CAs, two roots");
+    pki::verify(&root1, &new_leaf, &["-untrusted", &via_cross, "-crl_check_all", "-CRLfile", &c])
+        .ok();
+
+    // The bundle carries both roots and both issuing CAs and passes; nginx accepts both.
+    assert_eq!(bundle_certs(&ca), 4);
+    check_bundle(&ca);
+    let rows = status(&ca);
+    assert_eq!(rows.iter().filter(|r| r["role"] == "root").count(), 1, "{rows:?}");
+    assert_eq!(rows.iter().filter(|r| r["role"] == "retired root").count(), 1, "{rows:?}");
+    let nginx = nginx_for(&ca, "nginx", &ca.bundle());
+    for (leaf, key) in [(&old_leaf, &old_key), (&new_leaf, &new_key)] {
+        let r = nginx.get(&root1, Some((leaf, key)));
+        assert_eq!(r.status, 200, "{}: {r}\n{}", leaf.display(), nginx.error_log());
+    }
+    // The root answers OCSP about the issuing CA it signed.
+    let out = ocsp(&ca, &srv, &root2, &issuing2).ok();
+    assert!(out.stdout.contains(": good"), "{out}");
+    let out = ocsp(&ca, &srv, &root1, &issuing1).ok();
+    assert!(out.stdout.contains(": good"), "{out}");
+
+    // The agent renews across the rotation with no new token, and now trusts root 2 too.
+    lanyard(&["renew", "--force"]).ok();
+    let status_now = lanyard(&["status", "--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&status_now.stdout).expect("status JSON");
+    assert_eq!(v["state"], "valid", "{v}");
+    let (cert, key) = (ca.work.join("agent.crt"), ca.work.join("agent.key"));
+    let (cf, kf) = (cert.display().to_string(), key.display().to_string());
+    lanyard(&["export", "--cert", &cf, "--key", &kf]).ok();
+    assert_eq!(issuer_cn(&cert), "Lanyard Issuing CA 2");
+    let roots = std::fs::read_to_string(&roots_file).expect("roots").replace('\r', "");
+    assert_eq!(roots.matches("BEGIN CERTIFICATE").count(), 2, "root 2 learned:\n{roots}");
+    assert!(
+        roots.contains(std::fs::read_to_string(&root2).expect("root 2").trim()),
+        "the learned root is root 2"
+    );
+    // The chain it presents passes nginx (which trusts the bundle).
+    let r = nginx.get(&root1, Some((&cert, &key)));
+    assert_eq!(r.status, 200, "{r}\n{}", nginx.error_log());
 }

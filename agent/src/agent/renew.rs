@@ -112,7 +112,9 @@ impl Agent {
         let ca_certs = client.cacerts().await?;
         let (ca_roots, intermediates) = verify::split_ca_certs(&ca_certs);
         let saved = state::roots_path(self.state_dir());
-        let anchors = if saved.exists() { crate::trust::read_pem_certs(&saved)? } else { ca_roots };
+        let pinned = saved.exists();
+        let mut anchors =
+            if pinned { crate::trust::read_pem_certs(&saved)? } else { ca_roots.clone() };
         let info = verify::issued(
             &leaf,
             &spki,
@@ -121,6 +123,17 @@ impl Agent {
             &intermediates,
             self.clock.now(),
         )?;
+        // A root rotation: the CA sends its new root with a cross-certificate from the old
+        // one. Trusted from now on, so the device keeps reaching the CA after the old root
+        // expires or leaves.
+        let learned = verify::vouched_roots(&anchors, &ca_roots, &intermediates, self.clock.now());
+        if pinned && !learned.is_empty() {
+            anchors.extend(learned.iter().cloned());
+            crate::fsutil::write_atomic(&saved, crate::trust::to_pem(&anchors).as_bytes(), 0o644)?;
+            for r in &learned {
+                tracing::info!(sha256 = %crate::trust::sha256_hex(r), "trusting the CA's new root, vouched for by a root already trusted");
+            }
+        }
         let mut chain = vec![leaf];
         chain.extend(intermediates.iter().map(|c| c.to_vec()));
         let cred = Credential { key_pkcs8_der: key.pkcs8(), chain_der: chain };

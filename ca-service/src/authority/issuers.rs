@@ -39,6 +39,8 @@ pub(super) struct LoadedIssuer {
     pub der: Vec<u8>,
     /// The raw DER of its subject name: a certificate it signed names it as issuer.
     pub subject: Vec<u8>,
+    /// The raw DER of its issuer's name: which root signed it.
+    pub issuer_name: Vec<u8>,
     pub serial: Vec<u8>,
     pub not_after: OffsetDateTime,
     pub issuer: rcgen::Issuer<'static, SharedSigner>,
@@ -58,6 +60,7 @@ impl LoadedIssuer {
         let not_after = OffsetDateTime::from_unix_timestamp(x.validity().not_after.timestamp())
             .map_err(|e| bad(e.to_string()))?;
         let subject = x.subject().as_raw().to_vec();
+        let issuer_name = x.issuer().as_raw().to_vec();
         let serial = x.raw_serial().to_vec();
         let issuer = rcgen::Issuer::from_ca_cert_der(&der.to_vec().into(), signer.clone())
             .map_err(|e| bad(e.to_string()))?;
@@ -65,6 +68,7 @@ impl LoadedIssuer {
             generation,
             der: der.to_vec(),
             subject,
+            issuer_name,
             serial,
             not_after,
             issuer,
@@ -149,7 +153,21 @@ impl Authority {
             .ok()
             .and_then(|(_, x)| self.all_issuers().find(|i| i.named_by(&x)))
             .unwrap_or(&self.current);
-        vec![issuer.der.clone(), self.keys.root_der.clone()]
+        self.chain_from(issuer)
+    }
+
+    /// An issuing CA, its root, and the cross-certificates from that root to earlier ones.
+    pub(super) fn chain_from(&self, issuer: &LoadedIssuer) -> Vec<Vec<u8>> {
+        let mut chain = vec![issuer.der.clone()];
+        match self.roots.iter().find(|r| r.subject == issuer.issuer_name) {
+            Some(r) if r.generation == self.roots[0].generation => {
+                chain.push(r.der.clone());
+                chain.extend(self.forward_cross());
+            }
+            Some(r) => chain.push(r.der.clone()),
+            None => chain.push(self.keys.root_der.clone()),
+        }
+        chain
     }
 
     /// The certificate of issuing CA `generation` (DER), current or retired.
@@ -188,11 +206,9 @@ impl Authority {
     /// Every CA certificate's role, generation and expiry, without reading the store (for
     /// `/metrics`): the root, then each issuing CA, current first.
     pub fn ca_expiries(&self) -> Vec<(&'static str, Option<u32>, OffsetDateTime)> {
-        let root = X509Certificate::from_der(&self.keys.root_der).ok().and_then(|(_, x)| {
-            OffsetDateTime::from_unix_timestamp(x.validity().not_after.timestamp()).ok()
-        });
-        root.map(|t| ("root", None, t))
+        self.root_expiries()
             .into_iter()
+            .map(|(g, _, t, current)| (if current { "root" } else { "retired root" }, Some(g), t))
             .chain(self.all_issuers().map(|i| {
                 let role = match (i.generation == self.current.generation, i.revoked) {
                     (true, _) => "current",
@@ -206,7 +222,7 @@ impl Authority {
 
     /// The CRL of issuing CA `generation` (DER): its revoked, unexpired certificates.
     pub async fn issuer_crl(&self, generation: u32) -> Result<Vec<u8>> {
-        self.crl(generation).await
+        self.crl(super::CrlScope::Issuing(generation)).await
     }
 
     /// The generations whose CRLs are published: the current one, and every retired one
@@ -225,14 +241,20 @@ impl Authority {
         Ok(out)
     }
 
-    /// The issuing CAs the trust bundle carries: the current one, then each retired one
-    /// that is not revoked and still has a live (unexpired, unrevoked) certificate. DER.
-    pub async fn bundle_issuers(&self) -> Result<Vec<Vec<u8>>> {
+    /// What the trust bundle carries (DER): the roots in use, and the issuing CAs: the
+    /// current one, then each retired one that is not revoked and still has a live
+    /// (unexpired, unrevoked) certificate.
+    pub async fn bundle_certificates(&self) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+        let issuers = self.bundle_issuers().await?;
+        Ok((self.bundle_roots(&issuers), issuers))
+    }
+
+    async fn bundle_issuers(&self) -> Result<Vec<Vec<u8>>> {
         Ok(self
             .ca_status()
             .await?
             .into_iter()
-            .filter(|s| s.role != "root" && s.in_bundle)
+            .filter(|s| !s.role.contains("root") && s.in_bundle)
             .filter_map(|s| {
                 self.all_issuers()
                     .find(|i| Some(i.generation) == s.generation)
@@ -254,21 +276,34 @@ impl Authority {
             Ok((x.subject().to_string(), lanyard_proto::serial::to_hex(x.raw_serial()), na))
         };
         let days = |t: OffsetDateTime| (t - now).whole_days();
-        let (subject, serial, not_after) = fact(&self.keys.root_der)?;
-        let mut out = vec![CaCertStatus {
-            role: "root",
-            generation: None,
-            subject,
-            serial,
-            sha256: crate::ca_dir::fingerprint(&self.keys.root_der),
-            not_after,
-            days_left: days(not_after),
-            live_leaves: None,
-            last_leaf_expires: None,
-            in_bundle: true,
-            leaves_bundle: None,
-            revoked: None,
-        }];
+        let mut out = Vec::new();
+        let bundle_issuers: Vec<Vec<u8>> = self
+            .all_issuers()
+            .filter(|i| {
+                let c = counts.iter().find(|c| c.generation == i.generation);
+                i.generation == self.current.generation
+                    || (i.revoked.is_none() && c.is_some_and(|c| c.live > 0))
+            })
+            .map(|i| i.der.clone())
+            .collect();
+        let bundle_roots = self.bundle_roots(&bundle_issuers);
+        for (generation, der, not_after, current) in self.root_expiries() {
+            let (subject, serial, _) = fact(der)?;
+            out.push(CaCertStatus {
+                role: if current { "root" } else { "retired root" },
+                generation: (self.roots.len() > 1).then_some(generation),
+                subject,
+                serial,
+                sha256: crate::ca_dir::fingerprint(der),
+                not_after,
+                days_left: days(not_after),
+                live_leaves: None,
+                last_leaf_expires: None,
+                in_bundle: bundle_roots.iter().any(|d| d == der),
+                leaves_bundle: None,
+                revoked: None,
+            });
+        }
         for i in self.all_issuers() {
             let (subject, serial, not_after) = fact(&i.der)?;
             let c = counts.iter().find(|c| c.generation == i.generation);
@@ -360,9 +395,16 @@ impl Authority {
         self.all_issuers().find(|i| i.serial == serial).map(|i| i.revoked)
     }
 
-    /// The revoked issuing CAs, for the root's CRL: (serial, revocation).
-    pub(super) fn revoked_issuers(&self) -> Vec<(Vec<u8>, IssuerRevocation)> {
-        self.retired.iter().filter_map(|i| Some((i.serial.clone(), i.revoked?))).collect()
+    /// The revoked issuing CAs `root` signed, for its CRL: (serial, revocation).
+    pub(super) fn revoked_issuers(
+        &self,
+        root: &super::roots::LoadedRoot,
+    ) -> Vec<(Vec<u8>, IssuerRevocation)> {
+        self.retired
+            .iter()
+            .filter(|i| i.issuer_name == root.subject)
+            .filter_map(|i| Some((i.serial.clone(), i.revoked?)))
+            .collect()
     }
 
     /// When the current issuing CA expires: no certificate it signs outlives it.

@@ -361,10 +361,12 @@ async fn crl_issuing(State(auth): State<App>) -> Result<Response> {
     Ok(der_response("application/pkix-crl", auth.issuer_crl(1).await?))
 }
 
-/// `/crl/root` and `/crl/issuing-N` (issuing CAs after a rotation).
+/// `/crl/root`, `/crl/root-N` (after a root rotation) and `/crl/issuing-N` (issuing CAs
+/// after a rotation).
 async fn crl_named(State(auth): State<App>, Path(name): Path<String>) -> Result<Response> {
     let der = match name.as_str() {
-        "root" => auth.root_crl().await?,
+        "root" => auth.root_crl_of(1).await?,
+        n if n.starts_with("root-") => auth.root_crl_of(generation_in(n, "root-", "")?).await?,
         n => auth.issuer_crl(generation_in(n, "issuing-", "")?).await?,
     };
     Ok(der_response("application/pkix-crl", der))
@@ -374,7 +376,10 @@ async fn crl_named(State(auth): State<App>, Path(name): Path<String>) -> Result<
 /// AIA caIssuers URLs.
 async fn ca_named(State(auth): State<App>, Path(name): Path<String>) -> Result<Response> {
     let der = match name.as_str() {
-        "root.crt" => auth.root_certificate().to_vec(),
+        "root.crt" => auth.root_certificate_of(1)?,
+        n if n.starts_with("root-") => {
+            auth.root_certificate_of(generation_in(n, "root-", ".crt")?)?
+        }
         "issuing.crt" => auth.issuer_certificate(1)?,
         n => auth.issuer_certificate(generation_in(n, "issuing-", ".crt")?)?,
     };

@@ -41,6 +41,9 @@ pub fn ca_with(store: Arc<dyn Store>) -> Ca {
         issuing_der: certs.issuing_der,
         generation: 1,
         retired: Vec::new(),
+        root_generation: 1,
+        retired_roots: Vec::new(),
+        cross: Vec::new(),
         root_der: certs.root_der,
         root: Some(SharedSigner(Arc::new(root_key))),
     };
