@@ -100,6 +100,24 @@ pub fn issued(
     Ok(i)
 }
 
+/// What follows the leaf in the chain the device presents: the CA certificates from
+/// `/cacerts` that name the leaf's issuer as their subject (after a root rotation `/cacerts`
+/// also carries roots and cross-certificates, which an edge that trusts the CA's bundle
+/// does not need and whose extra length CloudFront's chain depth limit counts against).
+/// All of them if none matches.
+pub fn issuers_of(
+    leaf: &[u8],
+    intermediates: &[CertificateDer<'static>],
+) -> Vec<CertificateDer<'static>> {
+    let Ok((_, leaf)) = X509Certificate::from_der(leaf) else { return intermediates.to_vec() };
+    let direct: Vec<CertificateDer<'static>> = intermediates
+        .iter()
+        .filter(|c| X509Certificate::from_der(c).is_ok_and(|(_, x)| x.subject() == leaf.issuer()))
+        .cloned()
+        .collect();
+    if direct.is_empty() { intermediates.to_vec() } else { direct }
+}
+
 /// The roots a CA introduces at a root rotation that a root this device trusts vouches for:
 /// each self-signed `candidate` (from `/cacerts`) whose subject and public key a
 /// cross-certificate among `intermediates` carries, that cross-certificate signed by one of

@@ -475,7 +475,35 @@ fn rotating_the_root_keeps_both_roots_verifying() {
         roots.contains(std::fs::read_to_string(&root2).expect("root 2").trim()),
         "the learned root is root 2"
     );
-    // The chain it presents passes nginx (which trusts the bundle).
+    // The chain it presents (leaf, issuing CA 2) passes nginx (which trusts the bundle).
+    let chain = std::fs::read_to_string(&cert).expect("chain");
+    assert_eq!(pki::split_pem_certs(&chain).len(), 2, "{chain}");
     let r = nginx.get(&root1, Some((&cert, &key)));
     assert_eq!(r.status, 200, "{r}\n{}", nginx.error_log());
+
+    // A device whose image pinned root 1 before the rotation still enrols after it: the CA
+    // lists both roots and the cross-certificates (RFC 7030 rollover certificates).
+    let state2 = ca.work.join("agent-state-2");
+    let config2 = ca.work.join("agent-2.toml");
+    std::fs::write(
+        &config2,
+        format!(
+            "[ca]\nurl = \"{}\"\n[store]\nbackend = \"file\"\npath = \"{}\"\n",
+            srv.url(""),
+            state2.display()
+        ),
+    )
+    .expect("agent-2.toml");
+    let id2 = "laptop-2.fleet.example.com";
+    let token2 = ca.token(id2);
+    let c2 = config2.display().to_string();
+    let bin = lanyard_e2e::bins::bin("lanyard");
+    run(
+        &bin,
+        &["enrol", "--token", &token2, "--identity", id2, "--ca-fingerprint", &fp, "--config", &c2],
+    )
+    .ok();
+    let out = run(&bin, &["status", "--json", "--config", &c2]).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("status JSON");
+    assert_eq!(v["state"], "valid", "{v}");
 }

@@ -253,7 +253,7 @@ impl Agent {
         )?;
 
         let mut chain = vec![leaf];
-        chain.extend(intermediates.iter().map(|c| c.to_vec()));
+        chain.extend(verify::issuers_of(&chain[0], &intermediates).iter().map(|c| c.to_vec()));
         let cred = Credential { key_pkcs8_der: key.pkcs8(), chain_der: chain };
         self.in_store(move |s| s.store(&cred)).await?;
         if let Some(p) = &pinned {

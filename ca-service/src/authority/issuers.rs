@@ -156,16 +156,20 @@ impl Authority {
         self.chain_from(issuer)
     }
 
-    /// An issuing CA, its root, and the cross-certificates from that root to earlier ones.
+    /// An issuing CA, its root, and after a root rotation what RFC 7030 (4.1.3) calls the
+    /// rollover certificates: the cross-certificates and the earlier roots, so that a device
+    /// that pins an earlier root (a factory image made before the rotation) finds it and a
+    /// path to it.
     pub(super) fn chain_from(&self, issuer: &LoadedIssuer) -> Vec<Vec<u8>> {
         let mut chain = vec![issuer.der.clone()];
         match self.roots.iter().find(|r| r.subject == issuer.issuer_name) {
-            Some(r) if r.generation == self.roots[0].generation => {
-                chain.push(r.der.clone());
-                chain.extend(self.forward_cross());
-            }
             Some(r) => chain.push(r.der.clone()),
             None => chain.push(self.keys.root_der.clone()),
+        }
+        for der in self.keys.cross.iter().chain(self.roots.iter().map(|r| &r.der)) {
+            if !chain.contains(der) {
+                chain.push(der.clone());
+            }
         }
         chain
     }
