@@ -83,6 +83,45 @@ fn nginx_for(ca: &Ca, name: &str, bundle: &Path) -> Nginx {
     Nginx::start(&prefix, &ca.path("tls/server.crt"), &ca.path("tls/server.key"), bundle, &crl)
 }
 
+/// A `lanyard` agent with the file store in the test's scratch space, its config pointing at
+/// a CA server (rewritten when the server comes back on another port).
+struct Agent {
+    state: PathBuf,
+    config: PathBuf,
+}
+
+impl Agent {
+    fn new(ca: &Ca, name: &str, srv: &Server) -> Agent {
+        let a = Agent {
+            state: ca.work.join(format!("{name}-state")),
+            config: ca.work.join(format!("{name}.toml")),
+        };
+        a.point_at(srv);
+        a
+    }
+
+    fn point_at(&self, srv: &Server) {
+        let text = format!(
+            "[ca]\nurl = \"{}\"\n[store]\nbackend = \"file\"\npath = \"{}\"\n",
+            srv.url(""),
+            self.state.display()
+        );
+        std::fs::write(&self.config, text).expect("agent.toml");
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        let mut a = args.to_vec();
+        let c = self.config.display().to_string();
+        a.extend_from_slice(&["--config", &c]);
+        run(lanyard_e2e::bins::bin("lanyard"), &a)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = self.run(&["status", "--json"]).ok();
+        serde_json::from_str(&out.stdout).expect("status JSON")
+    }
+}
+
 #[test]
 fn rotating_the_issuing_ca_leaves_no_device_behind() {
     if !peers::require_basics() || !peers::require_peers(&["nginx", "faketime"]) {
@@ -311,42 +350,24 @@ fn an_agent_renews_onto_the_new_issuing_ca_without_a_new_token() {
     }
     let ca = Ca::init();
     let srv = ca.serve();
-    let state = ca.work.join("agent-state");
-    let config = ca.work.join("agent.toml");
-    let write_config = |srv: &Server| {
-        let text = format!(
-            "[ca]\nurl = \"{}\"\n[store]\nbackend = \"file\"\npath = \"{}\"\n",
-            srv.url(""),
-            state.display()
-        );
-        std::fs::write(&config, text).expect("agent.toml");
-    };
-    let lanyard = |args: &[&str]| {
-        let mut a = args.to_vec();
-        let c = config.display().to_string();
-        a.extend_from_slice(&["--config", &c]);
-        run(lanyard_e2e::bins::bin("lanyard"), &a)
-    };
-    write_config(&srv);
+    let agent = Agent::new(&ca, "agent", &srv);
     let id = "dev-1.fleet.example.com";
     let token = ca.token(id);
     let root = ca.root_crt().display().to_string();
-    lanyard(&["enrol", "--token", &token, "--identity", id, "--ca-bundle", &root]).ok();
-    let first = lanyard(&["status", "--json"]).ok();
-    let first: serde_json::Value = serde_json::from_str(&first.stdout).expect("status JSON");
+    agent.run(&["enrol", "--token", &token, "--identity", id, "--ca-bundle", &root]).ok();
+    let first = agent.status();
     assert_eq!(first["state"], "valid", "{first}");
 
     ca.cli(&["ca", "rotate-issuing"]).ok();
     let srv = restarted(&ca, srv);
-    write_config(&srv);
-    lanyard(&["renew", "--force"]).ok();
-    let second = lanyard(&["status", "--json"]).ok();
-    let second: serde_json::Value = serde_json::from_str(&second.stdout).expect("status JSON");
+    agent.point_at(&srv);
+    agent.run(&["renew", "--force"]).ok();
+    let second = agent.status();
     assert_eq!(second["state"], "valid", "{second}");
     assert_ne!(second["serial"], first["serial"]);
     let (cert, key) = (ca.work.join("exported.crt"), ca.work.join("exported.key"));
     let (c, k) = (cert.display().to_string(), key.display().to_string());
-    lanyard(&["export", "--cert", &c, "--key", &k]).ok();
+    agent.run(&["export", "--cert", &c, "--key", &k]).ok();
     assert_eq!(issuer_cn(&cert), "Lanyard Issuing CA 2");
     // The chain the agent presents is leaf then issuing CA 2, which the bundle verifies.
     let chain = std::fs::read_to_string(&cert).expect("chain");
@@ -371,28 +392,12 @@ fn rotating_the_root_keeps_both_roots_verifying() {
     let ca = Ca::init();
     let srv = ca.serve();
     // An agent that pinned root 1 by its fingerprint.
-    let state = ca.work.join("agent-state");
-    let config = ca.work.join("agent.toml");
-    let write_config = |srv: &Server| {
-        let text = format!(
-            "[ca]\nurl = \"{}\"\n[store]\nbackend = \"file\"\npath = \"{}\"\n",
-            srv.url(""),
-            state.display()
-        );
-        std::fs::write(&config, text).expect("agent.toml");
-    };
-    let lanyard = |args: &[&str]| {
-        let mut a = args.to_vec();
-        let c = config.display().to_string();
-        a.extend_from_slice(&["--config", &c]);
-        run(lanyard_e2e::bins::bin("lanyard"), &a)
-    };
-    write_config(&srv);
+    let agent = Agent::new(&ca, "agent", &srv);
     let fp = ca.cli(&["ca", "fingerprint"]).ok().stdout.trim().to_owned();
     let id = "laptop-1.fleet.example.com";
     let token = ca.token(id);
-    lanyard(&["enrol", "--token", &token, "--identity", id, "--ca-fingerprint", &fp]).ok();
-    let roots_file = state.join("ca-roots.pem");
+    agent.run(&["enrol", "--token", &token, "--identity", id, "--ca-fingerprint", &fp]).ok();
+    let roots_file = agent.state.join("ca-roots.pem");
     let pinned = std::fs::read_to_string(&roots_file).expect("pinned roots");
     assert_eq!(pinned.matches("BEGIN CERTIFICATE").count(), 1);
     // A device under root 1.
@@ -402,7 +407,7 @@ fn rotating_the_root_keeps_both_roots_verifying() {
     assert!(out.stdout.contains("root 1 -> 2: Lanyard Root CA 2"), "{out}");
     assert!(out.stdout.contains("issuing CA 1 -> 2"), "{out}");
     let srv = restarted(&ca, srv);
-    write_config(&srv);
+    agent.point_at(&srv);
 
     let (root1, root2) = (ca.root_crt(), ca.path("roots/root-2.crt"));
     let (forward, backward) = (ca.path("roots/root-2-by-1.crt"), ca.path("roots/root-1-by-2.crt"));
@@ -461,13 +466,12 @@ fn rotating_the_root_keeps_both_roots_verifying() {
     assert!(out.stdout.contains(": good"), "{out}");
 
     // The agent renews across the rotation with no new token, and now trusts root 2 too.
-    lanyard(&["renew", "--force"]).ok();
-    let status_now = lanyard(&["status", "--json"]).ok();
-    let v: serde_json::Value = serde_json::from_str(&status_now.stdout).expect("status JSON");
+    agent.run(&["renew", "--force"]).ok();
+    let v = agent.status();
     assert_eq!(v["state"], "valid", "{v}");
     let (cert, key) = (ca.work.join("agent.crt"), ca.work.join("agent.key"));
     let (cf, kf) = (cert.display().to_string(), key.display().to_string());
-    lanyard(&["export", "--cert", &cf, "--key", &kf]).ok();
+    agent.run(&["export", "--cert", &cf, "--key", &kf]).ok();
     assert_eq!(issuer_cn(&cert), "Lanyard Issuing CA 2");
     let roots = std::fs::read_to_string(&roots_file).expect("roots").replace('\r', "");
     assert_eq!(roots.matches("BEGIN CERTIFICATE").count(), 2, "root 2 learned:\n{roots}");
@@ -483,27 +487,10 @@ fn rotating_the_root_keeps_both_roots_verifying() {
 
     // A device whose image pinned root 1 before the rotation still enrols after it: the CA
     // lists both roots and the cross-certificates (RFC 7030 rollover certificates).
-    let state2 = ca.work.join("agent-state-2");
-    let config2 = ca.work.join("agent-2.toml");
-    std::fs::write(
-        &config2,
-        format!(
-            "[ca]\nurl = \"{}\"\n[store]\nbackend = \"file\"\npath = \"{}\"\n",
-            srv.url(""),
-            state2.display()
-        ),
-    )
-    .expect("agent-2.toml");
+    let agent2 = Agent::new(&ca, "agent-2", &srv);
     let id2 = "laptop-2.fleet.example.com";
     let token2 = ca.token(id2);
-    let c2 = config2.display().to_string();
-    let bin = lanyard_e2e::bins::bin("lanyard");
-    run(
-        &bin,
-        &["enrol", "--token", &token2, "--identity", id2, "--ca-fingerprint", &fp, "--config", &c2],
-    )
-    .ok();
-    let out = run(&bin, &["status", "--json", "--config", &c2]).ok();
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("status JSON");
+    agent2.run(&["enrol", "--token", &token2, "--identity", id2, "--ca-fingerprint", &fp]).ok();
+    let v = agent2.status();
     assert_eq!(v["state"], "valid", "{v}");
 }
