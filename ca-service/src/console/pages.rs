@@ -518,6 +518,9 @@ pub fn status(
         html! {
             dl.facts {
                 (cert_facts("Root", &auth.keys().root_der, now))
+                @for r in &auth.keys().retired_roots {
+                    (cert_facts(&format!("Root {} (retired)", r.generation), &r.der, now))
+                }
                 (cert_facts("Issuing CA", &auth.keys().issuing_der, now))
                 @for r in &auth.keys().retired {
                     (cert_facts(
