@@ -272,12 +272,11 @@ impl Authority {
         let now = self.now();
         let counts =
             if self.retired.is_empty() { Vec::new() } else { self.leaf_counts(now).await? };
-        let fact = |der: &[u8]| -> Result<(String, String, OffsetDateTime)> {
+        // Expiries were read once, when the CA certificates were loaded.
+        let fact = |der: &[u8]| -> Result<(String, String)> {
             let (_, x) = X509Certificate::from_der(der)
                 .map_err(|e| CaError::Config(format!("CA certificate: {e}")))?;
-            let na = OffsetDateTime::from_unix_timestamp(x.validity().not_after.timestamp())
-                .map_err(|e| CaError::Config(format!("CA certificate expiry: {e}")))?;
-            Ok((x.subject().to_string(), lanyard_proto::serial::to_hex(x.raw_serial()), na))
+            Ok((x.subject().to_string(), lanyard_proto::serial::to_hex(x.raw_serial())))
         };
         let days = |t: OffsetDateTime| (t - now).whole_days();
         let mut out = Vec::new();
@@ -292,7 +291,7 @@ impl Authority {
             .collect();
         let bundle_roots = self.bundle_roots(&bundle_issuers);
         for (generation, der, not_after, current) in self.root_expiries() {
-            let (subject, serial, _) = fact(der)?;
+            let (subject, serial) = fact(der)?;
             out.push(CaCertStatus {
                 role: if current { "root" } else { "retired root" },
                 generation: (self.roots.len() > 1).then_some(generation),
@@ -309,7 +308,8 @@ impl Authority {
             });
         }
         for i in self.all_issuers() {
-            let (subject, serial, not_after) = fact(&i.der)?;
+            let (subject, serial) = fact(&i.der)?;
+            let not_after = i.not_after;
             let c = counts.iter().find(|c| c.generation == i.generation);
             let current = i.generation == self.current.generation;
             // With one issuing CA there is nothing to tell apart: the counts are skipped.
