@@ -108,7 +108,16 @@ fn a_batch_claim_enrols_three_devices_and_refuses_the_fourth() {
     // Revoked: enrols nothing more.
     let id2 = ca.cli(&["provisioning", "claim", "list", "--json"]).ok().stdout;
     let v: serde_json::Value = serde_json::from_str(&id2).expect("json");
-    let second_id = v[1]["id"].as_str().expect("id").to_owned();
+    // Both claims may carry the same creation second, so the list's order between them is
+    // not fixed: the second claim is the one that is not the first.
+    let second_id = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|c| c["id"].as_str())
+        .find(|id| *id != claim_id)
+        .expect("a second claim")
+        .to_owned();
     ca.cli(&["provisioning", "claim", "revoke", "--id", &second_id]).ok();
     let id5 = TEMPLATE.replace("{id}", "sn-5");
     let (_k, csr5) = pki::key_and_csr(&ca.work, KeyAlg::P256, &id5);
