@@ -26,7 +26,7 @@ use crate::clock::Clock;
 use crate::error::{CaError, Result};
 use crate::fsutil;
 use crate::profile::{self, PublicationUrls};
-use crate::revocation::Reason;
+use crate::rotation;
 use crate::signer::SharedSigner;
 use crate::signer::local::LocalKeySigner;
 use crate::store::sqlite::SqliteStore;
@@ -36,7 +36,6 @@ use serde::{Deserialize, Serialize};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use time::OffsetDateTime;
 
 /// `DIR/ca.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -76,13 +75,6 @@ pub struct RetiredRootSettings {
     pub key: KeyAlgorithm,
 }
 
-/// The new root of `lanyard-ca ca rotate-root`.
-#[derive(Clone, Debug)]
-pub struct NewRoot {
-    pub key: KeyAlgorithm,
-    pub validity: time::Duration,
-}
-
 /// An earlier issuing CA in `ca.toml`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,33 +92,7 @@ fn is_first(g: &u32) -> bool {
     *g == 1
 }
 
-/// Options of `lanyard-ca ca rotate-issuing`.
-#[derive(Clone, Debug)]
-pub struct RotateOptions {
-    pub key: KeyAlgorithm,
-    pub validity: time::Duration,
-    /// Revoke the old issuing CA in the root's CRL at once (an emergency).
-    pub revoke_old: Option<Reason>,
-}
-
-/// What a rotation did.
-#[derive(Clone, Debug, Serialize)]
-pub struct Rotation {
-    pub old_generation: u32,
-    pub new_generation: u32,
-    pub subject: String,
-    pub sha256: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_after: OffsetDateTime,
-    /// The validity asked for was cut to the root's.
-    pub shortened_to_root: bool,
-    pub old_revoked: Option<IssuerRevocation>,
-    /// With `old_revoked`: the old CA's live certificates, revoked (`cACompromise`).
-    pub leaves_revoked: usize,
-    /// `rotate-root`: the new root's generation, subject and SHA-256.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub new_root: Option<(u32, String, String)>,
-}
+pub use crate::rotation::{NewRoot, RotateOptions, Rotation};
 
 fn default_crl_validity() -> u64 {
     7 * 86_400
@@ -416,116 +382,66 @@ impl CaDir {
             }
             Err(e) => return Err(e),
         };
-        if opts.validity < time::Duration::days(1) {
-            return Err(CaError::BadRequest(
-                "--validity must be at least 1 day (an issuing CA lives years)".into(),
-            ));
-        }
-        if new_root.is_some_and(|r| r.validity < time::Duration::days(365)) {
-            return Err(CaError::BadRequest(
-                "--root-validity must be at least 365 days (a root outlives its issuing CAs)"
-                    .into(),
-            ));
-        }
+        rotation::check(opts, new_root)?;
         let old_root_der = read_cert_der(&root_crt)?;
-        let expiry_of = |der: &[u8]| {
-            x509_parser::parse_x509_certificate(der)
-                .ok()
-                .and_then(|(_, x)| {
-                    OffsetDateTime::from_unix_timestamp(x.validity().not_after.timestamp()).ok()
-                })
-                .ok_or_else(|| CaError::Config("root certificate: unreadable expiry".into()))
-        };
         let now = clock.now();
-        let urls = PublicationUrls::from_base(&s.public_url);
         let old_root_gen = s.root_generation;
-        let old_root = rcgen::Issuer::from_ca_cert_der(
-            &old_root_der.clone().into(),
-            SharedSigner(Arc::new(root_signer)),
-        )?;
-        // The parent of the new issuing CA: the current root, or the new one.
-        let (parent, parent_der, parent_gen) = match new_root {
-            None => (old_root, old_root_der.clone(), old_root_gen),
+        // Files left by a rotation interrupted before it committed were never used: each
+        // is replaced.
+        let remove_leftovers = |files: &[&Path]| -> Result<()> {
+            for f in files {
+                if f.exists() {
+                    std::fs::remove_file(f)
+                        .map_err(CaError::io(format!("removing {}", f.display())))?;
+                }
+            }
+            Ok(())
+        };
+        let new_root_key = match new_root {
+            None => None,
             Some(r) => {
                 let g = old_root_gen + 1;
                 let (crt, key) = self.root_paths(g);
-                let folder = self.path("roots");
-                std::fs::create_dir_all(&folder).map_err(CaError::io("creating roots/"))?;
-                std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))
-                    .map_err(CaError::io("setting mode of roots/"))?;
-                for f in [
+                self.private_folder("roots")?;
+                remove_leftovers(&[
                     &crt,
                     &key,
                     &self.cross_path(g, old_root_gen),
                     &self.cross_path(old_root_gen, g),
-                ] {
-                    if f.exists() {
-                        std::fs::remove_file(f)
-                            .map_err(CaError::io(format!("removing {}", f.display())))?;
-                    }
-                }
-                let signer = LocalKeySigner::create(&key, r.key)?;
-                let params = profile::root(&s.name, g, now, r.validity);
-                let cert = params.self_signed(signer.key_pair())?;
-                fsutil::write_atomic(
-                    &crt,
-                    crate::bundle::certificate_pem(cert.der()).as_bytes(),
-                    0o644,
-                )?;
-                // Cross-certificates, each ending with the earlier of the two roots.
-                let until = params.not_after.min(expiry_of(&old_root_der)?);
-                let forward =
-                    profile::cross(&s.name, g, now, until, &urls.clone().for_root(old_root_gen))?
-                        .signed_by(signer.key_pair(), &old_root)?;
-                let old_spki = x509_parser::parse_x509_certificate(&old_root_der)
-                    .map(|(_, x)| x.public_key().raw.to_vec())
-                    .map_err(|e| CaError::Config(format!("root certificate: {e}")))?;
-                let old_key = rcgen::SubjectPublicKeyInfo::from_der(&old_spki)
-                    .map_err(|e| CaError::Config(format!("root public key: {e}")))?;
-                let new_issuer = rcgen::Issuer::from_ca_cert_der(
-                    &cert.der().clone(),
-                    SharedSigner(Arc::new(signer)),
-                )?;
-                let backward =
-                    profile::cross(&s.name, old_root_gen, now, until, &urls.clone().for_root(g))?
-                        .signed_by(&old_key, &new_issuer)?;
-                for (path, c) in [
-                    (self.cross_path(g, old_root_gen), &forward),
-                    (self.cross_path(old_root_gen, g), &backward),
-                ] {
-                    fsutil::write_atomic(
-                        &path,
-                        crate::bundle::certificate_pem(c.der()).as_bytes(),
-                        0o644,
-                    )?;
-                }
-                (new_issuer, cert.der().to_vec(), g)
+                ])?;
+                let signer = SharedSigner(Arc::new(LocalKeySigner::create(&key, r.key)?));
+                Some((signer, r.validity))
             }
         };
-        let root_not_after = expiry_of(&parent_der)?;
-        let now = clock.now();
         let old = s.issuing_generation;
         let new = old + 1;
         let (crt, key) = self.issuer_paths(new);
-        let folder = self.path("issuers");
-        std::fs::create_dir_all(&folder).map_err(CaError::io("creating issuers/"))?;
-        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))
-            .map_err(CaError::io("setting mode of issuers/"))?;
-        // Left by a rotation interrupted before it committed: never used, safe to replace.
-        for f in [&crt, &key] {
-            if f.exists() {
-                std::fs::remove_file(f)
-                    .map_err(CaError::io(format!("removing {}", f.display())))?;
+        self.private_folder("issuers")?;
+        remove_leftovers(&[&crt, &key])?;
+        let signer = SharedSigner(Arc::new(LocalKeySigner::create(&key, opts.key)?));
+        let minted = rotation::mint(rotation::Plan {
+            name: &s.name,
+            public_url: &s.public_url,
+            now,
+            root_der: &old_root_der,
+            root_generation: old_root_gen,
+            root: SharedSigner(Arc::new(root_signer)),
+            new_root: new_root_key,
+            issuing: signer,
+            issuing_generation: new,
+            validity: opts.validity,
+        })?;
+        let pem = |der: &[u8]| crate::bundle::certificate_pem(der);
+        if let Some(r) = &minted.root {
+            for (path, der) in [
+                (self.root_paths(r.generation).0, &r.der),
+                (self.cross_path(r.generation, old_root_gen), &r.forward),
+                (self.cross_path(old_root_gen, r.generation), &r.backward),
+            ] {
+                fsutil::write_atomic(&path, pem(der).as_bytes(), 0o644)?;
             }
         }
-        let signer = LocalKeySigner::create(&key, opts.key)?;
-        let mut params =
-            profile::issuing(&s.name, new, now, opts.validity, &urls.for_root(parent_gen))?;
-        // An issuing CA never outlives its root.
-        let shortened_to_root = params.not_after > root_not_after;
-        params.not_after = params.not_after.min(root_not_after);
-        let cert = params.signed_by(signer.key_pair(), &parent)?;
-        fsutil::write_atomic(&crt, crate::bundle::certificate_pem(cert.der()).as_bytes(), 0o644)?;
+        fsutil::write_atomic(&crt, pem(&minted.issuing_der).as_bytes(), 0o644)?;
 
         let old_revoked = opts.revoke_old.map(|reason| IssuerRevocation { at: now, reason });
         s.retired_issuers.push(RetiredIssuerSettings {
@@ -535,9 +451,9 @@ impl CaDir {
         });
         s.issuing_generation = new;
         s.issuing_key = opts.key;
-        if let Some(r) = new_root {
+        if let (Some(r), Some(m)) = (new_root, &minted.root) {
             s.retired_roots.push(RetiredRootSettings { generation: old_root_gen, key: s.root_key });
-            s.root_generation = parent_gen;
+            s.root_generation = m.generation;
             s.root_key = r.key;
         }
         let toml = toml::to_string_pretty(&s).map_err(CaError::encoding("TOML"))?;
@@ -548,51 +464,26 @@ impl CaDir {
             old_generation: old,
             new_generation: new,
             subject: profile::issuing_cn(&s.name, new),
-            sha256: fingerprint(cert.der()),
-            not_after: params.not_after,
-            shortened_to_root,
+            sha256: fingerprint(&minted.issuing_der),
+            not_after: minted.not_after,
+            shortened_to_root: minted.shortened_to_root,
             old_revoked,
             leaves_revoked: 0,
-            new_root: new_root.map(|_| {
-                (parent_gen, profile::root_cn(&s.name, parent_gen), fingerprint(&parent_der))
+            new_root: minted.root.as_ref().map(|r| {
+                (r.generation, profile::root_cn(&s.name, r.generation), fingerprint(&r.der))
             }),
         };
-        if let Some((g, subject, sha256)) = &rotation.new_root {
-            auth.store()
-                .audit(AuditEvent {
-                    at: now,
-                    actor: actor(),
-                    action: "ca.rotate-root".into(),
-                    subject: subject.clone(),
-                    detail: format!("root generation {old_root_gen} -> {g}, sha256={sha256}"),
-                    remote: None,
-                })
-                .await?;
-        }
-        auth.store()
-            .audit(AuditEvent {
-                at: now,
-                actor: actor(),
-                action: "ca.rotate-issuing".into(),
-                subject: rotation.subject.clone(),
-                detail: format!(
-                    "generation {old} -> {new}, key={}, sha256={}{}",
-                    opts.key,
-                    rotation.sha256,
-                    old_revoked
-                        .map(|r| format!(", old revoked: {}", r.reason.name()))
-                        .unwrap_or_default()
-                ),
-                remote: None,
-            })
-            .await?;
-        let mut rotation = rotation;
-        if old_revoked.is_some() {
-            rotation.leaves_revoked =
-                auth.revoke_issued_by(old, Reason::CaCompromise, &actor()).await?;
-        }
+        let rotation = rotation::finish(&auth, rotation, opts.key, old_root_gen, &actor()).await?;
         self.publish_crls(&auth).await?;
         Ok(rotation)
+    }
+
+    /// Creates `DIR/NAME` (mode 0700) for key files.
+    fn private_folder(&self, name: &str) -> Result<()> {
+        let folder = self.path(name);
+        std::fs::create_dir_all(&folder).map_err(CaError::io(format!("creating {name}/")))?;
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))
+            .map_err(CaError::io(format!("setting mode of {name}/")))
     }
 
     /// Writes each issuing CA's CRL (`crl/issuing.crl`, `crl/issuing-N.crl`), `crl/root.crl`

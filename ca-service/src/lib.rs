@@ -43,6 +43,7 @@ pub mod ocsp;
 pub mod profile;
 pub mod publish;
 pub mod revocation;
+pub mod rotation;
 pub mod serve;
 pub mod signer;
 pub mod store;
