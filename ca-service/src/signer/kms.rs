@@ -150,6 +150,33 @@ impl KmsSigner {
         })
     }
 
+    /// A key whose public half its CA certificate already gives (a retired issuing CA, an
+    /// earlier root): no KMS call until it signs, so a Lambda starts without one call per
+    /// earlier CA, and a key deleted once its CA's last certificate expired costs nothing
+    /// until something would be signed with it (which then fails, naming the key).
+    pub fn for_certificate(
+        client: Client,
+        key_id: &str,
+        alg: KeyAlgorithm,
+        cert_der: &[u8],
+    ) -> Result<Self> {
+        let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+            .map_err(|e| CaError::Config(format!("certificate of KMS key {key_id}: {e}")))?;
+        let actual = crate::csr::key_algorithm_of(cert.public_key())
+            .map_err(|e| CaError::Config(format!("KMS key {key_id}: {e}")))?;
+        if actual != alg {
+            return Err(CaError::Config(format!("KMS key {key_id} is {actual}, not {alg}")));
+        }
+        Ok(KmsSigner {
+            client,
+            key_id: key_id.to_owned(),
+            alg,
+            public_key: cert.public_key().subject_public_key.data.to_vec(),
+            runtime: tokio::runtime::Handle::try_current()
+                .map_err(|_| CaError::Config("the KMS signer needs a tokio runtime".into()))?,
+        })
+    }
+
     pub fn key_id(&self) -> &str {
         &self.key_id
     }

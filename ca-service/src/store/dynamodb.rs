@@ -436,6 +436,46 @@ impl DynamoStore {
         }
     }
 
+    /// Replaces the value under `CA#key` only if it still is `expected`, and writes the
+    /// `with` items (`CA#name`) in the same transaction: `false` when another writer changed
+    /// `key` first (the condition failed) and nothing was written, so that of two
+    /// read-modify-write cycles exactly one commits, with its own `with` items.
+    pub async fn replace_meta(
+        &self,
+        key: &str,
+        value: &[u8],
+        expected: &[u8],
+        with: &[(String, Vec<u8>)],
+    ) -> Result<bool> {
+        let blob = |v: &[u8]| AttributeValue::B(Blob::new(v.to_vec()));
+        let put = |k: &str, v: &[u8]| {
+            Put::builder()
+                .table_name(&self.table)
+                .item("pk", s(format!("CA#{k}")))
+                .item("value", blob(v))
+        };
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .put(
+                    put(key, value)
+                        .condition_expression("#v = :expected")
+                        .expression_attribute_names("#v", "value")
+                        .expression_attribute_values(":expected", blob(expected))
+                        .build()
+                        .map_err(|e| err("build", e))?,
+                )
+                .build(),
+        ];
+        for (k, v) in with {
+            items.push(
+                TransactWriteItem::builder()
+                    .put(put(k, v).build().map_err(|e| err("build", e))?)
+                    .build(),
+            );
+        }
+        Ok(self.transact(items).await?.is_ok())
+    }
+
     /// Removes `CA#key` (nothing when it does not exist).
     pub async fn delete_meta(&self, key: &str) -> Result<()> {
         self.client
