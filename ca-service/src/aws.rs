@@ -6,11 +6,14 @@
 //! everything else (KMS key ids, names, URLs) is written to the table by `init`, so a
 //! Lambda needs those two variables and the usual AWS ones.
 
-use crate::authority::{Authority, CaKeys, PublicationSettings, RevokedEntry};
+use crate::authority::{
+    Authority, CaKeys, IssuerRevocation, PublicationSettings, RetiredIssuer, RevokedEntry, RootKeys,
+};
 use crate::ca_dir::InitOptions;
 use crate::clock::Clock;
 use crate::error::{CaError, Result};
 use crate::profile::{self, PublicationUrls};
+use crate::rotation::{self, NewRoot, RotateOptions, Rotation};
 use crate::signer::SharedSigner;
 use crate::signer::kms::KmsSigner;
 use crate::store::dynamodb::DynamoStore;
@@ -32,6 +35,59 @@ pub struct AwsCaSettings {
     pub issuing_key_id: String,
     pub crl_validity_secs: u64,
     pub ocsp_validity_secs: u64,
+    /// The current issuing CA (1 until the first `ca rotate-issuing`): its certificate is
+    /// `CA#issuing.crt` for the first, `CA#issuing-N.crt` after; `issuing_key_id` is its key.
+    #[serde(default = "first_generation")]
+    pub issuing_generation: u32,
+    /// Earlier issuing CAs, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_issuers: Vec<RetiredKey>,
+    /// The current root (1 until the first `ca rotate-root`): `CA#root.crt`, then
+    /// `CA#root-N.crt`, with the cross-certificates `CA#root-N-by-M.crt`.
+    #[serde(default = "first_generation")]
+    pub root_generation: u32,
+    /// Earlier roots, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_roots: Vec<RetiredKey>,
+}
+
+fn first_generation() -> u32 {
+    1
+}
+
+/// An earlier CA of the serverless CA: its generation and KMS key. The key stays enabled
+/// while the CA has live certificates (it signs their CRL and OCSP answers); once the last
+/// has expired the CA leaves the publications and the key may be scheduled for deletion.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RetiredKey {
+    pub generation: u32,
+    pub key: KeyAlgorithm,
+    pub key_id: String,
+    /// Issuing CAs only: revoked by `rotate-issuing --revoke-old`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<IssuerRevocation>,
+}
+
+/// The table item of a CA certificate: `issuing.crt` / `root.crt` for the first
+/// generation, `issuing-N.crt` / `root-N.crt` after.
+fn cert_item(role: &str, generation: u32) -> String {
+    match generation {
+        0 | 1 => format!("{role}.crt"),
+        n => format!("{role}-{n}.crt"),
+    }
+}
+
+/// The table item of the cross-certificate of root `subject` signed by root `signer`.
+fn cross_item(subject: u32, signer: u32) -> String {
+    format!("root-{subject}-by-{signer}.crt")
+}
+
+/// KMS keys made beforehand (by Terraform) for a rotation: without them, the rotation
+/// creates its keys.
+#[derive(Clone, Debug, Default)]
+pub struct RotationKeys {
+    pub issuing_key_id: Option<String>,
+    pub root_key_id: Option<String>,
 }
 
 /// Where the serverless CA keeps its state.
@@ -220,6 +276,10 @@ impl AwsBackend {
             issuing_key_id: issuing.key_id().to_owned(),
             crl_validity_secs: 7 * 86_400,
             ocsp_validity_secs: 3_600,
+            issuing_generation: 1,
+            retired_issuers: Vec::new(),
+            root_generation: 1,
+            retired_roots: Vec::new(),
         };
         self.store.put_meta("root.crt", &certs.root_der).await?;
         self.store.put_meta("issuing.crt", &certs.issuing_der).await?;
@@ -249,15 +309,9 @@ impl AwsBackend {
     }
 
     /// The authority with the keys `access` allows: the internet-facing handler opens the
-    /// issuing key only, so it cannot sign with the root even if its code is made to.
+    /// issuing keys only, so it cannot sign with a root even if its code is made to.
     pub async fn open_with(&self, clock: Arc<dyn Clock>, access: KeyAccess) -> Result<Authority> {
         let s = self.settings().await?;
-        let cert = |k: &'static str| async move {
-            self.store
-                .get_meta(k)
-                .await?
-                .ok_or_else(|| CaError::Config(format!("{k} missing from the table")))
-        };
         let issuing = KmsSigner::open(self.kms.clone(), &s.issuing_key_id, s.issuing_key).await?;
         let root = match access {
             KeyAccess::All => Some(SharedSigner(Arc::new(
@@ -265,20 +319,230 @@ impl AwsBackend {
             ))),
             KeyAccess::IssuingOnly => None,
         };
+        let mut retired = Vec::new();
+        for r in &s.retired_issuers {
+            let der = self.cert(&cert_item("issuing", r.generation)).await?;
+            let signer = KmsSigner::for_certificate(self.kms.clone(), &r.key_id, r.key, &der)?;
+            retired.push(RetiredIssuer {
+                generation: r.generation,
+                der,
+                signer: SharedSigner(Arc::new(signer)),
+                revoked: r.revoked,
+            });
+        }
+        let mut retired_roots = Vec::new();
+        for r in &s.retired_roots {
+            let der = self.cert(&cert_item("root", r.generation)).await?;
+            let signer = match access {
+                KeyAccess::All => Some(SharedSigner(Arc::new(KmsSigner::for_certificate(
+                    self.kms.clone(),
+                    &r.key_id,
+                    r.key,
+                    &der,
+                )?))),
+                KeyAccess::IssuingOnly => None,
+            };
+            retired_roots.push(RootKeys { generation: r.generation, der, signer });
+        }
+        let mut cross = Vec::new();
+        for g in 1..s.root_generation {
+            cross.push(self.cert(&cross_item(g + 1, g)).await?);
+            cross.push(self.cert(&cross_item(g, g + 1)).await?);
+        }
         let keys = CaKeys {
             issuing: SharedSigner(Arc::new(issuing)),
-            issuing_der: cert("issuing.crt").await?,
-            generation: 1,
-            retired: Vec::new(),
-            root_generation: 1,
-            retired_roots: Vec::new(),
-            cross: Vec::new(),
-            root_der: cert("root.crt").await?,
+            issuing_der: self.cert(&cert_item("issuing", s.issuing_generation)).await?,
+            generation: s.issuing_generation,
+            retired,
+            root_generation: s.root_generation,
+            retired_roots,
+            cross,
+            root_der: self.cert(&cert_item("root", s.root_generation)).await?,
             root,
         };
-        let publication =
+        let mut publication =
             PublicationSettings::new(&s.public_url, s.crl_validity_secs, s.ocsp_validity_secs);
+        publication.urls = publication.urls.for_generation(s.issuing_generation);
         Authority::new(self.store.clone(), clock, keys, publication)
+    }
+
+    /// A CA certificate (DER) from the table.
+    async fn cert(&self, item: &str) -> Result<Vec<u8>> {
+        self.store.get_meta(item).await?.ok_or_else(|| {
+            CaError::Config(format!("{item} missing from table {}", self.store.table()))
+        })
+    }
+
+    /// `lanyard-ca ca rotate-issuing --backend aws` (and, with `new_root`, `ca
+    /// rotate-root`): new KMS keys (or those Terraform made, `keys`) and the certificates
+    /// [`rotation::mint`] makes; one transaction writes the certificates under their own
+    /// items and the settings item, on the condition that the settings are still those the
+    /// rotation read: that commits it. Of two rotations started from the same settings,
+    /// exactly one commits; the other, and any rotation that fails before its commit,
+    /// writes nothing, schedules the deletion of the keys it created and leaves the CA as
+    /// it was. After the commit: the
+    /// audit trail, the emergency revocation of the old CA's certificates, and a publication
+    /// to the bucket. Warm Lambdas load the new CA within `LANYARD_RELOAD_SECS` ([`LiveAuthority`]).
+    pub async fn rotate(
+        &self,
+        opts: &RotateOptions,
+        new_root: Option<&NewRoot>,
+        keys: &RotationKeys,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Rotation> {
+        rotation::check(opts, new_root)?;
+        let raw = self.store.get_meta("settings").await?.ok_or_else(|| {
+            CaError::Config(format!(
+                "table {} holds no CA: run `lanyard-ca init --backend aws` first",
+                self.store.table()
+            ))
+        })?;
+        let s: AwsCaSettings = serde_json::from_slice(&raw)
+            .map_err(|e| CaError::Config(format!("CA settings in the table: {e}")))?;
+        let mut created: Vec<KmsSigner> = Vec::new();
+        // Boxed: the SDK calls under it make a large future (debug builds overflow a test
+        // thread's stack otherwise).
+        let r =
+            Box::pin(self.rotate_from(&raw, s, opts, new_root, keys, clock, &mut created)).await;
+        if r.is_err() {
+            for k in &created {
+                match k.schedule_deletion().await {
+                    Ok(()) => {
+                        tracing::warn!(key = %k.key_id(), "rotation failed: the KMS key it made is scheduled for deletion (7 days; CancelKeyDeletion restores it)")
+                    }
+                    Err(d) => {
+                        tracing::error!(key = %k.key_id(), error = %d, "rotation failed and its KMS key could not be scheduled for deletion: delete it by hand")
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    /// The KMS key made beforehand (`given`), or a new one, recorded in `created` so that a
+    /// rotation that does not commit schedules its deletion.
+    async fn kms_key(
+        &self,
+        given: &Option<String>,
+        alg: KeyAlgorithm,
+        description: &str,
+        created: &mut Vec<KmsSigner>,
+    ) -> Result<KmsSigner> {
+        match given {
+            Some(id) => KmsSigner::open(self.kms.clone(), id, alg).await,
+            None => {
+                let k = KmsSigner::create(self.kms.clone(), alg, description).await?;
+                created.push(k.clone());
+                Ok(k)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn rotate_from(
+        &self,
+        raw: &[u8],
+        mut s: AwsCaSettings,
+        opts: &RotateOptions,
+        new_root: Option<&NewRoot>,
+        keys: &RotationKeys,
+        clock: Arc<dyn Clock>,
+        created: &mut Vec<KmsSigner>,
+    ) -> Result<Rotation> {
+        let root = KmsSigner::open(self.kms.clone(), &s.root_key_id, s.root_key).await?;
+        let root_der = self.cert(&cert_item("root", s.root_generation)).await?;
+        let old_root_gen = s.root_generation;
+        let old = s.issuing_generation;
+        let new = old + 1;
+        let new_root_key = match new_root {
+            None => None,
+            Some(r) => {
+                let what = format!("{} root CA {} key (Lanyard)", s.name, old_root_gen + 1);
+                Some((self.kms_key(&keys.root_key_id, r.key, &what, created).await?, r.validity))
+            }
+        };
+        let what = format!("{} issuing CA {new} key (Lanyard)", s.name);
+        let issuing = self.kms_key(&keys.issuing_key_id, opts.key, &what, created).await?;
+        let now = clock.now();
+        let minted = rotation::mint(rotation::Plan {
+            name: &s.name,
+            public_url: &s.public_url,
+            now,
+            root_der: &root_der,
+            root_generation: old_root_gen,
+            root: SharedSigner(Arc::new(root)),
+            new_root: new_root_key.as_ref().map(|(k, v)| (SharedSigner(Arc::new(k.clone())), *v)),
+            issuing: SharedSigner(Arc::new(issuing.clone())),
+            issuing_generation: new,
+            validity: opts.validity,
+        })?;
+        // The certificates go in with the settings, in one transaction: a rotation that
+        // loses the race writes none of them.
+        let mut certs = vec![(cert_item("issuing", new), minted.issuing_der.clone())];
+        if let Some(r) = &minted.root {
+            certs.push((cert_item("root", r.generation), r.der.clone()));
+            certs.push((cross_item(r.generation, old_root_gen), r.forward.clone()));
+            certs.push((cross_item(old_root_gen, r.generation), r.backward.clone()));
+        }
+
+        let old_revoked = opts.revoke_old.map(|reason| IssuerRevocation { at: now, reason });
+        s.retired_issuers.push(RetiredKey {
+            generation: old,
+            key: s.issuing_key,
+            key_id: s.issuing_key_id.clone(),
+            revoked: old_revoked,
+        });
+        s.issuing_generation = new;
+        s.issuing_key = opts.key;
+        s.issuing_key_id = issuing.key_id().to_owned();
+        if let (Some((k, _)), Some(m), Some(r)) = (&new_root_key, &minted.root, new_root) {
+            s.retired_roots.push(RetiredKey {
+                generation: old_root_gen,
+                key: s.root_key,
+                key_id: s.root_key_id.clone(),
+                revoked: None,
+            });
+            s.root_generation = m.generation;
+            s.root_key = r.key;
+            s.root_key_id = k.key_id().to_owned();
+        }
+        let json = serde_json::to_vec(&s).map_err(CaError::encoding("JSON"))?;
+        if !self.store.replace_meta("settings", &json, raw, &certs).await? {
+            return Err(CaError::Config(format!(
+                "the CA in table {} changed while this rotation ran (another rotation committed \
+                 first): nothing was changed; look at `lanyard-ca ca status` and run again if \
+                 still needed",
+                self.store.table()
+            )));
+        }
+        // Committed: from here on the keys are the CA's, whatever fails next.
+        created.clear();
+
+        let auth = Box::pin(self.open(clock)).await?;
+        let rotation = Rotation {
+            old_generation: old,
+            new_generation: new,
+            subject: profile::issuing_cn(&s.name, new),
+            sha256: crate::ca_dir::fingerprint(&minted.issuing_der),
+            not_after: minted.not_after,
+            shortened_to_root: minted.shortened_to_root,
+            old_revoked,
+            leaves_revoked: 0,
+            new_root: minted.root.as_ref().map(|r| {
+                (
+                    r.generation,
+                    profile::root_cn(&s.name, r.generation),
+                    crate::ca_dir::fingerprint(&r.der),
+                )
+            }),
+        };
+        let actor = crate::ca_dir::actor();
+        let rotation =
+            Box::pin(rotation::finish(&auth, rotation, opts.key, old_root_gen, &actor)).await?;
+        if self.bucket.is_some() {
+            Box::pin(self.publish(&auth)).await?;
+        }
+        Ok(rotation)
     }
 
     /// When `crl/crl.pem` was last written to the publication bucket (what the scheduled
@@ -317,13 +581,104 @@ impl AwsBackend {
     }
 }
 
+/// The authority a warm Lambda serves with, reloaded when the CA was rotated: at most
+/// every `every`, the first request after it reads the settings item (one `GetItem`) and,
+/// when the issuing or root generation changed, loads the CA again. A failed read keeps
+/// the CA it has (and tries again at the next request), so a DynamoDB blip never turns
+/// into refused enrolments; a rotation reaches every warm instance within `every` of its
+/// commit, and cold starts at once.
+pub struct LiveAuthority {
+    backend: Arc<AwsBackend>,
+    clock: Arc<dyn Clock>,
+    access: KeyAccess,
+    admission: Option<crate::admission::AdmissionLimits>,
+    every: std::time::Duration,
+    current: tokio::sync::RwLock<Loaded>,
+}
+
+struct Loaded {
+    auth: Arc<Authority>,
+    generations: (u32, u32),
+    checked: std::time::Instant,
+}
+
+impl LiveAuthority {
+    pub async fn open(
+        backend: Arc<AwsBackend>,
+        clock: Arc<dyn Clock>,
+        access: KeyAccess,
+        admission: Option<crate::admission::AdmissionLimits>,
+        every: std::time::Duration,
+    ) -> Result<Self> {
+        let auth =
+            Arc::new(backend.open_with(clock.clone(), access).await?.with_admission(admission));
+        let generations = (auth.keys().generation, auth.keys().root_generation);
+        let current = tokio::sync::RwLock::new(Loaded {
+            auth,
+            generations,
+            checked: std::time::Instant::now(),
+        });
+        Ok(LiveAuthority { backend, clock, access, admission, every, current })
+    }
+
+    /// The reload interval from `LANYARD_RELOAD_SECS` (default 60).
+    pub fn interval_from_env() -> Result<std::time::Duration> {
+        match std::env::var("LANYARD_RELOAD_SECS") {
+            Err(_) => Ok(std::time::Duration::from_secs(60)),
+            Ok(v) => v.trim().parse().map(std::time::Duration::from_secs).map_err(|_| {
+                CaError::Config(format!("LANYARD_RELOAD_SECS={v:?}: give a number of seconds"))
+            }),
+        }
+    }
+
+    /// The CA to serve this request with.
+    pub async fn get(&self) -> Arc<Authority> {
+        {
+            let c = self.current.read().await;
+            if c.checked.elapsed() < self.every {
+                return c.auth.clone();
+            }
+        }
+        let mut c = self.current.write().await;
+        if c.checked.elapsed() < self.every {
+            return c.auth.clone();
+        }
+        c.checked = std::time::Instant::now();
+        let settings = match self.backend.settings().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the CA settings; serving with the CA loaded");
+                return c.auth.clone();
+            }
+        };
+        let now = (settings.issuing_generation, settings.root_generation);
+        if now != c.generations {
+            match self.backend.open_with(self.clock.clone(), self.access).await {
+                Ok(a) => {
+                    tracing::info!(
+                        issuing = now.0,
+                        root = now.1,
+                        "the CA was rotated: serving with the new issuing CA"
+                    );
+                    c.auth = Arc::new(a.with_admission(self.admission));
+                    c.generations = now;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the CA was rotated but could not be loaded; serving with the CA loaded");
+                }
+            }
+        }
+        c.auth.clone()
+    }
+}
+
 /// One S3 location that every AWS trust store reads from: `ca-bundle.pem` (text/plain: the
 /// CloudFront, ALB and API Gateway trust stores), `mtls-truststore.pem` (the bundle and the
 /// trusted factory CAs: the trust store of the serverless CA's own mTLS hostname, where
 /// devices also enrol with factory certificates; never an edge's, since a factory
-/// certificate must not open the fleet's services), `crl/issuing.crl` (and
-/// `crl/issuing-N.crl` for each issuing CA a rotation added) and `crl/root.crl` (DER: the
-/// ALB trust store's revocation), `crl/crl.pem` (all of them, PEM) and `revoked.json`
+/// certificate must not open the fleet's services), `crl/issuing.crl` and `crl/root.crl`
+/// (DER: the ALB trust store's revocation; `crl/issuing-N.crl` and `crl/root-N.crl` for the
+/// CAs rotations added), `crl/crl.pem` (all of them, PEM) and `revoked.json`
 /// (the CloudFront KeyValueStore export). Both backends write it: the serverless CA to its
 /// publication bucket, the embedded CA with `lanyard-ca publish --s3 s3://BUCKET/PREFIX`.
 #[derive(Clone, Debug)]
@@ -373,22 +728,22 @@ impl S3Feed {
     pub async fn publish(&self, auth: &Authority) -> Result<Published> {
         let (roots, issuers) = auth.bundle_certificates().await?;
         let bundle = crate::bundle::build(&self.ca_name, &roots, &issuers);
-        // Each issuing CA in use (after a rotation, more than one): crl/issuing.crl for the
-        // first, crl/issuing-N.crl for later ones, as the embedded CA names them.
+        // Each issuing CA in use (after a rotation, more than one) and each root that signed
+        // one: crl/issuing.crl and crl/root.crl for the first, crl/issuing-N.crl and
+        // crl/root-N.crl for later ones, as the embedded CA names them.
         let mut crls = Vec::new();
         for generation in auth.published_generations().await? {
-            let key = match generation {
-                1 => "crl/issuing.crl".to_owned(),
-                n => format!("crl/issuing-{n}.crl"),
-            };
-            crls.push((key, auth.issuer_crl(generation).await?));
+            let scope = crate::authority::CrlScope::Issuing(generation);
+            crls.push((format!("crl/{}.crl", scope.name()), auth.issuer_crl(generation).await?));
         }
-        let root_crl = auth.root_crl().await?;
+        for generation in auth.published_root_generations().await? {
+            let scope = crate::authority::CrlScope::Root(generation);
+            crls.push((format!("crl/{}.crl", scope.name()), auth.root_crl_of(generation).await?));
+        }
         let mut pem = String::new();
         for (_, der) in &crls {
             pem.push_str(&pem::encode(&pem::Pem::new("X509 CRL", der.clone())));
         }
-        pem.push_str(&pem::encode(&pem::Pem::new("X509 CRL", root_crl.clone())));
         let revoked = auth.revoked_export().await?;
         let json = serde_json::to_vec(&revoked).map_err(CaError::encoding("JSON"))?;
         let mut mtls = bundle.clone();
@@ -401,7 +756,6 @@ impl S3Feed {
             out.objects.push(self.put(&key, der, "application/pkix-crl").await?);
         }
         for (key, body, ct) in [
-            ("crl/root.crl", root_crl, "application/pkix-crl"),
             ("crl/crl.pem", pem.into_bytes(), "application/x-pem-file"),
             ("mtls-truststore.pem", mtls.into_bytes(), "text/plain"),
             ("ca-bundle.pem", bundle.into_bytes(), "text/plain"),

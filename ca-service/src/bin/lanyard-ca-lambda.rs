@@ -7,7 +7,7 @@
 
 use lambda_http::{Error, Request, service_fn};
 use lanyard_ca::admission::AdmissionLimits;
-use lanyard_ca::aws::{AwsBackend, AwsLocation, KeyAccess};
+use lanyard_ca::aws::{AwsBackend, AwsLocation, KeyAccess, LiveAuthority};
 use lanyard_ca::clock::SystemClock;
 use std::sync::Arc;
 
@@ -21,14 +21,24 @@ async fn main() -> Result<(), Error> {
     let publisher = std::env::var("LANYARD_LAMBDA_MODE").as_deref() == Ok("publish");
     // The internet-facing handler never holds the root key (nor may its role use it).
     let access = if publisher { KeyAccess::All } else { KeyAccess::IssuingOnly };
-    let auth =
-        Arc::new(backend.open_with(Arc::new(SystemClock), access).await?.with_admission(admission));
+    // A rotation reaches a warm instance within LANYARD_RELOAD_SECS (default 60).
+    let live = Arc::new(
+        LiveAuthority::open(
+            backend.clone(),
+            Arc::new(SystemClock),
+            access,
+            admission,
+            LiveAuthority::interval_from_env()?,
+        )
+        .await?,
+    );
     match std::env::var("LANYARD_LAMBDA_MODE").as_deref() {
         Ok("publish") => {
             lambda_http::lambda_runtime::run(lambda_http::lambda_runtime::service_fn(
                 move |_event: lambda_http::lambda_runtime::LambdaEvent<serde_json::Value>| {
-                    let (backend, auth) = (backend.clone(), auth.clone());
+                    let (backend, live) = (backend.clone(), live.clone());
                     async move {
+                        let auth = live.get().await;
                         let out = backend.publish(&auth).await?;
                         tracing::info!(objects = ?out.objects, revoked = out.revoked, "published");
                         // Revocation at the edge: CloudFront's KeyValueStore of revoked serials.
@@ -52,8 +62,10 @@ async fn main() -> Result<(), Error> {
         }
         _ => {
             lambda_http::run(service_fn(move |req: Request| {
-                let auth = auth.clone();
-                async move { Ok::<_, Error>(lanyard_ca::aws_lambda::handle(auth, req).await) }
+                let live = live.clone();
+                async move {
+                    Ok::<_, Error>(lanyard_ca::aws_lambda::handle(live.get().await, req).await)
+                }
             }))
             .await
         }
