@@ -119,6 +119,92 @@ impl Ca {
     }
 }
 
+/// The current CA's key algorithms (the defaults of a rotation) and its root's path
+/// length constraint, whichever backend holds it.
+struct CurrentKeys {
+    issuing: KeyAlgorithm,
+    root: KeyAlgorithm,
+    root_pathlen: Option<u32>,
+}
+
+async fn current_keys(dir: &DirArg) -> Result<CurrentKeys, CaError> {
+    let (ca, a) = open(dir).await?;
+    let (issuing, root) = match &ca {
+        Ca::Embedded(d) => {
+            let s = d.settings()?;
+            (s.issuing_key, s.root_key)
+        }
+        #[cfg(feature = "aws")]
+        Ca::Aws(b) => {
+            let s = b.settings().await?;
+            (s.issuing_key, s.root_key)
+        }
+    };
+    let root_pathlen = x509_parser::parse_x509_certificate(&a.keys().root_der)
+        .ok()
+        .and_then(|(_, x)| x.basic_constraints().ok().flatten()?.value.path_len_constraint);
+    Ok(CurrentKeys { issuing, root, root_pathlen })
+}
+
+/// KMS keys made beforehand for a serverless rotation.
+struct RotationKeyIds {
+    issuing: Option<String>,
+    root: Option<String>,
+}
+
+fn span(v: std::time::Duration, flag: &str) -> Result<time::Duration, CaError> {
+    time::Duration::try_from(v).map_err(|e| CaError::BadRequest(format!("{flag}: {e}")))
+}
+
+async fn rotate(
+    dir: &DirArg,
+    opts: &lanyard_ca::rotation::RotateOptions,
+    new_root: Option<&lanyard_ca::rotation::NewRoot>,
+    keys: RotationKeyIds,
+) -> Result<lanyard_ca::rotation::Rotation, CaError> {
+    if dir.backend == Backend::Aws {
+        #[cfg(feature = "aws")]
+        {
+            let b = aws_backend().await?;
+            let keys = lanyard_ca::aws::RotationKeys {
+                issuing_key_id: keys.issuing,
+                root_key_id: keys.root,
+            };
+            return b.rotate(opts, new_root, &keys, Arc::new(SystemClock)).await;
+        }
+        #[cfg(not(feature = "aws"))]
+        return Err(CaError::Config("this lanyard-ca was built without the aws feature".into()));
+    }
+    if keys.issuing.is_some() || keys.root.is_some() {
+        return Err(CaError::BadRequest(
+            "--issuing-key-id and --root-key-id name KMS keys of the serverless CA \
+             (--backend aws); the embedded CA makes its key files itself"
+                .into(),
+        ));
+    }
+    let d = CaDir::new(dir.dir()?);
+    match new_root {
+        None => d.rotate_issuing(opts, Arc::new(SystemClock)).await,
+        Some(r) => d.rotate_root(opts, r, Arc::new(SystemClock)).await,
+    }
+}
+
+/// What the operator does after a rotation.
+fn after_rotation(dir: &DirArg, what: &str) -> Result<String, CaError> {
+    if dir.backend == Backend::Aws {
+        return Ok(format!(
+            "the bundle{what} was republished to the publication bucket (ca-bundle.pem): the \
+             edge's trust store reads it from there (an in-place update: `terraform apply`); \
+             warm Lambdas load the new CA within LANYARD_RELOAD_SECS (60 s by default)"
+        ));
+    }
+    let d = CaDir::new(dir.dir()?);
+    Ok(format!(
+        "upload {}{what} to the edge's trust store, then restart `lanyard-ca serve`",
+        d.bundle_path().display()
+    ))
+}
+
 #[cfg(feature = "aws")]
 async fn aws_backend() -> Result<lanyard_ca::aws::AwsBackend, CaError> {
     Ok(lanyard_ca::aws::AwsBackend::connect(lanyard_ca::aws::AwsLocation::from_env()?).await)
@@ -621,6 +707,10 @@ enum CaCmd {
         /// bundle at once; their devices enrol again (see the README's playbook).
         #[arg(long, value_parser = |s: &str| s.parse::<lanyard_ca::revocation::Reason>().map_err(|e| e.to_string()))]
         revoke_old: Option<lanyard_ca::revocation::Reason>,
+        /// Serverless CA: the new issuing CA's KMS key, made beforehand (Terraform's
+        /// `issuing_generations`); without it the rotation creates one.
+        #[arg(long)]
+        issuing_key_id: Option<String>,
     },
     /// Replace the root: a new root key and certificate ("NAME Root CA N", DIR/roots/),
     /// cross-certificates both ways between it and the current root, and a new issuing CA
@@ -642,6 +732,13 @@ enum CaCmd {
         /// How long the new issuing CA is valid (cut to the new root's expiry).
         #[arg(long, default_value = "3650d", value_parser = duration::parse)]
         validity: std::time::Duration,
+        /// Serverless CA: the new root's KMS key, made beforehand (Terraform's
+        /// `root_generations`); without it the rotation creates one.
+        #[arg(long)]
+        root_key_id: Option<String>,
+        /// Serverless CA: the new issuing CA's KMS key, made beforehand.
+        #[arg(long)]
+        issuing_key_id: Option<String>,
     },
 }
 
@@ -1572,24 +1669,23 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
             ca_status(&a, json).await?;
         }
         Cmd::CaCerts {
-            cmd: CaCmd::RotateIssuing { key_algorithm, validity, rotate_devices, revoke_old },
+            cmd:
+                CaCmd::RotateIssuing {
+                    key_algorithm,
+                    validity,
+                    rotate_devices,
+                    revoke_old,
+                    issuing_key_id,
+                },
         } => {
-            if dir.backend == Backend::Aws {
-                return Err(CaError::Config(
-                    "`ca rotate-issuing` rotates the embedded CA; the serverless CA's issuing \
-                     key (KMS) cannot be rotated by lanyard-ca yet"
-                        .into(),
-                ));
-            }
-            let d = CaDir::new(dir.dir()?);
-            let key = match key_algorithm {
-                Some(k) => k,
-                None => d.settings()?.issuing_key,
+            let current = current_keys(&dir).await?;
+            let opts = lanyard_ca::rotation::RotateOptions {
+                key: key_algorithm.unwrap_or(current.issuing),
+                validity: span(validity, "--validity")?,
+                revoke_old,
             };
-            let validity = time::Duration::try_from(validity)
-                .map_err(|e| CaError::BadRequest(format!("--validity: {e}")))?;
-            let opts = ca_dir::RotateOptions { key, validity, revoke_old };
-            let r = d.rotate_issuing(&opts, Arc::new(SystemClock)).await?;
+            let keys = RotationKeyIds { issuing: issuing_key_id, root: None };
+            let r = rotate(&dir, &opts, None, keys).await?;
             outln!(
                 "issuing CA {} -> {}: {} (sha256 {}), valid until {}{}",
                 r.old_generation,
@@ -1609,7 +1705,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 );
             }
             if rotate_devices {
-                let a = d.open(Arc::new(SystemClock))?;
+                let (_, a) = open(&dir).await?;
                 let mut groups: Vec<String> =
                     a.store().policies().await?.into_iter().map(|(g, _)| g).collect();
                 if !groups.iter().any(|g| g == lanyard_ca::authority::DEFAULT_GROUP) {
@@ -1622,50 +1718,43 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 }
                 outln!("asked the devices of {} group(s) to renew now", groups.len());
             }
-            outln!(
-                "upload {} to the edge's trust store, then restart `lanyard-ca serve`",
-                d.bundle_path().display()
-            );
+            outln!("{}", after_rotation(&dir, "")?);
         }
         Cmd::CaCerts {
-            cmd: CaCmd::RotateRoot { root_key_algorithm, root_validity, key_algorithm, validity },
+            cmd:
+                CaCmd::RotateRoot {
+                    root_key_algorithm,
+                    root_validity,
+                    key_algorithm,
+                    validity,
+                    root_key_id,
+                    issuing_key_id,
+                },
         } => {
-            if dir.backend == Backend::Aws {
-                return Err(CaError::Config(
-                    "`ca rotate-root` rotates the embedded CA's root; the serverless CA's root \
-                     key (KMS) cannot be rotated by lanyard-ca yet"
-                        .into(),
-                ));
-            }
-            let d = CaDir::new(dir.dir()?);
-            let s = d.settings()?;
-            let old_root_pathlen = std::fs::read(d.root_paths(s.root_generation).0)
-                .ok()
-                .and_then(|t| pem::parse(t).ok())
-                .and_then(|p| {
-                    let (_, x) = x509_parser::parse_x509_certificate(p.contents()).ok()?;
-                    x.basic_constraints().ok().flatten().and_then(|b| b.value.path_len_constraint)
-                });
-            let span = |v: std::time::Duration, flag: &str| {
-                time::Duration::try_from(v).map_err(|e| CaError::BadRequest(format!("{flag}: {e}")))
-            };
-            let opts = ca_dir::RotateOptions {
-                key: key_algorithm.unwrap_or(s.issuing_key),
+            let current = current_keys(&dir).await?;
+            let opts = lanyard_ca::rotation::RotateOptions {
+                key: key_algorithm.unwrap_or(current.issuing),
                 validity: span(validity, "--validity")?,
                 revoke_old: None,
             };
-            let root = ca_dir::NewRoot {
-                key: root_key_algorithm.unwrap_or(s.root_key),
+            let root = lanyard_ca::rotation::NewRoot {
+                key: root_key_algorithm.unwrap_or(current.root),
                 validity: span(root_validity, "--root-validity")?,
             };
-            let r = d.rotate_root(&opts, &root, Arc::new(SystemClock)).await?;
+            let keys = RotationKeyIds { issuing: issuing_key_id, root: root_key_id };
+            let r = rotate(&dir, &opts, Some(&root), keys).await?;
             if let Some((g, subject, sha256)) = &r.new_root {
                 outln!("root {} -> {g}: {subject} (sha256 {sha256})", g - 1);
-                outln!(
-                    "cross-certificates: {} and {}",
-                    d.cross_path(*g, g - 1).display(),
-                    d.cross_path(g - 1, *g).display()
-                );
+                let (forward, backward) = if dir.backend == Backend::Aws {
+                    (format!("root-{g}-by-{}.crt", g - 1), format!("root-{}-by-{g}.crt", g - 1))
+                } else {
+                    let d = CaDir::new(dir.dir()?);
+                    (
+                        d.cross_path(*g, g - 1).display().to_string(),
+                        d.cross_path(g - 1, *g).display().to_string(),
+                    )
+                };
+                outln!("cross-certificates: {forward} and {backward}");
             }
             outln!(
                 "issuing CA {} -> {}: {} (sha256 {}), valid until {}",
@@ -1675,17 +1764,14 @@ async fn run(cli: Cli) -> Result<ExitCode, CaError> {
                 r.sha256,
                 rfc3339(r.not_after)
             );
-            if old_root_pathlen == Some(1) {
+            if current.root_pathlen == Some(1) {
                 outln!(
                     "note: the old root allows one CA below it, so OpenSSL-based peers (curl, nginx) \
                      that trust only the old root cannot follow the cross-certificate: give them \
                      the bundle (both roots); Lanyard agents are not affected"
                 );
             }
-            outln!(
-                "upload {} (both roots) to the edge's trust store, then restart `lanyard-ca serve`",
-                d.bundle_path().display()
-            );
+            outln!("{}", after_rotation(&dir, " (both roots)")?);
         }
         Cmd::CaCerts { cmd: CaCmd::Fingerprint } => {
             let (_, a) = open(&dir).await?;
