@@ -148,23 +148,72 @@ fn leaf_from_pkcs7(b64: &[u8]) -> Vec<u8> {
 }
 
 fn openssl_verify(bundle: &str, leaf_der: &[u8]) {
+    openssl_verify_with(bundle, None, leaf_der);
+}
+
+/// `openssl verify -CAfile trusted [-untrusted intermediates] leaf`.
+fn openssl_verify_with(trusted: &str, untrusted: Option<&str>, leaf_der: &[u8]) {
     if !have("openssl") {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "openssl is missing");
         return;
     }
     let dir = tempfile::tempdir().expect("tmp");
-    std::fs::write(dir.path().join("bundle.pem"), bundle).expect("write");
+    std::fs::write(dir.path().join("bundle.pem"), trusted).expect("write");
+    std::fs::write(dir.path().join("untrusted.pem"), untrusted.unwrap_or("")).expect("write");
     std::fs::write(
         dir.path().join("leaf.pem"),
         pem::encode(&pem::Pem::new("CERTIFICATE", leaf_der.to_vec())),
     )
     .expect("write");
-    let out = Command::new("openssl")
-        .args(["verify", "-CAfile", "bundle.pem", "leaf.pem"])
-        .current_dir(dir.path())
-        .output()
-        .expect("openssl");
+    let mut args = vec!["verify", "-CAfile", "bundle.pem"];
+    if untrusted.is_some() {
+        args.extend(["-untrusted", "untrusted.pem"]);
+    }
+    args.push("leaf.pem");
+    let out =
+        Command::new("openssl").args(&args).current_dir(dir.path()).output().expect("openssl");
     assert!(out.status.success(), "openssl verify: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn cert_pem(der: &[u8]) -> String {
+    lanyard_ca::bundle::certificate_pem(der)
+}
+
+/// Enrols `identity` through the Lambda handler with a token; the certificate (DER).
+async fn enrol_through_handler(auth: &Arc<lanyard_ca::Authority>, identity: &str) -> Vec<u8> {
+    let (token, _) = auth
+        .create_token(identity, "default", Duration::from_secs(600), "test")
+        .await
+        .expect("token");
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{identity}:{}", token.expose()));
+    let req = event(
+        "/.well-known/est/simpleenroll",
+        serde_json::json!({"content-type": "application/pkcs10", "authorization": format!("Basic {basic}")}),
+        &lanyard_proto::est::encode_base64(&csr(identity)),
+        None,
+    );
+    let (status, body) = body_of(lanyard_ca::aws_lambda::handle(auth.clone(), req).await).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    leaf_from_pkcs7(&body)
+}
+
+/// Renews through the Lambda handler with `cert` in the API Gateway mTLS context.
+async fn renew_through_handler(auth: &Arc<lanyard_ca::Authority>, cert: &[u8]) -> (u16, Vec<u8>) {
+    let (_, x) = x509_parser::parse_x509_certificate(cert).expect("certificate");
+    let cn = x.subject().iter_common_name().next().and_then(|c| c.as_str().ok()).expect("CN");
+    let req = event(
+        "/.well-known/est/simplereenroll",
+        serde_json::json!({"content-type": "application/pkcs10"}),
+        &lanyard_proto::est::encode_base64(&csr(cn)),
+        Some(&cert_pem(cert)),
+    );
+    body_of(lanyard_ca::aws_lambda::handle(auth.clone(), req).await).await
+}
+
+fn issuer_cn(der: &[u8]) -> String {
+    let (_, x) = x509_parser::parse_x509_certificate(der).expect("certificate");
+    x.issuer().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -431,6 +480,214 @@ async fn serverless_ca_on_moto() {
     // has the age of the S3 publication.
     console_on_aws(&m.1, "sensor-1.fleet.example.com");
     an_embedded_ca_feeds_s3(&cfg, &m.1).await;
+}
+
+/// CA rotation on the serverless CA, as an operator runs it (`lanyard-ca --backend aws ca
+/// rotate-issuing` / `ca rotate-root`, the binary): new KMS keys, the new CA committed with
+/// the settings in one transaction, a warm handler that loads it without a restart, a
+/// device under the old issuing CA renewing onto the new one, both CAs' CRLs and the bundle
+/// in the bucket (openssl verifies old and new certificates against it), two racing
+/// rotations of which exactly one commits and the other deletes its key, a root rotation
+/// with a key made beforehand whose cross-certificate lets openssl verify the new chain
+/// against the old root alone, and the emergency revocation of an issuing CA. Its own test
+/// and moto: in a debug build, one test holding every scenario outgrows a thread's stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serverless_ca_rotates() {
+    use lanyard_ca::aws::{KeyAccess, LiveAuthority};
+    let Some(m) = moto() else { return };
+    let (cfg, endpoint) = (&sdk(&m.1).await, m.1.as_str());
+    table(cfg, "rotating").await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(cfg).force_path_style(true).build(),
+    );
+    s3.create_bucket().bucket("rotating-pub").send().await.expect("bucket");
+    let loc = AwsLocation {
+        table: "rotating".into(),
+        bucket: Some("rotating-pub".into()),
+        root_key_id: None,
+        issuing_key_id: None,
+    };
+    let backend = Arc::new(AwsBackend::connect_with(cfg, loc));
+    let opts = InitOptions {
+        name: "Fleet".into(),
+        root_key: KeyAlgorithm::EcdsaP384,
+        issuing_key: KeyAlgorithm::EcdsaP256,
+        public_url: "http://pki.example.com".into(),
+    };
+    backend.init(&opts, &SystemClock).await.expect("init");
+    // The internet-facing handler, checking the settings at every request.
+    let http = LiveAuthority::open(
+        backend.clone(),
+        Arc::new(SystemClock),
+        KeyAccess::IssuingOnly,
+        None,
+        Duration::ZERO,
+    )
+    .await
+    .expect("handler's CA");
+    let leaf1 = enrol_through_handler(&http.get().await, "dev-1.fleet.example.com").await;
+    assert!(issuer_cn(&leaf1).ends_with("CN=Fleet Issuing CA"), "{}", issuer_cn(&leaf1));
+
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lanyard-ca"))
+            .args(args)
+            .env("LANYARD_CA_BACKEND", "aws")
+            .env("LANYARD_AWS_TABLE", "rotating")
+            .env("LANYARD_AWS_BUCKET", "rotating-pub")
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .expect("lanyard-ca");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = cli(&["ca", "rotate-issuing"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("issuing CA 1 -> 2") && text.contains("republished"), "{text}");
+    // A key named beforehand that KMS does not have: refused by name, nothing committed.
+    let missing = "00000000-0000-0000-0000-000000000000";
+    let (ok, text) = cli(&["ca", "rotate-issuing", "--issuing-key-id", missing]);
+    assert!(!ok && text.contains(missing), "{text}");
+    assert_eq!(backend.settings().await.expect("settings").issuing_generation, 2);
+
+    // The warm handler moves to issuing CA 2 and keeps answering for CA 1's certificates.
+    let auth = http.get().await;
+    assert_eq!(auth.keys().generation, 2);
+    assert_eq!(auth.keys().retired.iter().map(|r| r.generation).collect::<Vec<_>>(), [1]);
+    let (status, body) = renew_through_handler(&auth, &leaf1).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let leaf2 = leaf_from_pkcs7(&body);
+    assert!(issuer_cn(&leaf2).ends_with("CN=Fleet Issuing CA 2"), "{}", issuer_cn(&leaf2));
+    let get = |key: &'static str| {
+        let s3 = s3.clone();
+        async move {
+            let o = s3.get_object().bucket("rotating-pub").key(key).send().await.expect(key);
+            o.body.collect().await.expect("read").into_bytes().to_vec()
+        }
+    };
+    let bundle = String::from_utf8(get("ca-bundle.pem").await).expect("utf-8");
+    lanyard_ca::bundle::check(bundle.as_bytes()).expect("CloudFront bundle rules");
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 3, "root and both issuing CAs");
+    openssl_verify(&bundle, &leaf1);
+    openssl_verify(&bundle, &leaf2);
+    for (key, cn) in
+        [("crl/issuing.crl", "Fleet Issuing CA"), ("crl/issuing-2.crl", "Issuing CA 2")]
+    {
+        let der = get(key).await;
+        let (_, crl) = x509_parser::parse_x509_crl(&der).expect(key);
+        assert!(crl.issuer().to_string().contains(cn), "{key}: {}", crl.issuer());
+    }
+    let (ok, text) = cli(&["ca", "status", "--json"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("\"retired\"") && text.contains("\"current\""), "{text}");
+
+    // Two rotations from the same settings: exactly one commits (one transaction with its
+    // certificates); the other writes nothing and schedules the deletion of its key.
+    let keys_before = kms_keys(cfg).await;
+    let rotate = || {
+        let b = backend.clone();
+        async move {
+            let o = lanyard_ca::rotation::RotateOptions {
+                key: KeyAlgorithm::EcdsaP256,
+                validity: time::Duration::days(3650),
+                revoke_old: None,
+            };
+            b.rotate(&o, None, &Default::default(), Arc::new(SystemClock)).await
+        }
+    };
+    let (ra, rb) = tokio::join!(rotate(), rotate());
+    assert!(ra.is_ok() != rb.is_ok(), "exactly one rotation commits: {ra:?} / {rb:?}");
+    let lost = ra.as_ref().err().or(rb.as_ref().err()).map(|e| e.to_string()).unwrap_or_default();
+    assert!(lost.contains("changed while this rotation ran"), "{lost}");
+    let s = backend.settings().await.expect("settings");
+    assert_eq!(s.issuing_generation, 3);
+    let kms = aws_sdk_kms::Client::new(cfg);
+    let mut new_keys = Vec::new();
+    for k in kms_keys(cfg).await.into_iter().filter(|k| !keys_before.contains(k)) {
+        let state = kms.describe_key().key_id(&k).send().await.expect("describe");
+        let state = state.key_metadata().and_then(|m| m.key_state()).cloned();
+        new_keys.push((k, state));
+    }
+    assert_eq!(new_keys.len(), 2, "{new_keys:?}");
+    for (k, state) in &new_keys {
+        let pending = *state == Some(aws_sdk_kms::types::KeyState::PendingDeletion);
+        assert_eq!(pending, *k != s.issuing_key_id, "{k}: {state:?}");
+    }
+    let issuing3 =
+        backend.open(Arc::new(SystemClock)).await.expect("open").keys().issuing_der.clone();
+    assert!(issuer_cn(&leaf2).contains("Issuing CA 2"));
+    let (_, x3) = x509_parser::parse_x509_certificate(&issuing3).expect("issuing CA 3");
+    assert!(x3.subject().to_string().ends_with("Issuing CA 3"), "the winner's certificate");
+
+    // A root rotation with keys made beforehand (as Terraform's *_generations make them).
+    let root_id = kms
+        .create_key()
+        .key_spec(aws_sdk_kms::types::KeySpec::EccNistP384)
+        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+        .send()
+        .await
+        .expect("key")
+        .key_metadata
+        .expect("metadata")
+        .key_id;
+    let (ok, text) = cli(&["ca", "rotate-root", "--root-key-id", &root_id]);
+    assert!(ok, "{text}");
+    assert!(text.contains("root 1 -> 2") && text.contains("root-2-by-1.crt"), "{text}");
+    let s = backend.settings().await.expect("settings");
+    assert_eq!(
+        (s.root_generation, s.root_key_id.as_str(), s.issuing_generation),
+        (2, root_id.as_str(), 4)
+    );
+    let auth = http.get().await;
+    assert_eq!((auth.keys().generation, auth.keys().root_generation), (4, 2));
+    assert_eq!(auth.keys().cross.len(), 2);
+    assert!(
+        auth.keys().root.is_none() && auth.keys().retired_roots.iter().all(|r| r.signer.is_none()),
+        "the handler holds no root key"
+    );
+    let (status, body) = renew_through_handler(&auth, &leaf2).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let leaf3 = leaf_from_pkcs7(&body);
+    assert!(issuer_cn(&leaf3).ends_with("Issuing CA 4"), "{}", issuer_cn(&leaf3));
+    // Against the old root alone, through the forward cross-certificate.
+    let full = backend.open(Arc::new(SystemClock)).await.expect("open");
+    let root1 = full.keys().retired_roots[0].der.clone();
+    let forward = full
+        .keys()
+        .cross
+        .iter()
+        .find(|c| issuer_cn(c).ends_with("Fleet Root CA"))
+        .expect("root 2 signed by root 1")
+        .clone();
+    let chain = format!("{}{}", cert_pem(&full.keys().issuing_der), cert_pem(&forward));
+    openssl_verify_with(&cert_pem(&root1), Some(&chain), &leaf3);
+    openssl_verify_with(&cert_pem(&full.keys().root_der), Some(&chain), &leaf3);
+    let bundle = String::from_utf8(get("ca-bundle.pem").await).expect("utf-8");
+    lanyard_ca::bundle::check(bundle.as_bytes()).expect("CloudFront bundle rules");
+    openssl_verify(&bundle, &leaf3);
+    openssl_verify(&bundle, &leaf2);
+    x509_parser::parse_x509_crl(&get("crl/root-2.crl").await).expect("root 2 CRL");
+
+    // Emergency: issuing CA 4 revoked in root 2's CRL; its certificates no longer renew.
+    let (ok, text) = cli(&["ca", "rotate-issuing", "--revoke-old", "keyCompromise"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("issuing CA 4 revoked (keyCompromise)"), "{text}");
+    let (status, body) = renew_through_handler(&http.get().await, &leaf3).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body.contains("certificate-unknown") && body.contains("revoked (keyCompromise)"),
+        "{body}"
+    );
+    let der = get("crl/root-2.crl").await;
+    let (_, crl) = x509_parser::parse_x509_crl(&der).expect("root 2 CRL");
+    assert_eq!(crl.iter_revoked_certificates().count(), 1, "issuing CA 4 on root 2's CRL");
 }
 
 /// The embedded CA feeds AWS trust stores too (`lanyard-ca publish --s3`, the binary): the
