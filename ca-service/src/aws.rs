@@ -220,16 +220,7 @@ impl AwsBackend {
         let mut created: Vec<KmsSigner> = Vec::new();
         let r = self.init_claimed(opts, &public_url, now, &mut created).await;
         if let Err(e) = &r {
-            for k in &created {
-                match k.schedule_deletion().await {
-                    Ok(()) => {
-                        tracing::warn!(key = %k.key_id(), "init failed: the KMS key it made is scheduled for deletion (7 days; CancelKeyDeletion restores it)")
-                    }
-                    Err(d) => {
-                        tracing::error!(key = %k.key_id(), error = %d, "init failed and its KMS key could not be scheduled for deletion: delete it by hand")
-                    }
-                }
-            }
+            delete_created(&created, "init").await;
             if let Err(d) = self.store.delete_meta("init").await {
                 tracing::error!(error = %d, "init failed and its claim on the table stays: delete the item pk=CA#init");
             }
@@ -405,16 +396,7 @@ impl AwsBackend {
         let r =
             Box::pin(self.rotate_from(&raw, s, opts, new_root, keys, clock, &mut created)).await;
         if r.is_err() {
-            for k in &created {
-                match k.schedule_deletion().await {
-                    Ok(()) => {
-                        tracing::warn!(key = %k.key_id(), "rotation failed: the KMS key it made is scheduled for deletion (7 days; CancelKeyDeletion restores it)")
-                    }
-                    Err(d) => {
-                        tracing::error!(key = %k.key_id(), error = %d, "rotation failed and its KMS key could not be scheduled for deletion: delete it by hand")
-                    }
-                }
-            }
+            delete_created(&created, "rotation").await;
         }
         r
     }
@@ -669,6 +651,20 @@ impl LiveAuthority {
             }
         }
         c.auth.clone()
+    }
+}
+
+/// Schedules the deletion of the KMS keys a failed `what` (init, rotation) made.
+async fn delete_created(created: &[KmsSigner], what: &str) {
+    for k in created {
+        match k.schedule_deletion().await {
+            Ok(()) => {
+                tracing::warn!(key = %k.key_id(), "{what} failed: the KMS key it made is scheduled for deletion (7 days; CancelKeyDeletion restores it)")
+            }
+            Err(d) => {
+                tracing::error!(key = %k.key_id(), error = %d, "{what} failed and its KMS key could not be scheduled for deletion: delete it by hand")
+            }
+        }
     }
 }
 
