@@ -685,11 +685,12 @@ enum CaCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Replace the issuing CA with a new key and certificate under the same root (whose
-    /// key must be in the CA directory). New certificates come from the new CA at once;
-    /// devices move at their next renewal (or sooner, with --rotate-devices). The old CA
-    /// stays in the bundle and keeps answering (CRL, OCSP, renewals) until its last
-    /// certificate expires. Restart `serve` afterwards.
+    /// Replace the issuing CA with a new key and certificate under the same root (on the
+    /// embedded CA, the root key must be in the CA directory; on --backend aws, the new
+    /// key is in KMS). New certificates come from the new CA at once; devices move at their
+    /// next renewal (or sooner, with --rotate-devices). The old CA stays in the bundle and
+    /// keeps answering (CRL, OCSP, renewals) until its last certificate expires. `serve`
+    /// exits to be restarted on the new CA (systemd); warm Lambdas reload it within LANYARD_RELOAD_SECS.
     RotateIssuing {
         /// ecdsa-p256 | ecdsa-p384 | rsa-2048 | rsa-3072 | rsa-4096 (default: the current
         /// issuing CA's).
@@ -716,8 +717,9 @@ enum CaCmd {
     /// cross-certificates both ways between it and the current root, and a new issuing CA
     /// under the new root. Devices and edges that trust either root verify during the
     /// overlap; agents learn the new root from the CA at their next renewal; the bundle
-    /// carries both roots while the old one still has an issuing CA in use. Needs the
-    /// current root key in the CA directory. Restart `serve` afterwards.
+    /// carries both roots while the old one still has an issuing CA in use. The embedded
+    /// CA needs the current root key in the CA directory; --backend aws signs the
+    /// cross-certificates with the roots' KMS keys.
     RotateRoot {
         /// The new root's key: ecdsa-p256 | ecdsa-p384 | rsa-2048 | rsa-3072 | rsa-4096
         /// (default: the current root's).

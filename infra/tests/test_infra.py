@@ -264,3 +264,35 @@ def test_examples_give_each_module_what_it_declares():
                     assert not unknown, f"{example.name}: module {name} has no variable {unknown}"
                     missing = {v for v, has_default in declared.items() if not has_default} - given
                     assert not missing, f"{example.name}: module {name} needs {missing}"
+
+
+def test_ca_keys_come_in_generations_and_old_deployments_keep_theirs():
+    """A rotation needs the next generation's KMS key made (and signable by the CA's roles)
+    before `lanyard-ca ca rotate-*`; retired generations keep signing their CRLs and OCSP
+    answers, so every generation's ARN is in the Sign statement. A deployment from before
+    generations keeps its single keys as generation 1 (moved blocks), rather than Terraform
+    destroying the CA's keys."""
+    import hcl2
+
+    with open(MODULES / "serverless-ca" / "main.tf") as f:
+        doc = hcl2.load(f)
+    import re
+
+    def one(v):  # this hcl2 gives attributes as one-element lists
+        return v[0] if isinstance(v, list) else v
+
+    keys = {name: body for r in doc["resource"] for kind, v in r.items() if kind == "aws_kms_key" for name, body in v.items()}
+    for role in ("root", "issuing"):
+        assert one(keys[role]["for_each"]) == f"${{local.generations.{role}}}", keys[role]["for_each"]
+    moved = {(one(m["from"]), one(m["to"])) for m in doc.get("moved", [])}
+    for kind in ("aws_kms_key", "aws_kms_alias"):
+        for role in ("root", "issuing"):
+            assert (f"${{{kind}.{role}}}", f'${{{kind}.{role}["1"]}}') in moved, (kind, role, moved)
+    main = (MODULES / "serverless-ca" / "main.tf").read_text()
+    assert "signing_arns[k] if contains(fs, each.key)" in main
+    for role in ("root", "issuing"):
+        assert re.search(rf"{role}\s*=\s*\[for k in aws_kms_key\.{role} : k\.arn\]", main), role
+    variables = (MODULES / "serverless-ca" / "variables.tf").read_text()
+    for role in ("root", "issuing"):
+        block = variables[variables.index(f'variable "{role}_generations"') :].split("\n}\n")[0]
+        assert "default     = [1]" in block, block

@@ -20,6 +20,20 @@ locals {
     root    = ["publish"]
     issuing = ["http", "publish"]
   }
+  generations = {
+    root    = toset([for g in var.root_generations : tostring(g)])
+    issuing = toset([for g in var.issuing_generations : tostring(g)])
+  }
+  # Every generation's key: a retired issuing CA still signs OCSP answers and its CRL, a
+  # retired root its CRL, until they leave the bundle.
+  signing_arns = {
+    root    = [for k in aws_kms_key.root : k.arn]
+    issuing = [for k in aws_kms_key.issuing : k.arn]
+  }
+  latest = {
+    root    = tostring(max(var.root_generations...))
+    issuing = tostring(max(var.issuing_generations...))
+  }
 }
 
 # ---- keys --------------------------------------------------------------------------
@@ -51,9 +65,15 @@ data "aws_iam_policy_document" "signing_key" {
   }
 }
 
+# One key per CA generation. Before `lanyard-ca ca rotate-issuing` (or `rotate-root`), append
+# the next generation to issuing_generations (root_generations) and apply: the new key exists
+# and the roles may sign with it; pass its id (output issuing_key_ids) to the rotation. A
+# retired generation stays until it has left the bundle (`lanyard-ca ca status`): its key
+# still signs its CRL and OCSP answers.
 resource "aws_kms_key" "root" {
   #checkov:skip=CKV_AWS_7: asymmetric SIGN_VERIFY keys cannot be rotated by KMS; a CA key is rotated by issuing a new CA.
-  description              = "${var.name} root CA key (Lanyard)"
+  for_each                 = local.generations.root
+  description              = "${var.name} root CA key, generation ${each.key} (Lanyard)"
   customer_master_key_spec = var.root_key_spec
   key_usage                = "SIGN_VERIFY"
   deletion_window_in_days  = 30
@@ -64,13 +84,25 @@ resource "aws_kms_key" "root" {
 
 resource "aws_kms_key" "issuing" {
   #checkov:skip=CKV_AWS_7: asymmetric SIGN_VERIFY keys cannot be rotated by KMS; a CA key is rotated by issuing a new CA.
-  description              = "${var.name} issuing CA key (Lanyard)"
+  for_each                 = local.generations.issuing
+  description              = "${var.name} issuing CA key, generation ${each.key} (Lanyard)"
   customer_master_key_spec = var.issuing_key_spec
   key_usage                = "SIGN_VERIFY"
   deletion_window_in_days  = 30
   enable_key_rotation      = false
   policy                   = data.aws_iam_policy_document.signing_key["issuing"].json
   tags                     = var.tags
+}
+
+# Deployments made before generations keep their keys: the single key is generation 1.
+moved {
+  from = aws_kms_key.root
+  to   = aws_kms_key.root["1"]
+}
+
+moved {
+  from = aws_kms_key.issuing
+  to   = aws_kms_key.issuing["1"]
 }
 
 # Encrypts the table, the logs, the Lambda environment and the dead-letter queue.
@@ -107,13 +139,25 @@ resource "aws_kms_key" "data" {
 }
 
 resource "aws_kms_alias" "root" {
-  name          = "alias/${var.name}-root"
-  target_key_id = aws_kms_key.root.key_id
+  for_each      = aws_kms_key.root
+  name          = "alias/${var.name}-root-${each.key}"
+  target_key_id = each.value.key_id
 }
 
 resource "aws_kms_alias" "issuing" {
-  name          = "alias/${var.name}-issuing"
-  target_key_id = aws_kms_key.issuing.key_id
+  for_each      = aws_kms_key.issuing
+  name          = "alias/${var.name}-issuing-${each.key}"
+  target_key_id = each.value.key_id
+}
+
+moved {
+  from = aws_kms_alias.root
+  to   = aws_kms_alias.root["1"]
+}
+
+moved {
+  from = aws_kms_alias.issuing
+  to   = aws_kms_alias.issuing["1"]
 }
 
 # ---- records -----------------------------------------------------------------------
@@ -222,7 +266,7 @@ data "aws_iam_policy_document" "lambda" {
   statement {
     sid       = "Sign"
     actions   = ["kms:Sign", "kms:GetPublicKey"]
-    resources = [for k, fs in local.signers : (k == "root" ? aws_kms_key.root.arn : aws_kms_key.issuing.arn) if contains(fs, each.key)]
+    resources = flatten([for k, fs in local.signers : local.signing_arns[k] if contains(fs, each.key)])
   }
   statement {
     sid       = "DataKey"

@@ -9,13 +9,28 @@ output "bucket_name" {
 }
 
 output "root_key_id" {
-  description = "KMS key id of the root CA key (LANYARD_AWS_ROOT_KEY_ID for `lanyard-ca init --backend aws`)."
-  value       = aws_kms_key.root.key_id
+  description = "KMS key id of the newest root generation (LANYARD_AWS_ROOT_KEY_ID for `lanyard-ca init --backend aws`, --root-key-id for `ca rotate-root`)."
+  value       = aws_kms_key.root[local.latest.root].key_id
 }
 
 output "issuing_key_id" {
-  description = "KMS key id of the issuing CA key (LANYARD_AWS_ISSUING_KEY_ID)."
-  value       = aws_kms_key.issuing.key_id
+  description = "KMS key id of the newest issuing generation (LANYARD_AWS_ISSUING_KEY_ID for init, --issuing-key-id for `ca rotate-issuing` and `ca rotate-root`)."
+  value       = aws_kms_key.issuing[local.latest.issuing].key_id
+}
+
+output "root_key_ids" {
+  description = "KMS key id of every root generation, by generation."
+  value       = { for g, k in aws_kms_key.root : g => k.key_id }
+}
+
+output "issuing_key_ids" {
+  description = "KMS key id of every issuing generation, by generation."
+  value       = { for g, k in aws_kms_key.issuing : g => k.key_id }
+}
+
+output "rotate_issuing_command" {
+  description = "The `lanyard-ca ca rotate-issuing` onto the newest issuing generation (after appending it to issuing_generations and applying)."
+  value       = "LANYARD_CA_BACKEND=aws LANYARD_AWS_TABLE=${aws_dynamodb_table.ca.name} LANYARD_AWS_BUCKET=${aws_s3_bucket.publications.bucket} lanyard-ca ca rotate-issuing --issuing-key-id ${aws_kms_key.issuing[local.latest.issuing].key_id}"
 }
 
 output "bootstrap_target" {
@@ -35,5 +50,10 @@ output "functions" {
 
 output "init_command" {
   description = "The one-time `lanyard-ca init` for this deployment: the table, bucket and KMS keys made here, and public_url written into every certificate (AIA, CRL distribution point)."
-  value       = "LANYARD_CA_BACKEND=aws LANYARD_AWS_TABLE=${aws_dynamodb_table.ca.name} LANYARD_AWS_BUCKET=${aws_s3_bucket.publications.bucket} LANYARD_AWS_ROOT_KEY_ID=${aws_kms_key.root.key_id} LANYARD_AWS_ISSUING_KEY_ID=${aws_kms_key.issuing.key_id} lanyard-ca init --public-url ${var.public_url}"
+  value       = "LANYARD_CA_BACKEND=aws LANYARD_AWS_TABLE=${aws_dynamodb_table.ca.name} LANYARD_AWS_BUCKET=${aws_s3_bucket.publications.bucket} LANYARD_AWS_ROOT_KEY_ID=${aws_kms_key.root[local.latest.root].key_id} LANYARD_AWS_ISSUING_KEY_ID=${aws_kms_key.issuing[local.latest.issuing].key_id} lanyard-ca init --public-url ${var.public_url}"
+}
+
+output "rotate_root_command" {
+  description = "The `lanyard-ca ca rotate-root` onto the newest root and issuing generations (after appending both to root_generations and issuing_generations and applying)."
+  value       = "LANYARD_CA_BACKEND=aws LANYARD_AWS_TABLE=${aws_dynamodb_table.ca.name} LANYARD_AWS_BUCKET=${aws_s3_bucket.publications.bucket} lanyard-ca ca rotate-root --root-key-id ${aws_kms_key.root[local.latest.root].key_id} --issuing-key-id ${aws_kms_key.issuing[local.latest.issuing].key_id}"
 }

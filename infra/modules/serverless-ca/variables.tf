@@ -28,6 +28,26 @@ variable "issuing_key_spec" {
   }
 }
 
+variable "root_generations" {
+  description = "Generations of the root CA key, one KMS key each (alias <name>-root-N). Append the next number and apply before `lanyard-ca ca rotate-root --root-key-id`; drop a generation only once `lanyard-ca ca status` shows it left the bundle."
+  type        = list(number)
+  default     = [1]
+  validation {
+    condition     = length(var.root_generations) > 0 && alltrue([for g in var.root_generations : g >= 1 && floor(g) == g])
+    error_message = "root_generations must list whole numbers from 1, such as [1, 2]."
+  }
+}
+
+variable "issuing_generations" {
+  description = "Generations of the issuing CA key, one KMS key each (alias <name>-issuing-N). Append the next number and apply before `lanyard-ca ca rotate-issuing --issuing-key-id`; drop a generation only once `lanyard-ca ca status` shows it left the bundle."
+  type        = list(number)
+  default     = [1]
+  validation {
+    condition     = length(var.issuing_generations) > 0 && alltrue([for g in var.issuing_generations : g >= 1 && floor(g) == g])
+    error_message = "issuing_generations must list whole numbers from 1, such as [1, 2]."
+  }
+}
+
 variable "bootstrap_domain" {
   description = "Hostname for enrolment (EST simpleenroll with a one-time token; no mTLS), e.g. enrol.ca.example.com."
   type        = string
