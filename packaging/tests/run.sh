@@ -3,7 +3,7 @@
 # errors or warnings, `systemd-analyze verify` silent, `systemd-analyze security` exposure
 # at or under 2.0, a signed apt repository of them that apt accepts (and refuses unsigned),
 # install, files/owners/modes, the programs run (arm64 under qemu-user), purge leaves
-# nothing behind. With CI=true a missing tool fails the run.
+# nothing behind, and an upgrade from the 0.1.0 packages keeps every credential. With CI=true a missing tool fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -112,5 +112,10 @@ for p in /usr/bin/lanyard /usr/bin/lanyard-ca /etc/lanyard /etc/default/lanyard-
 done
 getent passwd lanyard >/dev/null && fail "user lanyard left after purge"
 getent passwd lanyard-ca >/dev/null && fail "user lanyard-ca left after purge"
+
+echo "--> upgrade from 0.1.0 through the signed repository (packaging/tests/upgrade.sh)"
+if need apt-ftparchive && need gpg; then
+  bash packaging/tests/upgrade.sh "$(deb lanyard amd64)" "$(deb lanyard-ca amd64)"
+fi
 echo "packaging: all checks passed"
 ls -l dist/*.deb
