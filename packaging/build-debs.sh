@@ -17,6 +17,8 @@ ARCHES=${LANYARD_DEB_ARCHES:-amd64 arm64}
 ARM64_PACKAGES=${LANYARD_ARM64_PACKAGES:-lanyard lanyard-ca}
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 mkdir -p dist "$ROOT/packaging/generated"
+# SOURCE_DATE_EPOCH, path remapping and the test-package settings (build-env.sh).
+. "$ROOT/packaging/build-env.sh"
 
 # Man pages and completions come from the programs themselves (same on every arch and
 # profile, so the debug build, which the tests have already made, is enough).
@@ -33,14 +35,11 @@ done
 # The agent is built for devices: the size-optimised `device` profile, without Secret
 # Service (a system service has no session bus; the file and kernel-keyring stores remain).
 AGENT_PROFILE=device
-# LANYARD_DEB_FAST=1 (the packaging test in CI): packages to check, not to ship. The same
-# layout, scripts and units, but no LTO, 16 codegen units, opt-level 1, and the agent in the
-# release profile so that it shares the CA's dependency builds (aws-lc above all). Three
-# fat-LTO builds took about half of CI's time; these take a fraction of it. Release
-# packages, and the sizes in docs/BENCHMARKS.md, come from a build without it.
+# LANYARD_DEB_FAST=1 (the packaging test in CI; build-env.sh): the agent in the release
+# profile too, so that it shares the CA's dependency builds (aws-lc above all). Three
+# fat-LTO builds took about half of CI's time; these take a fraction of it.
+package_build_env
 if [ "${LANYARD_DEB_FAST:-}" = 1 ]; then
-  export CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
-    CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_INCREMENTAL=false
   AGENT_PROFILE=release
   echo "LANYARD_DEB_FAST=1: test packages (no LTO, opt-level 1), not release packages"
 fi

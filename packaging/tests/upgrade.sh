@@ -54,12 +54,10 @@ git worktree add -q --detach "$WORK/src" "$V010"
 (
   cd "$WORK/src"
   export CARGO_TARGET_DIR=$TARGET_DIR LANYARD_COMMIT=${V010:0:12}
-  if [ "${LANYARD_DEB_FAST:-}" = 1 ]; then
-    # The same test-package settings as build-debs.sh, so that the dependencies this
-    # checkout's packages were built with are reused.
-    export CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
-      CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_INCREMENTAL=false
-  fi
+  # The same settings as this checkout's package build (flags, test-package profile), so
+  # that the dependencies it built are reused.
+  . "$ROOT/packaging/build-env.sh"
+  package_build_env
   cargo build --release -p lanyard-agent -p lanyard-ca
   mkdir -p packaging/generated
   for bin in lanyard lanyard-ca; do
