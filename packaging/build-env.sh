@@ -6,13 +6,16 @@
 # absolute path of this machine: workspace sources are compiled by relative path, symbols
 # are stripped, and the paths of registry sources (panic locations, C assertions in
 # aws-lc) are rewritten from CARGO_HOME to /cargo, in Rust and in C alike.
-if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
-  SOURCE_DATE_EPOCH=$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || true)
-  [ -n "$SOURCE_DATE_EPOCH" ] || { echo "packaging: no git history for SOURCE_DATE_EPOCH; set it" >&2; exit 2; }
-fi
-export SOURCE_DATE_EPOCH
 LANYARD_CARGO_HOME=$(cd "${CARGO_HOME:-$HOME/.cargo}" && pwd -P)
-package_build_env() { # exported for the release builds only: the debug build stays as the tests made it
+# Exported for the package builds only: the debug build (man pages) stays as the tests made
+# it. The cc crate rebuilds C code when SOURCE_DATE_EPOCH changes, so exporting it earlier
+# would rebuild aws-lc and SQLite in the debug profile at every commit.
+package_build_env() {
+  if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
+    SOURCE_DATE_EPOCH=$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || true)
+    [ -n "$SOURCE_DATE_EPOCH" ] || { echo "packaging: no git history for SOURCE_DATE_EPOCH; set it" >&2; exit 2; }
+  fi
+  export SOURCE_DATE_EPOCH
   export RUSTFLAGS="--remap-path-prefix=$LANYARD_CARGO_HOME=/cargo"
   export CFLAGS="-ffile-prefix-map=$LANYARD_CARGO_HOME=/cargo" CXXFLAGS="-ffile-prefix-map=$LANYARD_CARGO_HOME=/cargo"
   # LANYARD_DEB_FAST=1 (the packaging test in CI): packages to check, not to ship. The same
