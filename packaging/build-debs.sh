@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Builds the lanyard and lanyard-ca .debs for amd64 and arm64 into dist/.
-#   packaging/build-debs.sh                 both architectures
+# Builds the lanyard and lanyard-ca .debs for amd64, arm64 and armhf into dist/.
+#   packaging/build-debs.sh                 every architecture
 #   LANYARD_DEB_ARCHES=amd64 packaging/build-debs.sh
 # Without LANYARD_DEB_ARCHES, an architecture whose cross compiler is missing is skipped and
 # named (with what to install); an architecture asked for by name fails at once instead.
 # Needs: cargo-deb (installed here if missing), and for arm64 the Rust target
-# aarch64-unknown-linux-gnu plus apt's gcc-aarch64-linux-gnu (see .cargo/config.toml).
+# aarch64-unknown-linux-gnu plus apt's gcc-aarch64-linux-gnu, for armhf (32-bit ARMv7 with
+# hardware floating point: Raspberry Pi OS, many industrial boards) the Rust target
+# armv7-unknown-linux-gnueabihf plus gcc-arm-linux-gnueabihf (see .cargo/config.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-ARCHES=${LANYARD_DEB_ARCHES:-amd64 arm64}
+ARCHES=${LANYARD_DEB_ARCHES:-amd64 arm64 armhf}
 # Which packages to build for arm64: devices run the agent; the CA on arm64 is for small
 # single-board deployments. CI builds only the agent for arm64 (each fat-LTO cross build
 # costs minutes); a release builds both.
 ARM64_PACKAGES=${LANYARD_ARM64_PACKAGES:-lanyard lanyard-ca}
+# armhf boards are devices: the agent only (LANYARD_ARMHF_PACKAGES="lanyard lanyard-ca" for both).
+ARMHF_PACKAGES=${LANYARD_ARMHF_PACKAGES:-lanyard}
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
 mkdir -p dist "$ROOT/packaging/generated"
 # SOURCE_DATE_EPOCH, path remapping and the test-package settings (build-env.sh).
@@ -53,7 +57,10 @@ missing_for() {
     arm64)
       command -v aarch64-linux-gnu-gcc >/dev/null || echo "apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
       ;;
-    *) echo "no such architecture (amd64, arm64)" ;;
+    armhf)
+      command -v arm-linux-gnueabihf-gcc >/dev/null || echo "apt-get install gcc-arm-linux-gnueabihf libc6-dev-armhf-cross"
+      ;;
+    *) echo "no such architecture (amd64, arm64, armhf)" ;;
   esac
 }
 built="" skipped=""
@@ -84,7 +91,15 @@ for arch in $ARCHES; do
         cargo deb -p lanyard-ca --target aarch64-unknown-linux-gnu --output dist/
       fi
       ;;
-    *) echo "unknown architecture $arch (amd64, arm64)" >&2; exit 2 ;;
+    armhf)
+      rustup target list --installed | grep -qx armv7-unknown-linux-gnueabihf || rustup target add armv7-unknown-linux-gnueabihf
+      export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc AR_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-ar
+      cargo deb -p lanyard-agent $AGENT_FLAGS --target armv7-unknown-linux-gnueabihf --output dist/
+      if [[ " $ARMHF_PACKAGES " == *" lanyard-ca "* ]]; then
+        cargo deb -p lanyard-ca --target armv7-unknown-linux-gnueabihf --output dist/
+      fi
+      ;;
+    *) echo "unknown architecture $arch (amd64, arm64, armhf)" >&2; exit 2 ;;
   esac
 done
 ls -l dist/*.deb

@@ -2,7 +2,7 @@
 # Builds the .debs and checks them the way Debian and systemd would: lintian without
 # errors or warnings, `systemd-analyze verify` silent, `systemd-analyze security` exposure
 # at or under 2.0, a signed apt repository of them that apt accepts (and refuses unsigned),
-# install, files/owners/modes, the programs run (arm64 under qemu-user), purge leaves
+# install, files/owners/modes, the programs run (arm64 and armhf under qemu-user), purge leaves
 # nothing behind, and an upgrade from the 0.1.0 packages keeps every credential. With CI=true a missing tool fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,7 +17,7 @@ need() {
 }
 fail() { echo "packaging tests: $*" >&2; exit 1; }
 
-ARCHES=${LANYARD_DEB_ARCHES:-amd64 arm64}
+ARCHES=${LANYARD_DEB_ARCHES:-amd64 arm64 armhf}
 # CI checks the arm64 agent package (what devices install); the arm64 CA package has the
 # same layout as the amd64 one that is checked in full below.
 # CI builds test packages (LANYARD_DEB_FAST, see build-debs.sh): what is checked here is
@@ -26,7 +26,8 @@ if [ "${CI:-}" = "true" ]; then
   export LANYARD_ARM64_PACKAGES=${LANYARD_ARM64_PACKAGES:-lanyard}
   export LANYARD_DEB_FAST=${LANYARD_DEB_FAST:-1}
 fi
-if ! need aarch64-linux-gnu-gcc; then ARCHES=amd64; fi
+if ! need aarch64-linux-gnu-gcc; then ARCHES=${ARCHES/arm64/}; fi
+if ! need arm-linux-gnueabihf-gcc; then ARCHES=${ARCHES/armhf/}; fi
 rm -f dist/lanyard*.deb
 LANYARD_DEB_ARCHES="$ARCHES" bash packaging/build-debs.sh
 
@@ -102,6 +103,37 @@ if [[ " $ARCHES " == *" arm64 "* ]]; then
     # SIGPIPE and pipefail fails the pipeline although the line was there.
     info=$(dpkg-deb --field "$(deb lanyard arm64)" Architecture)
     [ "$info" = arm64 ] || fail "arm64 package architecture is '$info'"
+  fi
+fi
+
+if [[ " $ARCHES " == *" armhf "* ]]; then
+  echo "--> armhf under qemu-user"
+  if need qemu-arm; then
+    profile=device; [ "${LANYARD_DEB_FAST:-}" = 1 ] && profile=release
+    exe="$TARGET_DIR/armv7-unknown-linux-gnueabihf/$profile/lanyard"
+    [ -e "$exe" ] || fail "lanyard was not built for armhf ($exe)"
+    file -b "$exe" 2>/dev/null | grep -q "ARM, EABI5" || fail "$exe is not a 32-bit ARM binary: $(file -b "$exe" 2>&1)"
+    qemu-arm -L /usr/arm-linux-gnueabihf "$exe" --version
+    # Real work on the board's instruction set: the armhf agent generates its key, makes a
+    # CSR and enrols over TLS (aws-lc on 32-bit ARM) with the installed amd64 CA, into the
+    # file store, and reports a valid credential.
+    ca=$(mktemp -d) state=$(mktemp -d)
+    /usr/bin/lanyard-ca init --dir "$ca" --public-url http://127.0.0.1:18580 >/dev/null
+    /usr/bin/lanyard-ca serve --dir "$ca" --listen 127.0.0.1:18543 --http-listen 127.0.0.1:18580 >"$ca/serve.log" 2>&1 &
+    ca_pid=$!
+    for _ in $(seq 100); do curl -sfk https://127.0.0.1:18543/healthz >/dev/null 2>&1 && break; sleep 0.1; done
+    token=$(/usr/bin/lanyard-ca token create --dir "$ca" --identity armhf.fleet.example.com --ttl 10m)
+    fp=$(/usr/bin/lanyard-ca ca fingerprint --dir "$ca")
+    armhf() { qemu-arm -L /usr/arm-linux-gnueabihf "$exe" --config "$ROOT/packaging/agent.toml" --state-dir "$state" "$@"; }
+    LANYARD_TOKEN=$token armhf enrol --ca https://127.0.0.1:18543 --ca-fingerprint "$fp" >/dev/null 2>"$state/enrol.log" \
+      || { kill $ca_pid; fail "the armhf agent did not enrol: $(cat "$state/enrol.log" "$ca/serve.log")"; }
+    out=$(armhf status --json 2>&1 || true)
+    kill $ca_pid; wait $ca_pid 2>/dev/null || true
+    grep -q '"state": "valid"' <<<"$out" || fail "the armhf agent's credential is not valid: $out"
+    echo "armhf agent enrolled under qemu-arm: $(grep -o '"serial": "[0-9a-f]*"' <<<"$out")"
+    rm -rf "$ca" "$state"
+    info=$(dpkg-deb --field "$(deb lanyard armhf)" Architecture)
+    [ "$info" = armhf ] || fail "armhf package architecture is '$info'"
   fi
 fi
 
