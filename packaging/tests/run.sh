@@ -3,7 +3,8 @@
 # errors or warnings, `systemd-analyze verify` silent, `systemd-analyze security` exposure
 # at or under 2.0, a signed apt repository of them that apt accepts (and refuses unsigned),
 # install, files/owners/modes, the programs run (arm64 and armhf under qemu-user), purge leaves
-# nothing behind, and an upgrade from the 0.1.0 packages keeps every credential. With CI=true a missing tool fails the run.
+# nothing behind, an upgrade from the 0.1.0 packages keeps every credential, and a second
+# build of the same commit gives byte-identical .debs. With CI=true a missing tool fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -149,5 +150,8 @@ echo "--> upgrade from 0.1.0 through the signed repository (packaging/tests/upgr
 if need apt-ftparchive && need gpg; then
   bash packaging/tests/upgrade.sh "$(deb lanyard amd64)" "$(deb lanyard-ca amd64)"
 fi
+
+echo "--> reproducible: a second build from another path gives identical .debs (packaging/tests/reproducible.sh)"
+bash packaging/tests/reproducible.sh
 echo "packaging: all checks passed"
 ls -l dist/*.deb
