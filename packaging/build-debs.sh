@@ -27,14 +27,7 @@ mkdir -p dist "$ROOT/packaging/generated"
 # Man pages and completions come from the programs themselves (same on every arch and
 # profile, so the debug build, which the tests have already made, is enough).
 cargo build -p lanyard-agent -p lanyard-ca
-gen="$ROOT/packaging/generated"
-for bin in lanyard lanyard-ca; do
-  exe="$TARGET_DIR/debug/$bin"
-  "$exe" completions bash > "$gen/$bin.bash"
-  "$exe" completions zsh > "$gen/_$bin"
-  "$exe" completions fish > "$gen/$bin.fish"
-  "$exe" manpage | gzip -9n > "$gen/$bin.1.gz"
-done
+generate_docs "$TARGET_DIR/debug" "$ROOT/packaging/generated"
 
 # The agent is built for devices: the size-optimised `device` profile, without Secret
 # Service (a system service has no session bus; the file and kernel-keyring stores remain).
@@ -77,28 +70,27 @@ for arch in $ARCHES; do
 done
 ARCHES=$built
 
+# cross RUST_TARGET GCC_PREFIX PACKAGES: the agent (and the CA if PACKAGES names it) for an
+# ARM board, with Debian's cross compiler for the C in aws-lc and SQLite.
+cross() {
+  local target=$1 gcc=$2 packages=$3 var
+  rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+  var=${target//-/_}
+  export "CC_$var=$gcc-gcc" "AR_$var=$gcc-ar"
+  cargo deb -p lanyard-agent $AGENT_FLAGS --target "$target" --output dist/
+  if [[ " $packages " == *" lanyard-ca "* ]]; then
+    cargo deb -p lanyard-ca --target "$target" --output dist/
+  fi
+}
+
 for arch in $ARCHES; do
   case "$arch" in
     amd64)
       cargo deb -p lanyard-agent $AGENT_FLAGS --output dist/
       cargo deb -p lanyard-ca --output dist/
       ;;
-    arm64)
-      rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
-      export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
-      cargo deb -p lanyard-agent $AGENT_FLAGS --target aarch64-unknown-linux-gnu --output dist/
-      if [[ " $ARM64_PACKAGES " == *" lanyard-ca "* ]]; then
-        cargo deb -p lanyard-ca --target aarch64-unknown-linux-gnu --output dist/
-      fi
-      ;;
-    armhf)
-      rustup target list --installed | grep -qx armv7-unknown-linux-gnueabihf || rustup target add armv7-unknown-linux-gnueabihf
-      export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc AR_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-ar
-      cargo deb -p lanyard-agent $AGENT_FLAGS --target armv7-unknown-linux-gnueabihf --output dist/
-      if [[ " $ARMHF_PACKAGES " == *" lanyard-ca "* ]]; then
-        cargo deb -p lanyard-ca --target armv7-unknown-linux-gnueabihf --output dist/
-      fi
-      ;;
+    arm64) cross aarch64-unknown-linux-gnu aarch64-linux-gnu "$ARM64_PACKAGES" ;;
+    armhf) cross armv7-unknown-linux-gnueabihf arm-linux-gnueabihf "$ARMHF_PACKAGES" ;;
     *) echo "unknown architecture $arch (amd64, arm64, armhf)" >&2; exit 2 ;;
   esac
 done

@@ -26,3 +26,15 @@ package_build_env() {
       CARGO_PROFILE_RELEASE_OPT_LEVEL=1 CARGO_PROFILE_RELEASE_INCREMENTAL=false
   fi
 }
+
+# generate_docs BIN_DIR OUT_DIR: man pages and shell completions, from the programs themselves.
+generate_docs() {
+  local bin
+  mkdir -p "$2"
+  for bin in lanyard lanyard-ca; do
+    "$1/$bin" completions bash >"$2/$bin.bash"
+    "$1/$bin" completions zsh >"$2/_$bin"
+    "$1/$bin" completions fish >"$2/$bin.fish"
+    "$1/$bin" manpage | gzip -9n >"$2/$bin.1.gz"
+  done
+}

@@ -59,14 +59,7 @@ git worktree add -q --detach "$WORK/src" "$V010"
   . "$ROOT/packaging/build-env.sh"
   package_build_env
   cargo build --release -p lanyard-agent -p lanyard-ca
-  mkdir -p packaging/generated
-  for bin in lanyard lanyard-ca; do
-    exe="$TARGET_DIR/release/$bin"
-    "$exe" completions bash >"packaging/generated/$bin.bash"
-    "$exe" completions zsh >"packaging/generated/_$bin"
-    "$exe" completions fish >"packaging/generated/$bin.fish"
-    "$exe" manpage | gzip -9n >"packaging/generated/$bin.1.gz"
-  done
+  generate_docs "$TARGET_DIR/release" packaging/generated
   # 0.1.0 shipped the agent built without Secret Service, as today.
   cargo deb -p lanyard-ca --no-build --output "$WORK/old/"
   cargo deb -p lanyard-agent --no-default-features --output "$WORK/old/"
