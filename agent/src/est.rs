@@ -1,14 +1,28 @@
 //! The EST client (RFC 7030) and the CA's `/v1/` device API.
 //!
 //! TLS is rustls with the roots from [`crate::trust`]; for `simplereenroll` and `/v1/`
-//! the current certificate authenticates the device. Proxies between the device and the
-//! CA (`HTTPS_PROXY`, `ALL_PROXY` with socks5) are honoured, as corporate networks need.
+//! the current certificate authenticates the device. HTTP is hyper's client, the same
+//! stack the proxy uses toward upstreams. Proxies between the device and the CA are
+//! honoured as corporate networks need them: `HTTPS_PROXY` / `HTTP_PROXY` (an HTTP
+//! `CONNECT` tunnel, with the proxy URL's credentials), `ALL_PROXY=socks5://` or
+//! `socks5h://` (SOCKS5), and `NO_PROXY`.
 
 use crate::error::{AgentError, Result};
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use lanyard_proto::api::{CertificateStatus, CheckinReport};
 use lanyard_proto::{KeyAlgorithm, est};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -24,7 +38,105 @@ pub enum ClientAuth {
 
 pub struct EstClient {
     base: String,
-    http: reqwest::Client,
+    http: Client<hyper_rustls::HttpsConnector<Connector>, Full<Bytes>>,
+    timeout: Duration,
+}
+
+/// The largest answer read from the CA: certificates, policy and status are a few KiB.
+const MAX_ANSWER: usize = est::MAX_BODY * 4;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// TCP to the CA: directly, through an HTTP `CONNECT` tunnel, or through SOCKS5, as the
+/// proxy environment says for the CA's URL (decided once: a client talks to one CA).
+#[derive(Clone)]
+enum Connector {
+    Direct(HttpConnector),
+    Tunnel(Tunnel<HttpConnector>),
+    Socks(SocksV5<HttpConnector>),
+}
+
+impl Connector {
+    fn for_url(base: &Uri, connect_timeout: Duration) -> Result<Connector> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        let Some(proxy) = hyper_util::client::proxy::matcher::Matcher::from_env().intercept(base)
+        else {
+            return Ok(Connector::Direct(http));
+        };
+        let uri = proxy.uri().clone();
+        let scheme = uri.scheme_str().map(str::to_owned);
+        match scheme.as_deref() {
+            Some("http" | "https") => {
+                let mut tunnel = Tunnel::new(uri, http);
+                if let Some(auth) = proxy.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                Ok(Connector::Tunnel(tunnel))
+            }
+            Some(scheme @ ("socks5" | "socks5h")) => {
+                let local_dns = scheme == "socks5";
+                // socks5: this device resolves the CA's name; socks5h: the proxy does.
+                let mut socks = SocksV5::new(uri, http).local_dns(local_dns);
+                if let Some((user, pass)) = proxy.raw_auth() {
+                    socks = socks.with_auth(user.to_owned(), pass.to_owned());
+                }
+                Ok(Connector::Socks(socks))
+            }
+            other => Err(AgentError::Usage(format!(
+                "proxy for {base}: scheme {} is not supported (http, https, socks5, socks5h)",
+                other.unwrap_or("(none)")
+            ))),
+        }
+    }
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future =
+        Pin<Box<dyn Future<Output = std::result::Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), BoxError>> {
+        match self {
+            Connector::Direct(c) => c.poll_ready(cx).map_err(Into::into),
+            Connector::Tunnel(c) => c.poll_ready(cx).map_err(Into::into),
+            Connector::Socks(c) => c.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        match self {
+            Connector::Direct(c) => {
+                let f = c.call(dst);
+                Box::pin(async move { f.await.map_err(Into::into) })
+            }
+            Connector::Tunnel(c) => {
+                let f = c.call(dst);
+                Box::pin(async move { f.await.map_err(Into::into) })
+            }
+            Connector::Socks(c) => {
+                let f = c.call(dst);
+                Box::pin(async move { f.await.map_err(Into::into) })
+            }
+        }
+    }
+}
+
+/// An answer from the CA: its status, headers and whole body.
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn json<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| AgentError::BadAnswer(format!("{what}: {e}")))
+    }
 }
 
 impl std::fmt::Debug for EstClient {
@@ -51,50 +163,110 @@ impl EstClient {
                 Arc::new(crate::trust::AcceptAnyServer(provider)),
             ),
         };
-        let mut cfg = match auth {
+        let cfg = match auth {
             ClientAuth::None => builder.with_no_client_auth(),
             ClientAuth::Certificate(chain, key) => builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| AgentError::Crypto(format!("client certificate: {e}")))?,
         };
-        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(cfg)
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(10).min(timeout))
-            .user_agent(concat!("lanyard/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| AgentError::Crypto(format!("HTTP client: {e}")))?;
-        Ok(EstClient { base: base.trim_end_matches('/').to_owned(), http })
+        let base = base.trim_end_matches('/').to_owned();
+        let uri: Uri =
+            base.parse().map_err(|e| AgentError::Usage(format!("CA URL {base}: {e}")))?;
+        let connector = Connector::for_url(&uri, Duration::from_secs(10).min(timeout))?;
+        // ALPN (h2, http/1.1) is set by the connector's `enable_all_versions`. Plain http://
+        // is allowed: the CA refuses enrolment there itself, and tests name its listener.
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(cfg)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(connector);
+        let http = Client::builder(TokioExecutor::new()).build(https);
+        Ok(EstClient { base, http, timeout })
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-        let resp = req.send().await.map_err(|e| match tls_refusal(&e) {
-            Some(rustls::Error::InvalidCertificate(c)) => untrusted(&self.base, c),
-            _ => AgentError::Unreachable { url: self.base.clone(), reason: error_chain(&e) },
-        })?;
-        let status = resp.status();
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        basic: Option<(&str, &str)>,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(self.url(path))
+            .header(USER_AGENT, concat!("lanyard/", env!("CARGO_PKG_VERSION")));
+        if let Some(ct) = content_type {
+            req = req.header(CONTENT_TYPE, ct);
+        }
+        if let Some((id, secret)) = basic {
+            use base64::Engine;
+            let creds = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+            let mut value =
+                http::HeaderValue::from_str(&format!("Basic {creds}")).map_err(|_| {
+                    AgentError::Usage(
+                        "the identity or token holds characters a header cannot".into(),
+                    )
+                })?;
+            value.set_sensitive(true);
+            req = req.header(AUTHORIZATION, value);
+        }
+        req.body(Full::new(body))
+            .map_err(|e| AgentError::Usage(format!("request to {}{path}: {e}", self.base)))
+    }
+
+    /// Sends the request and reads the whole answer, within the client's timeout.
+    async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<Answer> {
+        let unreachable =
+            |reason: String| AgentError::Unreachable { url: self.base.clone(), reason };
+        let call = async {
+            let resp = self.http.request(req).await.map_err(|e| match tls_refusal(&e) {
+                Some(rustls::Error::InvalidCertificate(c)) => untrusted(&self.base, c),
+                _ => unreachable(error_chain(&e)),
+            })?;
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        AgentError::BadAnswer("answer too large".into())
+                    } else {
+                        unreachable(error_chain(&*e))
+                    }
+                })?
+                .to_bytes();
+            Ok(Answer { status: parts.status, headers: parts.headers, body })
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| unreachable(format!("no answer within {}s", self.timeout.as_secs_f64())))?
+    }
+
+    async fn send(&self, req: Request<Full<Bytes>>) -> Result<Answer> {
+        let resp = self.exchange(req).await?;
+        let status = resp.status;
         if status.is_success() {
             return Ok(resp);
         }
         let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
+            .headers
+            .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = resp.bytes().await.unwrap_or_default();
+        let body = &resp.body;
         // A problem+json body (RFC 9457) carries the code to decide on; anything else (an
         // older CA, a proxy in between) is judged by its status.
-        let (code, text) = match lanyard_proto::Problem::parse(&body) {
+        let (code, text) = match lanyard_proto::Problem::parse(body) {
             Some(p) => (p.code, p.detail),
             None => (
                 lanyard_proto::ProblemCode::from_status(status.as_u16()),
-                String::from_utf8_lossy(&body).into_owned(),
+                String::from_utf8_lossy(body).into_owned(),
             ),
         };
         let message: String = text.trim().chars().take(300).collect();
@@ -106,38 +278,31 @@ impl EstClient {
         })
     }
 
-    async fn pkcs7_certs(&self, resp: reqwest::Response) -> Result<Vec<Vec<u8>>> {
-        let body = resp.bytes().await.map_err(|e| AgentError::Unreachable {
-            url: self.base.clone(),
-            reason: e.to_string(),
-        })?;
-        if body.len() > est::MAX_BODY * 4 {
-            return Err(AgentError::BadAnswer("answer too large".into()));
-        }
-        let der = est::decode_base64(&body).map_err(|e| AgentError::BadAnswer(e.to_string()))?;
+    fn get(&self, path: &str, basic: Option<(&str, &str)>) -> Result<Request<Full<Bytes>>> {
+        self.request(Method::GET, path, basic, None, Bytes::new())
+    }
+
+    fn pkcs7_certs(resp: Answer) -> Result<Vec<Vec<u8>>> {
+        let der =
+            est::decode_base64(&resp.body).map_err(|e| AgentError::BadAnswer(e.to_string()))?;
         est::parse_certs_only_pkcs7(&der).map_err(|e| AgentError::BadAnswer(e.to_string()))
     }
 
     /// `GET /cacerts`: the CA certificates (issuing and root), DER.
     pub async fn cacerts(&self) -> Result<Vec<Vec<u8>>> {
-        let r = self.send(self.http.get(self.url("/.well-known/est/cacerts"))).await?;
-        self.pkcs7_certs(r).await
+        let r = self.send(self.get("/.well-known/est/cacerts", None)?).await?;
+        Self::pkcs7_certs(r)
     }
 
     /// `GET /csrattrs`: the key algorithm the CA wants, if it says.
     pub async fn csrattrs(&self, basic: Option<(&str, &str)>) -> Result<Option<KeyAlgorithm>> {
-        let mut req = self.http.get(self.url("/.well-known/est/csrattrs"));
-        if let Some((id, tok)) = basic {
-            req = req.basic_auth(id, Some(tok));
-        }
-        let r = match self.send(req).await {
+        let r = match self.send(self.get("/.well-known/est/csrattrs", basic)?).await {
             Ok(r) => r,
             // csrattrs is optional in EST: a CA without it leaves the choice to us.
             Err(AgentError::Refused { status: 404 | 501, .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let body = r.bytes().await.map_err(|e| AgentError::BadAnswer(e.to_string()))?;
-        let der = est::decode_base64(&body)
+        let der = est::decode_base64(&r.body)
             .map_err(|e| AgentError::BadAnswer(format!("csrattrs {e}")))?;
         lanyard_proto::csrattrs::decode(&der)
             .map_err(|e| AgentError::BadAnswer(format!("csrattrs: {e}")))
@@ -187,28 +352,28 @@ impl EstClient {
         csr: &[u8],
         spki: &[u8],
     ) -> Result<Vec<u8>> {
-        let mut req = self
-            .http
-            .post(self.url(path))
-            .header(reqwest::header::CONTENT_TYPE, est::CT_PKCS10)
-            .header("content-transfer-encoding", "base64")
-            .body(Self::csr_body(csr));
-        if let Some((identity, token)) = basic {
-            req = req.basic_auth(identity, Some(token));
-        }
+        let mut req = self.request(
+            Method::POST,
+            path,
+            basic,
+            Some(est::CT_PKCS10),
+            Self::csr_body(csr).into(),
+        )?;
+        req.headers_mut()
+            .insert("content-transfer-encoding", http::HeaderValue::from_static("base64"));
         let r = self.send(req).await?;
-        Self::leaf_of(self.pkcs7_certs(r).await?, spki)
+        Self::leaf_of(Self::pkcs7_certs(r)?, spki)
     }
 
     /// `POST /v1/checkin`: reports the agent's state, and gets what `GET /v1/certificate`
     /// gives. `None` from a CA that has no check-in endpoint (older than the report).
     pub async fn checkin(&self, report: &CheckinReport) -> Result<Option<CertificateStatus>> {
-        match self.send(self.http.post(self.url("/v1/checkin")).json(report)).await {
-            Ok(r) => r
-                .json()
-                .await
-                .map(Some)
-                .map_err(|e| AgentError::BadAnswer(format!("/v1/checkin: {e}"))),
+        let body = serde_json::to_vec(report)
+            .map_err(|e| AgentError::BadAnswer(format!("check-in report: {e}")))?;
+        let req =
+            self.request(Method::POST, "/v1/checkin", None, Some("application/json"), body.into())?;
+        match self.send(req).await {
+            Ok(r) => r.json("/v1/checkin").map(Some),
             Err(AgentError::Refused { status: 404 | 405, .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -216,8 +381,7 @@ impl EstClient {
 
     /// `GET /v1/certificate`: status and policy for the presented certificate.
     pub async fn certificate_status(&self) -> Result<CertificateStatus> {
-        let r = self.send(self.http.get(self.url("/v1/certificate"))).await?;
-        r.json().await.map_err(|e| AgentError::BadAnswer(format!("/v1/certificate: {e}")))
+        self.send(self.get("/v1/certificate", None)?).await?.json("/v1/certificate")
     }
 }
 
@@ -265,7 +429,7 @@ fn untrusted(url: &str, e: &rustls::CertificateError) -> AgentError {
     AgentError::Untrusted { url: url.to_owned(), reason, fix: fix.to_owned() }
 }
 
-/// The error and its causes on one line (reqwest hides the TLS reason in `source()`).
+/// The error and its causes on one line (hyper's errors hide the TLS reason in `source()`).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();

@@ -33,6 +33,8 @@ pub fn require_peer(name: &str) -> bool {
         "nginx" => "apt-get install -y nginx-light",
         "openssl" => "apt-get install -y openssl",
         "curl" => "apt-get install -y curl",
+        "tinyproxy" => "apt-get install -y tinyproxy-bin",
+        "microsocks" => "apt-get install -y microsocks",
         n if n.starts_with("lint_") => "pip install pkilint",
         _ => "install it",
     };
