@@ -14,7 +14,9 @@
 //! them to the latency argument (`-- 20 300` models 10 ms of KMS plus 2 x 5 ms of DynamoDB).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use base64::Engine;
+#[path = "support/enrol.rs"]
+mod enrol;
+
 use lanyard_ca::authority::{Authority, CaKeys, PublicationSettings};
 use lanyard_ca::ca_dir::{CaDir, InitOptions};
 use lanyard_ca::clock::SystemClock;
@@ -22,8 +24,7 @@ use lanyard_ca::signer::{SharedSigner, Signer};
 use lanyard_ca::store::sqlite::SqliteStore;
 use lanyard_proto::KeyAlgorithm;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tower::ServiceExt;
+use std::time::Duration;
 
 /// The issuing key behind a remote call's latency: blocks its thread, as the KMS signer's
 /// `block_in_place` does, then signs locally.
@@ -56,63 +57,6 @@ impl Signer for Remote {
     fn describe(&self) -> String {
         format!("{} behind {} ms", self.inner.describe(), self.latency.as_millis())
     }
-}
-
-fn csr(cn: &str) -> Vec<u8> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut p = rcgen::CertificateParams::default();
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-    p.serialize_request(&key).unwrap().der().to_vec()
-}
-
-/// `n` enrolments with `concurrency` in flight: (rate per second, p50, p99).
-async fn run(
-    auth: Arc<Authority>,
-    tag: &str,
-    n: usize,
-    concurrency: usize,
-) -> (f64, Duration, Duration) {
-    let mut jobs = Vec::new();
-    for i in 0..n {
-        let id = format!("lambda-{tag}-{i}");
-        let (t, _) =
-            auth.create_token(&id, "default", Duration::from_secs(3600), "bench").await.unwrap();
-        let basic =
-            base64::engine::general_purpose::STANDARD.encode(format!("{id}:{}", t.expose()));
-        jobs.push((basic, lanyard_proto::est::encode_base64(&csr(&id))));
-    }
-    let app = lanyard_ca::http::router(auth);
-    let jobs = Arc::new(std::sync::Mutex::new(jobs));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (app, jobs) = (app.clone(), jobs.clone());
-        workers.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let Some((basic, body)) = jobs.lock().unwrap().pop() else { break };
-                let req = http::Request::post("/.well-known/est/simpleenroll")
-                    .header("content-type", "application/pkcs10")
-                    .header("authorization", format!("Basic {basic}"))
-                    .body(axum::body::Body::from(body))
-                    .unwrap();
-                let t = Instant::now();
-                let resp = app.clone().oneshot(req).await.unwrap();
-                assert_eq!(resp.status(), 200);
-                lat.push(t.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for w in workers {
-        lat.extend(w.await.unwrap());
-    }
-    let wall = started.elapsed();
-    lat.sort();
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
-    (n as f64 / wall.as_secs_f64(), pct(0.50), pct(0.99))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -164,7 +108,7 @@ async fn main() {
     for c in [1usize, 2, 4, 8, 16, 32] {
         // Enough enrolments for about a second at the rate C instances can reach.
         let n = ((c as f64 * 1000.0 / (latency_ms as f64 + 1.0)) as usize).clamp(100, 2000);
-        let (rate, p50, p99) = run(auth.clone(), &format!("c{c}"), n, c).await;
+        let (rate, p50, p99) = enrol::run(auth.clone(), &format!("lambda-c{c}"), n, c).await;
         println!(
             "{c:>11} {rate:>9.0} {:>9.2} {:>9.2} {:>12.1}",
             p50.as_secs_f64() * 1e3,

@@ -529,23 +529,12 @@ async fn serverless_ca_rotates() {
     assert!(issuer_cn(&leaf1).ends_with("CN=Fleet Issuing CA"), "{}", issuer_cn(&leaf1));
 
     let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_lanyard-ca"))
-            .args(args)
-            .env("LANYARD_CA_BACKEND", "aws")
-            .env("LANYARD_AWS_TABLE", "rotating")
-            .env("LANYARD_AWS_BUCKET", "rotating-pub")
-            .env("AWS_ENDPOINT_URL", endpoint)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .output()
-            .expect("lanyard-ca");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        outcome(
+            lanyard_ca_on_moto(endpoint, args)
+                .env("LANYARD_CA_BACKEND", "aws")
+                .env("LANYARD_AWS_TABLE", "rotating")
+                .env("LANYARD_AWS_BUCKET", "rotating-pub"),
+        )
     };
     let (ok, text) = cli(&["ca", "rotate-issuing"]);
     assert!(ok, "{text}");
@@ -701,23 +690,12 @@ async fn an_embedded_ca_feeds_s3(cfg: &aws_config::SdkConfig, endpoint: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = dir.path().join("ca");
     let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_lanyard-ca"))
-            .args(args)
-            .arg("--dir")
-            .arg(&ca)
-            .env_remove("LANYARD_CA_BACKEND")
-            .env("AWS_ENDPOINT_URL", endpoint)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .output()
-            .expect("lanyard-ca");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        outcome(
+            lanyard_ca_on_moto(endpoint, args)
+                .arg("--dir")
+                .arg(&ca)
+                .env_remove("LANYARD_CA_BACKEND"),
+        )
     };
     let (ok, text) = cli(&["init", "--name", "Fleet"]);
     assert!(ok, "{text}");
@@ -773,20 +751,34 @@ fn pem_der(path: &std::path::Path) -> Vec<u8> {
     pem::parse(std::fs::read(path).expect("PEM file")).expect("PEM").contents().to_vec()
 }
 
+/// `lanyard-ca ARGS` pointed at moto's AWS endpoint (test credentials, us-east-1).
+fn lanyard_ca_on_moto(endpoint: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lanyard-ca"));
+    c.args(args)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test");
+    c
+}
+
+/// Runs a command: (exit 0, stdout then stderr).
+fn outcome(c: &mut Command) -> (bool, String) {
+    let out = c.output().expect("lanyard-ca");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
 fn console_on_aws(endpoint: &str, identity: &str) {
     let admin_dir = tempfile::tempdir().expect("tempdir");
     let addr_file = admin_dir.path().join("addr.json");
     let cli = |args: &[&str]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_lanyard-ca"));
-        c.args(args)
-            .env("LANYARD_CA_BACKEND", "aws")
+        let mut c = lanyard_ca_on_moto(endpoint, args);
+        c.env("LANYARD_CA_BACKEND", "aws")
             .env("LANYARD_AWS_TABLE", "lanyard-ca")
             .env("LANYARD_AWS_BUCKET", "lanyard-pub")
-            .env("LANYARD_CA_ADMIN_DIR", admin_dir.path())
-            .env("AWS_ENDPOINT_URL", endpoint)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test");
+            .env("LANYARD_CA_ADMIN_DIR", admin_dir.path());
         c
     };
     let out = cli(&["admin", "token", "--name", "ops"]).output().expect("admin token");
