@@ -1,7 +1,7 @@
 //! The credential: a private key and the certificate chain issued for it.
 //!
-//! The key is opaque bytes (PKCS#8 DER) to this crate: it is stored, read back and compared,
-//! never parsed. It lives in [`Zeroizing`] memory and no `Debug` or error ever shows it.
+//! The key is opaque bytes to this crate (PKCS#8 DER, or a hardware key's handle): it is
+//! stored, read back and compared, never parsed. It lives in [`Zeroizing`] memory and no `Debug` or error ever shows it.
 
 use std::fmt;
 use zeroize::Zeroizing;
@@ -10,16 +10,18 @@ use zeroize::Zeroizing;
 /// with another generation's chain.
 #[derive(Clone)]
 pub struct Credential {
-    /// The private key, PKCS#8 DER. Wiped from memory when dropped.
-    pub key_pkcs8_der: Zeroizing<Vec<u8>>,
+    /// The private key, PKCS#8 DER; for a hardware store (`tpm`, `pkcs11`), the key's
+    /// handle (a TPM-wrapped blob, a token object's id), which is useless without the
+    /// hardware. Wiped from memory when dropped.
+    pub key: Zeroizing<Vec<u8>>,
     /// The certificate chain, DER: the leaf (this key's certificate) first, then the CAs.
     pub chain_der: Vec<Vec<u8>>,
 }
 
 impl Credential {
     /// A credential from a key and a chain (leaf first).
-    pub fn new(key_pkcs8_der: Zeroizing<Vec<u8>>, chain_der: Vec<Vec<u8>>) -> Self {
-        Credential { key_pkcs8_der, chain_der }
+    pub fn new(key: Zeroizing<Vec<u8>>, chain_der: Vec<Vec<u8>>) -> Self {
+        Credential { key, chain_der }
     }
 
     /// The leaf certificate (DER), if the chain is not empty.
@@ -60,11 +62,12 @@ impl Credential {
     /// Checks the shape a store needs before it writes anything: a non-empty key and a
     /// non-empty chain of DER SEQUENCEs. (Whether the key matches the leaf is the agent's
     /// check: it needs cryptography, which this crate does not do.)
-    pub(crate) fn check_shape(&self) -> Result<(), String> {
-        if self.key_pkcs8_der.is_empty() {
+    /// A hardware key's handle is the backend's business: only its presence is checked.
+    pub(crate) fn check_shape(&self, hardware: bool) -> Result<(), String> {
+        if self.key.is_empty() {
             return Err("the private key is empty".to_string());
         }
-        if self.key_pkcs8_der.first() != Some(&0x30) {
+        if !hardware && self.key.first() != Some(&0x30) {
             return Err("the private key is not DER (PKCS#8 starts with a SEQUENCE)".to_string());
         }
         if self.chain_der.is_empty() {

@@ -119,6 +119,19 @@ pub enum StoreError {
     #[error("refusing to store the credential: {reason}")]
     InvalidCredential { reason: String },
 
+    /// A TPM or PKCS#11 token refused or did not answer (destroying a key, finding the
+    /// keys a crash left).
+    #[error("{store_name}: {op}: {reason}")]
+    Hardware {
+        store: StoreKind,
+        store_name: &'static str,
+        /// "destroy a key", "list keys".
+        op: &'static str,
+        /// The backend's message (names the device and what to do; never a PIN).
+        reason: String,
+        transient: bool,
+    },
+
     /// The operating system gave no randomness for a fresh key name.
     #[error("no randomness for a new key name: {reason}")]
     Entropy { reason: String },
@@ -140,7 +153,9 @@ impl StoreError {
                     | io::ErrorKind::QuotaExceeded
                     | io::ErrorKind::ResourceBusy
             ),
-            StoreError::Keyring { transient, .. } => *transient,
+            StoreError::Keyring { transient, .. } | StoreError::Hardware { transient, .. } => {
+                *transient
+            }
             StoreError::TimedOut { .. } | StoreError::Entropy { .. } => true,
             StoreError::Insecure { .. }
             | StoreError::CorruptPointer { .. }

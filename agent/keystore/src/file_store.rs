@@ -31,6 +31,11 @@ impl FileVault {
         FileVault { state_dir: state_dir.to_path_buf(), keys_dir: state_dir.join("keys") }
     }
 
+    /// `<state_dir>/keys`.
+    pub fn keys_dir(&self) -> &Path {
+        &self.keys_dir
+    }
+
     fn path_of(&self, key_ref: &str) -> PathBuf {
         self.state_dir.join(key_ref)
     }

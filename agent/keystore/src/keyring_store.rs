@@ -108,6 +108,8 @@ pub const fn is_supported(kind: StoreKind) -> bool {
         StoreKind::File => true,
         StoreKind::Keyring => cfg!(any(target_os = "linux", target_os = "macos", windows)),
         StoreKind::KernelKeyring => cfg!(target_os = "linux"),
+        // The agent's `tpm` and `pkcs11` features decide these; they are not keyrings.
+        StoreKind::Tpm | StoreKind::Pkcs11 => false,
     }
 }
 
@@ -115,7 +117,9 @@ impl KeyringVault {
     /// The `kind` keyring for `profile`, with `pending.json` in `state_dir`. Does not
     /// connect yet.
     pub fn new(kind: StoreKind, state_dir: &Path, profile: &str) -> Result<Self> {
-        if kind == StoreKind::File || !is_supported(kind) {
+        if matches!(kind, StoreKind::File | StoreKind::Tpm | StoreKind::Pkcs11)
+            || !is_supported(kind)
+        {
             return Err(StoreError::Unsupported {
                 kind,
                 os: std::env::consts::OS,

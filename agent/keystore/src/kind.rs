@@ -14,11 +14,23 @@ pub enum StoreKind {
     Keyring,
     /// `kernel-keyring`: the Linux kernel keyring (keyutils). Lost on reboot.
     KernelKeyring,
+    /// `tpm`: a key generated inside a TPM 2.0 that never leaves it; the state directory
+    /// keeps its TPM-wrapped handle.
+    Tpm,
+    /// `pkcs11`: a key generated on a PKCS#11 token (HSM, smart card, YubiKey) as
+    /// non-extractable; the state directory keeps the object's id.
+    Pkcs11,
 }
 
 impl StoreKind {
     /// Every kind, in the order the error message lists them.
-    pub const ALL: [StoreKind; 3] = [StoreKind::File, StoreKind::Keyring, StoreKind::KernelKeyring];
+    pub const ALL: [StoreKind; 5] = [
+        StoreKind::File,
+        StoreKind::Keyring,
+        StoreKind::KernelKeyring,
+        StoreKind::Tpm,
+        StoreKind::Pkcs11,
+    ];
 
     /// The name used in configuration files and on the command line.
     pub const fn as_str(self) -> &'static str {
@@ -26,7 +38,14 @@ impl StoreKind {
             StoreKind::File => "file",
             StoreKind::Keyring => "keyring",
             StoreKind::KernelKeyring => "kernel-keyring",
+            StoreKind::Tpm => "tpm",
+            StoreKind::Pkcs11 => "pkcs11",
         }
+    }
+
+    /// Whether the key lives in hardware (and the store keeps only its handle).
+    pub const fn is_hardware(self) -> bool {
+        matches!(self, StoreKind::Tpm | StoreKind::Pkcs11)
     }
 
     /// The default store: `file` for a system service (no user session, so no Secret
@@ -50,6 +69,8 @@ impl StoreKind {
                 }
             }
             StoreKind::KernelKeyring => "kernel keyring",
+            StoreKind::Tpm => "TPM 2.0",
+            StoreKind::Pkcs11 => "PKCS#11 token",
         }
     }
 }
@@ -63,7 +84,7 @@ impl fmt::Display for StoreKind {
 /// An unknown store name; the message lists the allowed ones.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown credential store {given:?}: expected one of \"file\", \"keyring\", \"kernel-keyring\""
+    "unknown credential store {given:?}: expected one of \"file\", \"keyring\", \"kernel-keyring\", \"tpm\", \"pkcs11\""
 )]
 pub struct ParseStoreKindError {
     /// What was given.

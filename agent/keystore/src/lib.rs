@@ -18,6 +18,8 @@
 //!   commit point: the atomic replacement of the pointer file `credential.json`.
 //! - [`pointer`]: the on-disk formats of `credential.json` and `pending.json`.
 //! - [`file_store`]: keys as `keys/<random-id>.key` files (0600) in the state dir (0700).
+//! - [`hardware_store`]: `tpm` and `pkcs11`: key handles as files, keys in the hardware,
+//!   destroyed through the agent's [`HardwareKeys`].
 //! - [`keyring_store`]: keys as OS keystore entries (service `lanyard`, user
 //!   `<profile>/<random-id>`): Secret Service, macOS Keychain, Windows Credential Manager,
 //!   Linux kernel keyring.
@@ -64,6 +66,7 @@ pub mod credential;
 pub mod error;
 pub mod file_store;
 pub mod fsio;
+pub mod hardware_store;
 pub mod keyring_store;
 pub mod kind;
 pub mod pointer;
@@ -74,5 +77,6 @@ mod tests;
 
 pub use credential::Credential;
 pub use error::StoreError;
+pub use hardware_store::{HardwareFailure, HardwareKeys};
 pub use kind::{ParseStoreKindError, StoreKind};
-pub use swap::{CredentialStore, open};
+pub use swap::{CredentialStore, open, open_hardware};

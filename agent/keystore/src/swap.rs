@@ -23,6 +23,7 @@ use crate::credential::Credential;
 use crate::error::StoreError;
 use crate::file_store::FileVault;
 use crate::fsio::{self, StateLock};
+use crate::hardware_store::{HandleVault, HardwareKeys};
 use crate::keyring_store::KeyringVault;
 use crate::kind::StoreKind;
 use crate::pointer::{POINTER_VERSION, Pointer, Staged, key_digest};
@@ -80,6 +81,16 @@ pub trait CredentialStore: Send + Sync + fmt::Debug {
     /// drops it) or [`clear_staged`](Self::clear_staged). Replaces an earlier staged key.
     fn stage(&self, key: &[u8], renews: &str) -> std::result::Result<(), StoreError>;
 
+    /// Like [`stage`](Self::stage), for the key `generate` makes while the state lock is
+    /// held; returns what it made. Hardware keys exist from the moment they are generated:
+    /// under the lock, no other process's collection takes one for a crash's leftover
+    /// before its handle is staged.
+    fn stage_generated(
+        &self,
+        renews: &str,
+        generate: &mut dyn FnMut() -> std::result::Result<Zeroizing<Vec<u8>>, StoreError>,
+    ) -> std::result::Result<Zeroizing<Vec<u8>>, StoreError>;
+
     /// The staged key, if one is kept for a renewal of `renews`.
     fn staged(&self, renews: &str) -> std::result::Result<Option<Zeroizing<Vec<u8>>>, StoreError>;
 
@@ -106,7 +117,27 @@ pub fn open(
         StoreKind::Keyring | StoreKind::KernelKeyring => {
             Box::new(SwapStore::new(state_dir, KeyringVault::new(kind, state_dir, profile)?))
         }
+        StoreKind::Tpm | StoreKind::Pkcs11 => {
+            return Err(StoreError::Hardware {
+                store: kind,
+                store_name: kind.platform_name(),
+                op: "open",
+                reason: "a hardware store is opened with its device (open_hardware)".into(),
+                transient: false,
+            });
+        }
     })
+}
+
+/// Opens a hardware store (`tpm`, `pkcs11`): handles in `state_dir`, keys in `hw`.
+pub fn open_hardware(
+    state_dir: &Path,
+    profile: &str,
+    hw: std::sync::Arc<dyn HardwareKeys>,
+) -> std::result::Result<Box<dyn CredentialStore>, StoreError> {
+    check_profile(profile)?;
+    fsio::check_private_dir(state_dir)?;
+    Ok(Box::new(SwapStore::new(state_dir, HandleVault::new(state_dir, hw))))
 }
 
 /// Profile names go into keyring entry names and error messages: keep them plain.
@@ -282,6 +313,29 @@ impl<V: KeyVault> SwapStore<V> {
         failures
     }
 
+    /// Stages `key` for a renewal of `renews`; the caller holds the state lock.
+    fn stage_locked(&self, key: &[u8], renews: &str) -> Result<()> {
+        let previous = Staged::read(&self.staged_path).ok().flatten().map(|s| s.key_ref);
+        let key_ref = self.put_verified(key)?;
+        let staged = Staged {
+            version: POINTER_VERSION,
+            key_ref: key_ref.clone(),
+            key_sha256: key_digest(key),
+            renews: renews.to_owned(),
+            staged_at: crate::clock::unix_now(),
+        };
+        if let Err(e) = fsio::replace_file(&self.staged_path, &staged.to_json()?, "staged") {
+            self.discard(&key_ref);
+            return Err(e);
+        }
+        crash_point!("staged");
+        let current = self.read_pointer().ok().flatten().map(|p| p.key_ref);
+        if let Some(prev) = previous.filter(|p| *p != key_ref && Some(p) != current.as_ref()) {
+            self.discard(&prev);
+        }
+        Ok(())
+    }
+
     /// Deletes a key that was never committed; it stays listed for the next collection.
     fn discard(&self, key_ref: &str) {
         if let Err(e) = self.vault.delete(key_ref) {
@@ -326,8 +380,9 @@ impl<V: KeyVault> CredentialStore for SwapStore<V> {
     }
 
     fn store(&self, cred: &Credential) -> Result<()> {
-        cred.check_shape().map_err(|reason| StoreError::InvalidCredential { reason })?;
-        let key: &[u8] = &cred.key_pkcs8_der;
+        cred.check_shape(self.vault.kind().is_hardware())
+            .map_err(|reason| StoreError::InvalidCredential { reason })?;
+        let key: &[u8] = &cred.key;
         let chain_pem = cred.chain_pem();
 
         fsio::ensure_private_dir(&self.dir)?;
@@ -455,25 +510,21 @@ impl<V: KeyVault> CredentialStore for SwapStore<V> {
         fsio::ensure_private_dir(&self.dir)?;
         let _lock = StateLock::acquire(&self.dir)?;
         self.vault.prepare()?;
-        let previous = Staged::read(&self.staged_path).ok().flatten().map(|s| s.key_ref);
-        let key_ref = self.put_verified(key)?;
-        let staged = Staged {
-            version: POINTER_VERSION,
-            key_ref: key_ref.clone(),
-            key_sha256: key_digest(key),
-            renews: renews.to_owned(),
-            staged_at: crate::clock::unix_now(),
-        };
-        if let Err(e) = fsio::replace_file(&self.staged_path, &staged.to_json()?, "staged") {
-            self.discard(&key_ref);
-            return Err(e);
-        }
-        crash_point!("staged");
-        let current = self.read_pointer().ok().flatten().map(|p| p.key_ref);
-        if let Some(prev) = previous.filter(|p| *p != key_ref && Some(p) != current.as_ref()) {
-            self.discard(&prev);
-        }
-        Ok(())
+        self.stage_locked(key, renews)
+    }
+
+    fn stage_generated(
+        &self,
+        renews: &str,
+        generate: &mut dyn FnMut() -> Result<Zeroizing<Vec<u8>>>,
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        fsio::ensure_private_dir(&self.dir)?;
+        let _lock = StateLock::acquire(&self.dir)?;
+        self.vault.prepare()?;
+        let key = generate()?;
+        crash_point!("generated");
+        self.stage_locked(&key, renews)?;
+        Ok(key)
     }
 
     fn staged(&self, renews: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {

@@ -35,7 +35,7 @@ fn debug_never_shows_the_key() {
     let cred = sample(7);
     let dbg = format!("{cred:?}");
     assert!(dbg.contains("key: \"...\""), "{dbg}");
-    let key_bytes = format!("{:?}", &cred.key_pkcs8_der[3..10]);
+    let key_bytes = format!("{:?}", &cred.key[3..10]);
     let inner = key_bytes.trim_matches(|c| c == '[' || c == ']');
     assert!(!dbg.contains(inner), "{dbg} contains key bytes {inner}");
     assert!(!format!("{cred:#?}").contains(inner));

@@ -62,7 +62,7 @@ fn keys_are_0600_in_0700_directories() {
     assert_eq!(mode(&env.dir.join(&p.key_ref)), 0o600);
     assert_eq!(mode(&env.dir.join("credential.json")), 0o600);
     assert_eq!(mode(&env.dir.join("lock")), 0o600);
-    assert_eq!(fs::read(env.dir.join(&p.key_ref)).expect("key"), *sample(1).key_pkcs8_der);
+    assert_eq!(fs::read(env.dir.join(&p.key_ref)).expect("key"), *sample(1).key);
     // The key is not in the pointer; its digest is.
     let json = fs::read_to_string(env.dir.join("credential.json")).expect("pointer");
     assert!(json.contains("\"key_sha256\"") && json.contains("BEGIN CERTIFICATE"));
@@ -111,7 +111,7 @@ fn refuses_a_key_file_or_keys_dir_open_to_others() {
 
     // A symlink in place of the key is not followed.
     let elsewhere = env.root.path().join("elsewhere.key");
-    fs::write(&elsewhere, &*sample(1).key_pkcs8_der).expect("write");
+    fs::write(&elsewhere, &*sample(1).key).expect("write");
     chmod(&elsewhere, 0o600);
     fs::remove_file(&key).expect("rm");
     std::os::unix::fs::symlink(&elsewhere, &key).expect("symlink");
@@ -183,7 +183,7 @@ fn missing_or_altered_key_is_a_clear_error() {
     store.store(&sample(1)).expect("store");
     let key = env.dir.join(pointer(&env).key_ref);
 
-    fs::write(&key, &*sample(2).key_pkcs8_der).expect("overwrite key");
+    fs::write(&key, &*sample(2).key).expect("overwrite key");
     let err = store.load().expect_err("altered key");
     assert!(matches!(err, StoreError::KeyMismatch { .. }), "{err}");
     assert!(err.to_string().contains("enrol again"));
@@ -240,7 +240,7 @@ fn refuses_unstorable_credentials_without_touching_the_current_one() {
     let store = env.open();
     store.store(&sample(1)).expect("store");
     let mut empty_key = sample(2);
-    empty_key.key_pkcs8_der.clear();
+    empty_key.key.clear();
     let mut no_chain = sample(2);
     no_chain.chain_der.clear();
     let mut pem_not_der = sample(2);

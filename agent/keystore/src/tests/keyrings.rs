@@ -38,7 +38,7 @@ fn round_trip(kind: StoreKind) {
     assert!(first.starts_with(&format!("{}/", env.profile)), "{first}");
     assert_eq!(
         keyring_secret(kind, &first).as_deref(),
-        Some(sample(1).key_pkcs8_der.as_slice()),
+        Some(sample(1).key.as_slice()),
         "the keyring's own tool reads the key under service=lanyard user={first}"
     );
     assert!(!env.dir.join("keys").exists(), "no key file for a keyring store");

@@ -4,5 +4,6 @@
 mod basics;
 mod crash;
 mod file_store;
+mod hardware;
 mod keyrings;
 mod support;

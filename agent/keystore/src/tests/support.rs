@@ -27,7 +27,7 @@ pub fn sample(seed: u8) -> Credential {
 
 /// Whether two credentials are the same pair, byte for byte.
 pub fn same(a: &Credential, b: &Credential) -> bool {
-    a.key_pkcs8_der.as_slice() == b.key_pkcs8_der.as_slice() && a.chain_der == b.chain_der
+    a.key.as_slice() == b.key.as_slice() && a.chain_der == b.chain_der
 }
 
 /// Which of `candidates` (by seed) `got` is; panics if none, which means a key was paired
@@ -137,7 +137,7 @@ impl TestEnv {
             .collect();
         assert!(temps.is_empty(), "temp files left: {temps:?}");
         match self.kind {
-            StoreKind::File => {
+            StoreKind::File | StoreKind::Tpm | StoreKind::Pkcs11 => {
                 let keys: Vec<String> = std::fs::read_dir(self.dir.join("keys"))
                     .expect("keys dir")
                     .flatten()
@@ -194,7 +194,7 @@ pub fn keyring_entries(kind: StoreKind, profile: &str) -> Vec<String> {
                 .map(str::to_string)
                 .collect()
         }
-        StoreKind::File => Vec::new(),
+        StoreKind::File | StoreKind::Tpm | StoreKind::Pkcs11 => Vec::new(),
     }
 }
 
@@ -218,7 +218,7 @@ pub fn keyring_secret(kind: StoreKind, key_ref: &str) -> Option<Vec<u8>> {
                 .ok()?;
             (out.status.success() && !out.stdout.is_empty()).then_some(out.stdout)
         }
-        StoreKind::File => None,
+        StoreKind::File | StoreKind::Tpm | StoreKind::Pkcs11 => None,
     }
 }
 
@@ -235,7 +235,7 @@ pub fn keyring_delete(kind: StoreKind, key_ref: &str) {
         StoreKind::Keyring => Command::new("secret-tool")
             .args(["clear", "service", "lanyard", "username", key_ref])
             .status(),
-        StoreKind::File => return,
+        StoreKind::File | StoreKind::Tpm | StoreKind::Pkcs11 => return,
     };
     assert!(status.expect("keyring tool").success(), "deleting {key_ref} from the {kind}");
 }
