@@ -40,9 +40,7 @@ impl Loaded {
             c.chain_der.iter().map(|d| CertificateDer::from(d.clone())).collect();
         let key = crate::est::provider()
             .key_provider
-            .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                c.key_pkcs8_der.to_vec(),
-            )))
+            .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key.to_vec())))
             .map_err(|e| AgentError::Crypto(format!("stored key is not usable: {e}")))?;
         let certified = rustls::sign::CertifiedKey::new(chain.clone(), key);
         certified.keys_match().map_err(|_| {
@@ -50,12 +48,7 @@ impl Loaded {
                 "the stored key does not match the stored certificate; enrol again".into(),
             )
         })?;
-        Ok(Loaded {
-            info,
-            chain,
-            certified: Arc::new(certified),
-            key_pkcs8: c.key_pkcs8_der.clone(),
-        })
+        Ok(Loaded { info, chain, certified: Arc::new(certified), key_pkcs8: c.key.clone() })
     }
 
     pub(crate) fn client_auth(&self) -> ClientAuth {

@@ -254,7 +254,7 @@ impl Agent {
 
         let mut chain = vec![leaf];
         chain.extend(verify::issuers_of(&chain[0], &intermediates).iter().map(|c| c.to_vec()));
-        let cred = Credential { key_pkcs8_der: key.pkcs8(), chain_der: chain };
+        let cred = Credential { key: key.pkcs8(), chain_der: chain };
         self.in_store(move |s| s.store(&cred)).await?;
         if let Some(p) = &pinned {
             crate::fsutil::write_atomic(&roots_file, crate::trust::to_pem(p).as_bytes(), 0o644)?;

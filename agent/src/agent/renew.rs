@@ -136,7 +136,7 @@ impl Agent {
         }
         let mut chain = vec![leaf];
         chain.extend(verify::issuers_of(&chain[0], &intermediates).iter().map(|c| c.to_vec()));
-        let cred = Credential { key_pkcs8_der: key.pkcs8(), chain_der: chain };
+        let cred = Credential { key: key.pkcs8(), chain_der: chain };
         self.in_store(move |s| s.store(&cred)).await?;
         self.reload()?;
         tracing::info!(identity = %info.identity, serial = %info.serial, previous = %cur.info.serial, not_after = %Rfc3339Time(info.not_after), "renewed");
