@@ -74,6 +74,13 @@ struct RawStore {
     backend: Option<String>,
     path: Option<PathBuf>,
     profile: Option<String>,
+    /// `tpm`: the TCTI (default `device:/dev/tpmrm0`).
+    tcti: Option<String>,
+    /// `pkcs11`: the module, the token (by label or slot) and the PIN's file.
+    module: Option<PathBuf>,
+    token_label: Option<String>,
+    slot: Option<u64>,
+    pin_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -205,7 +212,21 @@ pub struct StoreConfig {
     pub backend: StoreKind,
     pub path: PathBuf,
     pub profile: String,
+    /// The TPM or token of a hardware store (`tpm`, `pkcs11`).
+    pub hardware: Option<HardwareConfig>,
 }
+
+/// Where a hardware store's keys are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HardwareConfig {
+    /// `backend = "tpm"`: a TCTI string (`device:/dev/tpmrm0`, `swtpm:host=..,port=..`).
+    Tpm { tcti: String },
+    /// `backend = "pkcs11"`.
+    Pkcs11 { module: PathBuf, token_label: Option<String>, slot: Option<u64>, pin_file: PathBuf },
+}
+
+/// The TCTI a `tpm` store uses when none is given: the kernel's resource manager.
+pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
 
 #[derive(Debug, Clone)]
 pub struct RenewalConfig {
@@ -362,6 +383,83 @@ pub fn default_state_dir() -> PathBuf {
 /// Default store: the OS keystore for a desktop user (a session bus exists), the file
 /// store for system services (they have no Secret Service, and the kernel keyring does
 /// not survive a reboot).
+/// The `[store]` keys of a hardware backend: required ones present, none of another
+/// backend's, and the feature built in.
+fn hardware_config(
+    f: &Option<PathBuf>,
+    backend: StoreKind,
+    raw: &RawStore,
+) -> std::result::Result<Option<HardwareConfig>, ConfigError> {
+    let given = |name: &str, set: bool| set.then(|| name.to_owned());
+    let pkcs11_keys: Vec<String> = [
+        given("module", raw.module.is_some()),
+        given("token_label", raw.token_label.is_some()),
+        given("slot", raw.slot.is_some()),
+        given("pin_file", raw.pin_file.is_some()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let misplaced = |keys: Vec<String>| {
+        err(
+            f,
+            format!(
+                "[store] {} apply to another backend than {backend:?}; remove them or set the backend",
+                keys.join(", ")
+            ),
+        )
+    };
+    match backend {
+        StoreKind::Tpm => {
+            if !pkcs11_keys.is_empty() {
+                return Err(misplaced(pkcs11_keys));
+            }
+            if !cfg!(feature = "tpm") {
+                return Err(err(
+                    f,
+                    "[store] backend = \"tpm\": this lanyard was built without TPM support; install the lanyard-hardware package, or build with --features tpm",
+                ));
+            }
+            let tcti = raw.tcti.clone().unwrap_or_else(|| DEFAULT_TCTI.to_owned());
+            Ok(Some(HardwareConfig::Tpm { tcti }))
+        }
+        StoreKind::Pkcs11 => {
+            if raw.tcti.is_some() {
+                return Err(misplaced(vec!["tcti".into()]));
+            }
+            if !cfg!(feature = "pkcs11") {
+                return Err(err(
+                    f,
+                    "[store] backend = \"pkcs11\": this lanyard was built without PKCS#11 support; install the lanyard-hardware package, or build with --features pkcs11",
+                ));
+            }
+            let module = raw.module.clone().ok_or_else(|| {
+                err(f, "[store] backend = \"pkcs11\" needs module = \"/path/to/the/pkcs11/library.so\"")
+            })?;
+            if raw.token_label.is_none() && raw.slot.is_none() {
+                return Err(err(
+                    f,
+                    "[store] backend = \"pkcs11\" needs token_label (or slot) to say which token",
+                ));
+            }
+            let pin_file = raw.pin_file.clone().ok_or_else(|| {
+                err(f, "[store] backend = \"pkcs11\" needs pin_file: a 0600 file (or a systemd credential) holding the token's user PIN")
+            })?;
+            Ok(Some(HardwareConfig::Pkcs11 {
+                module,
+                token_label: raw.token_label.clone(),
+                slot: raw.slot,
+                pin_file,
+            }))
+        }
+        _ => {
+            let mut keys = pkcs11_keys;
+            keys.extend(given("tcti", raw.tcti.is_some()));
+            if keys.is_empty() { Ok(None) } else { Err(misplaced(keys)) }
+        }
+    }
+}
+
 pub fn default_store() -> StoreKind {
     if cfg!(any(target_os = "macos", target_os = "windows")) {
         return StoreKind::Keyring;
@@ -452,7 +550,7 @@ impl Config {
                 b.parse::<StoreKind>().map_err(|e| err(f, format!("[store] backend: {e}")))?
             }
         };
-        let profile = raw.store.profile.unwrap_or_else(|| "default".into());
+        let profile = raw.store.profile.clone().unwrap_or_else(|| "default".into());
         if profile.is_empty()
             || !profile.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         {
@@ -461,10 +559,12 @@ impl Config {
                 format!("[store] profile {profile:?}: use letters, digits, '-', '_' or '.'"),
             ));
         }
+        let hardware = hardware_config(f, backend, &raw.store)?;
         let store = StoreConfig {
             backend,
             path: raw.store.path.unwrap_or_else(default_state_dir),
             profile,
+            hardware,
         };
 
         let status = match &raw.status.listen {
@@ -733,8 +833,37 @@ upstream = "https://web.apps.example.com"
             e.contains("/etc/lanyard/agent.toml") && e.contains("urls") && e.contains("url"),
             "{e}"
         );
-        let e = parse("[store]\nbackend = \"tpm\"\n").unwrap_err().to_string();
+        let e = parse("[store]\nbackend = \"tpm2\"\n").unwrap_err().to_string();
         assert!(e.contains("[store] backend") && e.contains("kernel-keyring"), "{e}");
+        // Hardware stores: what is missing, and keys of another backend.
+        let e = parse("[store]\nbackend = \"file\"\ntcti = \"device:/dev/tpmrm0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[store] tcti apply to another backend"), "{e}");
+        if cfg!(feature = "pkcs11") {
+            let e =
+                parse("[store]\nbackend = \"pkcs11\"\ntoken_label = \"t\"\npin_file = \"/p\"\n")
+                    .unwrap_err()
+                    .to_string();
+            assert!(e.contains("needs module"), "{e}");
+            let e = parse("[store]\nbackend = \"pkcs11\"\nmodule = \"/m.so\"\npin_file = \"/p\"\n")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("needs token_label"), "{e}");
+        } else {
+            let e = parse("[store]\nbackend = \"pkcs11\"\n").unwrap_err().to_string();
+            assert!(e.contains("built without PKCS#11 support"), "{e}");
+        }
+        if cfg!(feature = "tpm") {
+            let c = parse("[store]\nbackend = \"tpm\"\n").expect("tpm with the default TCTI");
+            assert_eq!(
+                c.store.hardware,
+                Some(HardwareConfig::Tpm { tcti: DEFAULT_TCTI.to_owned() })
+            );
+        } else {
+            let e = parse("[store]\nbackend = \"tpm\"\n").unwrap_err().to_string();
+            assert!(e.contains("built without TPM support"), "{e}");
+        }
         let e = parse("[ca]\nurl = \"http://x\"\n").unwrap_err().to_string();
         assert!(e.contains("https://"), "{e}");
         let e = parse("[renewal]\ncheck_interval = \"soon\"\n").unwrap_err().to_string();

@@ -56,6 +56,9 @@ pub enum AgentError {
     },
     #[error("{0}")]
     Crypto(String),
+    /// The TPM or PKCS#11 token that holds the device key refused or did not answer.
+    #[error("hardware key: {0}")]
+    Hardware(crate::hw::HwError),
 }
 
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;
@@ -87,6 +90,7 @@ impl AgentError {
                 *status >= 500 || *status == 408 || *status == 429
             }
             AgentError::Store(e) | AgentError::StoreUnusable { source: e, .. } => e.is_transient(),
+            AgentError::Hardware(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -114,6 +118,7 @@ impl AgentError {
             AgentError::NotEnrolled => "not_enrolled",
             AgentError::Io { .. } => "io",
             AgentError::Crypto(_) => "crypto",
+            AgentError::Hardware(_) => "hardware",
         }
     }
 }

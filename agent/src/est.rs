@@ -34,6 +34,26 @@ pub enum ClientAuth {
     None,
     /// Certificate chain (leaf first) and its PKCS#8 key.
     Certificate(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+    /// The credential in use, whose key may be in hardware.
+    Certified(Arc<rustls::sign::CertifiedKey>),
+}
+
+/// Always the same client certificate.
+#[derive(Debug)]
+struct FixedCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for FixedCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 pub struct EstClient {
@@ -168,6 +188,7 @@ impl EstClient {
             ClientAuth::Certificate(chain, key) => builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| AgentError::Crypto(format!("client certificate: {e}")))?,
+            ClientAuth::Certified(ck) => builder.with_client_cert_resolver(Arc::new(FixedCert(ck))),
         };
         let base = base.trim_end_matches('/').to_owned();
         let uri: Uri =

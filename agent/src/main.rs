@@ -116,14 +116,15 @@ enum Cmd {
         #[arg(long = "allow")]
         allow: Vec<String>,
     },
-    /// Write the certificate chain and key as PEM files (for curl --cert/--key).
+    /// Write the certificate chain and key as PEM files (for curl --cert/--key). A key in
+    /// a TPM or token cannot be exported: --cert alone works for every store.
     Export {
         /// Where to write the certificate chain (PEM, leaf first).
         #[arg(long)]
         cert: PathBuf,
-        /// Where to write the private key (PEM, 0600).
+        /// Where to write the private key (PEM, 0600); refused for a hardware store.
         #[arg(long)]
-        key: PathBuf,
+        key: Option<PathBuf>,
     },
     /// Print shell completions.
     #[cfg(feature = "docs")]
@@ -140,6 +141,22 @@ use lanyard_proto::outln;
 fn load_config(cli: &Cli) -> Result<Config, AgentError> {
     let mut cfg = Config::load(cli.config.as_deref())?;
     if let Some(s) = cli.store {
+        if s != cfg.store.backend {
+            // A hardware store's device comes from the config file; the TPM has a default.
+            cfg.store.hardware = match s {
+                lanyard_keystore::StoreKind::Tpm => {
+                    Some(lanyard_agent::config::HardwareConfig::Tpm {
+                        tcti: lanyard_agent::config::DEFAULT_TCTI.to_owned(),
+                    })
+                }
+                lanyard_keystore::StoreKind::Pkcs11 => {
+                    return Err(AgentError::Usage(
+                        "--store pkcs11 needs the token: set backend = \"pkcs11\", module, token_label and pin_file in [store] of the config file".into(),
+                    ));
+                }
+                _ => None,
+            };
+        }
         cfg.store.backend = s;
     }
     if let Some(d) = &cli.state_dir {
@@ -285,7 +302,7 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
             {
                 eprintln!("lanyard: could not reach the CA: {e}");
             }
-            let s = agent.status();
+            let s = agent.status_checked().await;
             if *json {
                 outln!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
             } else {
@@ -304,6 +321,10 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
                 show("not after:", s.not_after.map(rfc3339));
                 show("next renewal:", s.next_renewal.map(rfc3339));
                 show("store:", Some(s.store.clone()));
+                show("key:", s.key_protection.clone());
+                if let Some(p) = &s.key_problem {
+                    outln!("key problem:   {p}");
+                }
                 show("CA:", s.ca_url.clone());
                 show("last error:", s.last_error.clone());
                 if let Some(a) = &s.action {
@@ -368,16 +389,30 @@ async fn run(cli: Cli) -> Result<ExitCode, AgentError> {
         Cmd::Export { cert, key } => {
             let agent = open(&cli)?;
             let cur = agent.current().ok_or(AgentError::NotEnrolled)?;
-            let (chain, key_pem) = cur.export_pem();
-            write_private(cert, chain.as_bytes())?;
-            write_private(key, key_pem.as_bytes())?;
-            eprintln!(
-                "lanyard: wrote {} and {}. The exported key is outside the keystore's protection: delete it when done, and it will not follow renewals (serial {}, valid until {}).",
-                cert.display(),
-                key.display(),
-                cur.info.serial,
-                rfc3339(cur.info.not_after)
-            );
+            // Refused before anything is written: no half export.
+            let key_pem = match key {
+                Some(_) => Some(cur.key_pem().map_err(AgentError::Usage)?),
+                None => None,
+            };
+            write_private(cert, cur.chain_pem().as_bytes())?;
+            match (key, key_pem) {
+                (Some(key), Some(key_pem)) => {
+                    write_private(key, key_pem.as_bytes())?;
+                    eprintln!(
+                        "lanyard: wrote {} and {}. The exported key is outside the keystore's protection: delete it when done, and it will not follow renewals (serial {}, valid until {}).",
+                        cert.display(),
+                        key.display(),
+                        cur.info.serial,
+                        rfc3339(cur.info.not_after)
+                    );
+                }
+                _ => eprintln!(
+                    "lanyard: wrote {} (serial {}, valid until {}); it will not follow renewals.",
+                    cert.display(),
+                    cur.info.serial,
+                    rfc3339(cur.info.not_after)
+                ),
+            }
         }
         #[cfg(feature = "docs")]
         Cmd::Completions { shell } => {

@@ -646,7 +646,7 @@ async fn an_enrolment_whose_answer_was_lost_is_completed_with_its_staged_key() {
     let store = lanyard_keystore::open(lanyard_keystore::StoreKind::File, &state, "default")
         .expect("store");
     let mark = format!("enrol:{}", &lanyard_agent::trust::sha256_hex(token.as_bytes())[..16]);
-    store.stage(&key.pkcs8(), &mark).expect("stage");
+    store.stage(&key.stored(), &mark).expect("stage");
     // ...and the certificate the CA signed for it, whose answer never arrived.
     let issued = ca
         .auth()

@@ -3,7 +3,6 @@
 use super::Agent;
 use crate::error::{AgentError, Result};
 use crate::est::{ClientAuth, EstClient, Trust};
-use crate::keys::DeviceKey;
 use crate::state::{self, AgentState};
 use crate::verify::{self, CertInfo};
 use lanyard_keystore::Credential;
@@ -142,6 +141,20 @@ impl Agent {
             }
             other => other,
         })?;
+        if let Some(hw) = self.hw.clone() {
+            tokio::task::spawn_blocking(move || hw.probe())
+                .await
+                .map_err(|e| AgentError::Io {
+                    context: "checking the hardware key store".into(),
+                    source: std::io::Error::other(e),
+                })?
+                .map_err(|e| {
+                    AgentError::Usage(format!(
+                        "the {} store cannot make a key, so nothing was sent to the CA and the token is still unused: {e}",
+                        self.cfg.store.backend
+                    ))
+                })?;
+        }
         tracing::debug!(store = %self.store.describe(), "the credential store can hold a key");
         let timeout = self.cfg.ca.timeout;
 
@@ -182,7 +195,7 @@ impl Agent {
                 None
             })
         };
-        let key = match staged.and_then(|k| DeviceKey::from_pkcs8(&k).ok()) {
+        let key = match staged.and_then(|k| self.staged_key(&k).ok()) {
             Some(k) => {
                 tracing::info!(identity = %shown, "retrying an earlier enrolment with its staged key");
                 k
@@ -194,9 +207,7 @@ impl Agent {
                     .csrattrs(identity.as_deref().map(|i| (i, args.token.as_str())))
                     .await?
                     .unwrap_or(lanyard_proto::KeyAlgorithm::EcdsaP256);
-                let k = DeviceKey::generate(alg)?;
-                let (pkcs8, m) = (k.pkcs8(), mark.clone());
-                self.in_store(move |s| s.stage(&pkcs8, &m)).await?;
+                let k = self.generate_staged(alg, mark.clone()).await?;
                 tracing::debug!(algorithm = %alg, "key generated on this device and staged");
                 k
             }
@@ -254,7 +265,7 @@ impl Agent {
 
         let mut chain = vec![leaf];
         chain.extend(verify::issuers_of(&chain[0], &intermediates).iter().map(|c| c.to_vec()));
-        let cred = Credential { key: key.pkcs8(), chain_der: chain };
+        let cred = Credential { key: key.stored(), chain_der: chain };
         self.in_store(move |s| s.store(&cred)).await?;
         if let Some(p) = &pinned {
             crate::fsutil::write_atomic(&roots_file, crate::trust::to_pem(p).as_bytes(), 0o644)?;

@@ -12,6 +12,8 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::credential::{CredentialView, Loaded, Published};
 use crate::error::{AgentError, Result};
+use crate::hw::HardwareBackend;
+use crate::keys::DeviceKey;
 use crate::metrics::Metrics;
 use crate::state::{self, AgentState};
 use lanyard_keystore::CredentialStore;
@@ -31,6 +33,8 @@ pub struct Agent {
     pub clock: Arc<dyn Clock>,
     /// Shared with the blocking threads that run its calls ([`Agent::in_store`]).
     store: Arc<dyn CredentialStore>,
+    /// The TPM or token of a hardware store; keys are generated and used there.
+    hw: Option<Arc<dyn HardwareBackend>>,
     /// The credential in use and what the CA said of it, for [`CredentialView`]s.
     published: tokio::sync::watch::Sender<Published>,
     pub metrics: Arc<Metrics>,
@@ -58,12 +62,24 @@ impl std::fmt::Debug for Agent {
 
 impl Agent {
     pub fn open(cfg: Config, clock: Arc<dyn Clock>) -> Result<Agent> {
-        let store: Arc<dyn CredentialStore> =
-            lanyard_keystore::open(cfg.store.backend, &cfg.store.path, &cfg.store.profile)?.into();
+        let hw = crate::hw::open(&cfg.store).map_err(AgentError::Hardware)?;
+        let store: Arc<dyn CredentialStore> = match &hw {
+            Some(backend) => lanyard_keystore::open_hardware(
+                &cfg.store.path,
+                &cfg.store.profile,
+                Arc::new(crate::hw::StoreBridge {
+                    backend: backend.clone(),
+                    kind: cfg.store.backend,
+                }),
+            )?,
+            None => lanyard_keystore::open(cfg.store.backend, &cfg.store.path, &cfg.store.profile)?,
+        }
+        .into();
         let agent = Agent {
             cfg,
             clock,
             store,
+            hw,
             published: tokio::sync::watch::Sender::new(Published::default()),
             metrics: Arc::new(Metrics::new()),
             state: Mutex::new(Memory::default()),
@@ -129,10 +145,60 @@ impl Agent {
             .map_err(AgentError::Store)
     }
 
+    /// A new key of `alg` (in the TPM or token of a hardware store), staged as `mark` under
+    /// the store's lock before anything is sent: an answer lost on the way is retried with
+    /// the same key, and a hardware key is never left unnamed to another process's sweep.
+    async fn generate_staged(
+        &self,
+        alg: lanyard_proto::KeyAlgorithm,
+        mark: String,
+    ) -> Result<DeviceKey> {
+        let (store, hw) = (self.store.clone(), self.hw.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut made: Option<DeviceKey> = None;
+            let mut failed: Option<AgentError> = None;
+            let staged = store.stage_generated(&mark, &mut || match DeviceKey::generate_in(
+                hw.as_deref(),
+                alg,
+            ) {
+                Ok(k) => {
+                    let stored = k.stored();
+                    made = Some(k);
+                    Ok(stored)
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    failed = Some(e);
+                    Err(lanyard_keystore::StoreError::InvalidCredential { reason })
+                }
+            });
+            match (staged, made) {
+                (Ok(_), Some(k)) => Ok(k),
+                (Err(e), _) => Err(failed.unwrap_or(AgentError::Store(e))),
+                (Ok(_), None) => Err(AgentError::Crypto("no key was generated".into())),
+            }
+        })
+        .await
+        .map_err(|e| AgentError::Io {
+            context: "generating a key".into(),
+            source: std::io::Error::other(e),
+        })?
+    }
+
+    /// A staged key, as the store kept it.
+    fn staged_key(&self, bytes: &[u8]) -> Result<DeviceKey> {
+        DeviceKey::from_stored(bytes, self.hw.as_deref())
+    }
+
+    /// The hardware backend, if the store is a TPM or token.
+    pub fn hardware(&self) -> Option<&Arc<dyn HardwareBackend>> {
+        self.hw.as_ref()
+    }
+
     /// Re-reads the store; returns true when the certificate changed.
     pub fn reload(&self) -> Result<bool> {
         let loaded = match self.store.load()? {
-            Some(c) => Some(Arc::new(Loaded::from_credential(&c)?)),
+            Some(c) => Some(Arc::new(Loaded::from_credential(&c, self.hw.as_ref())?)),
             None => None,
         };
         let after = loaded.as_ref().map(|l| l.info.serial.clone());

@@ -4,7 +4,6 @@ use super::Agent;
 use crate::credential::Loaded;
 use crate::error::{AgentError, Result};
 use crate::est::{EstClient, Trust};
-use crate::keys::DeviceKey;
 use crate::schedule::{self, Validity};
 use crate::state::{self};
 use crate::verify::{self, CertInfo};
@@ -97,13 +96,19 @@ impl Agent {
         let key = match self.in_store(move |s| s.staged(&serial)).await? {
             Some(pkcs8) => {
                 tracing::info!(serial = %cur.info.serial, "retrying an interrupted renewal with its staged key");
-                DeviceKey::from_pkcs8(&pkcs8)?
+                self.staged_key(&pkcs8)?
             }
             None => {
-                let key = DeviceKey::generate(self.effective_policy().preferred_key())?;
-                let (pkcs8, serial) = (key.pkcs8(), cur.info.serial.clone());
-                self.in_store(move |s| s.stage(&pkcs8, &serial)).await?;
-                key
+                let policy = self.effective_policy();
+                // A hardware store makes P-256 keys: the group's choice when it allows one.
+                let alg = if self.hardware().is_some()
+                    && policy.key_algorithms.contains(&lanyard_proto::KeyAlgorithm::EcdsaP256)
+                {
+                    lanyard_proto::KeyAlgorithm::EcdsaP256
+                } else {
+                    policy.preferred_key()
+                };
+                self.generate_staged(alg, cur.info.serial.clone()).await?
             }
         };
         let csr = key.csr(&cur.info.identity)?;
@@ -136,7 +141,7 @@ impl Agent {
         }
         let mut chain = vec![leaf];
         chain.extend(verify::issuers_of(&chain[0], &intermediates).iter().map(|c| c.to_vec()));
-        let cred = Credential { key: key.pkcs8(), chain_der: chain };
+        let cred = Credential { key: key.stored(), chain_der: chain };
         self.in_store(move |s| s.store(&cred)).await?;
         self.reload()?;
         tracing::info!(identity = %info.identity, serial = %info.serial, previous = %cur.info.serial, not_after = %Rfc3339Time(info.not_after), "renewed");

@@ -15,6 +15,9 @@ pub enum CredentialState {
     Renewing,
     Expired,
     Revoked,
+    /// Enrolled, but the TPM or token that holds the key cannot sign now (gone, locked,
+    /// unreachable): the proxy answers 503 until it is back.
+    KeyUnavailable,
 }
 
 /// `lanyard status --json`.
@@ -30,6 +33,10 @@ pub struct Status {
     pub next_renewal: Option<OffsetDateTime>,
     pub state: CredentialState,
     pub store: String,
+    /// How the key is kept: "software key, exportable", "TPM 2.0, non-exportable", ...
+    pub key_protection: Option<String>,
+    /// Why the key cannot sign, when it cannot.
+    pub key_problem: Option<String>,
     pub last_error: Option<String>,
     /// The CA's problem code for the last error (`renewal-conflict`, `revoked`, ...).
     pub last_error_code: Option<String>,
@@ -67,17 +74,38 @@ impl Agent {
         })
     }
 
+    /// [`status`](Self::status), after asking a hardware key to sign: what `lanyard status`
+    /// shows (the daemon's status listener uses the last handshake's outcome instead).
+    pub async fn status_checked(&self) -> Status {
+        let mut s = self.status();
+        if let Some(cur) = self.current() {
+            let checked = tokio::task::spawn_blocking(move || cur.check_key()).await;
+            if let Ok(Err(e)) = checked {
+                s.key_problem = Some(crate::credential::key_unusable(&e));
+                if s.state == CredentialState::Valid || s.state == CredentialState::Renewing {
+                    s.state = CredentialState::KeyUnavailable;
+                }
+            }
+        }
+        s
+    }
+
     pub fn status(&self) -> Status {
         let now = self.clock.now();
         let st = self.state();
         let cur = self.current();
         let decision = self.decide(&st);
         let revoked = matches!((&st.revoked, &cur), (Some((s, _)), Some(c)) if *s == c.info.serial);
+        let key_problem = cur
+            .as_ref()
+            .and_then(|c| c.key_failure(None))
+            .map(|e| crate::credential::key_unusable(&e));
         let state = match &cur {
             None => CredentialState::NotEnrolled,
             Some(_) if revoked => CredentialState::Revoked,
-            Some(_) if st.renewing_now() => CredentialState::Renewing,
             Some(c) if now > c.info.not_after => CredentialState::Expired,
+            Some(_) if key_problem.is_some() => CredentialState::KeyUnavailable,
+            Some(_) if st.renewing_now() => CredentialState::Renewing,
             Some(_) => CredentialState::Valid,
         };
         let (next_renewal, action) = match &decision {
@@ -100,6 +128,8 @@ impl Agent {
             next_renewal,
             state,
             store: self.store.describe(),
+            key_protection: cur.as_ref().map(|c| c.protection().to_owned()),
+            key_problem,
             last_error: self
                 .state_error()
                 .or(st.enrolment_error.clone().filter(|_| cur.is_none()))

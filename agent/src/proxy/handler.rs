@@ -283,6 +283,9 @@ fn classify(tls: Option<&rustls::Error>, msg: &str) -> Failure {
     }
 }
 
+/// A hardware key's signing failure this recent explains a failed handshake.
+const KEY_FAILURE_FRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What the client learns when the upstream fails.
 fn upstream_error(
     ctx: &Ctx,
@@ -305,6 +308,14 @@ fn upstream_error(
             msg = format!("{msg}: {m}");
         }
         src = s.source();
+    }
+    // The device key could not sign this handshake (TPM or token gone): not the upstream's
+    // fault, and it passes when the hardware is back.
+    if let Some(key) = ctx.credential.current().and_then(|c| c.key_failure(Some(KEY_FAILURE_FRESH)))
+    {
+        let why = crate::credential::key_unusable(&key);
+        tracing::warn!(route = %ctx.name, upstream = %authority, status = 503, reason = %why, "the device key did not sign");
+        return text(StatusCode::SERVICE_UNAVAILABLE, why);
     }
     let explained = match classify(tls, &msg) {
         Failure::CertificateRefused => {
