@@ -26,7 +26,9 @@ mkdir -p dist "$ROOT/packaging/generated"
 
 # Man pages and completions come from the programs themselves (same on every arch and
 # profile, so the debug build, which the tests have already made, is enough).
-cargo build -p lanyard-agent -p lanyard-ca
+# The whole workspace, as the tests build it: the same features (the end-to-end tests turn
+# on the hardware stores), so the tests' target/debug/lanyard is not rebuilt without them.
+cargo build --workspace
 generate_docs "$TARGET_DIR/debug" "$ROOT/packaging/generated"
 
 # The agent is built for devices: the size-optimised `device` profile, without Secret
@@ -40,13 +42,21 @@ if [ "${LANYARD_DEB_FAST:-}" = 1 ]; then
   AGENT_PROFILE=release
   echo "LANYARD_DEB_FAST=1: test packages (no LTO, opt-level 1), not release packages"
 fi
-AGENT_FLAGS="--profile $AGENT_PROFILE --no-default-features"
+# Hardware key stores (docs/BENCHMARKS.md, "Hardware keys", for the sizes): PKCS#11 in
+# every package (cryptoki loads the token's module at run time: no library to link,
+# +0.18 MB); the TPM (+1.33 MB with tss-esapi, which would take the agent over 7 MB) in a
+# package of its own, lanyard-tpm, which replaces lanyard and depends on libtss2; amd64
+# only for now (the ARM builds need the target's libtss2-dev through multiarch).
+AGENT_FLAGS="--profile $AGENT_PROFILE --no-default-features --features pkcs11"
+TPM_FLAGS="--profile $AGENT_PROFILE --no-default-features --features pkcs11,tpm --variant tpm"
 
 # Each architecture's toolchain, checked before anything is built: a missing cross compiler
 # otherwise stops the build minutes later with a C compiler error deep in aws-lc-sys.
 missing_for() {
   case "$1" in
-    amd64) ;;
+    amd64)
+      pkg-config --exists tss2-esys 2>/dev/null || echo "apt-get install libtss2-dev pkg-config"
+      ;;
     arm64)
       command -v aarch64-linux-gnu-gcc >/dev/null || echo "apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
       ;;
@@ -87,6 +97,7 @@ for arch in $ARCHES; do
   case "$arch" in
     amd64)
       cargo deb -p lanyard-agent $AGENT_FLAGS --output dist/
+      cargo deb -p lanyard-agent $TPM_FLAGS --output dist/
       cargo deb -p lanyard-ca --output dist/
       ;;
     arm64) cross aarch64-unknown-linux-gnu aarch64-linux-gnu "$ARM64_PACKAGES" ;;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every Lanyard test, the way CI runs them (CI=true: a test whose peer is missing fails).
 # Peers it uses: openssl, curl, nginx, pkilint, keyutils, gnome-keyring, terraform,
-# checkov, node, lintian, systemd-analyze, qemu-user; a nightly toolchain and cargo-fuzz
+# checkov, node, lintian, systemd-analyze, qemu-user, SoftHSM2 and pkcs11-tool, swtpm and
+# tpm2-tools (libtss2-dev to build the `tpm` feature); a nightly toolchain and cargo-fuzz
 # for the fuzz regression runs. `.ci/run` installs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -417,7 +417,7 @@ fn hardware_config(
             if !cfg!(feature = "tpm") {
                 return Err(err(
                     f,
-                    "[store] backend = \"tpm\": this lanyard was built without TPM support; install the lanyard-hardware package, or build with --features tpm",
+                    "[store] backend = \"tpm\": this lanyard was built without TPM support; install the lanyard-tpm package (amd64), or build with --features tpm",
                 ));
             }
             let tcti = raw.tcti.clone().unwrap_or_else(|| DEFAULT_TCTI.to_owned());
@@ -430,7 +430,7 @@ fn hardware_config(
             if !cfg!(feature = "pkcs11") {
                 return Err(err(
                     f,
-                    "[store] backend = \"pkcs11\": this lanyard was built without PKCS#11 support; install the lanyard-hardware package, or build with --features pkcs11",
+                    "[store] backend = \"pkcs11\": this lanyard was built without PKCS#11 support (the packages have it); build with --features pkcs11",
                 ));
             }
             let module = raw.module.clone().ok_or_else(|| {

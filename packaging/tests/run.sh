@@ -146,6 +146,40 @@ done
 getent passwd lanyard >/dev/null && fail "user lanyard left after purge"
 getent passwd lanyard-ca >/dev/null && fail "user lanyard-ca left after purge"
 
+echo "--> lanyard-tpm replaces lanyard and back, keeping the device's state"
+tpm_cfg=$(mktemp)
+printf '[store]\nbackend = "tpm"\ntcti = "swtpm:host=127.0.0.1,port=9"\n' > "$tpm_cfg"
+chmod 644 "$tpm_cfg"
+tpm_status() { /usr/bin/lanyard --config "$tpm_cfg" --state-dir "$(mktemp -d)" status 2>&1 || true; }
+dpkg -i "$(deb lanyard amd64)" >/dev/null
+# (systemd makes the state directory when the service first starts; a device's credential
+# lives there.)
+install -d -o lanyard -g lanyard -m 700 /var/lib/lanyard
+echo "device state" > /var/lib/lanyard/marker
+out=$(tpm_status)
+grep -q "install the lanyard-tpm package" <<<"$out" || fail "lanyard does not point a TPM config at lanyard-tpm: $out"
+dpkg -i "$(deb lanyard-tpm amd64)" >/dev/null
+[ "$(dpkg-query -W -f='${db:Status-Status}' lanyard-tpm)" = installed ] || fail "lanyard-tpm not installed"
+[ "$(dpkg-query -W -f='${db:Status-Status}' lanyard 2>/dev/null)" != installed ] || fail "lanyard still installed beside lanyard-tpm"
+grep -q "device state" /var/lib/lanyard/marker || fail "switching to lanyard-tpm lost /var/lib/lanyard"
+grep -qx /etc/lanyard/agent.toml /var/lib/dpkg/info/lanyard-tpm.conffiles || fail "agent.toml is not lanyard-tpm's conffile"
+out=$(tpm_status)
+grep -q "not_enrolled" <<<"$out" || fail "lanyard-tpm does not take a TPM config: $out"
+ldd /usr/bin/lanyard | grep -q libtss2-esys || fail "lanyard-tpm's agent does not link libtss2"
+# Purging what is left of lanyard must not take the state lanyard-tpm now uses.
+dpkg --purge lanyard >/dev/null 2>&1 || true
+grep -q "device state" /var/lib/lanyard/marker || fail "purging the replaced lanyard deleted lanyard-tpm's state"
+getent passwd lanyard >/dev/null || fail "purging the replaced lanyard deleted the lanyard user"
+dpkg -i "$(deb lanyard amd64)" >/dev/null
+[ "$(dpkg-query -W -f='${db:Status-Status}' lanyard)" = installed ] || fail "lanyard did not replace lanyard-tpm"
+grep -q "device state" /var/lib/lanyard/marker || fail "switching back to lanyard lost /var/lib/lanyard"
+dpkg --purge lanyard-tpm >/dev/null 2>&1 || true
+grep -q "device state" /var/lib/lanyard/marker || fail "purging the replaced lanyard-tpm deleted lanyard's state"
+dpkg --purge lanyard >/dev/null
+[ ! -e /var/lib/lanyard ] || fail "/var/lib/lanyard left after purging lanyard"
+rm -f "$tpm_cfg"
+echo "lanyard <-> lanyard-tpm: state, configuration and user kept; purge of the last one cleans up"
+
 echo "--> upgrade from 0.1.0 through the signed repository (packaging/tests/upgrade.sh)"
 if need apt-ftparchive && need gpg; then
   bash packaging/tests/upgrade.sh "$(deb lanyard amd64)" "$(deb lanyard-ca amd64)"

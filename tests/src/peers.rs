@@ -35,6 +35,10 @@ pub fn require_peer(name: &str) -> bool {
         "curl" => "apt-get install -y curl",
         "tinyproxy" => "apt-get install -y tinyproxy-bin",
         "microsocks" => "apt-get install -y microsocks",
+        "softhsm2-util" => "apt-get install -y softhsm2",
+        "pkcs11-tool" => "apt-get install -y opensc",
+        "swtpm" => "apt-get install -y swtpm swtpm-tools",
+        n if n.starts_with("tpm2_") => "apt-get install -y tpm2-tools",
         n if n.starts_with("lint_") => "pip install pkilint",
         _ => "install it",
     };

@@ -40,44 +40,53 @@ pub fn spki_key_bits(spki: &[u8]) -> Option<Vec<u8>> {
     Some(info.subject_public_key.data.to_vec())
 }
 
-/// An ECDSA signature as `r || s` (PKCS#11's and a TPM's form) to DER `ECDSA-Sig-Value`.
+/// An ECDSA signature as `r || s` (PKCS#11's form) to DER `ECDSA-Sig-Value`.
 pub fn ecdsa_raw_to_der(raw: &[u8]) -> Option<Vec<u8>> {
     if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return None;
     }
     let (r, s) = raw.split_at(raw.len() / 2);
-    let (r, s) = (der_uint(r), der_uint(s));
-    let mut out = vec![0x30];
-    der_len(&mut out, r.len() + s.len());
-    out.extend(r);
-    out.extend(s);
-    Some(out)
+    Some(ecdsa_der(r, s))
 }
 
-/// A DER INTEGER of an unsigned big-endian number: minimal, with a 0 byte when the high
-/// bit is set.
-fn der_uint(n: &[u8]) -> Vec<u8> {
-    let first = n.iter().position(|&b| b != 0).unwrap_or(n.len().saturating_sub(1));
-    let n = &n[first.min(n.len())..];
-    let n = if n.is_empty() { &[0u8][..] } else { n };
-    let pad = n[0] & 0x80 != 0;
-    let mut out = vec![0x02];
-    der_len(&mut out, n.len() + usize::from(pad));
-    if pad {
-        out.push(0);
+/// The DER `ECDSA-Sig-Value` (SEQUENCE of r and s) of unsigned big-endian r and s (a TPM's
+/// form).
+pub fn ecdsa_der(r: &[u8], s: &[u8]) -> Vec<u8> {
+    der(0x30, &[der_uint(r), der_uint(s)].concat())
+}
+
+/// A DER TLV.
+pub fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
     }
-    out.extend_from_slice(n);
+    out.extend_from_slice(content);
     out
 }
 
-fn der_len(out: &mut Vec<u8>, len: usize) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else if len < 0x100 {
-        out.extend([0x81, len as u8]);
-    } else {
-        out.extend([0x82, (len >> 8) as u8, len as u8]);
+/// A DER INTEGER for an unsigned big-endian number: leading zeros gone, one put back if
+/// the top bit is set.
+pub fn der_uint(be: &[u8]) -> Vec<u8> {
+    let skip = be.iter().take_while(|b| **b == 0).count();
+    let digits = &be[skip..];
+    let mut content = Vec::with_capacity(digits.len() + 1);
+    if digits.first().is_none_or(|b| b & 0x80 != 0) {
+        content.push(0);
     }
+    content.extend_from_slice(digits);
+    der(0x02, &content)
+}
+
+/// A DER BIT STRING of whole bytes.
+pub fn bit_string(bytes: &[u8]) -> Vec<u8> {
+    der(0x03, &[&[0u8][..], bytes].concat())
 }
 
 /// A hardware key as rcgen sees it, to sign a CSR.

@@ -37,6 +37,7 @@
 //! silences it.
 
 use super::handle::Handle;
+use super::signer::{bit_string, der, der_uint, ecdsa_der, p256_spki};
 use super::{HardwareBackend, HardwareKey, HwError, HwResult};
 use lanyard_proto::KeyAlgorithm;
 use std::fmt;
@@ -293,7 +294,7 @@ impl HardwareKey for TpmKey {
         })?;
         match (self.alg, signed) {
             (KeyAlgorithm::EcdsaP256, Signature::EcDsa(sig)) => {
-                Ok(ecdsa_sig_der(sig.signature_r().value(), sig.signature_s().value()))
+                Ok(ecdsa_der(sig.signature_r().value(), sig.signature_s().value()))
             }
             (KeyAlgorithm::Rsa2048, Signature::RsaSsa(sig)) => {
                 // Always the modulus' length from a TPM; padded in case one trims it.
@@ -713,11 +714,8 @@ fn spki_der(public: &Public) -> Result<Vec<u8>, String> {
             }
             let x = left_pad(unique.x().value(), 32).ok_or("x is longer than 32 bytes")?;
             let y = left_pad(unique.y().value(), 32).ok_or("y is longer than 32 bytes")?;
-            let mut point = vec![0x04];
-            point.extend_from_slice(&x);
-            point.extend_from_slice(&y);
-            let algorithm = der(0x30, &[OID_EC_PUBLIC_KEY, OID_PRIME256V1].concat());
-            Ok(der(0x30, &[algorithm, bit_string(&point)].concat()))
+            let point = [&[0x04][..], &x, &y].concat();
+            p256_spki(&point).ok_or_else(|| "not a P-256 point".to_owned())
         }
         Public::Rsa { parameters, unique, .. } => {
             let exponent = match parameters.exponent().value() {
@@ -737,52 +735,9 @@ fn spki_der(public: &Public) -> Result<Vec<u8>, String> {
     }
 }
 
-/// id-ecPublicKey (1.2.840.10045.2.1).
-const OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-/// prime256v1 (1.2.840.10045.3.1.7).
-const OID_PRIME256V1: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 /// rsaEncryption (1.2.840.113549.1.1.1).
 const OID_RSA_ENCRYPTION: &[u8] =
     &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
-
-/// The DER `ECDSA-Sig-Value` (SEQUENCE of r and s) for the TPM's raw r and s.
-fn ecdsa_sig_der(r: &[u8], s: &[u8]) -> Vec<u8> {
-    der(0x30, &[der_uint(r), der_uint(s)].concat())
-}
-
-/// A DER TLV.
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
-/// A DER INTEGER for an unsigned big-endian number: leading zeros gone, one put back if
-/// the top bit is set.
-fn der_uint(be: &[u8]) -> Vec<u8> {
-    let skip = be.iter().take_while(|b| **b == 0).count();
-    let digits = &be[skip..];
-    let mut content = Vec::with_capacity(digits.len() + 1);
-    if digits.first().is_none_or(|b| b & 0x80 != 0) {
-        content.push(0);
-    }
-    content.extend_from_slice(digits);
-    der(0x02, &content)
-}
-
-/// A DER BIT STRING of whole bytes.
-fn bit_string(bytes: &[u8]) -> Vec<u8> {
-    der(0x03, &[&[0u8][..], bytes].concat())
-}
 
 /// `bytes` left-padded with zeros to `len`; `None` if longer.
 fn left_pad(bytes: &[u8], len: usize) -> Option<Vec<u8>> {
@@ -951,7 +906,10 @@ mod tests {
             let spki = key.spki_der().to_vec();
             // The SPKI is what aws-lc-rs (and so rcgen and rustls) would write.
             let algorithm_oid = match alg {
-                KeyAlgorithm::EcdsaP256 => OID_EC_PUBLIC_KEY,
+                // id-ecPublicKey (1.2.840.10045.2.1).
+                KeyAlgorithm::EcdsaP256 => {
+                    &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01][..]
+                }
                 _ => OID_RSA_ENCRYPTION,
             };
             assert!(spki.windows(algorithm_oid.len()).any(|w| w == algorithm_oid));
