@@ -19,7 +19,7 @@ if [ -n "$(git status --porcelain --untracked-files=no -- . ':!fuzz')" ]; then
   echo "reproducible build test: uncommitted changes; commit them to run it" >&2
   exit 0
 fi
-first=("$ROOT"/dist/lanyard_*_amd64.deb "$ROOT"/dist/lanyard-ca_*_amd64.deb)
+first=("$ROOT"/dist/lanyard_*_amd64.deb "$ROOT"/dist/lanyard-tpm_*_amd64.deb "$ROOT"/dist/lanyard-ca_*_amd64.deb)
 for deb in "${first[@]}"; do [ -f "$deb" ] || fail "$deb missing: run packaging/build-debs.sh first"; done
 
 WORK=$(mktemp -d)
