@@ -120,7 +120,7 @@ fn main() -> Result<(), Error> {
     let mut client_cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
-        .with_client_cert_resolver(Arc::new(Fixed(certified)));
+        .with_client_cert_resolver(Arc::new(lanyard_agent::est::FixedCert(certified)));
     client_cfg.resumption = rustls::client::Resumption::disabled();
     let client_cfg = Arc::new(client_cfg);
 
@@ -167,20 +167,4 @@ fn serve_one(mut sock: TcpStream, cfg: Arc<rustls::ServerConfig>) -> Result<(), 
     tls.write_all(&b)?;
     tls.flush()?;
     Ok(())
-}
-
-#[derive(Debug)]
-struct Fixed(Arc<rustls::sign::CertifiedKey>);
-
-impl rustls::client::ResolvesClientCert for Fixed {
-    fn resolve(
-        &self,
-        _: &[&[u8]],
-        _: &[rustls::SignatureScheme],
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.0.clone())
-    }
-    fn has_certs(&self) -> bool {
-        true
-    }
 }

@@ -40,7 +40,7 @@ pub enum ClientAuth {
 
 /// Always the same client certificate.
 #[derive(Debug)]
-struct FixedCert(Arc<rustls::sign::CertifiedKey>);
+pub struct FixedCert(pub Arc<rustls::sign::CertifiedKey>);
 
 impl rustls::client::ResolvesClientCert for FixedCert {
     fn resolve(

@@ -17,6 +17,30 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// nginx in front of `ca`'s clients: the server certificate `serve` made for itself
+    /// (SAN 127.0.0.1) with the issuing CA as chain, `ca`'s bundle as the client CAs and
+    /// its CRLs (`lanyard-ca crl --out`, issuing and root) in `<ca root>/nginx/crl.pem`,
+    /// which [`Nginx::crl_path`] names for a later refresh.
+    pub fn for_ca(ca: &crate::Ca) -> Nginx {
+        let prefix = ca.root().join("nginx");
+        std::fs::create_dir_all(&prefix).expect("prefix");
+        let chain = prefix.join("server-chain.pem");
+        let chain_pem = format!(
+            "{}{}",
+            std::fs::read_to_string(ca.path("tls/server.crt")).expect("server.crt"),
+            std::fs::read_to_string(ca.issuing_crt()).expect("issuing.crt")
+        );
+        std::fs::write(&chain, chain_pem).expect("chain");
+        let crl = prefix.join("crl.pem");
+        ca.cli(&["crl", "--out", &crl.display().to_string()]).ok();
+        Nginx::start(&prefix, &chain, &ca.path("tls/server.key"), &ca.bundle(), &crl)
+    }
+
+    /// The CRL file nginx reads (after [`Nginx::for_ca`]); refresh it, then `signal("HUP")`.
+    pub fn crl_path(&self) -> PathBuf {
+        self.prefix.join("crl.pem")
+    }
+
     pub fn start(prefix: &Path, cert_chain: &Path, key: &Path, bundle: &Path, crl: &Path) -> Nginx {
         let (guard, port) = reserve_port();
         let p = prefix.display();

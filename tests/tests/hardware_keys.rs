@@ -236,20 +236,30 @@ fn same_serial(a: &str, b: &str) -> bool {
     norm(a) == norm(b)
 }
 
-/// nginx requiring client certificates from this CA.
-fn nginx(ca: &Ca) -> Nginx {
-    let prefix = ca.root().join("nginx");
-    std::fs::create_dir_all(&prefix).expect("prefix");
-    let chain = prefix.join("server-chain.pem");
-    let chain_pem = format!(
-        "{}{}",
-        std::fs::read_to_string(ca.path("tls/server.crt")).expect("server.crt"),
-        std::fs::read_to_string(ca.issuing_crt()).expect("issuing.crt")
-    );
-    std::fs::write(&chain, chain_pem).expect("chain");
-    let crl = prefix.join("crl.pem");
-    ca.cli(&["crl", "--out", &crl.display().to_string()]).ok();
-    Nginx::start(&prefix, &chain, &ca.path("tls/server.key"), &ca.bundle(), &crl)
+/// `lanyard renew --force` SIGKILLed `rounds` times at moments spread over a renewal
+/// (`from` ms in, then `step` ms later each round, wrapping at `from + span`); after each,
+/// status must load a valid, matching pair. Returns the serials seen.
+fn sigkill_renewals(dev: &Device, rounds: u64, from: u64, step: u64, span: u64) -> Vec<String> {
+    let mut serials = Vec::new();
+    for round in 0..rounds {
+        let mut child = dev
+            .command(&["renew", "--force"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn renew");
+        std::thread::sleep(Duration::from_millis(from + (round * step) % span));
+        let _ = child.kill();
+        let _ = child.wait();
+        let v = dev.status();
+        if v["state"] != "valid" {
+            eprintln!("{}", dev.run(&["-vv", "status"]));
+        }
+        assert_eq!(v["state"], "valid", "round {round}: after SIGKILL: {v}");
+        serials.push(v["serial"].as_str().expect("serial").to_owned());
+    }
+    serials
 }
 
 #[test]
@@ -318,7 +328,7 @@ fn a_pkcs11_token_holds_the_device_key_through_enrolment_renewal_and_crashes() {
 
     // Through the proxy to nginx requiring client certificates: the handshake is signed on
     // the token.
-    let nginx = nginx(&ca);
+    let nginx = Nginx::for_ca(&ca);
     let proxy = Proxy::start(&dev, &nginx.url(), &ca.root_crt());
     let (code, body) = proxy.get();
     assert_eq!(code, 200, "{body}\n{}", nginx.error_log());
@@ -345,21 +355,7 @@ fn a_pkcs11_token_holds_the_device_key_through_enrolment_renewal_and_crashes() {
     // the pair and checks the certificate's key is the token's), and the next renewal
     // leaves exactly one key on the token.
     let mut serials = vec![second.clone()];
-    for round in 0..12u64 {
-        let mut child = dev
-            .command(&["renew", "--force"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn renew");
-        std::thread::sleep(Duration::from_millis(20 + (round * 37) % 260));
-        let _ = child.kill();
-        let _ = child.wait();
-        let v = dev.status();
-        assert_eq!(v["state"], "valid", "round {round}: after SIGKILL: {v}");
-        serials.push(v["serial"].as_str().expect("serial").to_owned());
-    }
+    serials.extend(sigkill_renewals(&dev, 12, 20, 37, 260));
     dev.run(&["renew", "--force"]).ok();
     let last = dev.serial();
     let keys = token.private_keys();
@@ -506,7 +502,7 @@ fn a_tpm_holds_the_device_key_and_the_proxy_waits_for_it() {
     ]);
     assert!(!out.success() && out.all().contains("TPM 2.0, non-exportable"), "{out}");
 
-    let nginx = nginx(&ca);
+    let nginx = Nginx::for_ca(&ca);
     let proxy = Proxy::start(&dev, &nginx.url(), &ca.root_crt());
     let (code, body) = proxy.get();
     assert_eq!(code, 200, "{body}\n{}", nginx.error_log());
@@ -521,23 +517,7 @@ fn a_tpm_holds_the_device_key_and_the_proxy_waits_for_it() {
     assert_ne!(handles[0]["private"], before, "the renewal kept the old key");
 
     // SIGKILLs during renewals: one matching pair every time.
-    for round in 0..8u64 {
-        let mut child = dev
-            .command(&["renew", "--force"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn renew");
-        std::thread::sleep(Duration::from_millis(30 + (round * 53) % 300));
-        let _ = child.kill();
-        let _ = child.wait();
-        let v = dev.status();
-        if v["state"] != "valid" {
-            eprintln!("{}", dev.run(&["-vv", "status"]));
-        }
-        assert_eq!(v["state"], "valid", "round {round}: after SIGKILL: {v}");
-    }
+    sigkill_renewals(&dev, 8, 30, 53, 300);
     dev.run(&["renew", "--force"]).ok();
     let last = dev.serial();
     assert_ne!(last, second);

@@ -23,18 +23,8 @@ fn nginx_accepts_issued_and_refuses_revoked_certificates() {
 
     // nginx's server certificate: the one `serve` made for itself (SAN 127.0.0.1), with
     // the issuing CA as chain. Its CRLs: `lanyard-ca crl --out` (issuing and root).
-    let prefix = ca.root().join("nginx");
-    std::fs::create_dir_all(&prefix).expect("prefix");
-    let chain = prefix.join("server-chain.pem");
-    let chain_pem = format!(
-        "{}{}",
-        std::fs::read_to_string(ca.path("tls/server.crt")).expect("server.crt"),
-        std::fs::read_to_string(ca.issuing_crt()).expect("issuing.crt")
-    );
-    std::fs::write(&chain, chain_pem).expect("chain");
-    let crl = prefix.join("crl.pem");
-    ca.cli(&["crl", "--out", &crl.display().to_string()]).ok();
-    let nginx = Nginx::start(&prefix, &chain, &ca.path("tls/server.key"), &ca.bundle(), &crl);
+    let nginx = Nginx::for_ca(&ca);
+    let crl = nginx.crl_path();
 
     // The issued certificate: 200 over HTTP/2, and nginx saw the right serial.
     let r = nginx.get(&ca.root_crt(), Some((&leaf, &key)));
