@@ -15,14 +15,25 @@
 # the difference is what the per-issuance fsync (synchronous=FULL) costs.
 # Then N check-ins (POST /v1/checkin) of the keep-alive devices, each with its own client
 # certificate on its own connection, next to the per-request enrolments.
+# The handshake floor: N GETs of /.well-known/est/cacerts (an answer from memory) on the same
+# listener, and N GETs of a `return 200` from nginx with the same certificate and key, each
+# with a new connection and a full handshake: what a per-request enrolment cannot beat.
 # In the same run, `openssl speed -seconds 3 ecdsap256` gives sign/s and verify/s; one
 # enrolment costs at least one verify (the CSR's proof of possession) and one sign (the
 # certificate), so the raw bound is 1 / (1/sign + 1/verify) enrolments per second on one
 # core. Machines are shared and noisy: compare the ratio, not the absolute numbers.
+# PIN=1 (the default on 2 or more cores): the servers (lanyard-ca, nginx) on core 0 and
+# curl on core 1 (taskset), so that the load generator never takes the server's core and
+# the server's rate compares with the one-core bound; PIN=0 lets the scheduler decide.
 set -euo pipefail
 
 N=${N:-1000}
 C=${C:-4}
+PIN=${PIN:-1}
+SRV=() CLI=()
+if [[ "$PIN" == 1 && $(nproc) -ge 2 ]] && command -v taskset >/dev/null; then
+    SRV=(taskset -c 0) CLI=(taskset -c 1)
+fi
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 
 if [[ -n "${LANYARD_BIN_DIR:-}" ]]; then
@@ -40,8 +51,10 @@ done
 
 WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/lanyard-bench.XXXXXX")
 SERVE_PID=
+NGINX_PID=
 cleanup() {
     [[ -n "$SERVE_PID" ]] && kill "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null
+    [[ -n "$NGINX_PID" ]] && kill "$NGINX_PID" 2>/dev/null && wait "$NGINX_PID" 2>/dev/null
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -51,7 +64,7 @@ now() { date +%s.%N; }
 
 # --- setup (not timed) -------------------------------------------------------------
 "$BIN" init --dir "$WORK/ca" 2>/dev/null
-"$BIN" serve --dir "$WORK/ca" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+"${SRV[@]}" "$BIN" serve --dir "$WORK/ca" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
     --addr-file "$WORK/addr.json" 2>"$WORK/serve.log" &
 SERVE_PID=$!
 for _ in $(seq 100); do [[ -s "$WORK/addr.json" ]] && break; sleep 0.1; done
@@ -104,7 +117,7 @@ measure() {
     local dir="$WORK/$1" c0 c1 t0 t1
     c0=$(server_cpu)
     t0=$(now)
-    /usr/bin/time -f '%U %S' -o "$dir/client-cpu" curl -sS --parallel --parallel-max "$C" \
+    /usr/bin/time -f '%U %S' -o "$dir/client-cpu" "${CLI[@]}" curl -sS --parallel --parallel-max "$C" \
         -K "$dir/curl.cfg" >"$dir/codes" 2>"$dir/errors" || true
     t1=$(now)
     c1=$(server_cpu)
@@ -126,6 +139,63 @@ PR_OK=$OK PR_SRV_MS=$SRV_MS PR_CLI_MS=$CLI_MS PR_S=$SECS
 base64 -d "$WORK/keepalive/1.p7" | openssl pkcs7 -inform DER -print_certs |
     openssl x509 -out "$WORK/leaf.pem"
 openssl verify -CAfile "$WORK/ca/ca-bundle.pem" "$WORK/leaf.pem" >/dev/null
+
+# --- measured: the handshake floor (same listener; nginx with the same certificate) -----
+make_floor() { # $1 = set, $2 = URL: N GETs, each on a new connection with a full handshake
+    local dir="$WORK/$1" i
+    mkdir -p "$dir"
+    : >"$dir/curl.cfg"
+    for i in $(seq "$N"); do
+        [[ $i == 1 ]] || echo next >>"$dir/curl.cfg"
+        cat >>"$dir/curl.cfg" <<EOF
+silent
+show-error
+url = "$2"
+cacert = "$CACERT"
+output = "/dev/null"
+write-out = "%{http_code}\n"
+http1.1
+no-sessionid
+header = "Connection: close"
+EOF
+    done
+}
+make_floor floor "https://$HTTPS/.well-known/est/cacerts"
+measure floor
+FL_OK=$OK FL_SRV_MS=$SRV_MS FL_S=$SECS
+NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+if [[ -x "$NGINX_BIN" ]]; then
+    NGX_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    mkdir -p "$WORK/nginx/logs"
+    cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+error_log $WORK/nginx/logs/error.log;
+pid $WORK/nginx/logs/nginx.pid;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    server {
+        listen 127.0.0.1:$NGX_PORT ssl;
+        ssl_certificate $WORK/ca/tls/server.crt;
+        ssl_certificate_key $WORK/ca/tls/server.key;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+        location / { return 200 "ok\n"; }
+    }
+}
+EOF
+    "${SRV[@]}" "$NGINX_BIN" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" -g "daemon off;" 2>"$WORK/nginx/stderr" &
+    NGINX_PID=$!
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$NGX_PORT") 2>/dev/null && break; sleep 0.1; done
+    make_floor nginx "https://127.0.0.1:$NGX_PORT/"
+    # Its CPU: the worker's, read like the CA's.
+    SAVED=$SERVE_PID
+    SERVE_PID=$(pgrep -P "$NGINX_PID" | head -1)
+    measure nginx
+    SERVE_PID=$SAVED
+    NG_OK=$OK NG_SRV_MS=$SRV_MS NG_S=$SECS
+    kill "$NGINX_PID"; wait "$NGINX_PID" 2>/dev/null || true; NGINX_PID=
+fi
 
 # --- measured: check-ins, each device on its own connection (as a fleet checks in) -----
 # Setup (not timed): each keep-alive device's certificate, and one report per device.
@@ -180,6 +250,17 @@ printf 'per-request (new connection + full TLS handshake each, %s parallel): %s/
     "$C" "$PR_OK" "$N" "$PR_S" "$PR_RATE" "$(echo "$PR_RATE / $BOUND" | bc -l)"
 printf '            CPU per enrolment: server %.2f ms, curl %.2f ms (wall per enrolment %.2f ms)\n' \
     "$PR_SRV_MS" "$PR_CLI_MS" "$(echo "$PR_S * 1000 / $N" | bc -l)"
+FL_RATE=$(echo "$FL_OK / $FL_S" | bc -l)
+printf 'floor       (GET /.well-known/est/cacerts, new connection + full TLS handshake each, same listener): %s/%s ok = %.0f/s; the per-request enrolment does %.2f of it\n' \
+    "$FL_OK" "$N" "$FL_RATE" "$(echo "$PR_RATE / $FL_RATE" | bc -l)"
+printf '            server CPU per request %.2f ms (an enrolment costs %.2f ms more)\n' \
+    "$FL_SRV_MS" "$(echo "$PR_SRV_MS - $FL_SRV_MS" | bc -l)"
+if [[ -n "${NG_OK:-}" ]]; then
+    NG_RATE=$(echo "$NG_OK / $NG_S" | bc -l)
+    printf 'nginx       (return 200, same certificate and key, one worker, no session reuse): %s/%s ok = %.0f/s, worker CPU %.2f ms per request; the per-request enrolment does %.2f of it\n' \
+        "$NG_OK" "$N" "$NG_RATE" "$NG_SRV_MS" "$(echo "$PR_RATE / $NG_RATE" | bc -l)"
+fi
+printf 'placement:  %s\n' "$([[ ${#SRV[@]} -gt 0 ]] && echo "servers on core 0, curl on core 1 (taskset)" || echo "not pinned")"
 CI_RATE=$(echo "$CI_OK / $CI_S" | bc -l)
 printf 'check-ins   (mTLS, new connection + full TLS handshake each, %s parallel): %s/%s ok in %.2f s = %.0f/s, %.2f x the per-request enrolment rate\n' \
     "$C" "$CI_OK" "$N" "$CI_S" "$CI_RATE" "$(echo "$CI_RATE / $PR_RATE" | bc -l)"
