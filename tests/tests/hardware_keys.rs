@@ -61,24 +61,17 @@ impl Token {
         run_cmd(&mut c, None)
     }
 
+    /// `pkcs11-tool` logged in to the token as the user, with `args` after.
+    fn user_tool(&self, args: &[&str]) -> Out {
+        let m = self.module.display().to_string();
+        let mut all = vec!["--module", &m, "--token-label", "lanyard", "--login", "--pin", "1234"];
+        all.extend_from_slice(args);
+        self.cmd("pkcs11-tool", &all)
+    }
+
     /// `pkcs11-tool --list-objects` as the user: every object with its flags.
     fn objects(&self) -> String {
-        let m = self.module.display().to_string();
-        self.cmd(
-            "pkcs11-tool",
-            &[
-                "--module",
-                &m,
-                "--token-label",
-                "lanyard",
-                "--login",
-                "--pin",
-                "1234",
-                "--list-objects",
-            ],
-        )
-        .ok()
-        .stdout
+        self.user_tool(&["--list-objects"]).ok().stdout
     }
 
     /// The private keys on the token: (label, id hex, the block pkcs11-tool printed).
@@ -375,27 +368,8 @@ fn a_pkcs11_token_holds_the_device_key_through_enrolment_renewal_and_crashes() {
 
     // The key deleted from the token behind the agent's back: status says so, and the
     // proxy answers 503 with the reason instead of blaming the upstream.
-    let m = token.module.display().to_string();
     let id = ours[0].1.clone();
-    token
-        .cmd(
-            "pkcs11-tool",
-            &[
-                "--module",
-                &m,
-                "--token-label",
-                "lanyard",
-                "--login",
-                "--pin",
-                "1234",
-                "--delete-object",
-                "--type",
-                "privkey",
-                "--id",
-                &id,
-            ],
-        )
-        .ok();
+    token.user_tool(&["--delete-object", "--type", "privkey", "--id", &id]).ok();
     let v = dev.status();
     assert_eq!(v["state"], "key_unavailable", "{v}");
     assert!(v["key_problem"].as_str().is_some_and(|p| p.contains("enrol again")), "{v}");

@@ -139,13 +139,8 @@ impl TlsKey {
         TlsKey { key, failure: Arc::new(Mutex::new(None)) }
     }
 
-    /// The hardware's last signing failure, if the last attempt failed.
-    pub fn failure(&self) -> Option<(Instant, HwError)> {
-        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// What tells [`failure`](Self::failure), for the credential to keep after this key
-    /// goes into a `CertifiedKey`.
+    /// The key's last signing failure (cleared by the next success), for the credential to
+    /// keep after this key goes into a `CertifiedKey`.
     pub fn failure_cell(&self) -> Arc<Mutex<Option<(Instant, HwError)>>> {
         self.failure.clone()
     }
