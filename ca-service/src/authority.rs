@@ -582,7 +582,12 @@ impl Authority {
         if lanyard_proto::claim::is_claim(token.expose()) {
             return self.enroll_with_claim(identity, token, csr_der, meta).await;
         }
-        let Some(tok) = self.store.token(&token.hash()).await? else {
+        // The CSR first (no store needed), so that the token, the key's earlier use and the
+        // group's policy come in one store call; its error still comes after the token's.
+        let csr = csr::check(csr_der);
+        let spki = csr.as_ref().ok().map(|c| c.spki_sha256.as_str());
+        let reads = self.store.enrolment_reads(&token.hash(), identity, spki).await?;
+        let Some(tok) = reads.token else {
             return Err(CaError::refused(
                 ProblemCode::TokenInvalid,
                 format!("unknown enrolment token for identity {identity:?}"),
@@ -594,7 +599,7 @@ impl Authority {
                 format!("this token is bound to another identity, not {identity:?}"),
             ));
         }
-        let csr = csr::check(csr_der)?;
+        let csr = csr?;
         if let Some(used) = &tok.used {
             return self.replay(&tok, used.spki_sha256 == csr.spki_sha256, &used.serial).await;
         }
@@ -611,12 +616,12 @@ impl Authority {
                 ),
             ));
         }
-        if let Err(e) = self.refuse_reused_key(identity, &csr.spki_sha256).await {
+        if let Some(serial) = &reads.key_serial {
             // A concurrent request with this token and key may have just won.
-            return self.replay_if_used(&tok.hash, &csr).await?.ok_or(e);
+            return self.replay_if_used(&tok.hash, &csr).await?.ok_or_else(|| key_reused(serial));
         }
         // Policy and profile, wait for an issuance slot, sign, record.
-        let policy = self.policy(&tok.group).await?;
+        let policy = reads.policy.unwrap_or_default();
         profile_allows(identity, &tok.group, &csr, &policy)?;
         let now = self.admit_issuance().await?;
         let record = self.sign_device(identity, &tok.group, &csr, &policy, now, None)?;
@@ -699,14 +704,6 @@ impl Authority {
         self.replay(&t, used.spki_sha256 == csr.spki_sha256, &used.serial).await.map(Some)
     }
 
-    /// Refuses a key that was ever certified for `identity` (a key is used once).
-    async fn refuse_reused_key(&self, identity: &str, spki_sha256: &str) -> Result<()> {
-        match self.store.cert_by_key(identity, spki_sha256).await? {
-            Some(serial) => Err(key_reused(&serial)),
-            None => Ok(()),
-        }
-    }
-
     /// EST `simplereenroll`: renewal authenticated by the current certificate, which must
     /// be one this CA issued, unrevoked, and unexpired (or within the group's grace).
     ///
@@ -734,13 +731,20 @@ impl Authority {
         csr_der: &[u8],
         meta: &RequestMeta,
     ) -> Result<Issued> {
-        let current = self.known_device_cert(client_cert_der).await?;
+        // The CSR first (no store needed), so that the certificate, the key's earlier use
+        // and the group's policy come in one store call; its error still comes after the
+        // certificate's.
+        let serial = self.device_cert_serial(client_cert_der)?;
+        let csr = csr::check(csr_der);
+        let spki = csr.as_ref().ok().map(|c| c.spki_sha256.as_str());
+        let reads = self.store.renewal_reads(&serial, spki).await?;
+        let current = same_record(reads.cert, client_cert_der)?;
         if let Some(r) = &current.revocation
             && r.reason != Reason::Superseded
         {
             return Err(revoked_error(&current.serial, r));
         }
-        let csr = csr::check(csr_der)?;
+        let csr = csr?;
         if let Some(child) = &current.superseded_by {
             return self.renewal_retry(&current, child, &csr, meta).await;
         }
@@ -748,7 +752,7 @@ impl Authority {
             return Err(revoked_error(&current.serial, r));
         }
         let now = self.now();
-        let policy = self.policy(&current.group).await?;
+        let policy = reads.policy.unwrap_or_default();
         let grace =
             time::Duration::try_from(policy.expired_grace()).unwrap_or(time::Duration::ZERO);
         if now > current.not_after + grace {
@@ -775,7 +779,9 @@ impl Authority {
                 serial: Some(current.serial.clone()),
             });
         }
-        self.refuse_reused_key(&current.identity, &csr.spki_sha256).await?;
+        if let Some(serial) = &reads.key_serial {
+            return Err(key_reused(serial));
+        }
         profile_allows(&current.identity, &current.group, &csr, &policy)?;
         let now = self.admit_issuance().await?;
         let record = self.sign_device(
@@ -931,22 +937,18 @@ impl Authority {
     /// The record of a certificate this CA issued (revoked or not), by any of its issuing
     /// CAs that is not revoked.
     pub async fn known_device_cert(&self, cert_der: &[u8]) -> Result<CertRecord> {
-        let unknown = || {
-            CaError::refused(
-                ProblemCode::CertificateUnknown,
-                "client certificate was not issued by this CA",
-            )
-        };
+        let serial = self.device_cert_serial(cert_der)?;
+        same_record(self.store.cert(&serial).await?, cert_der)
+    }
+
+    /// The serial of a certificate one of this CA's issuing CAs (not revoked) signed; the
+    /// store still has to know it ([`same_record`]).
+    fn device_cert_serial(&self, cert_der: &[u8]) -> Result<String> {
         let (_, cert) = X509Certificate::from_der(cert_der).map_err(|_| {
             CaError::refused(ProblemCode::CertificateUnknown, "client certificate does not parse")
         })?;
         self.issuer_of(&cert)?;
-        let serial = lanyard_proto::serial::to_hex(cert.raw_serial());
-        let rec = self.store.cert(&serial).await?.ok_or_else(unknown)?;
-        if rec.der != cert_der {
-            return Err(unknown());
-        }
-        Ok(rec)
+        Ok(lanyard_proto::serial::to_hex(cert.raw_serial()))
     }
 
     fn sign_device(
@@ -1237,6 +1239,18 @@ fn token_revoked(identity: &str, at: OffsetDateTime) -> CaError {
         ProblemCode::TokenRevoked,
         format!("enrolment token for {identity:?} was revoked at {at}; create a new one"),
     )
+}
+
+/// The store's record of a presented certificate: it must exist and hold these exact bytes
+/// (a certificate with a known serial but other contents is not this CA's).
+fn same_record(rec: Option<CertRecord>, cert_der: &[u8]) -> Result<CertRecord> {
+    match rec {
+        Some(rec) if rec.der == cert_der => Ok(rec),
+        _ => Err(CaError::refused(
+            ProblemCode::CertificateUnknown,
+            "client certificate was not issued by this CA",
+        )),
+    }
 }
 
 fn key_reused(serial: &str) -> CaError {

@@ -30,6 +30,7 @@ on_sqlite!(
     revocation_follows_the_lineage,
     revoke_identity_revokes_every_live_certificate,
     key_reuse_is_refused,
+    reads_before_signing_match_the_single_reads,
     superseded_parents_retire,
     refusals_carry_codes,
     tokens_are_listed_and_revoked_before_use,

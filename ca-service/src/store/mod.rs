@@ -307,6 +307,29 @@ pub enum RevokeOutcome {
     NotFound,
 }
 
+/// What a token enrolment reads before it signs ([`Store::enrolment_reads`]).
+#[derive(Debug, Default)]
+pub struct EnrolmentReads {
+    /// The token, if the hash names one.
+    pub token: Option<TokenRecord>,
+    /// A certificate of the identity with the CSR's key, if any (the key was certified
+    /// before).
+    pub key_serial: Option<String>,
+    /// The policy of the token's group, if one is set.
+    pub policy: Option<GroupPolicy>,
+}
+
+/// What a renewal reads before it signs ([`Store::renewal_reads`]).
+#[derive(Debug, Default)]
+pub struct RenewalReads {
+    /// The certificate being renewed, if the serial names one.
+    pub cert: Option<CertRecord>,
+    /// A certificate of the same identity with the CSR's key, if any.
+    pub key_serial: Option<String>,
+    /// The policy of the certificate's group, if one is set.
+    pub policy: Option<GroupPolicy>,
+}
+
 /// Which certificates to list.
 #[derive(Clone, Debug, Default)]
 pub struct CertFilter {
@@ -403,6 +426,48 @@ pub trait Store: Send + Sync + 'static {
     async fn cert(&self, serial: &str) -> Result<Option<CertRecord>>;
     /// The serial of a certificate of `identity` with this key (SPKI SHA-256), if any.
     async fn cert_by_key(&self, identity: &str, spki_sha256: &str) -> Result<Option<String>>;
+
+    /// Everything a token enrolment reads before it signs, in one call: the token, the
+    /// certificate of `identity` with this key (when the CSR's key is known), and the policy
+    /// of the token's group. Nothing when the token is unknown. The default makes two
+    /// round trips (the token, then the other two together); the SQLite store reads all
+    /// three in one hop to its connection.
+    async fn enrolment_reads(
+        &self,
+        token_hash: &str,
+        identity: &str,
+        spki_sha256: Option<&str>,
+    ) -> Result<EnrolmentReads> {
+        let Some(token) = self.token(token_hash).await? else {
+            return Ok(EnrolmentReads::default());
+        };
+        let key = async {
+            match spki_sha256 {
+                Some(spki) => self.cert_by_key(identity, spki).await,
+                None => Ok(None),
+            }
+        };
+        let (key_serial, policy) = tokio::try_join!(key, self.policy(&token.group))?;
+        Ok(EnrolmentReads { token: Some(token), key_serial, policy })
+    }
+
+    /// Everything a renewal reads before it signs, in one call: the certificate `serial`,
+    /// the certificate of its identity with the CSR's key (when known), and its group's
+    /// policy. Nothing when the serial is unknown. Two round trips by default; one hop in
+    /// the SQLite store.
+    async fn renewal_reads(&self, serial: &str, spki_sha256: Option<&str>) -> Result<RenewalReads> {
+        let Some(cert) = self.cert(serial).await? else {
+            return Ok(RenewalReads::default());
+        };
+        let key = async {
+            match spki_sha256 {
+                Some(spki) => self.cert_by_key(&cert.identity, spki).await,
+                None => Ok(None),
+            }
+        };
+        let (key_serial, policy) = tokio::try_join!(key, self.policy(&cert.group))?;
+        Ok(RenewalReads { cert: Some(cert), key_serial, policy })
+    }
     async fn certs(&self, filter: CertFilter) -> Result<Vec<CertRecord>>;
 
     /// Marks a serial revoked (once; a second revocation keeps the first).

@@ -9,9 +9,9 @@
 //! the commit that makes it durable (`synchronous=FULL`).
 
 use super::{
-    AuditEvent, CertFilter, CertRecord, ClaimRecord, Consumes, DeviceRecord, FactoryCaRecord,
-    Provisioned, RecordOutcome, Revocation, RevokeOutcome, Store, TokenFilter, TokenRecord,
-    TokenRevokeOutcome, TokenUse,
+    AuditEvent, CertFilter, CertRecord, ClaimRecord, Consumes, DeviceRecord, EnrolmentReads,
+    FactoryCaRecord, Provisioned, RecordOutcome, RenewalReads, Revocation, RevokeOutcome, Store,
+    TokenFilter, TokenRecord, TokenRevokeOutcome, TokenUse,
 };
 use crate::error::{CaError, Result};
 use crate::revocation::Reason;
@@ -450,6 +450,24 @@ fn key_owner(c: &Connection, identity: &str, spki: &str) -> rusqlite::Result<Opt
     .optional()
 }
 
+fn read_cert(c: &Connection, serial: &str) -> rusqlite::Result<Option<CertRecord>> {
+    c.prepare_cached("SELECT * FROM certs WHERE serial = ?1")?
+        .query_row(params![serial], cert_from_row)
+        .optional()
+}
+
+fn read_policy(c: &Connection, group: &str) -> Result<Option<GroupPolicy>> {
+    let json: Option<String> = c
+        .prepare_cached("SELECT json FROM policies WHERE group_name = ?1")?
+        .query_row(params![group], |r| r.get(0))
+        .optional()?;
+    json.map(|j| {
+        serde_json::from_str(&j)
+            .map_err(|e| CaError::Storage(format!("policy of group {group:?}: {e}")))
+    })
+    .transpose()
+}
+
 fn cert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CertRecord> {
     let revoked_at: Option<i64> = r.get("revoked_at")?;
     let reason: Option<String> = r.get("revoke_reason")?;
@@ -761,16 +779,53 @@ impl Store for SqliteStore {
 
     async fn cert(&self, serial: &str) -> Result<Option<CertRecord>> {
         let serial = serial.to_owned();
-        self.with(move |c| {
-            Ok(c.query_row("SELECT * FROM certs WHERE serial = ?1", params![serial], cert_from_row)
-                .optional()?)
-        })
-        .await
+        self.with(move |c| Ok(read_cert(c, &serial)?)).await
     }
 
     async fn cert_by_key(&self, identity: &str, spki_sha256: &str) -> Result<Option<String>> {
         let (identity, spki) = (identity.to_owned(), spki_sha256.to_owned());
         self.with(move |c| Ok(key_owner(c, &identity, &spki)?)).await
+    }
+
+    /// One hop to the connection for all three reads (each hop is a wake-up of a blocking
+    /// thread, and waits behind a commit in progress).
+    async fn enrolment_reads(
+        &self,
+        token_hash: &str,
+        identity: &str,
+        spki_sha256: Option<&str>,
+    ) -> Result<EnrolmentReads> {
+        let (hash, identity, spki) =
+            (token_hash.to_owned(), identity.to_owned(), spki_sha256.map(str::to_owned));
+        self.with(move |c| {
+            let token = c
+                .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"))?
+                .query_row(params![hash], token_row)
+                .optional()?;
+            let Some(token) = token else { return Ok(EnrolmentReads::default()) };
+            let key_serial = match &spki {
+                Some(spki) => key_owner(c, &identity, spki)?,
+                None => None,
+            };
+            let policy = read_policy(c, &token.group)?;
+            Ok(EnrolmentReads { token: Some(token), key_serial, policy })
+        })
+        .await
+    }
+
+    /// One hop, as [`Self::enrolment_reads`].
+    async fn renewal_reads(&self, serial: &str, spki_sha256: Option<&str>) -> Result<RenewalReads> {
+        let (serial, spki) = (serial.to_owned(), spki_sha256.map(str::to_owned));
+        self.with(move |c| {
+            let Some(cert) = read_cert(c, &serial)? else { return Ok(RenewalReads::default()) };
+            let key_serial = match &spki {
+                Some(spki) => key_owner(c, &cert.identity, spki)?,
+                None => None,
+            };
+            let policy = read_policy(c, &cert.group)?;
+            Ok(RenewalReads { cert: Some(cert), key_serial, policy })
+        })
+        .await
     }
 
     async fn certs(&self, filter: CertFilter) -> Result<Vec<CertRecord>> {
@@ -845,19 +900,7 @@ impl Store for SqliteStore {
 
     async fn policy(&self, group: &str) -> Result<Option<GroupPolicy>> {
         let group = group.to_owned();
-        self.with(move |c| {
-            let json: Option<String> = c
-                .query_row("SELECT json FROM policies WHERE group_name = ?1", params![group], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            json.map(|j| {
-                serde_json::from_str(&j)
-                    .map_err(|e| CaError::Storage(format!("policy of group {group:?}: {e}")))
-            })
-            .transpose()
-        })
-        .await
+        self.with(move |c| read_policy(c, &group)).await
     }
 
     async fn set_policy(&self, group: &str, policy: GroupPolicy, audit: AuditEvent) -> Result<()> {

@@ -434,6 +434,57 @@ pub async fn key_reuse_is_refused(ca: Ca) {
     ca.auth.enroll("dev-15", &t2, &fresh, &meta()).await.expect("token still usable");
 }
 
+/// The reads an enrolment and a renewal make before signing, in one store call each: the
+/// same answers as the single reads (SQLite answers them in one hop, DynamoDB by default).
+pub async fn reads_before_signing_match_the_single_reads(ca: Ca) {
+    let store = ca.auth.store().clone();
+    let p = GroupPolicy { lifetime_secs: 7200, ..Default::default() };
+    ca.auth.set_policy("default", p.clone(), "test").await.expect("policy");
+    let t = token(&ca, "dev-30").await;
+    let (_k, first) = csr(None, p256());
+    let first_spki = lanyard_ca::csr::check(&first).expect("csr").spki_sha256;
+
+    // Unknown token: nothing, not even the key or the policy.
+    let none = store.enrolment_reads("no-such-hash", "dev-30", Some(&first_spki)).await;
+    let none = none.expect("reads");
+    assert!(none.token.is_none() && none.key_serial.is_none() && none.policy.is_none());
+
+    // Before the enrolment: the token and the policy, no earlier use of the key.
+    let before = store.enrolment_reads(&t.hash(), "dev-30", Some(&first_spki)).await;
+    let before = before.expect("reads");
+    let tok = before.token.expect("token");
+    assert_eq!(tok.identity, "dev-30");
+    assert!(tok.used.is_none());
+    assert_eq!(before.key_serial, None);
+    assert_eq!(before.policy.as_ref().map(|p| p.lifetime_secs), Some(7200));
+
+    let a = ca.auth.enroll("dev-30", &t, &first, &meta()).await.expect("enrol").record;
+    // After it: the token is used, and the key names the certificate (also for another
+    // token of the identity); without a key, no key lookup.
+    let t2 = token(&ca, "dev-30").await;
+    let after = store.enrolment_reads(&t2.hash(), "dev-30", Some(&first_spki)).await;
+    let after = after.expect("reads");
+    assert_eq!(after.key_serial.as_deref(), Some(a.serial.as_str()));
+    let used = store.enrolment_reads(&t.hash(), "dev-30", None).await.expect("reads");
+    assert_eq!(used.token.and_then(|t| t.used).map(|u| u.serial), Some(a.serial.clone()));
+    assert_eq!(used.key_serial, None);
+    // The key lookup is per identity.
+    let other = store.enrolment_reads(&t2.hash(), "dev-31", Some(&first_spki)).await;
+    assert_eq!(other.expect("reads").key_serial, None);
+
+    // Renewal: the certificate, its key's owner, its group's policy.
+    let r = store.renewal_reads(&a.serial, Some(&first_spki)).await.expect("reads");
+    assert_eq!(r.cert.as_ref().map(|c| c.der.clone()), Some(a.der.clone()));
+    assert_eq!(r.key_serial.as_deref(), Some(a.serial.as_str()));
+    assert_eq!(r.policy.map(|p| p.lifetime_secs), Some(7200));
+    let (_k, fresh) = csr(None, p256());
+    let fresh_spki = lanyard_ca::csr::check(&fresh).expect("csr").spki_sha256;
+    let r = store.renewal_reads(&a.serial, Some(&fresh_spki)).await.expect("reads");
+    assert_eq!(r.key_serial, None);
+    let r = store.renewal_reads("00ff", Some(&first_spki)).await.expect("reads");
+    assert!(r.cert.is_none() && r.key_serial.is_none() && r.policy.is_none());
+}
+
 /// A renewed certificate is revoked as superseded once its child is used (a check-in) or
 /// after the group's superseded grace.
 pub async fn superseded_parents_retire(ca: Ca) {
