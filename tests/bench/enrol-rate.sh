@@ -128,7 +128,18 @@ measure() {
 }
 
 # --- measured: keep-alive -----------------------------------------------------------
+# PERF=FILE: `perf record -g` of the server during the keep-alive run, into FILE (read it
+# with `perf report -i FILE --no-children`; a build with symbols is in docs/BENCHMARKS.md).
+if [[ -n "${PERF:-}" ]]; then
+    perf record -q -F 9999 -g -p "$SERVE_PID" -o "$PERF" 2>/dev/null &
+    PERF_PID=$!
+    sleep 1
+fi
 measure keepalive
+if [[ -n "${PERF:-}" ]]; then
+    kill -INT "$PERF_PID"
+    wait "$PERF_PID" || true
+fi
 KA_OK=$OK KA_SRV_MS=$SRV_MS KA_CLI_MS=$CLI_MS KA_S=$SECS
 
 # --- measured: a new connection and full TLS handshake per enrolment -----------------

@@ -441,14 +441,25 @@ pub trait Store: Send + Sync + 'static {
         let Some(token) = self.token(token_hash).await? else {
             return Ok(EnrolmentReads::default());
         };
+        let (key_serial, policy) = self.key_and_policy(identity, spki_sha256, &token.group).await?;
+        Ok(EnrolmentReads { token: Some(token), key_serial, policy })
+    }
+
+    /// The second half of the reads above and below, together: the certificate of
+    /// `identity` with this key (when known), and `group`'s policy.
+    async fn key_and_policy(
+        &self,
+        identity: &str,
+        spki_sha256: Option<&str>,
+        group: &str,
+    ) -> Result<(Option<String>, Option<GroupPolicy>)> {
         let key = async {
             match spki_sha256 {
                 Some(spki) => self.cert_by_key(identity, spki).await,
                 None => Ok(None),
             }
         };
-        let (key_serial, policy) = tokio::try_join!(key, self.policy(&token.group))?;
-        Ok(EnrolmentReads { token: Some(token), key_serial, policy })
+        tokio::try_join!(key, self.policy(group))
     }
 
     /// Everything a renewal reads before it signs, in one call: the certificate `serial`,
@@ -459,13 +470,8 @@ pub trait Store: Send + Sync + 'static {
         let Some(cert) = self.cert(serial).await? else {
             return Ok(RenewalReads::default());
         };
-        let key = async {
-            match spki_sha256 {
-                Some(spki) => self.cert_by_key(&cert.identity, spki).await,
-                None => Ok(None),
-            }
-        };
-        let (key_serial, policy) = tokio::try_join!(key, self.policy(&cert.group))?;
+        let (key_serial, policy) =
+            self.key_and_policy(&cert.identity, spki_sha256, &cert.group).await?;
         Ok(RenewalReads { cert: Some(cert), key_serial, policy })
     }
     async fn certs(&self, filter: CertFilter) -> Result<Vec<CertRecord>>;

@@ -450,6 +450,20 @@ fn key_owner(c: &Connection, identity: &str, spki: &str) -> rusqlite::Result<Opt
     .optional()
 }
 
+/// The certificate of `identity` with this key (when known) and `group`'s policy.
+fn key_and_policy(
+    c: &Connection,
+    identity: &str,
+    spki: Option<&str>,
+    group: &str,
+) -> Result<(Option<String>, Option<GroupPolicy>)> {
+    let key_serial = match spki {
+        Some(spki) => key_owner(c, identity, spki)?,
+        None => None,
+    };
+    Ok((key_serial, read_policy(c, group)?))
+}
+
 fn read_cert(c: &Connection, serial: &str) -> rusqlite::Result<Option<CertRecord>> {
     c.prepare_cached("SELECT * FROM certs WHERE serial = ?1")?
         .query_row(params![serial], cert_from_row)
@@ -803,11 +817,7 @@ impl Store for SqliteStore {
                 .query_row(params![hash], token_row)
                 .optional()?;
             let Some(token) = token else { return Ok(EnrolmentReads::default()) };
-            let key_serial = match &spki {
-                Some(spki) => key_owner(c, &identity, spki)?,
-                None => None,
-            };
-            let policy = read_policy(c, &token.group)?;
+            let (key_serial, policy) = key_and_policy(c, &identity, spki.as_deref(), &token.group)?;
             Ok(EnrolmentReads { token: Some(token), key_serial, policy })
         })
         .await
@@ -818,11 +828,8 @@ impl Store for SqliteStore {
         let (serial, spki) = (serial.to_owned(), spki_sha256.map(str::to_owned));
         self.with(move |c| {
             let Some(cert) = read_cert(c, &serial)? else { return Ok(RenewalReads::default()) };
-            let key_serial = match &spki {
-                Some(spki) => key_owner(c, &cert.identity, spki)?,
-                None => None,
-            };
-            let policy = read_policy(c, &cert.group)?;
+            let (key_serial, policy) =
+                key_and_policy(c, &cert.identity, spki.as_deref(), &cert.group)?;
             Ok(RenewalReads { cert: Some(cert), key_serial, policy })
         })
         .await

@@ -10,6 +10,7 @@
 # (b)-(d) take plain HTTP from wrk on loopback and keep mTLS connections upstream.
 # Also: the proxy's RSS under 1,000 connections, and the daemon's idle RSS.
 #   tests/bench/proxy/run.sh            (builds release binaries if missing)
+#   PERF=/tmp/proxy.data tests/bench/proxy/run.sh   (also profiles the (b) run with perf)
 # Needs: nginx, wrk, stunnel4, openssl, curl. Prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -86,9 +87,14 @@ LANYARD_CONFIG=/dev/null "${L[@]}" proxy --listen 127.0.0.1:$P_LY1 --upstream ht
 for p in $P_UP $P_UP1 $P_DIRECT $P_NGX $P_ST $P_LY $P_LY1; do wait_port $p; done
 curl -sf http://127.0.0.1:$P_LY/ >/dev/null && curl -sf http://127.0.0.1:$P_NGX/ >/dev/null && curl -sf http://127.0.0.1:$P_ST/ >/dev/null
 
-run() {  # name url
-  local out rps p50 p99
+run() {  # name url [pid to profile]
+  local out rps p50 p99 perf_pid=
+  # PERF=FILE: `perf record -g` of the lanyard proxy during its (b) run, into FILE.
+  if [ -n "${PERF:-}" ] && [ -n "${3:-}" ]; then
+    perf record -q -F 9999 -g -p "$3" -o "$PERF" 2>/dev/null & perf_pid=$!; sleep 1
+  fi
   out=$(wrk -t$(( CONNS < 2 ? CONNS : 2 )) -c"$CONNS" -d"$DUR" --latency "$2")
+  if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}')
   p99=$(echo "$out" | awk '$1=="99%" {print $2}')
@@ -98,7 +104,7 @@ run() {  # name url
 echo "| path | requests/s | p50 | p99 |"
 echo "| --- | --- | --- | --- |"
 run "(a) direct TLS, no client certificate" "https://127.0.0.1:$P_DIRECT/"
-run "(b) lanyard proxy" "http://127.0.0.1:$P_LY/"
+run "(b) lanyard proxy" "http://127.0.0.1:$P_LY/" "$LY_PID"
 run "(b') lanyard proxy, upstream without HTTP/2" "http://127.0.0.1:$P_LY1/"
 run "(c) nginx proxy_ssl_certificate" "http://127.0.0.1:$P_NGX/"
 run "(d) stunnel client" "http://127.0.0.1:$P_ST/"
