@@ -1,12 +1,13 @@
 //! The embedded store: one SQLite file in the CA directory, WAL mode, so the CLI (token,
 //! revoke, policy) and a running `serve` share it safely.
 //!
-//! rusqlite is synchronous; every call runs on tokio's blocking pool.
+//! rusqlite is synchronous: the store has its own thread, which owns the connection and does
+//! every call, in the order they were queued ([`SqliteStore`]).
 //!
-//! Issuances are group-committed: each is queued, and whichever call holds the connection
-//! next records every queued issuance in one transaction (a savepoint each, so one
-//! failure stays its own) and one fsync, then answers them all. Nothing is answered before
-//! the commit that makes it durable (`synchronous=FULL`).
+//! Issuances are group-committed: the thread records every issuance it took in one round
+//! in one transaction (a savepoint each, so one failure stays its own) and one fsync, then
+//! answers them all. Nothing is answered before the commit that makes it durable
+//! (`synchronous=FULL`).
 
 use super::{
     AuditEvent, CertFilter, CertRecord, ClaimRecord, Consumes, DeviceRecord, EnrolmentReads,
@@ -18,7 +19,7 @@ use crate::revocation::Reason;
 use lanyard_proto::GroupPolicy;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, mpsc};
 use time::OffsetDateTime;
 
 const SCHEMA: &str = r#"
@@ -113,10 +114,68 @@ CREATE TABLE IF NOT EXISTS audit (
 /// 2: zero-touch provisioning (`claims`, `provisioned`, `factory_cas`).
 pub const SCHEMA_VERSION: i64 = 2;
 
+/// The store: one thread owns the connection and takes work from a queue, in order. Each
+/// time it wakes it takes everything queued (up to [`ROUND`] jobs): the reads and single
+/// writes run as they come, the issuances among them are committed together at the end of
+/// the round (group commit: one transaction and one fsync for the batch, each answered after
+/// it). A request costs one hand-off to that thread, and none when the thread is busy.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
-    pending: Arc<Mutex<Vec<Issuance>>>,
+    worker: Arc<Worker>,
+}
+
+/// Most jobs the store's thread takes before it commits the issuances among them.
+const ROUND: usize = 256;
+
+struct Worker {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Worker {
+    /// The last handle closes the queue and waits for the thread to finish the work queued
+    /// and close the database, as dropping the connection itself did.
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take()
+            && t.thread().id() != std::thread::current().id()
+        {
+            let _ = t.join();
+        }
+    }
+}
+
+enum Job {
+    /// Work on the connection; it sends its own answer.
+    Run(Box<dyn FnOnce(&mut Connection) + Send>),
+    /// An issuance for this round's group commit.
+    Issue(Box<Issuance>),
+}
+
+/// The store's thread: rounds of queued work until every handle is gone.
+fn serve_jobs(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(job) = next {
+            match job {
+                // A panic drops the job's answer (its caller gets an error); a transaction
+                // it left open rolls back as it unwinds, and the thread goes on.
+                Job::Run(f) => {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut conn)));
+                }
+                Job::Issue(i) => batch.push(*i),
+            }
+            taken += 1;
+            next = if taken < ROUND { jobs.try_recv().ok() } else { None };
+        }
+        if !batch.is_empty() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                commit_issuances(&mut conn, batch)
+            }));
+        }
+    }
 }
 
 /// One issuance waiting for the next group commit.
@@ -184,24 +243,31 @@ impl SqliteStore {
         migrate(&tx)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
-        Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
-            pending: Arc::new(Mutex::new(Vec::new())),
-        })
+        let (jobs, queue) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-store".into())
+            .spawn(move || serve_jobs(conn, queue))
+            .map_err(|e| CaError::Storage(format!("starting the store's thread: {e}")))?;
+        Ok(SqliteStore { worker: Arc::new(Worker { jobs: Some(jobs), thread: Some(thread) }) })
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        self.worker
+            .jobs
+            .as_ref()
+            .and_then(|q| q.send(job).ok())
+            .ok_or_else(|| CaError::Storage("the store's thread has stopped".into()))
     }
 
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard =
-                conn.lock().map_err(|_| CaError::Storage("store lock poisoned".into()))?;
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| CaError::Storage(format!("store task failed: {e}")))?
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Job::Run(Box::new(move |c| {
+            let _ = reply.send(f(c));
+        })))?;
+        answer.await.map_err(|_| CaError::Storage("the store task failed (see the log)".into()))?
     }
 }
 
@@ -593,25 +659,8 @@ impl Store for SqliteStore {
         audit: AuditEvent,
     ) -> Result<RecordOutcome> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.pending
-            .lock()
-            .map_err(|_| CaError::Storage("issuance queue lock poisoned".into()))?
-            .push(Issuance { cert, consumes, audit, reply });
-        let pending = self.pending.clone();
-        // Under the connection lock, take whatever is queued (ours, unless an earlier
-        // holder already committed it) and commit it as one batch.
-        self.with(move |c| {
-            let batch = std::mem::take(
-                &mut *pending
-                    .lock()
-                    .map_err(|_| CaError::Storage("issuance queue lock poisoned".into()))?,
-            );
-            if !batch.is_empty() {
-                commit_issuances(c, batch);
-            }
-            Ok(())
-        })
-        .await?;
+        // Committed with the other issuances of the store thread's round.
+        self.send(Job::Issue(Box::new(Issuance { cert, consumes, audit, reply })))?;
         answer
             .await
             .map_err(|_| CaError::Storage("the issuance batch was dropped unanswered".into()))?
@@ -801,8 +850,8 @@ impl Store for SqliteStore {
         self.with(move |c| Ok(key_owner(c, &identity, &spki)?)).await
     }
 
-    /// One hop to the connection for all three reads (each hop is a wake-up of a blocking
-    /// thread, and waits behind a commit in progress).
+    /// One hop to the store's thread for all three reads (each hop may wake it, and waits
+    /// behind the work queued before it).
     async fn enrolment_reads(
         &self,
         token_hash: &str,
@@ -1125,6 +1174,36 @@ mod tests {
         drop(store);
         let again = SqliteStore::open(&dir.path().join("ca.db")).unwrap();
         assert_eq!(again.certs(CertFilter::default()).await.unwrap().len(), 62);
+    }
+
+    /// The store's thread outlives a job that panics (its caller gets an error, an open
+    /// transaction rolls back), and the last handle closes the database: the WAL is
+    /// checkpointed and removed before `drop` returns.
+    #[tokio::test]
+    async fn the_store_thread_survives_a_panic_and_closes_with_the_last_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let e = store
+            .with(|c| -> Result<()> {
+                let tx = c.transaction()?;
+                tx.execute(
+                    "INSERT INTO policies (group_name, json, updated_at) VALUES ('g', '{}', 0)",
+                    [],
+                )?;
+                panic!("a bug in a store call");
+            })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("store task failed"), "{e}");
+        assert_eq!(store.policies().await.unwrap(), Vec::new(), "rolled back");
+        store.record_issuance(cert("01"), Consumes::Nothing, audit("01")).await.unwrap();
+        let other = store.clone();
+        drop(store);
+        assert_eq!(other.certs(CertFilter::default()).await.unwrap().len(), 1);
+        drop(other);
+        let wal = dir.path().join("ca.db-wal");
+        assert!(!wal.exists(), "the connection was closed, and its WAL with it");
     }
 
     /// A check-in's write lowers the connection's durability for itself only.
