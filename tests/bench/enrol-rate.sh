@@ -72,6 +72,23 @@ HTTPS=$(sed -E 's/.*"https":"([^"]+)".*/\1/' "$WORK/addr.json")
 URL="https://$HTTPS/.well-known/est/simpleenroll"
 CACERT="$WORK/ca/root.crt"
 
+# Appends transfer $2 to the curl config $1: POST or GET of URL $3 into $4, then the lines
+# of $5 (what differs per set).
+add_transfer() {
+    [[ $2 == 1 ]] || echo next >>"$1"
+    cat >>"$1" <<EOF
+silent
+show-error
+url = "$3"
+cacert = "$CACERT"
+output = "$4"
+write-out = "%{http_code}\n"
+$5
+EOF
+}
+# A new TCP connection and a full TLS handshake for every transfer.
+NEW_CONNECTION=$'http1.1\nno-sessionid\nheader = "Connection: close"'
+
 make_set() { # $1 = set name, $2 = extra curl options: N tokens, CSRs, a curl config
     local set=$1 extra=$2 dir="$WORK/$1"
     mkdir -p "$dir"
@@ -84,26 +101,17 @@ make_set() { # $1 = set name, $2 = extra curl options: N tokens, CSRs, a curl co
             -keyout "$dir/$i.key" -subj "/CN=$id" -outform DER -out "$dir/$i.der" 2>/dev/null
         openssl base64 -in "$dir/$i.der" -out "$dir/$i.b64"
         echo "$id:$tok" >"$dir/$i.user"
-        [[ $i == 1 ]] || echo next >>"$dir/curl.cfg"
-        cat >>"$dir/curl.cfg" <<EOF
-silent
-show-error
-url = "$URL"
-cacert = "$CACERT"
-user = "$id:$tok"
-header = "Content-Type: application/pkcs10"
-header = "Expect:"
-data-binary = "@$dir/$i.b64"
-output = "$dir/$i.p7"
-write-out = "%{http_code}\n"
-$extra
-EOF
+        add_transfer "$dir/curl.cfg" "$i" "$URL" "$dir/$i.p7" "user = \"$id:$tok\"
+header = \"Content-Type: application/pkcs10\"
+header = \"Expect:\"
+data-binary = \"@$dir/$i.b64\"
+$extra"
     done
 }
 echo "setup: $N tokens and P-256 CSRs per run (not timed)..." >&2
 t0=$(now)
 make_set keepalive ""
-make_set perreq "$(printf 'http1.1\nno-sessionid\nheader = "Connection: close"')"
+make_set perreq "$NEW_CONNECTION"
 t1=$(now)
 echo "setup took $(echo "$t1 - $t0" | bc) s" >&2
 
@@ -157,18 +165,7 @@ make_floor() { # $1 = set, $2 = URL: N GETs, each on a new connection with a ful
     mkdir -p "$dir"
     : >"$dir/curl.cfg"
     for i in $(seq "$N"); do
-        [[ $i == 1 ]] || echo next >>"$dir/curl.cfg"
-        cat >>"$dir/curl.cfg" <<EOF
-silent
-show-error
-url = "$2"
-cacert = "$CACERT"
-output = "/dev/null"
-write-out = "%{http_code}\n"
-http1.1
-no-sessionid
-header = "Connection: close"
-EOF
+        add_transfer "$dir/curl.cfg" "$i" "$2" /dev/null "$NEW_CONNECTION"
     done
 }
 make_floor floor "https://$HTTPS/.well-known/est/cacerts"
@@ -217,23 +214,13 @@ for i in $(seq "$N"); do
         openssl x509 -out "$WORK/checkin/$i.pem"
     printf '{"serial":"","state":"valid","agent_version":"bench","os":"Debian","arch":"x86_64","store":"file","policy_source":"ca","routes":[{"name":"api","requests":10,"errors":0,"last_status":200}]}' \
         >"$WORK/checkin/$i.json"
-    [[ $i == 1 ]] || echo next >>"$WORK/checkin/curl.cfg"
-    cat >>"$WORK/checkin/curl.cfg" <<EOF
-silent
-show-error
-url = "https://$HTTPS/v1/checkin"
-cacert = "$CACERT"
-cert = "$WORK/checkin/$i.pem"
-key = "$WORK/keepalive/$i.key"
-header = "Content-Type: application/json"
-header = "Expect:"
-data-binary = "@$WORK/checkin/$i.json"
-output = "$WORK/checkin/$i.out"
-write-out = "%{http_code}\n"
-http1.1
-no-sessionid
-header = "Connection: close"
-EOF
+    add_transfer "$WORK/checkin/curl.cfg" "$i" "https://$HTTPS/v1/checkin" "$WORK/checkin/$i.out" \
+        "cert = \"$WORK/checkin/$i.pem\"
+key = \"$WORK/keepalive/$i.key\"
+header = \"Content-Type: application/json\"
+header = \"Expect:\"
+data-binary = \"@$WORK/checkin/$i.json\"
+$NEW_CONNECTION"
 done
 measure checkin
 CI_OK=$OK CI_SRV_MS=$SRV_MS CI_S=$SECS
