@@ -388,19 +388,44 @@ struct Swtpm {
 }
 
 impl Swtpm {
+    /// Starts on a fresh pair of free ports. A port found free can be taken by another
+    /// connection before swtpm binds it (ephemeral client ports come from the same range), so
+    /// an early exit is retried on another pair.
     fn start(dir: &Path) -> Swtpm {
-        let port = loop {
-            let p = free_port();
-            if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-                break p;
-            }
-        };
         std::fs::create_dir_all(dir).expect("swtpm state dir");
-        Swtpm::start_at(dir, port)
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = loop {
+                let p = free_port();
+                if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                    break p;
+                }
+            };
+            match Swtpm::try_start_at(dir, port) {
+                Ok(tpm) => return tpm,
+                Err(e) => last = e,
+            }
+        }
+        panic!("swtpm did not start on five port pairs; last: {last}");
     }
 
+    /// Starts again on the same ports (a restart); a port briefly held by another test's
+    /// connection is waited for, up to two seconds.
     fn start_at(dir: &Path, port: u16) -> Swtpm {
-        let child = Command::new(peers::which("swtpm").expect("swtpm"))
+        let mut tries = 0;
+        loop {
+            match Swtpm::try_start_at(dir, port) {
+                Ok(tpm) => return tpm,
+                Err(e) if tries == 10 => panic!("{e}"),
+                Err(_) => tries += 1,
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Starts swtpm on `port` and `port + 1`; `Err` if it exits before listening.
+    fn try_start_at(dir: &Path, port: u16) -> Result<Swtpm, String> {
+        let mut child = Command::new(peers::which("swtpm").expect("swtpm"))
             .args(["socket", "--tpm2", "--tpmstate"])
             .arg(format!("dir={}", dir.display()))
             .args(["--server", &format!("type=tcp,port={port}")])
@@ -413,10 +438,13 @@ impl Swtpm {
             .expect("start swtpm");
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = child.try_wait().expect("swtpm status") {
+                return Err(format!("swtpm exited before listening on {port}: {status}"));
+            }
             assert!(started.elapsed() < Duration::from_secs(10), "swtpm did not listen");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Swtpm { child: Some(child), dir: dir.to_owned(), port }
+        Ok(Swtpm { child: Some(child), dir: dir.to_owned(), port })
     }
 
     fn tcti(&self) -> String {

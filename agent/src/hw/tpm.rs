@@ -763,12 +763,36 @@ mod tests {
     }
 
     impl Swtpm {
+        /// Starts on a fresh pair of free ports. A port found free can be taken by another
+        /// test's connection before swtpm binds it (an ephemeral client port is drawn from the
+        /// same range), so an early exit is retried on another pair.
         fn start(dir: &Path) -> Swtpm {
-            let port = free_port_pair();
-            Swtpm::start_at(dir, port)
+            let mut last = String::new();
+            for _ in 0..5 {
+                match Swtpm::try_start_at(dir, free_port_pair()) {
+                    Ok(tpm) => return tpm,
+                    Err(e) => last = e,
+                }
+            }
+            panic!("swtpm did not start on five port pairs; last: {last}");
         }
 
+        /// Starts again on the same ports (a restart); a port briefly held by another test's
+        /// connection is waited for, up to two seconds.
         fn start_at(dir: &Path, port: u16) -> Swtpm {
+            let mut tries = 0;
+            loop {
+                match Swtpm::try_start_at(dir, port) {
+                    Ok(tpm) => return tpm,
+                    Err(e) if tries == 10 => panic!("{e}"),
+                    Err(_) => tries += 1,
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+
+        /// Starts swtpm on `port` and `port + 1`; `Err` if it exits before listening.
+        fn try_start_at(dir: &Path, port: u16) -> Result<Swtpm, String> {
             let ctrl = port + 1;
             let child = Command::new("swtpm")
                 .args(["socket", "--tpm2", "--tpmstate"])
@@ -792,12 +816,12 @@ mod tests {
                     break;
                 }
                 if let Some(status) = child.try_wait().expect("swtpm status") {
-                    panic!("swtpm exited before listening on {port}: {status}");
+                    return Err(format!("swtpm exited before listening on {port}: {status}"));
                 }
                 assert!(Instant::now() < deadline, "swtpm did not listen on {port} in 10 s");
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Swtpm { child: Some(child), dir: dir.to_owned(), port }
+            Ok(Swtpm { child: Some(child), dir: dir.to_owned(), port })
         }
 
         fn tcti(&self) -> String {
