@@ -164,6 +164,7 @@ fn serve_jobs(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
                 // it left open rolls back as it unwinds, and the thread goes on.
                 Job::Run(f) => {
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut conn)));
+                    end_open_transaction(&conn);
                 }
                 Job::Issue(i) => batch.push(*i),
             }
@@ -174,7 +175,17 @@ fn serve_jobs(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 commit_issuances(&mut conn, batch)
             }));
+            end_open_transaction(&conn);
         }
+    }
+}
+
+/// Rolls back a transaction a job left open (it panicked between BEGIN and COMMIT), so
+/// that the next job does not run inside it.
+fn end_open_transaction(c: &Connection) {
+    if !c.is_autocommit() {
+        tracing::error!("a store job left a transaction open; rolled back");
+        let _ = c.execute_batch("ROLLBACK");
     }
 }
 
@@ -401,23 +412,45 @@ fn insert_audit(c: &Connection, e: &AuditEvent) -> rusqlite::Result<usize> {
     .execute(params![ts(e.at), e.actor, e.action, e.subject, e.detail, e.remote])
 }
 
+/// Runs a statement that returns no rows from the connection's statement cache: the
+/// transaction control of every round, parsed once instead of once per use.
+fn exec_cached(c: &Connection, sql: &str) -> rusqlite::Result<()> {
+    c.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+/// Runs `f`'s reads in one read transaction: one snapshot for all of them, and one round of
+/// WAL read locks (`fcntl` on the shared-memory file) instead of one per statement.
+fn read_together<T>(c: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    exec_cached(c, "BEGIN")?;
+    let r = f(c);
+    exec_cached(c, "COMMIT")?;
+    r
+}
+
 /// Records a batch of issuances in one transaction and answers each after the commit.
 fn commit_issuances(c: &mut Connection, batch: Vec<Issuance>) {
     let mut outcomes = Vec::with_capacity(batch.len());
     let committed = (|| -> rusqlite::Result<()> {
         // Fully durable whatever a check-in's write left set (it lowers it for itself).
-        c.pragma_update(None, "synchronous", "FULL")?;
-        let mut tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for job in &batch {
-            let sp = tx.savepoint()?;
-            let outcome = record_one(&sp, job);
-            match &outcome {
-                Ok(RecordOutcome::Recorded) => sp.commit()?,
-                _ => drop(sp), // rolls back this issuance alone
+        exec_cached(c, "PRAGMA synchronous = FULL")?;
+        exec_cached(c, "BEGIN IMMEDIATE")?;
+        let recorded = (|| -> rusqlite::Result<()> {
+            for job in &batch {
+                exec_cached(c, "SAVEPOINT issuance")?;
+                let outcome = record_one(c, job);
+                if !matches!(outcome, Ok(RecordOutcome::Recorded)) {
+                    // This issuance alone is undone; the others in the batch stay.
+                    exec_cached(c, "ROLLBACK TO issuance")?;
+                }
+                exec_cached(c, "RELEASE issuance")?;
+                outcomes.push(outcome);
             }
-            outcomes.push(outcome);
+            exec_cached(c, "COMMIT")
+        })();
+        if recorded.is_err() && !c.is_autocommit() {
+            let _ = exec_cached(c, "ROLLBACK");
         }
-        tx.commit()
+        recorded
     })();
     match committed {
         Ok(()) => {
@@ -861,13 +894,16 @@ impl Store for SqliteStore {
         let (hash, identity, spki) =
             (token_hash.to_owned(), identity.to_owned(), spki_sha256.map(str::to_owned));
         self.with(move |c| {
-            let token = c
-                .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"))?
-                .query_row(params![hash], token_row)
-                .optional()?;
-            let Some(token) = token else { return Ok(EnrolmentReads::default()) };
-            let (key_serial, policy) = key_and_policy(c, &identity, spki.as_deref(), &token.group)?;
-            Ok(EnrolmentReads { token: Some(token), key_serial, policy })
+            read_together(c, |c| {
+                let token = c
+                    .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"))?
+                    .query_row(params![hash], token_row)
+                    .optional()?;
+                let Some(token) = token else { return Ok(EnrolmentReads::default()) };
+                let (key_serial, policy) =
+                    key_and_policy(c, &identity, spki.as_deref(), &token.group)?;
+                Ok(EnrolmentReads { token: Some(token), key_serial, policy })
+            })
         })
         .await
     }
@@ -876,10 +912,14 @@ impl Store for SqliteStore {
     async fn renewal_reads(&self, serial: &str, spki_sha256: Option<&str>) -> Result<RenewalReads> {
         let (serial, spki) = (serial.to_owned(), spki_sha256.map(str::to_owned));
         self.with(move |c| {
-            let Some(cert) = read_cert(c, &serial)? else { return Ok(RenewalReads::default()) };
-            let (key_serial, policy) =
-                key_and_policy(c, &cert.identity, spki.as_deref(), &cert.group)?;
-            Ok(RenewalReads { cert: Some(cert), key_serial, policy })
+            read_together(c, |c| {
+                let Some(cert) = read_cert(c, &serial)? else {
+                    return Ok(RenewalReads::default());
+                };
+                let (key_serial, policy) =
+                    key_and_policy(c, &cert.identity, spki.as_deref(), &cert.group)?;
+                Ok(RenewalReads { cert: Some(cert), key_serial, policy })
+            })
         })
         .await
     }
@@ -1043,12 +1083,15 @@ impl Store for SqliteStore {
         // hour. Issuances keep synchronous=FULL: the setting is restored before the
         // connection is given back.
         self.with(move |c| {
-            c.pragma_update(None, "synchronous", "NORMAL")?;
-            let r = c.execute(
-                &format!("INSERT OR REPLACE INTO devices ({DEVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
-                params![d.identity, d.group, ts(d.last_seen), d.serial, d.cert_status, d.remote, report],
-            );
-            c.pragma_update(None, "synchronous", "FULL")?;
+            exec_cached(c, "PRAGMA synchronous = NORMAL")?;
+            let r = c
+                .prepare_cached(&format!(
+                    "INSERT OR REPLACE INTO devices ({DEVICE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                ))
+                .and_then(|mut st| {
+                    st.execute(params![d.identity, d.group, ts(d.last_seen), d.serial, d.cert_status, d.remote, report])
+                });
+            exec_cached(c, "PRAGMA synchronous = FULL")?;
             r?;
             Ok(())
         })
@@ -1196,6 +1239,22 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("store task failed"), "{e}");
+        assert_eq!(store.policies().await.unwrap(), Vec::new(), "rolled back");
+        // A transaction begun by statement has no guard to roll it back as it unwinds:
+        // the thread ends it before the next job, which would otherwise run inside it.
+        let e = store
+            .with(|c| -> Result<()> {
+                exec_cached(c, "BEGIN IMMEDIATE")?;
+                c.execute(
+                    "INSERT INTO policies (group_name, json, updated_at) VALUES ('h', '{}', 0)",
+                    [],
+                )?;
+                panic!("a bug between BEGIN and COMMIT");
+            })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("store task failed"), "{e}");
+        assert!(store.with(|c| Ok(c.is_autocommit())).await.unwrap(), "no transaction left open");
         assert_eq!(store.policies().await.unwrap(), Vec::new(), "rolled back");
         store.record_issuance(cert("01"), Consumes::Nothing, audit("01")).await.unwrap();
         let other = store.clone();
