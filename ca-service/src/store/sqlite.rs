@@ -36,7 +36,6 @@ CREATE TABLE IF NOT EXISTS certs (
     revoked_at    INTEGER,
     revoke_reason TEXT
 );
-CREATE INDEX IF NOT EXISTS certs_identity ON certs(identity);
 CREATE INDEX IF NOT EXISTS certs_identity_key ON certs(identity, spki_sha256);
 CREATE INDEX IF NOT EXISTS certs_revoked ON certs(revoked_at) WHERE revoked_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS tokens (
@@ -110,7 +109,8 @@ CREATE TABLE IF NOT EXISTS audit (
 
 /// The schema this build writes, kept in `PRAGMA user_version`. 0 is a database from
 /// before versions were kept (0.1.0 on): migrated by [`migrate`], which adds what it lacks.
-/// Raise it with every change to [`SCHEMA`] or [`migrate`].
+/// Raise it with every change to [`SCHEMA`] or [`migrate`] that an older build could not
+/// work with (it refuses a newer version); dropping an index it would create again is not one.
 /// 2: zero-touch provisioning (`claims`, `provisioned`, `factory_cas`).
 pub const SCHEMA_VERSION: i64 = 2;
 
@@ -346,7 +346,10 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
     }
     c.execute_batch(
         "CREATE INDEX IF NOT EXISTS certs_superseded ON certs(superseded_at) WHERE superseded_at IS NOT NULL AND revoked_at IS NULL",
-    )
+    )?;
+    // Lookups by identity use `certs_identity_key`, whose first column it is: an index on
+    // the identity alone only cost every issuance one more B-tree page to write.
+    c.execute_batch("DROP INDEX IF EXISTS certs_identity")
 }
 
 fn device_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
@@ -1263,6 +1266,45 @@ mod tests {
         drop(other);
         let wal = dir.path().join("ca.db-wal");
         assert!(!wal.exists(), "the connection was closed, and its WAL with it");
+    }
+
+    /// A certificate lookup by identity (the key's earlier use, `certs --identity`) is a
+    /// search of `certs_identity_key`, and an older database loses the index on identity alone.
+    #[tokio::test]
+    async fn lookups_by_identity_use_the_identity_key_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE INDEX certs_identity ON certs(identity)")
+            .unwrap();
+        let s = SqliteStore::open(&path).unwrap();
+        let (indexes, plans) = s
+            .with(|c| {
+                let indexes: Vec<String> = c
+                    .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'certs'")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut plans = Vec::new();
+                for q in [
+                    "SELECT serial FROM certs WHERE identity = 'a' AND spki_sha256 = 'b' ORDER BY issued_at LIMIT 1",
+                    "SELECT * FROM certs WHERE identity = 'a'",
+                ] {
+                    let plan: Vec<String> = c
+                        .prepare(&format!("EXPLAIN QUERY PLAN {q}"))?
+                        .query_map([], |r| r.get(3))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    plans.push(plan.join("; "));
+                }
+                Ok((indexes, plans))
+            })
+            .await
+            .unwrap();
+        assert!(!indexes.iter().any(|i| i == "certs_identity"), "{indexes:?}");
+        for plan in plans {
+            assert!(plan.contains("USING INDEX certs_identity_key"), "{plan}");
+        }
     }
 
     /// A check-in's write lowers the connection's durability for itself only.
