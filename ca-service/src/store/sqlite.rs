@@ -161,7 +161,8 @@ fn serve_jobs(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
         while let Some(job) = next {
             match job {
                 // A panic drops the job's answer (its caller gets an error); a transaction
-                // it left open rolls back as it unwinds, and the thread goes on.
+                // it left open is rolled back (by its guard as it unwinds, or here), and the
+                // thread goes on.
                 Job::Run(f) => {
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut conn)));
                     end_open_transaction(&conn);
@@ -566,6 +567,13 @@ fn key_and_policy(
     Ok((key_serial, read_policy(c, group)?))
 }
 
+/// The token with this hash, if any.
+fn read_token(c: &Connection, hash: &str) -> rusqlite::Result<Option<TokenRecord>> {
+    static BY_HASH: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"));
+    c.prepare_cached(&BY_HASH)?.query_row(params![hash], token_row).optional()
+}
+
 fn read_cert(c: &Connection, serial: &str) -> rusqlite::Result<Option<CertRecord>> {
     c.prepare_cached("SELECT * FROM certs WHERE serial = ?1")?
         .query_row(params![serial], cert_from_row)
@@ -625,12 +633,7 @@ impl Store for SqliteStore {
 
     async fn token(&self, hash: &str) -> Result<Option<TokenRecord>> {
         let hash = hash.to_owned();
-        self.with(move |c| {
-            Ok(c.prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"))?
-                .query_row(params![hash], token_row)
-                .optional()?)
-        })
-        .await
+        self.with(move |c| Ok(read_token(c, &hash)?)).await
     }
 
     async fn tokens(&self, filter: TokenFilter) -> Result<Vec<TokenRecord>> {
@@ -667,13 +670,7 @@ impl Store for SqliteStore {
                 tx.commit()?;
                 return Ok(TokenRevokeOutcome::Revoked);
             }
-            let found = tx
-                .query_row(
-                    &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"),
-                    params![hash],
-                    token_row,
-                )
-                .optional()?;
+            let found = read_token(&tx, &hash)?;
             Ok(match found {
                 None => TokenRevokeOutcome::NotFound,
                 Some(TokenRecord { used: Some(u), .. }) => TokenRevokeOutcome::Used(u),
@@ -898,11 +895,9 @@ impl Store for SqliteStore {
             (token_hash.to_owned(), identity.to_owned(), spki_sha256.map(str::to_owned));
         self.with(move |c| {
             read_together(c, |c| {
-                let token = c
-                    .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"))?
-                    .query_row(params![hash], token_row)
-                    .optional()?;
-                let Some(token) = token else { return Ok(EnrolmentReads::default()) };
+                let Some(token) = read_token(c, &hash)? else {
+                    return Ok(EnrolmentReads::default());
+                };
                 let (key_serial, policy) =
                     key_and_policy(c, &identity, spki.as_deref(), &token.group)?;
                 Ok(EnrolmentReads { token: Some(token), key_serial, policy })
