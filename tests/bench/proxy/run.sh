@@ -11,6 +11,9 @@
 # Also: the proxy's RSS under 1,000 connections, and the daemon's idle RSS.
 #   tests/bench/proxy/run.sh            (builds release binaries if missing)
 #   PERF=/tmp/proxy.data tests/bench/proxy/run.sh   (also profiles the (b) run with perf)
+#   CONNS=1 DUR=3s ROUNDS=7 tests/bench/proxy/run.sh (rows (a)-(c) in turn, ROUNDS times; then
+#       the medians of each row and of lanyard's rate ratio and added p50 next to nginx's)
+#   NGINX_WORKERS=2 ...  (nginx (c) with as many worker processes as lanyard has threads)
 # Needs: nginx, wrk, stunnel4, openssl, curl. Prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -55,7 +58,7 @@ http {
 CONF
 nginx -c "$W/ngx/nginx.conf" -p "$W/ngx" -e "$W/ngx/logs/error.log" 2>/dev/null & pids+=($!)
 cat > "$W/px/nginx.conf" <<CONF
-daemon off; worker_processes 1; pid $W/px/nginx.pid; error_log $W/px/logs/error.log;
+daemon off; worker_processes ${NGINX_WORKERS:-1}; pid $W/px/nginx.pid; error_log $W/px/logs/error.log;
 events { worker_connections 4096; }
 http {
   access_log off; client_body_temp_path $W/px/b; proxy_temp_path $W/px/p; fastcgi_temp_path $W/px/f; uwsgi_temp_path $W/px/u; scgi_temp_path $W/px/s;
@@ -101,6 +104,37 @@ run() {  # name url [pid to profile]
   if echo "$out" | grep -q "Non-2xx"; then echo "$1: non-2xx answers" >&2; exit 1; fi
   printf '| %s | %s | %s | %s |\n' "$1" "$rps" "$p50" "$p99"
 }
+us() { awk '{v=$1; if (v ~ /ms$/) print v*1000; else if (v ~ /us$/) print v+0; else print v*1000000}' <<<"$1"; }
+median() { sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
+ROUNDS=${ROUNDS:-1}
+if [ "$ROUNDS" -gt 1 ]; then
+    # Paired rounds: the host's noise moves every row of a round together, so each round's
+    # ratio and difference against nginx (c) is steadier than any one row on its own.
+    echo "| round | (a) direct | (b) lanyard | (b') lanyard, HTTP/1.1 upstream | (c) nginx | (b) / (c) rate | (b) added p50 - (c) added | (b') added p50 - (c) added |"
+    echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+    : > "$W/rounds"
+    for r in $(seq "$ROUNDS"); do
+        p50=() rps=()
+        for url in "https://127.0.0.1:$P_DIRECT/" "http://127.0.0.1:$P_LY/" "http://127.0.0.1:$P_LY1/" "http://127.0.0.1:$P_NGX/"; do
+            out=$(wrk -t$(( CONNS < 2 ? CONNS : 2 )) -c"$CONNS" -d"$DUR" --latency "$url")
+            if echo "$out" | grep -q "Non-2xx"; then echo "$url: non-2xx answers" >&2; exit 1; fi
+            p50+=("$(us "$(echo "$out" | awk '$1=="50%" {print $2}')")")
+            rps+=("$(echo "$out" | awk '/Requests\/sec/ {printf "%d", $2}')")
+        done
+        # (b) - (a) - ((c) - (a)) = (b) - (c): the direct row cancels out of the difference.
+        ratio=$(awk -v b="${rps[1]}" -v c="${rps[3]}" 'BEGIN {printf "%.2f", b/c}')
+        db=$(awk -v b="${p50[1]}" -v c="${p50[3]}" 'BEGIN {print b-c}')
+        db1=$(awk -v b="${p50[2]}" -v c="${p50[3]}" 'BEGIN {print b-c}')
+        echo "${p50[*]} ${rps[*]} $ratio $db $db1" >> "$W/rounds"
+        cell() { printf '%s/s, p50 %s µs' "${rps[$1]}" "${p50[$1]}"; }
+        printf '| %s | %s | %s | %s | %s | %s | %+g µs | %+g µs |\n' "$r" "$(cell 0)" "$(cell 1)" "$(cell 2)" "$(cell 3)" "$ratio" "$db" "$db1"
+    done
+    col() { awk -v c="$1" '{print $c}' "$W/rounds" | median; }
+    echo
+    echo "medians over $ROUNDS rounds: p50 (a) $(col 1) (b) $(col 2) (b') $(col 3) (c) $(col 4) µs; rate (a) $(col 5) (b) $(col 6) (b') $(col 7) (c) $(col 8) /s"
+    echo "lanyard next to nginx, median of the rounds: rate (b)/(c) $(col 9); added p50 minus nginx's: (b) $(col 10) µs, (b') $(col 11) µs"
+    exit 0
+fi
 echo "| path | requests/s | p50 | p99 |"
 echo "| --- | --- | --- | --- |"
 run "(a) direct TLS, no client certificate" "https://127.0.0.1:$P_DIRECT/"
