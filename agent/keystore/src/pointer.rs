@@ -147,7 +147,34 @@ fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 }
 
 /// SHA-256 of the key, lowercase hex.
+#[cfg(feature = "aws-lc")]
+pub fn key_digest(key: &[u8]) -> String {
+    crate::fsio::hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key).as_ref())
+}
+
+/// SHA-256 of the key, lowercase hex.
+#[cfg(all(feature = "sha2", not(feature = "aws-lc")))]
 pub fn key_digest(key: &[u8]) -> String {
     use sha2::Digest;
     crate::fsio::hex(&sha2::Sha256::digest(key))
+}
+
+#[cfg(not(any(feature = "aws-lc", feature = "sha2")))]
+compile_error!("lanyard-keystore needs a SHA-256: enable its `aws-lc` or `sha2` feature");
+
+#[cfg(test)]
+mod tests {
+    /// Pointer files written by either digest (older agents used `sha2` only) must keep
+    /// matching their keys: both give FIPS 180-4's SHA-256 (its "abc" and empty vectors).
+    #[test]
+    fn key_digest_is_sha256() {
+        assert_eq!(
+            super::key_digest(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            super::key_digest(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
 }
