@@ -4,9 +4,11 @@
 //! This crate owns one promise: **replacing a credential is crash-safe.** The old key and
 //! chain stay loadable until the new key is stored and read back and the new chain is
 //! written; a crash (SIGKILL, power cut) at any point leaves exactly one complete,
-//! matching pair that [`CredentialStore::load`] returns. It does no cryptography (no
-//! ring, no aws-lc-rs, nothing that compiles C), so it is `cargo check`ed for macOS and
-//! Windows from Linux, and it never prints, logs or puts a key into an error.
+//! matching pair that [`CredentialStore::load`] returns. It does no cryptography beyond
+//! the key's SHA-256 in the pointer file, and by default nothing that compiles C (the pure
+//! Rust `sha2`; the agent's `aws-lc` feature takes aws-lc-rs's SHA-256 instead, the one it
+//! links anyway), so it is `cargo check`ed for macOS and Windows from Linux, and it never
+//! prints, logs or puts a key into an error.
 //!
 //! # Layout
 //!
