@@ -146,17 +146,14 @@ fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     Ok(out)
 }
 
-/// SHA-256 of the key, lowercase hex.
-#[cfg(feature = "aws-lc")]
+/// SHA-256 of the key, lowercase hex: aws-lc-rs's with the `aws-lc` feature, `sha2`'s otherwise.
+#[cfg(any(feature = "aws-lc", feature = "sha2"))]
 pub fn key_digest(key: &[u8]) -> String {
-    crate::fsio::hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key).as_ref())
-}
-
-/// SHA-256 of the key, lowercase hex.
-#[cfg(all(feature = "sha2", not(feature = "aws-lc")))]
-pub fn key_digest(key: &[u8]) -> String {
-    use sha2::Digest;
-    crate::fsio::hex(&sha2::Sha256::digest(key))
+    #[cfg(feature = "aws-lc")]
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key);
+    #[cfg(not(feature = "aws-lc"))]
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(key);
+    crate::fsio::hex(digest.as_ref())
 }
 
 #[cfg(not(any(feature = "aws-lc", feature = "sha2")))]

@@ -90,18 +90,23 @@ LANYARD_CONFIG=/dev/null "${L[@]}" proxy --listen 127.0.0.1:$P_LY1 --upstream ht
 for p in $P_UP $P_UP1 $P_DIRECT $P_NGX $P_ST $P_LY $P_LY1; do wait_port $p; done
 curl -sf http://127.0.0.1:$P_LY/ >/dev/null && curl -sf http://127.0.0.1:$P_NGX/ >/dev/null && curl -sf http://127.0.0.1:$P_ST/ >/dev/null
 
+wrk_run() {  # name url: wrk's output, or exit when an answer was not 2xx
+  local out
+  out=$(wrk -t$(( CONNS < 2 ? CONNS : 2 )) -c"$CONNS" -d"$DUR" --latency "$2")
+  if echo "$out" | grep -q "Non-2xx"; then echo "$1: non-2xx answers" >&2; exit 1; fi
+  echo "$out"
+}
 run() {  # name url [pid to profile]
   local out rps p50 p99 perf_pid=
   # PERF=FILE: `perf record -g` of the lanyard proxy during its (b) run, into FILE.
   if [ -n "${PERF:-}" ] && [ -n "${3:-}" ]; then
     perf record -q -F 9999 -g -p "$3" -o "$PERF" 2>/dev/null & perf_pid=$!; sleep 1
   fi
-  out=$(wrk -t$(( CONNS < 2 ? CONNS : 2 )) -c"$CONNS" -d"$DUR" --latency "$2")
+  out=$(wrk_run "$1" "$2")
   if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}')
   p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  if echo "$out" | grep -q "Non-2xx"; then echo "$1: non-2xx answers" >&2; exit 1; fi
   printf '| %s | %s | %s | %s |\n' "$1" "$rps" "$p50" "$p99"
 }
 us() { awk '{v=$1; if (v ~ /ms$/) print v*1000; else if (v ~ /us$/) print v+0; else print v*1000000}' <<<"$1"; }
@@ -113,11 +118,11 @@ if [ "$ROUNDS" -gt 1 ]; then
     echo "| round | (a) direct | (b) lanyard | (b') lanyard, HTTP/1.1 upstream | (c) nginx | (b) / (c) rate | (b) added p50 - (c) added | (b') added p50 - (c) added |"
     echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
     : > "$W/rounds"
+    cell() { printf '%s/s, p50 %s µs' "${rps[$1]}" "${p50[$1]}"; }
     for r in $(seq "$ROUNDS"); do
         p50=() rps=()
         for url in "https://127.0.0.1:$P_DIRECT/" "http://127.0.0.1:$P_LY/" "http://127.0.0.1:$P_LY1/" "http://127.0.0.1:$P_NGX/"; do
-            out=$(wrk -t$(( CONNS < 2 ? CONNS : 2 )) -c"$CONNS" -d"$DUR" --latency "$url")
-            if echo "$out" | grep -q "Non-2xx"; then echo "$url: non-2xx answers" >&2; exit 1; fi
+            out=$(wrk_run "$url" "$url")
             p50+=("$(us "$(echo "$out" | awk '$1=="50%" {print $2}')")")
             rps+=("$(echo "$out" | awk '/Requests\/sec/ {printf "%d", $2}')")
         done
@@ -126,7 +131,6 @@ if [ "$ROUNDS" -gt 1 ]; then
         db=$(awk -v b="${p50[1]}" -v c="${p50[3]}" 'BEGIN {print b-c}')
         db1=$(awk -v b="${p50[2]}" -v c="${p50[3]}" 'BEGIN {print b-c}')
         echo "${p50[*]} ${rps[*]} $ratio $db $db1" >> "$W/rounds"
-        cell() { printf '%s/s, p50 %s µs' "${rps[$1]}" "${p50[$1]}"; }
         printf '| %s | %s | %s | %s | %s | %s | %+g µs | %+g µs |\n' "$r" "$(cell 0)" "$(cell 1)" "$(cell 2)" "$(cell 3)" "$ratio" "$db" "$db1"
     done
     col() { awk -v c="$1" '{print $c}' "$W/rounds" | median; }

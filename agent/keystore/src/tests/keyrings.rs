@@ -85,56 +85,56 @@ fn orphan_collection(kind: StoreKind) {
 }
 
 #[test]
-#[ignore = "needs a kernel keyring: run tests/run-keyring-tests.sh"]
+#[ignore = "needs a kernel keyring: run agent/keystore/tests/run-keyring-tests.sh"]
 fn kernel_keyring_round_trip() {
     require("LANYARD_TEST_KERNEL_KEYRING");
     round_trip(StoreKind::KernelKeyring);
 }
 
 #[test]
-#[ignore = "needs a kernel keyring: run tests/run-keyring-tests.sh"]
+#[ignore = "needs a kernel keyring: run agent/keystore/tests/run-keyring-tests.sh"]
 fn kernel_keyring_collects_orphans() {
     require("LANYARD_TEST_KERNEL_KEYRING");
     orphan_collection(StoreKind::KernelKeyring);
 }
 
 #[test]
-#[ignore = "needs a kernel keyring: run tests/run-keyring-tests.sh"]
+#[ignore = "needs a kernel keyring: run agent/keystore/tests/run-keyring-tests.sh"]
 fn kernel_keyring_survives_a_crash_at_every_step() {
     require("LANYARD_TEST_KERNEL_KEYRING");
     crash_at_every_step(StoreKind::KernelKeyring);
 }
 
 #[test]
-#[ignore = "needs a kernel keyring: run tests/run-keyring-tests.sh"]
+#[ignore = "needs a kernel keyring: run agent/keystore/tests/run-keyring-tests.sh"]
 fn kernel_keyring_survives_random_sigkills() {
     require("LANYARD_TEST_KERNEL_KEYRING");
     random_kills(StoreKind::KernelKeyring, 60);
 }
 
 #[test]
-#[ignore = "needs Secret Service: run tests/run-keyring-tests.sh"]
+#[ignore = "needs Secret Service: run agent/keystore/tests/run-keyring-tests.sh"]
 fn secret_service_round_trip() {
     require("LANYARD_TEST_SECRET_SERVICE");
     round_trip(StoreKind::Keyring);
 }
 
 #[test]
-#[ignore = "needs Secret Service: run tests/run-keyring-tests.sh"]
+#[ignore = "needs Secret Service: run agent/keystore/tests/run-keyring-tests.sh"]
 fn secret_service_collects_orphans() {
     require("LANYARD_TEST_SECRET_SERVICE");
     orphan_collection(StoreKind::Keyring);
 }
 
 #[test]
-#[ignore = "needs Secret Service: run tests/run-keyring-tests.sh"]
+#[ignore = "needs Secret Service: run agent/keystore/tests/run-keyring-tests.sh"]
 fn secret_service_survives_a_crash_at_every_step() {
     require("LANYARD_TEST_SECRET_SERVICE");
     crash_at_every_step(StoreKind::Keyring);
 }
 
 #[test]
-#[ignore = "needs Secret Service: run tests/run-keyring-tests.sh"]
+#[ignore = "needs Secret Service: run agent/keystore/tests/run-keyring-tests.sh"]
 fn secret_service_survives_random_sigkills() {
     require("LANYARD_TEST_SECRET_SERVICE");
     random_kills(StoreKind::Keyring, 30);
