@@ -290,11 +290,11 @@ const KEY_FAILURE_FRESH: std::time::Duration = std::time::Duration::from_secs(5)
 fn upstream_error(
     ctx: &Ctx,
     authority: &str,
-    e: &hyper_util::client::legacy::Error,
+    e: &(dyn std::error::Error + 'static),
 ) -> Response<Body> {
     let mut tls: Option<&rustls::Error> = None;
-    let mut msg = e.to_string();
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    let mut msg = String::new();
+    let mut src: Option<&dyn std::error::Error> = Some(e);
     while let Some(s) = src {
         if let Some(r) = s.downcast_ref::<rustls::Error>() {
             tls = Some(r);
@@ -304,7 +304,9 @@ fn upstream_error(
             tls = Some(r);
         }
         let m = s.to_string();
-        if !msg.contains(&m) {
+        if msg.is_empty() {
+            msg = m;
+        } else if !msg.contains(&m) {
             msg = format!("{msg}: {m}");
         }
         src = s.source();
@@ -393,14 +395,17 @@ async fn forward(ctx: &Ctx, peer: Option<String>, req: Request<Incoming>) -> Res
     let deadline = tokio::time::Instant::now() + ctx.route.request_timeout;
     let send = |head: http::request::Parts, body: Body| {
         // Looked up per attempt: a retry after a renewal uses the new certificate's pool.
-        let client = ctx.upstreams.client(&cur.info.serial);
-        tokio::time::timeout_at(deadline, client.request(Request::from_parts(head, body)))
+        let pool = ctx.upstreams.pool(&cur.info.serial);
+        let authority = &authority;
+        tokio::time::timeout_at(deadline, async move {
+            pool.send(authority, Request::from_parts(head, body)).await
+        })
     };
     let result = if body.is_end_stream() && idempotent(&parts.method) {
         let mut attempt = 1;
         loop {
             match send(parts.clone(), empty()).await {
-                Ok(Err(e)) if attempt < MAX_ATTEMPTS && unprocessed(&e) => {
+                Ok(Err(e)) if attempt < MAX_ATTEMPTS && unprocessed(e.as_ref()) => {
                     tracing::debug!(route = %ctx.name, upstream = %authority, error = %e, attempt, "upstream turned the request away unprocessed; sending it again");
                     attempt += 1;
                 }
@@ -408,7 +413,7 @@ async fn forward(ctx: &Ctx, peer: Option<String>, req: Request<Incoming>) -> Res
             }
         }
     } else {
-        send(parts, body.boxed()).await
+        send(parts, body.map_err(Into::into).boxed()).await
     };
     match result {
         Err(_) => {
@@ -421,11 +426,11 @@ async fn forward(ctx: &Ctx, peer: Option<String>, req: Request<Incoming>) -> Res
                 ),
             )
         }
-        Ok(Err(e)) => upstream_error(ctx, &authority, &e),
+        Ok(Err(e)) => upstream_error(ctx, &authority, e.as_ref()),
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.boxed())
+            Response::from_parts(parts, body)
         }
     }
 }
@@ -448,8 +453,8 @@ fn idempotent(m: &Method) -> bool {
 /// Whether the upstream refused the request before processing it: the stream was above a
 /// GOAWAY's last stream id, or reset with REFUSED_STREAM (RFC 9113 §8.7), or an HTTP/1.1
 /// keep-alive connection closed before any of the response arrived.
-fn unprocessed(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+fn unprocessed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src: Option<&dyn std::error::Error> = Some(e);
     while let Some(s) = src {
         if let Some(h) = s.downcast_ref::<h2::Error>() {
             return (h.is_go_away() && h.is_remote())

@@ -1,31 +1,50 @@
-//! HTTPS clients toward upstreams: rustls (TLS 1.2+, 1.3 preferred), ALPN h2 and
-//! http/1.1, connection pooling with keep-alive. One client per serial: when the agent's
-//! certificate changes, the next request builds a fresh client, so pooled connections
-//! made with the old certificate are no longer used (in-flight requests finish on them).
+//! HTTPS clients toward upstreams: rustls (TLS 1.2+, 1.3 preferred) with the device's
+//! certificate, ALPN h2 and http/1.1, connections kept alive.
+//!
+//! HTTP/2 (what CloudFront speaks) is driven with the `h2` crate from the task that serves
+//! the request: one multiplexed connection per upstream, the request's headers and the
+//! response's frames handled where they are awaited, the connection's own task the only
+//! other one involved. (hyper's pooled client hands each request to a dispatch task and
+//! spawns another to await its answer; on a loaded proxy those hand-offs were a fifth of
+//! the CPU, see `docs/BENCHMARKS.md`.) An upstream that answers ALPN with http/1.1 is
+//! remembered as such and served by hyper-util's pooled HTTP/1.1 client.
+//!
+//! One pool per serial: when the agent's certificate changes, the next request builds a
+//! fresh pool, so connections made with the old certificate are no longer used (in-flight
+//! requests finish on them, and the connections close when the last one does).
 
 use super::resolver::CurrentCert;
 use crate::config::Route;
 use crate::credential::CredentialView;
 use crate::error::{AgentError, Result};
 use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
+use hyper::body::{Body as _, Frame};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
-pub type Body = BoxBody<bytes::Bytes, hyper::Error>;
-pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A request or response body on either side of the proxy.
+pub type Body = BoxBody<Bytes, BoxError>;
+type Http1Client = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
-struct Pooled {
-    serial: String,
-    client: HttpsClient,
-}
+/// A TCP connection and TLS handshake to an upstream may take this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Upstreams {
     tls: Arc<rustls::ClientConfig>,
-    idle_timeout: std::time::Duration,
-    current: ArcSwapOption<Pooled>,
+    idle_timeout: Duration,
+    current: ArcSwapOption<Pool>,
 }
 
 impl std::fmt::Debug for Upstreams {
@@ -49,7 +68,6 @@ impl Upstreams {
                 "no CA certificates to verify upstreams: install the system CA bundle or set upstream_ca".into(),
             ));
         }
-        // ALPN (h2, http/1.1) is set by the connector's `enable_all_versions`.
         let tls = rustls::ClientConfig::builder_with_provider(crate::est::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| AgentError::Crypto(e.to_string()))?
@@ -62,36 +80,454 @@ impl Upstreams {
         })
     }
 
-    fn build(&self) -> HttpsClient {
+    /// The connections made with the current certificate's serial.
+    pub fn pool(&self, serial: &str) -> Arc<Pool> {
+        if let Some(p) = self.current.load_full()
+            && p.serial == serial
+        {
+            return p;
+        }
+        let pool = Arc::new(Pool::new(serial, &self.tls, self.idle_timeout));
+        self.current.store(Some(pool.clone()));
+        pool
+    }
+}
+
+/// What is known of one upstream authority.
+#[derive(Clone)]
+enum Known {
+    /// A live HTTP/2 connection: its handle, its id (so that only its own task removes
+    /// it), and its count of requests (the idle check's clock).
+    H2 { send: h2::client::SendRequest<Bytes>, id: u64, used: Arc<AtomicU64> },
+    /// The upstream chose HTTP/1.1: requests go through the HTTP/1.1 client.
+    Http1,
+}
+
+/// Upstream connections for one certificate serial.
+pub struct Pool {
+    serial: String,
+    /// The TLS configuration of this serial's connections: its own session cache, since a
+    /// resumed session would present the certificate of the session it resumes.
+    tls: tokio_rustls::TlsConnector,
+    idle_timeout: Duration,
+    /// Read on every request, written when a connection opens or closes: swapped whole
+    /// rather than locked, so that the two workers' requests never wait on each other here.
+    known: arc_swap::ArcSwap<HashMap<String, Known>>,
+    /// One connection attempt at a time per authority: concurrent first requests wait for
+    /// it and share the connection rather than each opening their own.
+    connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    next_id: AtomicU64,
+    http1: Http1Client,
+}
+
+impl Pool {
+    fn new(serial: &str, tls: &rustls::ClientConfig, idle_timeout: Duration) -> Pool {
+        let mut tls = tls.clone();
+        tls.resumption = rustls::client::Resumption::in_memory_sessions(256);
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(std::time::Duration::from_secs(10)));
-        // A fresh session cache per certificate: a resumed TLS session would present the
-        // certificate of the session it resumes, not the current one.
-        let mut tls = (*self.tls).clone();
-        tls.resumption = rustls::client::Resumption::in_memory_sessions(256);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config(tls.clone())
             .https_only()
-            .enable_all_versions()
+            .enable_http1()
             .wrap_connector(http);
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(self.idle_timeout)
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(idle_timeout)
             .pool_max_idle_per_host(64)
-            .build(https)
+            .build(https);
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Pool {
+            serial: serial.to_owned(),
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            idle_timeout,
+            known: arc_swap::ArcSwap::from_pointee(HashMap::new()),
+            connecting: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            http1,
+        }
     }
 
-    /// The client for the current certificate's serial.
-    pub fn client(&self, serial: &str) -> HttpsClient {
-        if let Some(p) = self.current.load().as_ref()
-            && p.serial == serial
-        {
-            return p.client.clone();
+    fn known(&self, authority: &str) -> Option<Known> {
+        self.known.load().get(authority).cloned()
+    }
+
+    fn remember(&self, authority: &str, known: Known) {
+        self.known.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.insert(authority.to_owned(), known.clone());
+            map
+        });
+    }
+
+    /// Forgets the connection `id` to `authority` (closed, failed or idle).
+    fn forget(&self, authority: &str, id: u64) {
+        self.known.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            if matches!(map.get(authority), Some(Known::H2 { id: i, .. }) if *i == id) {
+                map.remove(authority);
+            }
+            map
+        });
+    }
+
+    /// Sends `req` (its URI `https://authority/...`) to `authority` and returns the answer
+    /// as it starts to arrive; the body streams on.
+    pub async fn send(
+        self: &Arc<Self>,
+        authority: &str,
+        req: Request<Body>,
+    ) -> std::result::Result<Response<Body>, BoxError> {
+        let Some(send) = self.h2_sender(authority).await? else {
+            let resp = self.http1.request(req).await?;
+            return Ok(resp.map(|b| b.map_err(Into::into).boxed()));
+        };
+        let (head, body) = req.into_parts();
+        let eos = body.is_end_stream();
+        let mut send = send;
+        let (response, stream) = send.send_request(Request::from_parts(head, ()), eos)?;
+        if !eos {
+            tokio::spawn(pipe(body, stream));
         }
-        let client = self.build();
-        self.current
-            .store(Some(Arc::new(Pooled { serial: serial.to_owned(), client: client.clone() })));
-        client
+        let (head, recv) = response.await?.into_parts();
+        Ok(Response::from_parts(head, H2Body { recv, data_done: false }.boxed()))
+    }
+
+    /// A ready HTTP/2 handle to `authority`, or `None` when it speaks HTTP/1.1. A kept
+    /// connection found closed is replaced once, before anything of the request is sent.
+    async fn h2_sender(
+        self: &Arc<Self>,
+        authority: &str,
+    ) -> std::result::Result<Option<h2::client::SendRequest<Bytes>>, BoxError> {
+        for _ in 0..2 {
+            let (send, id, used) = match self.known(authority) {
+                Some(Known::Http1) => return Ok(None),
+                Some(Known::H2 { send, id, used }) => (send, id, used),
+                None => match self.connect(authority).await? {
+                    Some(Known::H2 { send, id, used }) => (send, id, used),
+                    _ => return Ok(None),
+                },
+            };
+            used.fetch_add(1, Ordering::Relaxed);
+            match send.ready().await {
+                Ok(send) => return Ok(Some(send)),
+                Err(e) => {
+                    tracing::debug!(upstream = %authority, error = %e, "kept connection closed; connecting again");
+                    self.forget(authority, id);
+                }
+            }
+        }
+        Err(format!("the connection to {authority} closed as it was opened").into())
+    }
+
+    /// Connects to `authority` unless a concurrent request has just done it.
+    async fn connect(
+        self: &Arc<Self>,
+        authority: &str,
+    ) -> std::result::Result<Option<Known>, BoxError> {
+        let gate = self
+            .connecting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(authority.to_owned())
+            .or_default()
+            .clone();
+        let _held = gate.lock().await;
+        if let Some(k) = self.known(authority) {
+            return Ok(Some(k));
+        }
+        let io = tokio::time::timeout(CONNECT_TIMEOUT, self.handshake(authority))
+            .await
+            .map_err(|_| format!("connecting to {authority} timed out"))??;
+        if io.get_ref().1.alpn_protocol() != Some(b"h2") {
+            // This connection is dropped: the HTTP/1.1 client keeps its own.
+            self.remember(authority, Known::Http1);
+            return Ok(Some(Known::Http1));
+        }
+        // hyper's defaults for a client: windows large enough for a download over a long
+        // round trip, no server push.
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(2 << 20)
+            .initial_connection_window_size(5 << 20)
+            .max_send_buffer_size(1 << 20)
+            .max_header_list_size(16 << 10)
+            .enable_push(false)
+            .handshake::<_, Bytes>(io)
+            .await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let used = Arc::new(AtomicU64::new(0));
+        let known = Known::H2 { send, id, used: used.clone() };
+        self.remember(authority, known.clone());
+        tokio::spawn(drive(
+            Arc::downgrade(self),
+            authority.to_owned(),
+            id,
+            used,
+            self.idle_timeout,
+            connection,
+        ));
+        Ok(Some(known))
+    }
+
+    async fn handshake(
+        &self,
+        authority: &str,
+    ) -> std::result::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, BoxError> {
+        let a: http::uri::Authority = authority.parse()?;
+        let host = a.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+        let port = a.port_u16().unwrap_or(443);
+        let mut last: Option<std::io::Error> = None;
+        let addrs: Vec<std::net::SocketAddr> =
+            tokio::net::lookup_host((host.as_str(), port)).await?.collect();
+        for addr in addrs {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(tcp) => {
+                    tcp.set_nodelay(true)?;
+                    let name = rustls::pki_types::ServerName::try_from(host.clone())?;
+                    return Ok(self.tls.connect(name, tcp).await?);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(e) => e.into(),
+            None => format!("{host} has no address").into(),
+        })
+    }
+}
+
+/// Runs one HTTP/2 connection until it ends, and retires it from its pool when nothing was
+/// sent on it for the idle timeout or when it ends (closed by the upstream, a GOAWAY, an
+/// error). A retired connection, or one whose pool is gone (the certificate was renewed),
+/// says GOAWAY and closes once its open streams finish.
+async fn drive(
+    pool: std::sync::Weak<Pool>,
+    authority: String,
+    id: u64,
+    used: Arc<AtomicU64>,
+    idle_timeout: Duration,
+    connection: h2::client::Connection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+) {
+    tokio::pin!(connection);
+    let mut seen = used.load(Ordering::Relaxed);
+    let result = loop {
+        tokio::select! {
+            r = &mut connection => break r,
+            () = tokio::time::sleep(idle_timeout) => {
+                let now = used.load(Ordering::Relaxed);
+                if now == seen {
+                    if let Some(pool) = pool.upgrade() {
+                        pool.forget(&authority, id);
+                    }
+                    break connection.await;
+                }
+                seen = now;
+            }
+        }
+    };
+    if let Some(pool) = pool.upgrade() {
+        pool.forget(&authority, id);
+    }
+    if let Err(e) = result {
+        tracing::debug!(upstream = %authority, error = %e, "upstream connection ended");
+    }
+}
+
+/// Streams a request body into its HTTP/2 stream as the upstream's flow control allows.
+/// Stops (resetting the stream) when the client's body fails or the upstream resets it.
+async fn pipe(mut body: Body, mut stream: h2::SendStream<Bytes>) {
+    loop {
+        let frame = std::future::poll_fn(|cx| {
+            if let Poll::Ready(reason) = stream.poll_reset(cx) {
+                return Poll::Ready(Err(reason.ok()));
+            }
+            Pin::new(&mut body).poll_frame(cx).map(Ok)
+        })
+        .await;
+        let frame = match frame {
+            Err(_) => return, // the upstream reset the stream: nothing more to send
+            Ok(None) => {
+                let _ = stream.send_data(Bytes::new(), true);
+                return;
+            }
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, "request body failed; resetting the upstream stream");
+                stream.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        let frame = match frame.into_data() {
+            Ok(mut data) => {
+                while !data.is_empty() {
+                    stream.reserve_capacity(data.len());
+                    match std::future::poll_fn(|cx| stream.poll_capacity(cx)).await {
+                        Some(Ok(0)) => {}
+                        Some(Ok(n)) => {
+                            let chunk = data.split_to(n.min(data.len()));
+                            if stream.send_data(chunk, false).is_err() {
+                                return;
+                            }
+                        }
+                        Some(Err(_)) | None => return,
+                    }
+                }
+                continue;
+            }
+            Err(frame) => frame,
+        };
+        if let Ok(trailers) = frame.into_trailers() {
+            let _ = stream.send_trailers(trailers);
+            return;
+        }
+    }
+}
+
+/// An HTTP/2 response body: data frames as they arrive (each one's window handed back to
+/// the upstream as it is passed on), then the trailers.
+struct H2Body {
+    recv: h2::RecvStream,
+    data_done: bool,
+}
+
+impl hyper::body::Body for H2Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, BoxError>>> {
+        if !self.data_done {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Accepted = (Request<h2::RecvStream>, h2::server::SendResponse<Bytes>);
+
+    /// An HTTP/2 client and server over an in-memory pipe, with h2's default 64 KiB windows,
+    /// so that a body of megabytes has to wait for window updates. The server's connection
+    /// runs in its own task and hands over the streams it accepts.
+    async fn pair() -> (h2::client::SendRequest<Bytes>, tokio::sync::mpsc::Receiver<Accepted>) {
+        let (c, s) = tokio::io::duplex(16 << 10);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut server = h2::server::handshake(s).await.expect("server handshake");
+            while let Some(Ok(accepted)) = server.accept().await {
+                let _ = tx.send(accepted).await;
+            }
+        });
+        let (send, conn) = h2::client::handshake(c).await.expect("client handshake");
+        tokio::spawn(conn);
+        (send, rx)
+    }
+
+    #[tokio::test]
+    async fn a_request_body_streams_through_flow_control_with_its_trailers() {
+        let (send, mut server) = pair().await;
+        let received = tokio::spawn(async move {
+            let (req, mut respond) = server.recv().await.expect("a stream");
+            let mut body = req.into_body();
+            let mut bytes = 0usize;
+            while let Some(data) = body.data().await {
+                let data = data.expect("data");
+                bytes += data.len();
+                body.flow_control().release_capacity(data.len()).expect("release");
+            }
+            let trailers = body.trailers().await.expect("trailers");
+            respond.send_response(Response::new(()), true).expect("respond");
+            (bytes, trailers)
+        });
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
+        let chunks: Vec<std::result::Result<Frame<Bytes>, BoxError>> = (0..3)
+            .map(|_| Ok(Frame::data(Bytes::from(vec![1u8; 1 << 20]))))
+            .chain(std::iter::once(Ok(Frame::trailers(trailers))))
+            .collect();
+        let body: Body =
+            http_body_util::StreamBody::new(futures_util::stream::iter(chunks)).boxed();
+        let mut send = send.ready().await.expect("ready");
+        let req = Request::post("https://up.example/upload").body(()).expect("request");
+        let (response, stream) = send.send_request(req, false).expect("send");
+        tokio::spawn(pipe(body, stream));
+        let resp = tokio::time::timeout(Duration::from_secs(20), response)
+            .await
+            .expect("the server answered once the whole body was in")
+            .expect("response");
+        assert_eq!(resp.status(), 200);
+        let (bytes, trailers) = received.await.expect("server");
+        assert_eq!(bytes, 3 << 20, "every byte of the body arrived");
+        assert_eq!(
+            trailers.and_then(|t| t.get("x-checksum").cloned()),
+            Some(http::HeaderValue::from_static("abc")),
+            "the trailers followed the data"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_response_body_passes_its_data_and_trailers_and_returns_the_window() {
+        let (send, mut server) = pair().await;
+        tokio::spawn(async move {
+            let (_req, mut respond) = server.recv().await.expect("a stream");
+            let mut stream = respond.send_response(Response::new(()), false).expect("respond");
+            let mut left = Bytes::from(vec![2u8; 1 << 20]);
+            // More than the client's window: this only finishes if the client's body hands
+            // the window back as it is read.
+            for _ in 0..4 {
+                let mut data = left.clone();
+                while !data.is_empty() {
+                    stream.reserve_capacity(data.len());
+                    let n = std::future::poll_fn(|cx| stream.poll_capacity(cx))
+                        .await
+                        .expect("capacity")
+                        .expect("ok");
+                    stream.send_data(data.split_to(n.min(data.len())), false).expect("data");
+                }
+                left = left.clone();
+            }
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            stream.send_trailers(trailers).expect("trailers");
+        });
+        let mut send = send.ready().await.expect("ready");
+        let req = Request::get("https://up.example/big").body(()).expect("request");
+        let (response, _) = send.send_request(req, true).expect("send");
+        let (_, recv) = response.await.expect("response").into_parts();
+        // Without the window handed back, the transfer stalls at 64 KiB.
+        let collected = tokio::time::timeout(
+            Duration::from_secs(20),
+            H2Body { recv, data_done: false }.collect(),
+        )
+        .await
+        .expect("the body arrived: its window went back to the server")
+        .expect("body");
+        let trailers = collected.trailers().cloned();
+        assert_eq!(collected.to_bytes().len(), 4 << 20);
+        assert_eq!(
+            trailers.and_then(|t| t.get("grpc-status").cloned()),
+            Some(http::HeaderValue::from_static("0"))
+        );
     }
 }
