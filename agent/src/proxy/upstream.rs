@@ -204,7 +204,9 @@ impl Pool {
             let (send, id, used) = match self.known(authority) {
                 Some(Known::Http1) => return Ok(None),
                 Some(Known::H2 { send, id, used }) => (send, id, used),
-                None => match self.connect(authority).await? {
+                // Boxed: connecting is rare, and its state (DNS, TCP, the TLS handshake)
+                // would otherwise make every request's future larger.
+                None => match Box::pin(self.connect(authority)).await? {
                     Some(Known::H2 { send, id, used }) => (send, id, used),
                     _ => return Ok(None),
                 },
