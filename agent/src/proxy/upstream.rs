@@ -5,8 +5,8 @@
 //! the request: one multiplexed connection per upstream, the request's headers and the
 //! response's frames handled where they are awaited, the connection's own task the only
 //! other one involved. (hyper's pooled client hands each request to a dispatch task and
-//! spawns another to await its answer; on a loaded proxy those hand-offs were a fifth of
-//! the CPU, see `docs/BENCHMARKS.md`.) An upstream that answers ALPN with http/1.1 is
+//! spawns another to await its answer: at 64 connections the proxy did 54k requests a
+//! second with it and 64k without, see `docs/BENCHMARKS.md`.) An upstream that answers ALPN with http/1.1 is
 //! remembered as such and served by hyper-util's pooled HTTP/1.1 client.
 //!
 //! One pool per serial: when the agent's certificate changes, the next request builds a
