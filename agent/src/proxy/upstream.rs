@@ -6,8 +6,9 @@
 //! response's frames handled where they are awaited, the connection's own task the only
 //! other one involved. (hyper's pooled client hands each request to a dispatch task and
 //! spawns another to await its answer: at 64 connections the proxy did 54k requests a
-//! second with it and 64k without, see `docs/BENCHMARKS.md`.) An upstream that answers ALPN with http/1.1 is
-//! remembered as such and served by hyper-util's pooled HTTP/1.1 client.
+//! second with it and 64k without, see `docs/BENCHMARKS.md`.) An upstream that answers
+//! ALPN with http/1.1 is remembered as such and served by hyper-util's pooled HTTP/1.1
+//! client.
 //!
 //! One pool per serial: when the agent's certificate changes, the next request builds a
 //! fresh pool, so connections made with the old certificate are no longer used (in-flight
