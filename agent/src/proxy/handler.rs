@@ -394,8 +394,11 @@ async fn forward(ctx: &Ctx, peer: Option<String>, req: Request<Incoming>) -> Res
     // sends when it retires a connection). Anything with a body streams through once.
     let deadline = tokio::time::Instant::now() + ctx.route.request_timeout;
     let send = |head: http::request::Parts, body: Body| {
-        // Looked up per attempt: a retry after a renewal uses the new certificate's pool.
-        let pool = ctx.upstreams.pool(&cur.info.serial);
+        // Looked up per attempt, with the credential of that moment: a retry after a
+        // renewal uses the new certificate's pool, and a request admitted just before a
+        // renewal does not bring the old certificate's pool back.
+        let now = ctx.credential.current();
+        let pool = ctx.upstreams.pool(now.as_ref().map_or(&cur.info.serial, |c| &c.info.serial));
         let authority = &authority;
         tokio::time::timeout_at(deadline, async move {
             pool.send(authority, Request::from_parts(head, body)).await

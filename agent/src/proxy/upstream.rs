@@ -115,8 +115,9 @@ pub struct Pool {
     /// rather than locked, so that the two workers' requests never wait on each other here.
     known: arc_swap::ArcSwap<HashMap<String, Known>>,
     /// One connection attempt at a time per authority: concurrent first requests wait for
-    /// it and share the connection rather than each opening their own.
-    connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// it and share the connection (or its failure) rather than each opening their own.
+    /// An entry lives while its attempt does.
+    connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<SharedError>>>>>,
     next_id: AtomicU64,
     /// TCP connections for the HTTP/2 side; the HTTP/1.1 client has its own copy.
     tcp: HttpConnector,
@@ -187,8 +188,11 @@ impl Pool {
             let resp = self.http1.request(req).await?;
             return Ok(resp.map(|b| b.map_err(Into::into).boxed()));
         };
-        let (head, body) = req.into_parts();
+        let (mut head, body) = req.into_parts();
         let eos = body.is_end_stream();
+        if eos {
+            say_no_content(&mut head);
+        }
         let mut send = send;
         let (response, stream) = send.send_request(Request::from_parts(head, ()), eos)?;
         if !eos {
@@ -204,6 +208,7 @@ impl Pool {
         self: &Arc<Self>,
         authority: &str,
     ) -> std::result::Result<Option<h2::client::SendRequest<Bytes>>, BoxError> {
+        let mut closed = None;
         for _ in 0..2 {
             let (send, id, used) = match self.known(authority) {
                 Some(Known::Http1) => return Ok(None),
@@ -221,13 +226,22 @@ impl Pool {
                 Err(e) => {
                     tracing::debug!(upstream = %authority, error = %e, "kept connection closed; connecting again");
                     self.forget(authority, id);
+                    closed = Some(e);
                 }
             }
         }
-        Err(format!("the connection to {authority} closed as it was opened").into())
+        // The new connection closed too: its reason (a refused certificate, a GOAWAY) is
+        // what the answer and the retry decision need.
+        Err(match closed {
+            Some(e) => e.into(),
+            None => format!("the connection to {authority} closed as it was opened").into(),
+        })
     }
 
-    /// Connects to `authority` unless a concurrent request has just done it.
+    /// Connects to `authority` unless a concurrent request has just done it. Requests that
+    /// waited on an attempt share its outcome: when it failed they fail with its error at
+    /// once, rather than each trying again in turn (a black-holed upstream would otherwise
+    /// hold the last of them for one connect timeout per request ahead of it).
     async fn connect(
         self: &Arc<Self>,
         authority: &str,
@@ -239,21 +253,50 @@ impl Pool {
             .entry(authority.to_owned())
             .or_default()
             .clone();
-        let _held = gate.lock().await;
+        let mut outcome = gate.lock().await;
+        if let Some(failed) = outcome.as_ref() {
+            return Err(Box::new(Shared(failed.clone())));
+        }
         if let Some(k) = self.known(authority) {
             return Ok(Some(k));
         }
+        let result = self.connect_now(authority).await;
+        // Later requests start from a fresh gate (and a fresh attempt); those queued on this
+        // one see its outcome.
+        {
+            let mut gates = self.connecting.lock().unwrap_or_else(|p| p.into_inner());
+            if gates.get(authority).is_some_and(|g| Arc::ptr_eq(g, &gate)) {
+                gates.remove(authority);
+            }
+        }
+        match result {
+            Ok(k) => Ok(Some(k)),
+            Err(e) => {
+                let e: Arc<dyn std::error::Error + Send + Sync> = Arc::from(e);
+                *outcome = Some(e.clone());
+                Err(Box::new(Shared(e)))
+            }
+        }
+    }
+
+    async fn connect_now(
+        self: &Arc<Self>,
+        authority: &str,
+    ) -> std::result::Result<Known, BoxError> {
         let io = tokio::time::timeout(CONNECT_TIMEOUT, self.handshake(authority))
             .await
             .map_err(|_| format!("connecting to {authority} timed out"))??;
         if io.get_ref().1.alpn_protocol() != Some(b"h2") {
             // This connection is dropped: the HTTP/1.1 client keeps its own.
             self.remember(authority, Known::Http1);
-            return Ok(Some(Known::Http1));
+            return Ok(Known::Http1);
         }
         // hyper's defaults for a client: windows large enough for a download over a long
-        // round trip, no server push.
+        // round trip, no server push, and at most 100 streams before the server's SETTINGS
+        // say how many it takes (the requests that waited for this connection all start on
+        // it at once; beyond the server's limit they would be refused).
         let (send, connection) = h2::client::Builder::new()
+            .initial_max_send_streams(100)
             .initial_window_size(2 << 20)
             .initial_connection_window_size(5 << 20)
             .max_send_buffer_size(1 << 20)
@@ -273,7 +316,7 @@ impl Pool {
             self.idle_timeout,
             connection,
         ));
-        Ok(Some(known))
+        Ok(known)
     }
 
     /// TCP through hyper-util's connector (DNS off the runtime, IPv6 and IPv4 raced as RFC
@@ -291,6 +334,34 @@ impl Pool {
         std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut tcp, cx)).await?;
         let io = tower_service::Service::call(&mut tcp, uri).await?;
         Ok(self.tls.connect(name, io.into_inner()).await?)
+    }
+}
+
+/// What hyper's client did for a request without a body: a method that carries content
+/// says it has none (`content-length: 0`), for origins that answer 411 otherwise.
+fn say_no_content(head: &mut http::request::Parts) {
+    if matches!(head.method, http::Method::POST | http::Method::PUT | http::Method::PATCH)
+        && !head.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        head.headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("0"));
+    }
+}
+
+type SharedError = Arc<dyn std::error::Error + Send + Sync>;
+
+/// The failure of a connection attempt, as each request that waited on it reports it.
+#[derive(Debug)]
+struct Shared(SharedError);
+
+impl std::fmt::Display for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connecting failed")
+    }
+}
+
+impl std::error::Error for Shared {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
     }
 }
 
@@ -467,14 +538,36 @@ mod tests {
         let get =
             |a: &str| Request::get(format!("https://{a}/")).body(Body::default()).expect("request");
         let authority = format!("127.0.0.1:{port}");
-        let e = pool.send(&authority, get(&authority)).await.expect_err("nothing listens");
-        let text = chain(e.as_ref());
-        assert!(text.contains("tcp connect error") && !text.contains("dns error"), "{text}");
+        // Concurrent first requests share one attempt's outcome, each told why.
+        let tries: Vec<_> = (0..8)
+            .map(|_| {
+                let (pool, authority) = (pool.clone(), authority.clone());
+                tokio::spawn(async move { pool.send(&authority, get(&authority)).await })
+            })
+            .collect();
+        for t in tries {
+            let e = t.await.expect("join").expect_err("nothing listens");
+            let text = chain(e.as_ref());
+            assert!(text.contains("tcp connect error") && !text.contains("dns error"), "{text}");
+        }
+        assert!(pool.connecting.lock().expect("gates").is_empty(), "no gate outlives its attempt");
         let e = pool
             .send("no-such-host.invalid", get("no-such-host.invalid"))
             .await
             .expect_err("no such name");
         assert!(chain(e.as_ref()).contains("dns error"), "{}", chain(e.as_ref()));
+    }
+
+    #[test]
+    fn an_empty_post_says_content_length_0_and_a_get_says_nothing() {
+        let head =
+            |m: http::Method| Request::builder().method(m).body(()).expect("req").into_parts().0;
+        let mut post = head(http::Method::POST);
+        say_no_content(&mut post);
+        assert_eq!(post.headers.get("content-length").map(|v| v.as_bytes()), Some(&b"0"[..]));
+        let mut get = head(http::Method::GET);
+        say_no_content(&mut get);
+        assert!(get.headers.get("content-length").is_none());
     }
 
     #[tokio::test]
