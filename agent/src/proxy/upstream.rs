@@ -365,38 +365,62 @@ impl std::error::Error for Shared {
     }
 }
 
+/// An upstream connection in use must answer a PING within this long (or the idle timeout,
+/// if shorter) at each idle check, or it is given up.
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Runs one HTTP/2 connection until it ends, and retires it from its pool when nothing was
 /// sent on it for the idle timeout or when it ends (closed by the upstream, a GOAWAY, an
 /// error). A retired connection, or one whose pool is gone (the certificate was renewed),
-/// says GOAWAY and closes once its open streams finish.
-async fn drive(
+/// says GOAWAY and closes once its open streams finish. A connection still in use is asked
+/// for a PING at each idle check: one that does not answer (a laptop that changed networks,
+/// a path that now drops everything) is dropped, failing its open streams, rather than
+/// holding every request until TCP gives up minutes later.
+async fn drive<T>(
     pool: std::sync::Weak<Pool>,
     authority: String,
     id: u64,
     used: Arc<AtomicU64>,
     idle_timeout: Duration,
-    connection: h2::client::Connection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
-) {
+    mut connection: h2::client::Connection<T, Bytes>,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut ping = connection.ping_pong();
     tokio::pin!(connection);
     let mut seen = used.load(Ordering::Relaxed);
+    let forget = || {
+        if let Some(pool) = pool.upgrade() {
+            pool.forget(&authority, id);
+        }
+    };
     let result = loop {
         tokio::select! {
             r = &mut connection => break r,
             () = tokio::time::sleep(idle_timeout) => {
                 let now = used.load(Ordering::Relaxed);
                 if now == seen {
-                    if let Some(pool) = pool.upgrade() {
-                        pool.forget(&authority, id);
-                    }
+                    forget();
                     break connection.await;
                 }
                 seen = now;
+                let Some(ping) = ping.as_mut() else { continue };
+                let answered = tokio::select! {
+                    r = &mut connection => break r,
+                    r = tokio::time::timeout(
+                        PING_TIMEOUT.min(idle_timeout),
+                        ping.ping(h2::Ping::opaque()),
+                    ) => matches!(r, Ok(Ok(_))),
+                };
+                if !answered {
+                    forget();
+                    tracing::warn!(upstream = %authority, "upstream connection did not answer a PING; dropping it");
+                    return;
+                }
             }
         }
     };
-    if let Some(pool) = pool.upgrade() {
-        pool.forget(&authority, id);
-    }
+    forget();
     if let Err(e) = result {
         tracing::debug!(upstream = %authority, error = %e, "upstream connection ended");
     }
@@ -526,12 +550,7 @@ mod tests {
     /// (`handler::classify`: "dns error" means the name did not resolve).
     #[tokio::test]
     async fn connection_failures_name_dns_or_the_connection() {
-        let tls = rustls::ClientConfig::builder_with_provider(crate::est::provider())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        let pool = Arc::new(Pool::new("01", &tls, Duration::from_secs(5)));
+        let pool = pool();
         let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = closed.local_addr().expect("addr").port();
         drop(closed);
@@ -556,6 +575,62 @@ mod tests {
             .await
             .expect_err("no such name");
         assert!(chain(e.as_ref()).contains("dns error"), "{}", chain(e.as_ref()));
+    }
+
+    fn pool() -> Arc<Pool> {
+        let tls = rustls::ClientConfig::builder_with_provider(crate::est::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Arc::new(Pool::new("01", &tls, Duration::from_secs(1)))
+    }
+
+    /// A connection in use that stops answering PINGs (the server here stops reading, as a
+    /// path that drops everything would look) is given up within an idle check and a PING
+    /// timeout; while it answers, it stays.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_in_use_that_stops_answering_pings_is_dropped() {
+        let (c, s) = tokio::io::duplex(16 << 10);
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let mut server = h2::server::handshake(s).await.expect("server handshake");
+            loop {
+                tokio::select! {
+                    r = server.accept() => if r.is_none() { return },
+                    _ = &mut stopped => break,
+                }
+            }
+            // Still open, never read again.
+            std::future::pending::<()>().await;
+            drop(server);
+        });
+        let (send, connection) = h2::client::handshake(c).await.expect("client handshake");
+        let pool = pool();
+        let used = Arc::new(AtomicU64::new(0));
+        pool.remember("up.example", Known::H2 { send, id: 7, used: used.clone() });
+        tokio::spawn(drive(
+            Arc::downgrade(&pool),
+            "up.example".into(),
+            7,
+            used.clone(),
+            pool.idle_timeout,
+            connection,
+        ));
+        for _ in 0..8 {
+            used.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(pool.known("up.example").is_some(), "answering PINGs, the connection stays");
+        let _ = stop.send(());
+        for _ in 0..8 {
+            used.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(
+            pool.known("up.example").is_none(),
+            "a connection that stopped answering is dropped"
+        );
     }
 
     #[test]
