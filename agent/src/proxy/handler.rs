@@ -353,10 +353,9 @@ async fn forward(ctx: &Ctx, peer: Option<String>, req: Request<Incoming>) -> Res
         Ok(a) => a,
         Err(Refusal(status, message)) => return text(status, message),
     };
-    let cur = match ctx.credential.usable() {
-        Ok(cur) => cur,
-        Err(why) => return text(StatusCode::SERVICE_UNAVAILABLE, why),
-    };
+    if let Err(why) = ctx.credential.usable() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, why);
+    }
 
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
@@ -394,11 +393,7 @@ async fn forward(ctx: &Ctx, peer: Option<String>, req: Request<Incoming>) -> Res
     // sends when it retires a connection). Anything with a body streams through once.
     let deadline = tokio::time::Instant::now() + ctx.route.request_timeout;
     let send = |head: http::request::Parts, body: Body| {
-        // Looked up per attempt, with the credential of that moment: a retry after a
-        // renewal uses the new certificate's pool, and a request admitted just before a
-        // renewal does not bring the old certificate's pool back.
-        let now = ctx.credential.current();
-        let pool = ctx.upstreams.pool(now.as_ref().map_or(&cur.info.serial, |c| &c.info.serial));
+        let pool = ctx.upstreams.pool();
         let authority = &authority;
         tokio::time::timeout_at(deadline, async move {
             pool.send(authority, Request::from_parts(head, body)).await

@@ -43,6 +43,7 @@ type Http1Client = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Upstreams {
+    credential: CredentialView,
     tls: Arc<rustls::ClientConfig>,
     idle_timeout: Duration,
     current: ArcSwapOption<Pool>,
@@ -75,14 +76,19 @@ impl Upstreams {
             .with_root_certificates(roots)
             .with_client_cert_resolver(Arc::new(CurrentCert(credential.clone())));
         Ok(Upstreams {
+            credential: credential.clone(),
             tls: Arc::new(tls),
             idle_timeout: route.idle_timeout,
             current: ArcSwapOption::empty(),
         })
     }
 
-    /// The connections made with the current certificate's serial.
-    pub fn pool(&self, serial: &str) -> Arc<Pool> {
+    /// The connections made with the certificate of this moment. Looked up per attempt:
+    /// a retry after a renewal uses the new certificate's pool, and a request admitted just
+    /// before a renewal does not bring the old certificate's pool back.
+    pub fn pool(&self) -> Arc<Pool> {
+        let current = self.credential.current();
+        let serial = current.as_ref().map_or("", |c| c.info.serial.as_str());
         if let Some(p) = self.current.load_full()
             && p.serial == serial
         {
@@ -208,44 +214,37 @@ impl Pool {
         self: &Arc<Self>,
         authority: &str,
     ) -> std::result::Result<Option<h2::client::SendRequest<Bytes>>, BoxError> {
-        let mut closed = None;
-        for _ in 0..2 {
-            let (send, id, used) = match self.known(authority) {
-                Some(Known::Http1) => return Ok(None),
-                Some(Known::H2 { send, id, used }) => (send, id, used),
+        let mut replaced = false;
+        loop {
+            let known = match self.known(authority) {
+                Some(k) => k,
                 // Boxed: connecting is rare, and its state (DNS, TCP, the TLS handshake)
                 // would otherwise make every request's future larger.
-                None => match Box::pin(self.connect(authority)).await? {
-                    Some(Known::H2 { send, id, used }) => (send, id, used),
-                    _ => return Ok(None),
-                },
+                None => Box::pin(self.connect(authority)).await?,
             };
+            let Known::H2 { send, id, used } = known else { return Ok(None) };
             used.fetch_add(1, Ordering::Relaxed);
             match send.ready().await {
                 Ok(send) => return Ok(Some(send)),
                 Err(e) => {
-                    tracing::debug!(upstream = %authority, error = %e, "kept connection closed; connecting again");
                     self.forget(authority, id);
-                    closed = Some(e);
+                    // The new connection closed too: its reason (a refused certificate, a
+                    // GOAWAY) is what the answer and the retry decision need.
+                    if replaced {
+                        return Err(e.into());
+                    }
+                    tracing::debug!(upstream = %authority, error = %e, "kept connection closed; connecting again");
+                    replaced = true;
                 }
             }
         }
-        // The new connection closed too: its reason (a refused certificate, a GOAWAY) is
-        // what the answer and the retry decision need.
-        Err(match closed {
-            Some(e) => e.into(),
-            None => format!("the connection to {authority} closed as it was opened").into(),
-        })
     }
 
     /// Connects to `authority` unless a concurrent request has just done it. Requests that
     /// waited on an attempt share its outcome: when it failed they fail with its error at
     /// once, rather than each trying again in turn (a black-holed upstream would otherwise
     /// hold the last of them for one connect timeout per request ahead of it).
-    async fn connect(
-        self: &Arc<Self>,
-        authority: &str,
-    ) -> std::result::Result<Option<Known>, BoxError> {
+    async fn connect(self: &Arc<Self>, authority: &str) -> std::result::Result<Known, BoxError> {
         let gate = self
             .connecting
             .lock()
@@ -258,7 +257,7 @@ impl Pool {
             return Err(Box::new(Shared(failed.clone())));
         }
         if let Some(k) = self.known(authority) {
-            return Ok(Some(k));
+            return Ok(k);
         }
         let result = self.connect_now(authority).await;
         // Later requests start from a fresh gate (and a fresh attempt); those queued on this
@@ -270,9 +269,9 @@ impl Pool {
             }
         }
         match result {
-            Ok(k) => Ok(Some(k)),
+            Ok(k) => Ok(k),
             Err(e) => {
-                let e: Arc<dyn std::error::Error + Send + Sync> = Arc::from(e);
+                let e: SharedError = Arc::from(e);
                 *outcome = Some(e.clone());
                 Err(Box::new(Shared(e)))
             }
