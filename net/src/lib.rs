@@ -430,18 +430,46 @@ where
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         self.activity.in_flight.fetch_add(1, Ordering::AcqRel);
         let guard = InFlight(self.activity.in_flight.clone());
-        let fut = self.inner.call(req);
-        let timeout = self.request_timeout;
-        Box::pin(async move {
-            let _guard = guard;
-            match timeout {
-                Some(d) => match tokio::time::timeout(d, fut).await {
-                    Ok(r) => r.map_err(Into::into),
-                    Err(_) => Err(Box::new(RequestTimedOut(d)) as BoxError),
-                },
-                None => fut.await.map_err(Into::into),
-            }
+        Box::pin(Counted {
+            fut: self.inner.call(req),
+            deadline: self.request_timeout.map(|d| (Box::pin(tokio::time::sleep(d)), d)),
+            _guard: guard,
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's future, counted in flight until it finishes or is dropped, and bounded
+    /// by the listener's request timeout. A struct, not an `async` block: a block would hold
+    /// the service's future twice (captured, and again as the value it awaits), and this
+    /// box is allocated for every request.
+    struct Counted<F> {
+        #[pin]
+        fut: F,
+        // Boxed: only listeners with a request timeout pay for the timer's size.
+        deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
+        _guard: InFlight,
+    }
+}
+
+impl<F, R, E> Future for Counted<F>
+where
+    F: Future<Output = Result<R, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<R, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(r) = this.fut.poll(cx) {
+            return Poll::Ready(r.map_err(Into::into));
+        }
+        if let Some((sleep, d)) = this.deadline
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(Box::new(RequestTimedOut(*d))));
+        }
+        Poll::Pending
     }
 }
 

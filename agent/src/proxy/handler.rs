@@ -11,6 +11,8 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
 use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -338,23 +340,103 @@ fn upstream_error(
     text(StatusCode::BAD_GATEWAY, explained)
 }
 
-pub async fn handle(ctx: Arc<Ctx>, peer: Option<String>, req: Request<Incoming>) -> Response<Body> {
+/// Answers one request. The checks and rewrites that need no await happen here, before
+/// the future is made: hyper boxes that future for every request, and what it holds across
+/// its awaits (the head kept for a retry, the upstream exchange) is its whole size, kept
+/// within what the allocator serves from its per-thread cache (glibc's stops at 1,032 B).
+/// An `async` block rather than an `async fn`: the latter copies its arguments into locals
+/// and holds both.
+pub fn handle(
+    ctx: Arc<Ctx>,
+    peer: Option<String>,
+    req: Request<Incoming>,
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
     let started = Instant::now();
-    let resp = forward(&ctx, peer, req).await;
-    ctx.metrics.proxy_request(&ctx.name, resp.status().as_u16(), started.elapsed().as_secs_f64());
-    resp
+    let mut outbound = outbound(&ctx, peer, req);
+    async move {
+        let resp = match outbound {
+            Err(refused) => refused,
+            Ok(ref mut out) => exchange(&ctx, out).await,
+        };
+        ctx.metrics.proxy_request(
+            &ctx.name,
+            resp.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+        Ok(resp)
+    }
 }
 
-async fn forward(ctx: &Ctx, peer: Option<String>, req: Request<Incoming>) -> Response<Body> {
+/// A request ready for the upstream: its head rewritten, its URL absolute.
+struct Outbound {
+    authority: String,
+    /// Taken by the last (or only) attempt; the ones before send clones.
+    head: http::request::Parts,
+    body: Option<Body>,
+    /// No body and an idempotent method: it can be sent again when the upstream turned it
+    /// away unprocessed (an HTTP/2 GOAWAY or REFUSED_STREAM, as a server sends when it
+    /// retires a connection). Anything with a body streams through once.
+    replay: bool,
+}
+
+async fn exchange(ctx: &Ctx, out: &mut Outbound) -> Response<Body> {
+    let deadline = tokio::time::Instant::now() + ctx.route.request_timeout;
+    let mut attempt = 1;
+    let result = loop {
+        let last = !out.replay || attempt == MAX_ATTEMPTS;
+        let (head, body) = if last {
+            let taken = std::mem::replace(&mut out.head, Request::new(()).into_parts().0);
+            (taken, out.body.take().unwrap_or_else(empty))
+        } else {
+            (out.head.clone(), empty())
+        };
+        let pool = ctx.upstreams.pool();
+        let sent = pool.send(&out.authority, Request::from_parts(head, body));
+        match tokio::time::timeout_at(deadline, sent).await {
+            Ok(Err(e)) if !last && unprocessed(e.as_ref()) => {
+                tracing::debug!(route = %ctx.name, upstream = %out.authority, error = %e, attempt, "upstream turned the request away unprocessed; sending it again");
+                attempt += 1;
+            }
+            r => break r,
+        }
+    };
+    let authority = &out.authority;
+    match result {
+        Err(_) => {
+            tracing::warn!(route = %ctx.name, upstream = %authority, "upstream timed out");
+            text(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "{authority} did not answer within {}s",
+                    ctx.route.request_timeout.as_secs()
+                ),
+            )
+        }
+        Ok(Err(e)) => upstream_error(ctx, authority, e.as_ref()),
+        Ok(Ok(resp)) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body)
+        }
+    }
+}
+
+/// Checks `req` and rewrites its head for the upstream, or the answer that refuses it.
+#[expect(clippy::result_large_err, reason = "the refusal is the answer itself, made once")]
+fn outbound(
+    ctx: &Ctx,
+    peer: Option<String>,
+    req: Request<Incoming>,
+) -> Result<Outbound, Response<Body>> {
     if let Err(Refusal(status, message)) = admit(ctx.own_hosts.as_deref(), &req) {
-        return text(status, message);
+        return Err(text(status, message));
     }
     let authority = match target(&ctx.route, &req) {
         Ok(a) => a,
-        Err(Refusal(status, message)) => return text(status, message),
+        Err(Refusal(status, message)) => return Err(text(status, message)),
     };
     if let Err(why) = ctx.credential.usable() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, why);
+        return Err(text(StatusCode::SERVICE_UNAVAILABLE, why));
     }
 
     let (mut parts, body) = req.into_parts();
@@ -362,7 +444,10 @@ async fn forward(ctx: &Ctx, peer: Option<String>, req: Request<Incoming>) -> Res
     let uri: Uri = match format!("https://{authority}{path}").parse() {
         Ok(u) => u,
         Err(e) => {
-            return text(StatusCode::BAD_REQUEST, format!("cannot build the upstream URL: {e}"));
+            return Err(text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot build the upstream URL: {e}"),
+            ));
         }
     };
     strip_hop_by_hop(&mut parts.headers);
@@ -387,50 +472,13 @@ async fn forward(ctx: &Ctx, peer: Option<String>, req: Request<Incoming>) -> Res
     }
     parts.uri = uri;
     parts.version = http::Version::HTTP_11; // the client negotiates h2 by ALPN itself
-
-    // A request without a body whose method is idempotent can be sent again when the
-    // upstream turned it away unprocessed (an HTTP/2 GOAWAY or REFUSED_STREAM, as a server
-    // sends when it retires a connection). Anything with a body streams through once.
-    let deadline = tokio::time::Instant::now() + ctx.route.request_timeout;
-    let send = |head: http::request::Parts, body: Body| {
-        let pool = ctx.upstreams.pool();
-        let authority = &authority;
-        tokio::time::timeout_at(deadline, async move {
-            pool.send(authority, Request::from_parts(head, body)).await
-        })
-    };
-    let result = if body.is_end_stream() && idempotent(&parts.method) {
-        let mut attempt = 1;
-        loop {
-            match send(parts.clone(), empty()).await {
-                Ok(Err(e)) if attempt < MAX_ATTEMPTS && unprocessed(e.as_ref()) => {
-                    tracing::debug!(route = %ctx.name, upstream = %authority, error = %e, attempt, "upstream turned the request away unprocessed; sending it again");
-                    attempt += 1;
-                }
-                r => break r,
-            }
-        }
-    } else {
-        send(parts, body.map_err(Into::into).boxed()).await
-    };
-    match result {
-        Err(_) => {
-            tracing::warn!(route = %ctx.name, upstream = %authority, "upstream timed out");
-            text(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "{authority} did not answer within {}s",
-                    ctx.route.request_timeout.as_secs()
-                ),
-            )
-        }
-        Ok(Err(e)) => upstream_error(ctx, &authority, e.as_ref()),
-        Ok(Ok(resp)) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body)
-        }
-    }
+    let replay = body.is_end_stream() && idempotent(&parts.method);
+    Ok(Outbound {
+        authority,
+        head: parts,
+        body: (!replay).then(|| body.map_err(Into::into).boxed()),
+        replay,
+    })
 }
 
 /// How many times a replayable request is sent before its failure is reported.

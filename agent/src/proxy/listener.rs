@@ -75,12 +75,7 @@ pub async fn serve_route(
         limits,
         move |conn: &lanyard_net::Conn| {
             let (ctx, peer) = (ctx.clone(), conn.remote.map(|r| r.ip().to_string()));
-            hyper::service::service_fn(move |req| {
-                let (ctx, peer) = (ctx.clone(), peer.clone());
-                async move {
-                    Ok::<_, std::convert::Infallible>(handler::handle(ctx, peer, req).await)
-                }
-            })
+            hyper::service::service_fn(move |req| handler::handle(ctx.clone(), peer.clone(), req))
         },
         shutdown,
     )

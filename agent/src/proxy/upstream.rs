@@ -185,27 +185,24 @@ impl Pool {
 
     /// Sends `req` (its URI `https://authority/...`) to `authority` and returns the answer
     /// as it starts to arrive; the body streams on.
-    pub async fn send(
-        self: &Arc<Self>,
-        authority: &str,
+    ///
+    /// The returned future is part of every proxied request's allocation: an `async` block
+    /// (an `async fn` would hold `req` twice) that holds only the request and then the
+    /// response's future across its awaits.
+    #[expect(clippy::manual_async_fn, reason = "an `async fn` would hold `req` twice")]
+    pub fn send<'a>(
+        self: &'a Arc<Self>,
+        authority: &'a str,
         req: Request<Body>,
-    ) -> std::result::Result<Response<Body>, BoxError> {
-        let Some(send) = self.h2_sender(authority).await? else {
-            let resp = self.http1.request(req).await?;
-            return Ok(resp.map(|b| b.map_err(Into::into).boxed()));
-        };
-        let (mut head, body) = req.into_parts();
-        let eos = body.is_end_stream();
-        if eos {
-            say_no_content(&mut head);
+    ) -> impl Future<Output = std::result::Result<Response<Body>, BoxError>> + Send + 'a {
+        async move {
+            let Some(send) = self.h2_sender(authority).await? else {
+                let resp = self.http1.request(req).await?;
+                return Ok(resp.map(|b| b.map_err(Into::into).boxed()));
+            };
+            let (head, recv) = start(send, req)?.await?.into_parts();
+            Ok(Response::from_parts(head, H2Body { recv, data_done: false }.boxed()))
         }
-        let mut send = send;
-        let (response, stream) = send.send_request(Request::from_parts(head, ()), eos)?;
-        if !eos {
-            tokio::spawn(pipe(body, stream));
-        }
-        let (head, recv) = response.await?.into_parts();
-        Ok(Response::from_parts(head, H2Body { recv, data_done: false }.boxed()))
     }
 
     /// A ready HTTP/2 handle to `authority`, or `None` when it speaks HTTP/1.1. A kept
@@ -334,6 +331,23 @@ impl Pool {
         let io = tower_service::Service::call(&mut tcp, uri).await?;
         Ok(self.tls.connect(name, io.into_inner()).await?)
     }
+}
+
+/// Sends `req`'s head on an HTTP/2 connection and leaves its body, if any, to [`pipe`].
+fn start(
+    mut send: h2::client::SendRequest<Bytes>,
+    req: Request<Body>,
+) -> std::result::Result<h2::client::ResponseFuture, h2::Error> {
+    let (mut head, body) = req.into_parts();
+    let eos = body.is_end_stream();
+    if eos {
+        say_no_content(&mut head);
+    }
+    let (response, stream) = send.send_request(Request::from_parts(head, ()), eos)?;
+    if !eos {
+        tokio::spawn(pipe(body, stream));
+    }
+    Ok(response)
 }
 
 /// What hyper's client did for a request without a body: a method that carries content
