@@ -246,6 +246,14 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Prepared statements stay prepared. Without the query planner stability guarantee,
+        // SQLite plans a statement on `certs` with its bound values (to see whether they imply
+        // a partial index's WHERE) and so marks it to be parsed and planned again whenever a
+        // new value is bound: every key lookup of every enrolment was compiled afresh. The
+        // partial indexes here test IS [NOT] NULL, which no bound value changes.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        // And none is evicted: rusqlite keeps 16, fewer than the store's distinct statements.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         // One writer at a time: a CA and a CLI opening an old database together must not
         // both add a column (the second would fail on "duplicate column").
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -418,6 +426,10 @@ fn insert_audit(c: &Connection, e: &AuditEvent) -> rusqlite::Result<usize> {
 
 /// Runs a statement that returns no rows from the connection's statement cache: the
 /// transaction control of every round, parsed once instead of once per use.
+/// Prepared statements kept per connection: above the number of distinct statements in
+/// this file (about 30), so none is evicted and parsed again.
+const STATEMENT_CACHE: usize = 64;
+
 fn exec_cached(c: &Connection, sql: &str) -> rusqlite::Result<()> {
     c.prepare_cached(sql)?.execute([]).map(drop)
 }
@@ -1322,6 +1334,30 @@ mod tests {
         let sync: i64 =
             s.with(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0))?)).await.unwrap();
         assert_eq!(sync, 2);
+    }
+
+    /// The store's connection plans statements without their bound values (so a new
+    /// binding does not make SQLite compile the statement again), and the plans it keeps
+    /// still use the partial indexes, whose conditions name no bound value.
+    #[tokio::test]
+    async fn statements_keep_their_plans_and_the_partial_indexes() {
+        use rusqlite::config::DbConfig;
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("ca.db")).unwrap();
+        let (qpsg, plan) = s
+            .with(|c| {
+                let qpsg = c.db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG)?;
+                let plan: String = c.query_row(
+                    "EXPLAIN QUERY PLAN SELECT serial FROM certs WHERE revoked_at IS NOT NULL AND revoked_at > ?1",
+                    [0],
+                    |r| r.get(3),
+                )?;
+                Ok((qpsg, plan))
+            })
+            .await
+            .unwrap();
+        assert!(qpsg, "the query planner stability guarantee is off");
+        assert!(plan.contains("certs_revoked"), "{plan}");
     }
 
     /// A database made before tokens could be revoked (no `revoked_at`) opens, keeps its
