@@ -16,6 +16,10 @@
 # binary's median rate as a ratio of the raw P-256 bound measured after the runs.
 # PIN=1 (default on 2 or more cores): server on core 0, curl on core 1.
 # BENCH_TMP=/dev/shm puts the CA directories on tmpfs (no fsync cost).
+# PERF=FILE records `perf record --call-graph dwarf` of the server during the runs of the
+# last binary given (FILE holds its last run); build it with symbols first:
+#   CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+#     CARGO_TARGET_DIR=target/perf cargo build --release -p lanyard-ca
 set -euo pipefail
 
 N=${N:-2000}
@@ -89,10 +93,17 @@ run_one() { # $1 = binary; prints "rate server_ms store_ms ok"
     st=${st%/comm}
     sleep 0.5
     c0=$(ticks "/proc/$PID/stat"); s0=0; [[ -n "$st" ]] && s0=$(ticks "$st/stat")
+    local perf_pid=
+    if [[ -n "${PERF:-}" && "$b" == "${BINS[-1]}" ]]; then
+        perf record -q -F 2999 --call-graph dwarf,16384 -p "$PID" -o "$PERF" 2>/dev/null &
+        perf_pid=$!
+        sleep 0.3
+    fi
     t0=$(date +%s.%N)
     "${CLI[@]}" curl -sS --parallel --parallel-max "$C" -K "$run/curl.cfg" >"$run/codes" \
         2>"$run/errors" || true
     t1=$(date +%s.%N)
+    if [[ -n "$perf_pid" ]]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
     c1=$(ticks "/proc/$PID/stat"); s1=0; [[ -n "$st" ]] && s1=$(ticks "$st/stat")
     ok=$(grep -c '^200$' "$run/codes" || true)
     kill "$PID"
