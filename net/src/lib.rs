@@ -432,7 +432,11 @@ where
         let guard = InFlight(self.activity.in_flight.clone());
         Box::pin(Counted {
             fut: self.inner.call(req),
-            deadline: self.request_timeout.map(|d| (Box::pin(tokio::time::sleep(d)), d)),
+            // Unconstrained, as in `tokio::time::timeout`: the deadline still fires when the
+            // request's own future has used up the task's budget.
+            deadline: self
+                .request_timeout
+                .map(|d| (Box::pin(tokio::task::unconstrained(tokio::time::sleep(d))), d)),
             _guard: guard,
         })
     }
@@ -447,7 +451,7 @@ pin_project_lite::pin_project! {
         #[pin]
         fut: F,
         // Boxed: only listeners with a request timeout pay for the timer's size.
-        deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
+        deadline: Option<(Pin<Box<tokio::task::Unconstrained<tokio::time::Sleep>>>, Duration)>,
         _guard: InFlight,
     }
 }

@@ -341,11 +341,11 @@ fn upstream_error(
 }
 
 /// Answers one request. The checks and rewrites that need no await happen here, before
-/// the future is made: hyper boxes that future for every request, and what it holds across
-/// its awaits (the head kept for a retry, the upstream exchange) is its whole size, kept
-/// within what the allocator serves from its per-thread cache (glibc's stops at 1,032 B).
-/// An `async` block rather than an `async fn`: the latter copies its arguments into locals
-/// and holds both.
+/// the future is made: lanyard-net boxes that future for every request, and what it holds
+/// across its awaits (the head kept for a retry, the upstream exchange) is its whole size,
+/// kept within what the allocator serves from its per-thread cache (glibc's stops at
+/// 1,032 B). An `async` block rather than an `async fn`: the latter copies its arguments
+/// into locals and holds both.
 pub fn handle(
     ctx: Arc<Ctx>,
     peer: Option<String>,
