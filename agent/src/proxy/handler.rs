@@ -372,18 +372,18 @@ struct Outbound {
     authority: String,
     /// Taken by the last (or only) attempt; the ones before send clones.
     head: http::request::Parts,
+    /// The body, taken by the one attempt that streams it. `None` from the start for a
+    /// request without a body whose method is idempotent: it can be sent again when the
+    /// upstream turned it away unprocessed (an HTTP/2 GOAWAY or REFUSED_STREAM, as a server
+    /// sends when it retires a connection).
     body: Option<Body>,
-    /// No body and an idempotent method: it can be sent again when the upstream turned it
-    /// away unprocessed (an HTTP/2 GOAWAY or REFUSED_STREAM, as a server sends when it
-    /// retires a connection). Anything with a body streams through once.
-    replay: bool,
 }
 
 async fn exchange(ctx: &Ctx, out: &mut Outbound) -> Response<Body> {
     let deadline = tokio::time::Instant::now() + ctx.route.request_timeout;
     let mut attempt = 1;
     let result = loop {
-        let last = !out.replay || attempt == MAX_ATTEMPTS;
+        let last = out.body.is_some() || attempt == MAX_ATTEMPTS;
         let (head, body) = if last {
             let taken = std::mem::replace(&mut out.head, Request::new(()).into_parts().0);
             (taken, out.body.take().unwrap_or_else(empty))
@@ -477,7 +477,6 @@ fn outbound(
         authority,
         head: parts,
         body: (!replay).then(|| body.map_err(Into::into).boxed()),
-        replay,
     })
 }
 
