@@ -43,3 +43,4 @@ pub mod status_server;
 pub mod token_file;
 pub mod trust;
 pub mod verify;
+pub mod x509;

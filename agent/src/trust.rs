@@ -132,18 +132,16 @@ pub fn select_pinned_root(
             ),
         }
     })?;
-    let (_, r) = x509_parser::parse_x509_certificate(root)
+    let r = crate::x509::Cert::parse(root)
         .map_err(|e| AgentError::BadAnswer(format!("pinned root does not parse: {e}")))?;
     for c in certs.iter().filter(|c| *c != root) {
-        let (_, x) = x509_parser::parse_x509_certificate(c)
+        let x = crate::x509::Cert::parse(c)
             .map_err(|e| AgentError::BadAnswer(format!("CA certificate does not parse: {e}")))?;
-        if x.issuer() == r.subject() {
-            x.verify_signature(Some(r.public_key())).map_err(|_| {
-                AgentError::Verification(format!(
-                    "{} does not chain to the pinned root",
-                    x.subject()
-                ))
-            })?;
+        if x.issuer() == r.subject() && !x.signed_by(&r) {
+            return Err(AgentError::Verification(format!(
+                "CA certificate {:?} does not chain to the pinned root",
+                x.common_name().unwrap_or_default()
+            )));
         }
     }
     Ok(CertificateDer::from(root.clone()))

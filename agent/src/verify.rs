@@ -4,11 +4,11 @@
 //! caught here and nothing is replaced.
 
 use crate::error::{AgentError, Result};
+use crate::x509::Cert;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use std::sync::Arc;
 use time::OffsetDateTime;
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// What the agent needs to know of a certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,24 +21,14 @@ pub struct CertInfo {
 }
 
 pub fn info(der: &[u8]) -> Result<CertInfo> {
-    let (_, x) = X509Certificate::from_der(der)
-        .map_err(|e| AgentError::BadAnswer(format!("certificate does not parse: {e}")))?;
-    let identity = x
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let ts = |t: x509_parser::time::ASN1Time| {
-        OffsetDateTime::from_unix_timestamp(t.timestamp()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
-    };
+    let bad = |e: der::Error| AgentError::BadAnswer(format!("certificate does not parse: {e}"));
+    let x = Cert::parse(der).map_err(bad)?;
     Ok(CertInfo {
-        identity,
-        serial: lanyard_proto::serial::to_hex(x.raw_serial()),
-        not_before: ts(x.validity().not_before),
-        not_after: ts(x.validity().not_after),
-        spki_der: x.tbs_certificate.subject_pki.raw.to_vec(),
+        identity: x.common_name().unwrap_or_default().to_owned(),
+        serial: lanyard_proto::serial::to_hex(x.serial()),
+        not_before: x.not_before(),
+        not_after: x.not_after(),
+        spki_der: x.spki_der().map_err(bad)?,
     })
 }
 
@@ -49,9 +39,7 @@ pub fn split_ca_certs(
     let mut roots = Vec::new();
     let mut inter = Vec::new();
     for c in ca {
-        let self_signed =
-            X509Certificate::from_der(c).map(|(_, x)| x.subject() == x.issuer()).unwrap_or(false);
-        if self_signed {
+        if Cert::parse(c).is_ok_and(|x| x.is_self_issued()) {
             roots.push(CertificateDer::from(c.clone()))
         } else {
             inter.push(CertificateDer::from(c.clone()))
@@ -109,10 +97,10 @@ pub fn issuers_of(
     leaf: &[u8],
     intermediates: &[CertificateDer<'static>],
 ) -> Vec<CertificateDer<'static>> {
-    let Ok((_, leaf)) = X509Certificate::from_der(leaf) else { return intermediates.to_vec() };
+    let Ok(leaf) = Cert::parse(leaf) else { return intermediates.to_vec() };
     let direct: Vec<CertificateDer<'static>> = intermediates
         .iter()
-        .filter(|c| X509Certificate::from_der(c).is_ok_and(|(_, x)| x.subject() == leaf.issuer()))
+        .filter(|c| Cert::parse(c).is_ok_and(|x| x.subject() == leaf.issuer()))
         .cloned()
         .collect();
     if direct.is_empty() { intermediates.to_vec() } else { direct }
@@ -130,26 +118,21 @@ pub fn vouched_roots(
     intermediates: &[CertificateDer<'static>],
     now: OffsetDateTime,
 ) -> Vec<CertificateDer<'static>> {
-    fn parsed<'a>(d: &'a CertificateDer<'static>) -> Option<X509Certificate<'a>> {
-        X509Certificate::from_der(d).ok().map(|(_, x)| x)
+    fn parsed<'a>(d: &'a CertificateDer<'static>) -> Option<Cert<'a>> {
+        Cert::parse(d).ok()
     }
-    let anchors: Vec<X509Certificate> = anchors.iter().filter_map(parsed).collect();
-    let at = x509_parser::time::ASN1Time::from_timestamp(now.unix_timestamp()).ok();
+    let anchors: Vec<Cert> = anchors.iter().filter_map(parsed).collect();
     candidates
         .iter()
         .filter(|c| {
             let Some(root) = parsed(c) else { return false };
-            let known = anchors.iter().any(|a| a.as_raw() == root.as_raw());
-            let self_signed =
-                root.subject() == root.issuer() && root.verify_signature(None).is_ok();
+            let known = anchors.iter().any(|a| a.der() == root.der());
+            let self_signed = root.is_self_issued() && root.signed_by(&root);
             let vouched = intermediates.iter().filter_map(parsed).any(|x| {
                 x.subject() == root.subject()
-                    && x.public_key().raw == root.public_key().raw
-                    && at.is_some_and(|t| x.validity().is_valid_at(t))
-                    && anchors.iter().any(|a| {
-                        x.issuer() == a.subject()
-                            && x.verify_signature(Some(a.public_key())).is_ok()
-                    })
+                    && x.spki_der().is_ok_and(|k| root.spki_der().is_ok_and(|r| k == r))
+                    && x.is_valid_at(now)
+                    && anchors.iter().any(|a| x.issuer() == a.subject() && x.signed_by(a))
             });
             !known && self_signed && vouched
         })

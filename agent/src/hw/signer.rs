@@ -33,12 +33,7 @@ pub fn p256_spki(point: &[u8]) -> Option<Vec<u8>> {
     Some(spki)
 }
 
-/// The public key bits of a SubjectPublicKeyInfo (the BIT STRING's contents).
-pub fn spki_key_bits(spki: &[u8]) -> Option<Vec<u8>> {
-    use x509_parser::prelude::FromDer;
-    let (_, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki).ok()?;
-    Some(info.subject_public_key.data.to_vec())
-}
+pub use crate::x509::spki_key_bits;
 
 /// An ECDSA signature as `r || s` (PKCS#11's form) to DER `ECDSA-Sig-Value`.
 pub fn ecdsa_raw_to_der(raw: &[u8]) -> Option<Vec<u8>> {
