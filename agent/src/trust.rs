@@ -116,7 +116,9 @@ pub fn parse_fingerprint(s: &str) -> Result<String> {
 }
 
 /// Finds the pinned root among certificates fetched from `/cacerts` at `url` and checks
-/// that every other certificate there chains to it.
+/// that each other certificate there that names it as issuer carries its signature (the
+/// others, such as a new root during a rotation, are trusted only through
+/// [`crate::verify::vouched_roots`]; the leaf is validated against the pinned root alone).
 pub fn select_pinned_root(
     certs: &[Vec<u8>],
     fingerprint: &str,

@@ -8,6 +8,7 @@
 
 use der::asn1::BitStringRef;
 use der::{Decode, Encode, Header, Reader, SliceReader, Tag, Tagged};
+use rustls::pki_types::SignatureVerificationAlgorithm;
 use time::OffsetDateTime;
 use x509_cert::Certificate;
 use x509_cert::name::Name;
@@ -130,6 +131,12 @@ fn contents(tlv: &[u8]) -> der::Result<&[u8]> {
     r.finish(value)
 }
 
+/// The signature algorithms webpki validates chains with, from the TLS provider.
+static ALGORITHMS: std::sync::LazyLock<&'static [&'static dyn SignatureVerificationAlgorithm]> =
+    std::sync::LazyLock::new(|| {
+        rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms.all
+    });
+
 /// Verifies `signature` over `message` with the key in `spki` (DER SubjectPublicKeyInfo),
 /// for the signature algorithm whose `AlgorithmIdentifier` contents are `signature_algorithm`.
 fn verify_signature(
@@ -142,8 +149,7 @@ fn verify_signature(
     let Some(key_bits) = key.subject_public_key.as_bytes() else { return false };
     let Ok(key_alg) = key.algorithm.to_der() else { return false };
     let Ok(key_alg) = contents(&key_alg) else { return false };
-    let provider = rustls::crypto::aws_lc_rs::default_provider();
-    provider.signature_verification_algorithms.all.iter().any(|alg| {
+    ALGORITHMS.iter().any(|alg| {
         alg.signature_alg_id().as_ref() == signature_algorithm
             && alg.public_key_alg_id().as_ref() == key_alg
             && alg.verify_signature(key_bits, message, signature).is_ok()
