@@ -439,8 +439,15 @@ async fn drive<T>(
     }
 }
 
+/// How long the rest of a client's body is still read, and dropped, after the upstream
+/// answered without it ([`linger`]), and the longest wait for each piece of it: nginx's
+/// `lingering_time` and `lingering_timeout`.
+const LINGER: Duration = Duration::from_secs(30);
+const LINGER_GAP: Duration = Duration::from_secs(5);
+
 /// Streams a request body into its HTTP/2 stream as the upstream's flow control allows.
-/// Stops (resetting the stream) when the client's body fails or the upstream resets it.
+/// Stops (resetting the stream) when the client's body fails or the upstream resets it;
+/// a reset with NO_ERROR, the upstream's "answered, send no more", lingers.
 async fn pipe(mut body: Body, mut stream: h2::SendStream<Bytes>) {
     loop {
         let frame = std::future::poll_fn(|cx| {
@@ -451,6 +458,7 @@ async fn pipe(mut body: Body, mut stream: h2::SendStream<Bytes>) {
         })
         .await;
         let frame = match frame {
+            Err(Some(h2::Reason::NO_ERROR)) => return linger(body).await,
             Err(_) => return, // the upstream reset the stream: nothing more to send
             Ok(None) => {
                 let _ = stream.send_data(Bytes::new(), true);
@@ -472,10 +480,10 @@ async fn pipe(mut body: Body, mut stream: h2::SendStream<Bytes>) {
                         Some(Ok(n)) => {
                             let chunk = data.split_to(n.min(data.len()));
                             if stream.send_data(chunk, false).is_err() {
-                                return;
+                                return stop(body, &mut stream).await;
                             }
                         }
-                        Some(Err(_)) | None => return,
+                        Some(Err(_)) | None => return stop(body, &mut stream).await,
                     }
                 }
                 continue;
@@ -487,6 +495,26 @@ async fn pipe(mut body: Body, mut stream: h2::SendStream<Bytes>) {
             return;
         }
     }
+}
+
+/// The stream can take no more: if the upstream reset it with NO_ERROR, [`linger`].
+async fn stop(body: Body, stream: &mut h2::SendStream<Bytes>) {
+    let reason = std::future::poll_fn(|cx| Poll::Ready(stream.poll_reset(cx))).await;
+    if matches!(reason, Poll::Ready(Ok(h2::Reason::NO_ERROR))) {
+        linger(body).await;
+    }
+}
+
+/// The upstream has answered and needs no more of the request body (it reset the stream
+/// with NO_ERROR, RFC 9113 section 8.1, as nginx does for a `return` before an upload ends).
+/// The client may still be sending it: reading on, and dropping what comes, lets it finish
+/// and read the answer, where dropping the body would close its HTTP/1.1 connection with
+/// unread data and reset it, the answer lost (nginx's lingering close, with its bounds).
+async fn linger(mut body: Body) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(LINGER_GAP, body.frame()).await {}
+    })
+    .await;
 }
 
 /// An HTTP/2 response body: data frames as they arrive (each one's window handed back to
@@ -656,6 +684,47 @@ mod tests {
         let mut get = head(http::Method::GET);
         say_no_content(&mut get);
         assert!(get.headers.get("content-length").is_none());
+    }
+
+    /// An upstream that answers before the upload ends and resets the stream with
+    /// NO_ERROR: the rest of the client's body is still read (and dropped), so that an
+    /// HTTP/1.1 client finishes sending and reads the answer instead of a reset connection.
+    #[tokio::test]
+    async fn the_rest_of_a_body_is_read_after_the_upstream_answered_without_it() {
+        let (send, mut server) = pair().await;
+        let (answered, reset) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (_req, mut respond) = server.recv().await.expect("a stream");
+            respond.send_response(Response::new(()), true).expect("respond");
+            // After the answer is out (a reset drops what is still queued for the stream).
+            let _ = reset.await;
+            respond.send_reset(h2::Reason::NO_ERROR);
+        });
+        const CHUNKS: usize = 64;
+        let read = Arc::new(AtomicU64::new(0));
+        let counted = read.clone();
+        let chunks = (0..CHUNKS).map(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(Frame::data(Bytes::from(vec![1u8; 256 << 10])))
+        });
+        let body: Body =
+            http_body_util::StreamBody::new(futures_util::stream::iter(chunks)).boxed();
+        let mut send = send.ready().await.expect("ready");
+        let req = Request::post("https://up.example/upload").body(()).expect("request");
+        let (response, stream) = send.send_request(req, false).expect("send");
+        let piped = tokio::spawn(pipe(body, stream));
+        let resp = response.await.expect("response");
+        assert_eq!(resp.status(), 200);
+        let _ = answered.send(());
+        tokio::time::timeout(Duration::from_secs(10), piped)
+            .await
+            .expect("the body ended well within the linger time")
+            .expect("pipe");
+        assert_eq!(
+            read.load(Ordering::SeqCst),
+            CHUNKS as u64,
+            "every chunk of the client's body was read, though the upstream took only the first"
+        );
     }
 
     #[tokio::test]
