@@ -122,15 +122,16 @@ pub fn vouched_roots(
         Cert::parse(d).ok()
     }
     let anchors: Vec<Cert> = anchors.iter().filter_map(parsed).collect();
+    let intermediates: Vec<Cert> = intermediates.iter().filter_map(parsed).collect();
     candidates
         .iter()
         .filter(|c| {
             let Some(root) = parsed(c) else { return false };
             let known = anchors.iter().any(|a| a.der() == root.der());
             let self_signed = root.is_self_issued() && root.signed_by(&root);
-            let vouched = intermediates.iter().filter_map(parsed).any(|x| {
+            let vouched = intermediates.iter().any(|x| {
                 x.subject() == root.subject()
-                    && x.spki_der().is_ok_and(|k| root.spki_der().is_ok_and(|r| k == r))
+                    && x.public_key() == root.public_key()
                     && x.is_valid_at(now)
                     && anchors.iter().any(|a| x.issuer() == a.subject() && x.signed_by(a))
             });

@@ -6,13 +6,13 @@
 //! set of signature algorithms in the binary. Chains themselves are validated by webpki
 //! ([`crate::verify::issued`]); this module answers the narrower questions around it.
 
-use der::asn1::BitStringRef;
-use der::{Decode, Encode, Header, Reader, SliceReader, Tag, Tagged};
+use der::asn1::{AnyRef, BitStringRef};
+use der::{Decode, Encode, Reader, SliceReader, Tag, Tagged};
 use rustls::pki_types::SignatureVerificationAlgorithm;
 use time::OffsetDateTime;
 use x509_cert::Certificate;
 use x509_cert::name::Name;
-use x509_cert::spki::SubjectPublicKeyInfoRef;
+use x509_cert::spki::{SubjectPublicKeyInfoOwned, SubjectPublicKeyInfoRef};
 
 /// A parsed certificate with the bytes its signature covers.
 pub struct Cert<'a> {
@@ -41,10 +41,7 @@ impl<'a> Cert<'a> {
         let mut r = SliceReader::new(der)?;
         let (tbs, signature_algorithm, signature) = r.sequence(|r| {
             let tbs = r.tlv_bytes()?;
-            let alg = r.sequence(|a| {
-                let len = a.remaining_len();
-                a.read_slice(len)
-            })?;
+            let alg = AnyRef::decode(r)?.value();
             let sig = BitStringRef::decode(r)?;
             let sig = sig.as_bytes().ok_or_else(|| Tag::BitString.value_error())?;
             Ok((tbs, alg, sig))
@@ -98,9 +95,13 @@ impl<'a> Cert<'a> {
         self.not_before() <= t && t <= self.not_after()
     }
 
+    pub fn public_key(&self) -> &SubjectPublicKeyInfoOwned {
+        &self.cert.tbs_certificate.subject_public_key_info
+    }
+
     /// The DER SubjectPublicKeyInfo.
     pub fn spki_der(&self) -> der::Result<Vec<u8>> {
-        self.cert.tbs_certificate.subject_public_key_info.to_der()
+        self.public_key().to_der()
     }
 
     pub fn is_self_issued(&self) -> bool {
@@ -111,8 +112,15 @@ impl<'a> Cert<'a> {
     /// the TLS provider verifies chains with (the algorithm named in the certificate and the
     /// issuer key's algorithm must both match it, as webpki requires).
     pub fn signed_by(&self, issuer: &Cert<'_>) -> bool {
-        let Ok(spki) = issuer.spki_der() else { return false };
-        verify_signature(self.tbs, self.signature_algorithm, self.signature, &spki)
+        let key = issuer.public_key();
+        let Some(key_bits) = key.subject_public_key.as_bytes() else { return false };
+        let Ok(key_alg) = key.algorithm.to_der() else { return false };
+        let Ok(key_alg) = AnyRef::from_der(&key_alg) else { return false };
+        ALGORITHMS.iter().any(|alg| {
+            alg.signature_alg_id().as_ref() == self.signature_algorithm
+                && alg.public_key_alg_id().as_ref() == key_alg.value()
+                && alg.verify_signature(key_bits, self.tbs, self.signature).is_ok()
+        })
     }
 }
 
@@ -123,38 +131,11 @@ fn unix(t: x509_cert::time::Time) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-/// The contents of a DER TLV (its value without tag and length).
-fn contents(tlv: &[u8]) -> der::Result<&[u8]> {
-    let mut r = SliceReader::new(tlv)?;
-    let header = Header::decode(&mut r)?;
-    let value = r.read_slice(header.length)?;
-    r.finish(value)
-}
-
 /// The signature algorithms webpki validates chains with, from the TLS provider.
 static ALGORITHMS: std::sync::LazyLock<&'static [&'static dyn SignatureVerificationAlgorithm]> =
     std::sync::LazyLock::new(|| {
         rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms.all
     });
-
-/// Verifies `signature` over `message` with the key in `spki` (DER SubjectPublicKeyInfo),
-/// for the signature algorithm whose `AlgorithmIdentifier` contents are `signature_algorithm`.
-fn verify_signature(
-    message: &[u8],
-    signature_algorithm: &[u8],
-    signature: &[u8],
-    spki: &[u8],
-) -> bool {
-    let Ok(key) = SubjectPublicKeyInfoRef::from_der(spki) else { return false };
-    let Some(key_bits) = key.subject_public_key.as_bytes() else { return false };
-    let Ok(key_alg) = key.algorithm.to_der() else { return false };
-    let Ok(key_alg) = contents(&key_alg) else { return false };
-    ALGORITHMS.iter().any(|alg| {
-        alg.signature_alg_id().as_ref() == signature_algorithm
-            && alg.public_key_alg_id().as_ref() == key_alg
-            && alg.verify_signature(key_bits, message, signature).is_ok()
-    })
-}
 
 /// The public key bits of a DER SubjectPublicKeyInfo (its BIT STRING's contents).
 pub fn spki_key_bits(spki: &[u8]) -> Option<Vec<u8>> {

@@ -33,7 +33,7 @@ pub fn p256_spki(point: &[u8]) -> Option<Vec<u8>> {
     Some(spki)
 }
 
-pub use crate::x509::spki_key_bits;
+use crate::x509::spki_key_bits;
 
 /// An ECDSA signature as `r || s` (PKCS#11's form) to DER `ECDSA-Sig-Value`.
 pub fn ecdsa_raw_to_der(raw: &[u8]) -> Option<Vec<u8>> {
