@@ -8,21 +8,17 @@
 //! `socks5h://` (SOCKS5), and `NO_PROXY`.
 
 use crate::error::{AgentError, Result};
+use crate::https::{Body, Connector, HttpsClient};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use lanyard_proto::api::{CertificateStatus, CheckinReport};
 use lanyard_proto::{KeyAlgorithm, est};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -58,92 +54,12 @@ impl rustls::client::ResolvesClientCert for FixedCert {
 
 pub struct EstClient {
     base: String,
-    http: Client<hyper_rustls::HttpsConnector<Connector>, Full<Bytes>>,
+    http: HttpsClient,
     timeout: Duration,
 }
 
 /// The largest answer read from the CA: certificates, policy and status are a few KiB.
 const MAX_ANSWER: usize = est::MAX_BODY * 4;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// TCP to the CA: directly, through an HTTP `CONNECT` tunnel, or through SOCKS5, as the
-/// proxy environment says for the CA's URL (decided once: a client talks to one CA).
-#[derive(Clone)]
-enum Connector {
-    Direct(HttpConnector),
-    Tunnel(Tunnel<HttpConnector>),
-    Socks(SocksV5<HttpConnector>),
-}
-
-impl Connector {
-    fn for_url(base: &Uri, connect_timeout: Duration) -> Result<Connector> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(connect_timeout));
-        let Some(proxy) = hyper_util::client::proxy::matcher::Matcher::from_env().intercept(base)
-        else {
-            return Ok(Connector::Direct(http));
-        };
-        let uri = proxy.uri().clone();
-        let scheme = uri.scheme_str().map(str::to_owned);
-        match scheme.as_deref() {
-            Some("http" | "https") => {
-                let mut tunnel = Tunnel::new(uri, http);
-                if let Some(auth) = proxy.basic_auth() {
-                    tunnel = tunnel.with_auth(auth.clone());
-                }
-                Ok(Connector::Tunnel(tunnel))
-            }
-            Some(scheme @ ("socks5" | "socks5h")) => {
-                let local_dns = scheme == "socks5";
-                // socks5: this device resolves the CA's name; socks5h: the proxy does.
-                let mut socks = SocksV5::new(uri, http).local_dns(local_dns);
-                if let Some((user, pass)) = proxy.raw_auth() {
-                    socks = socks.with_auth(user.to_owned(), pass.to_owned());
-                }
-                Ok(Connector::Socks(socks))
-            }
-            other => Err(AgentError::Usage(format!(
-                "proxy for {base}: scheme {} is not supported (http, https, socks5, socks5h)",
-                other.unwrap_or("(none)")
-            ))),
-        }
-    }
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<tokio::net::TcpStream>;
-    type Error = BoxError;
-    type Future =
-        Pin<Box<dyn Future<Output = std::result::Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), BoxError>> {
-        match self {
-            Connector::Direct(c) => c.poll_ready(cx).map_err(Into::into),
-            Connector::Tunnel(c) => c.poll_ready(cx).map_err(Into::into),
-            Connector::Socks(c) => c.poll_ready(cx).map_err(Into::into),
-        }
-    }
-
-    fn call(&mut self, dst: Uri) -> Self::Future {
-        match self {
-            Connector::Direct(c) => {
-                let f = c.call(dst);
-                Box::pin(async move { f.await.map_err(Into::into) })
-            }
-            Connector::Tunnel(c) => {
-                let f = c.call(dst);
-                Box::pin(async move { f.await.map_err(Into::into) })
-            }
-            Connector::Socks(c) => {
-                let f = c.call(dst);
-                Box::pin(async move { f.await.map_err(Into::into) })
-            }
-        }
-    }
-}
 
 /// An answer from the CA: its status, headers and whole body.
 struct Answer {
@@ -216,7 +132,7 @@ impl EstClient {
         basic: Option<(&str, &str)>,
         content_type: Option<&str>,
         body: Bytes,
-    ) -> Result<Request<Full<Bytes>>> {
+    ) -> Result<Request<Body>> {
         let mut req = Request::builder()
             .method(method)
             .uri(self.url(path))
@@ -236,12 +152,12 @@ impl EstClient {
             value.set_sensitive(true);
             req = req.header(AUTHORIZATION, value);
         }
-        req.body(Full::new(body))
+        req.body(crate::https::full(body))
             .map_err(|e| AgentError::Usage(format!("request to {}{path}: {e}", self.base)))
     }
 
     /// Sends the request and reads the whole answer, within the client's timeout.
-    async fn exchange(&self, req: Request<Full<Bytes>>) -> Result<Answer> {
+    async fn exchange(&self, req: Request<Body>) -> Result<Answer> {
         let unreachable =
             |reason: String| AgentError::Unreachable { url: self.base.clone(), reason };
         let call = async {
@@ -268,7 +184,7 @@ impl EstClient {
             .map_err(|_| unreachable(format!("no answer within {}s", self.timeout.as_secs_f64())))?
     }
 
-    async fn send(&self, req: Request<Full<Bytes>>) -> Result<Answer> {
+    async fn send(&self, req: Request<Body>) -> Result<Answer> {
         let resp = self.exchange(req).await?;
         let status = resp.status;
         if status.is_success() {
@@ -299,7 +215,7 @@ impl EstClient {
         })
     }
 
-    fn get(&self, path: &str, basic: Option<(&str, &str)>) -> Result<Request<Full<Bytes>>> {
+    fn get(&self, path: &str, basic: Option<(&str, &str)>) -> Result<Request<Body>> {
         self.request(Method::GET, path, basic, None, Bytes::new())
     }
 

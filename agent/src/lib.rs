@@ -31,6 +31,7 @@ pub mod error;
 pub mod est;
 pub mod fsutil;
 pub mod hooks;
+pub mod https;
 pub mod hw;
 pub mod keys;
 pub mod logging;

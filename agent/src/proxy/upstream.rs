@@ -18,11 +18,11 @@ use super::resolver::CurrentCert;
 use crate::config::Route;
 use crate::credential::CredentialView;
 use crate::error::{AgentError, Result};
+use crate::https::{Connector, HttpsClient};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
 use hyper::body::{Body as _, Frame};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -34,10 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// A request or response body on either side of the proxy.
-pub type Body = BoxBody<Bytes, BoxError>;
-type Http1Client = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+pub use crate::https::{Body, BoxError};
 
 /// A TCP connection and TLS handshake to an upstream may take this long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -127,7 +124,8 @@ pub struct Pool {
     next_id: AtomicU64,
     /// TCP connections for the HTTP/2 side; the HTTP/1.1 client has its own copy.
     tcp: HttpConnector,
-    http1: Http1Client,
+    /// HTTP/1.1 upstreams: the EST client's type, so its code is linked once.
+    http1: HttpsClient,
 }
 
 impl Pool {
@@ -142,7 +140,7 @@ impl Pool {
             .with_tls_config(tls.clone())
             .https_only()
             .enable_http1()
-            .wrap_connector(tcp.clone());
+            .wrap_connector(Connector::Direct(tcp.clone()));
         let http1 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(idle_timeout)
             .pool_max_idle_per_host(64)
