@@ -13,8 +13,9 @@ use cms::signed_data::{
     CertificateSet, DigestAlgorithmIdentifiers, EncapsulatedContentInfo, SignedData, SignerInfos,
 };
 use const_oid::db::rfc5911::{ID_DATA, ID_SIGNED_DATA};
+use der::asn1::AnyRef;
 use der::asn1::SetOfVec;
-use der::{Any, Decode, Encode};
+use der::{Any, Decode, Encode, Tag, Tagged};
 
 pub const CT_PKCS10: &str = "application/pkcs10";
 pub const CT_PKCS7_CERTS: &str = "application/pkcs7-mime; smime-type=certs-only";
@@ -77,6 +78,24 @@ pub fn certs_only_pkcs7(certs_der: &[Vec<u8>]) -> Result<Vec<u8>, EstFormatError
     ci.to_der().map_err(e)
 }
 
+/// SignedData (RFC 5652 section 5.1) read as a certs-only answer needs it: each certificate's
+/// encoding as it came, the other fields checked for their tag and length only. Decoding it
+/// with `cms`'s `SignedData` would also decode signers, CRLs and attribute certificates, none
+/// of which a certs-only answer has, and link a decoder for each into the agent.
+#[derive(der::Sequence)]
+struct CertsOnly<'a> {
+    /// Checked to be a CMS version (v0 to v5), not used.
+    version: CmsVersion,
+    digest_algorithms: AnyRef<'a>,
+    encap_content_info: AnyRef<'a>,
+    #[asn1(context_specific = "0", tag_mode = "IMPLICIT", optional = "true")]
+    certificates: Option<Vec<AnyRef<'a>>>,
+    /// Read past, not used.
+    #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
+    crls: Option<Vec<AnyRef<'a>>>,
+    signer_infos: AnyRef<'a>,
+}
+
 /// Extracts the DER certificates of a certs-only PKCS#7 (DER). Order is not meaningful
 /// (a SET): callers find the leaf by its public key.
 pub fn parse_certs_only_pkcs7(der: &[u8]) -> Result<Vec<Vec<u8>>, EstFormatError> {
@@ -88,11 +107,24 @@ pub fn parse_certs_only_pkcs7(der: &[u8]) -> Result<Vec<Vec<u8>>, EstFormatError
             ci.content_type
         )));
     }
-    let sd: SignedData = ci.content.decode_as().map_err(e)?;
+    let sd: CertsOnly<'_> = ci.content.decode_as().map_err(e)?;
+    for (field, any, tag) in [
+        ("digestAlgorithms", &sd.digest_algorithms, Tag::Set),
+        ("encapContentInfo", &sd.encap_content_info, Tag::Sequence),
+        ("signerInfos", &sd.signer_infos, Tag::Set),
+    ] {
+        if any.tag() != tag {
+            return Err(EstFormatError::Pkcs7(format!("{field} is {}, not {tag}", any.tag())));
+        }
+    }
     let mut out = Vec::new();
-    for choice in sd.certificates.map(|s| s.0.into_vec()).unwrap_or_default() {
-        if let CertificateChoices::Certificate(c) = choice {
-            out.push(c.to_der().map_err(e)?);
+    // CertificateChoices: a certificate is a SEQUENCE; the other choices (attribute
+    // certificates, [1] to [3]) are not what an answer is read for.
+    for choice in sd.certificates.unwrap_or_default() {
+        if choice.tag() == Tag::Sequence {
+            let der = choice.to_der().map_err(e)?;
+            x509_cert::Certificate::from_der(&der).map_err(e)?;
+            out.push(der);
         }
     }
     if out.is_empty() {
@@ -103,6 +135,7 @@ pub fn parse_certs_only_pkcs7(der: &[u8]) -> Result<Vec<Vec<u8>>, EstFormatError
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // a panic is the failure message
     use super::*;
 
     #[test]
@@ -110,6 +143,81 @@ mod tests {
         assert_eq!(decode_base64(b"aGVs\r\nbG8=\n"), Ok(b"hello".to_vec()));
         assert_eq!(decode_base64(b"  \n"), Err(EstFormatError::Empty));
         assert!(matches!(decode_base64(b"!!!"), Err(EstFormatError::Base64(_))));
+    }
+
+    fn cert(cn: &str) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![cn.to_owned()]).unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    /// A SignedData's DER with these certificate choices and CRLs around the rest of a
+    /// certs-only answer.
+    fn signed_data(certificates: Vec<AnyRef<'_>>, crls: Option<Vec<AnyRef<'_>>>) -> Vec<u8> {
+        let sd = CertsOnly {
+            version: CmsVersion::V1,
+            digest_algorithms: AnyRef::new(Tag::Set, &[]).unwrap(),
+            encap_content_info: AnyRef::new(
+                Tag::Sequence,
+                &[6, 9, 42, 134, 72, 134, 247, 13, 1, 7, 1],
+            )
+            .unwrap(),
+            certificates: Some(certificates),
+            crls,
+            signer_infos: AnyRef::new(Tag::Set, &[]).unwrap(),
+        };
+        let ci =
+            ContentInfo { content_type: ID_SIGNED_DATA, content: Any::encode_from(&sd).unwrap() };
+        ci.to_der().unwrap()
+    }
+
+    #[test]
+    fn pkcs7_round_trip_keeps_each_certificate_as_encoded() {
+        let (a, b) = (cert("a.example"), cert("b.example"));
+        let der = certs_only_pkcs7(&[a.clone(), b.clone()]).unwrap();
+        let mut got = parse_certs_only_pkcs7(&der).unwrap();
+        let mut want = vec![a, b];
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn pkcs7_skips_crls_and_other_certificate_formats() {
+        let a = cert("a.example");
+        let a_any = AnyRef::from_der(&a).unwrap();
+        // [3] IMPLICIT OtherCertificateFormat, and an opaque CRL: neither is read.
+        let other = AnyRef::new(
+            Tag::ContextSpecific { constructed: true, number: der::TagNumber::N3 },
+            &[5, 0],
+        )
+        .unwrap();
+        let crl = AnyRef::new(Tag::Sequence, &[2, 1, 1]).unwrap();
+        let der = signed_data(vec![other, a_any], Some(vec![crl]));
+        assert_eq!(parse_certs_only_pkcs7(&der).unwrap(), vec![a]);
+        // Only other formats: no certificate.
+        let der = signed_data(vec![other], None);
+        assert_eq!(parse_certs_only_pkcs7(&der), Err(EstFormatError::NoCertificates));
+    }
+
+    #[test]
+    fn pkcs7_names_what_is_malformed() {
+        // A SEQUENCE among the certificates that is no certificate.
+        let der = signed_data(vec![AnyRef::new(Tag::Sequence, &[2, 1, 0]).unwrap()], None);
+        assert!(matches!(parse_certs_only_pkcs7(&der), Err(EstFormatError::Pkcs7(_))));
+        // digestAlgorithms must be a SET: the same answer with a SEQUENCE there.
+        let good = certs_only_pkcs7(&[cert("a.example")]).unwrap();
+        let at = good.windows(5).position(|w| w == [2, 1, 1, 0x31, 0]).unwrap();
+        let mut bad = good.clone();
+        bad[at + 3] = 0x30;
+        match parse_certs_only_pkcs7(&bad) {
+            Err(EstFormatError::Pkcs7(m)) => assert!(m.contains("digestAlgorithms"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Every truncation is refused, never read past.
+        for n in 0..good.len() {
+            assert!(parse_certs_only_pkcs7(&good[..n]).is_err(), "{n} bytes");
+        }
     }
 
     #[test]

@@ -110,6 +110,41 @@ fn init_defaults_are_p384_and_p256() {
     assert!(pki::x509_text(&ca.issuing_crt()).contains("NIST CURVE: P-256"));
 }
 
+/// A certs-only PKCS#7 as openssl writes it reads back to the bundle's certificates, byte for
+/// byte: without CRLs, and with one, which the reader goes past.
+#[test]
+fn openssl_certs_only_pkcs7_reads_back() {
+    if !peers::require_basics() {
+        return;
+    }
+    let ca = Ca::init();
+    let bundle = ca.bundle();
+    let mut want: Vec<Vec<u8>> =
+        rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(&bundle).unwrap()))
+            .map(|c| c.unwrap().to_vec())
+            .collect();
+    want.sort();
+    assert_eq!(want.len(), 2);
+    let crl = ca.path("crl/crl.pem");
+    for (name, extra) in [("no-crl.p7b", vec!["-nocrl"]), ("crl.p7b", vec!["-in", path_str(&crl)])]
+    {
+        let out = ca.path(name);
+        let mut args = vec!["crl2pkcs7", "-certfile", path_str(&bundle), "-outform", "DER"];
+        args.extend(["-out", path_str(&out)]);
+        args.extend(extra);
+        run("openssl", &args).ok();
+        let der = std::fs::read(&out).unwrap();
+        let mut got = lanyard_proto::est::parse_certs_only_pkcs7(&der)
+            .unwrap_or_else(|e| panic!("{name} as openssl wrote it: {e}"));
+        got.sort();
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
 #[test]
 fn init_p384_root_rsa2048_issuing() {
     check_init("ecdsa-p384", "rsa-2048");
