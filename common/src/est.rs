@@ -117,15 +117,27 @@ pub fn parse_certs_only_pkcs7(der: &[u8]) -> Result<Vec<Vec<u8>>, EstFormatError
             return Err(EstFormatError::Pkcs7(format!("{field} is {}, not {tag}", any.tag())));
         }
     }
-    let mut out = Vec::new();
+    let mut out: Vec<Vec<u8>> = Vec::new();
     // CertificateChoices: a certificate is a SEQUENCE; the other choices (attribute
     // certificates, [1] to [3]) are not what an answer is read for.
-    for choice in sd.certificates.unwrap_or_default() {
-        if choice.tag() == Tag::Sequence {
-            let der = choice.to_der().map_err(e)?;
-            x509_cert::Certificate::from_der(&der).map_err(e)?;
-            out.push(der);
+    for (i, choice) in sd.certificates.unwrap_or_default().into_iter().enumerate() {
+        if choice.tag() != Tag::Sequence {
+            continue;
         }
+        let bad = |why: String| EstFormatError::Pkcs7(format!("certificate {}: {why}", i + 1));
+        let der = choice.to_der().map_err(|e| bad(e.to_string()))?;
+        // DER as well as well-formed: the bytes are passed on as they came (to signature and
+        // fingerprint checks), so a BER-only form (a DEFAULT value written out, say) is
+        // refused here rather than failing later for a reason nobody can see.
+        let cert = x509_cert::Certificate::from_der(&der).map_err(|e| bad(e.to_string()))?;
+        if cert.to_der().map_err(|e| bad(e.to_string()))? != der {
+            return Err(bad("not DER (it encodes differently once decoded)".into()));
+        }
+        // A SET has no duplicates (X.690 section 11.6 orders, it does not repeat).
+        if out.contains(&der) {
+            return Err(bad("the same certificate twice".into()));
+        }
+        out.push(der);
     }
     if out.is_empty() {
         return Err(EstFormatError::NoCertificates);
@@ -200,11 +212,90 @@ mod tests {
         assert_eq!(parse_certs_only_pkcs7(&der), Err(EstFormatError::NoCertificates));
     }
 
+    /// A DER TLV (short or two-byte long form lengths: enough for a test certificate).
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match content.len() {
+            n @ 0..=127 => out.push(n as u8),
+            n @ 128..=255 => out.extend([0x81, n as u8]),
+            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// `cert` again with its first extension's `critical FALSE` written out: valid BER, and
+    /// what x509-cert decodes, but not DER (X.690 section 11.5 omits DEFAULT values).
+    fn with_explicit_default(cert: &[u8]) -> Vec<u8> {
+        let c = x509_cert::Certificate::from_der(cert).unwrap();
+        let tbs = &c.tbs_certificate;
+        let exts = tbs.extensions.as_ref().unwrap();
+        assert!(!exts[0].critical, "the test needs a non-critical first extension");
+        let mut ext_seq = Vec::new();
+        for (i, x) in exts.iter().enumerate() {
+            if i == 0 {
+                let mut body = x.extn_id.to_der().unwrap();
+                body.extend([0x01, 0x01, 0x00]); // BOOLEAN FALSE
+                body.extend(x.extn_value.to_der().unwrap());
+                ext_seq.extend(tlv(0x30, &body));
+            } else {
+                ext_seq.extend(x.to_der().unwrap());
+            }
+        }
+        let mut body = tlv(0xa0, &tbs.version.to_der().unwrap());
+        for part in [
+            tbs.serial_number.to_der().unwrap(),
+            tbs.signature.to_der().unwrap(),
+            tbs.issuer.to_der().unwrap(),
+            tbs.validity.to_der().unwrap(),
+            tbs.subject.to_der().unwrap(),
+            tbs.subject_public_key_info.to_der().unwrap(),
+        ] {
+            body.extend(part);
+        }
+        body.extend(tlv(0xa3, &tlv(0x30, &ext_seq)));
+        let mut whole = tlv(0x30, &body);
+        whole.extend(c.signature_algorithm.to_der().unwrap());
+        whole.extend(c.signature.to_der().unwrap());
+        tlv(0x30, &whole)
+    }
+
+    #[test]
+    fn pkcs7_refuses_a_certificate_that_is_not_der() {
+        let good = cert("a.example");
+        let ber = with_explicit_default(&good);
+        // x509-cert reads it, and reads it as the same certificate...
+        assert_eq!(
+            x509_cert::Certificate::from_der(&ber).unwrap(),
+            x509_cert::Certificate::from_der(&good).unwrap()
+        );
+        // ...but its bytes are not the ones signed and pinned: refused, and said so.
+        let der = signed_data(vec![AnyRef::from_der(&ber).unwrap()], None);
+        match parse_certs_only_pkcs7(&der) {
+            Err(EstFormatError::Pkcs7(m)) => assert!(m.contains("certificate 1: not DER"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn pkcs7_refuses_the_same_certificate_twice() {
+        let a = cert("a.example");
+        let a_any = AnyRef::from_der(&a).unwrap();
+        let der = signed_data(vec![a_any, a_any], None);
+        match parse_certs_only_pkcs7(&der) {
+            Err(EstFormatError::Pkcs7(m)) => assert!(m.contains("certificate 2: the same"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn pkcs7_names_what_is_malformed() {
         // A SEQUENCE among the certificates that is no certificate.
         let der = signed_data(vec![AnyRef::new(Tag::Sequence, &[2, 1, 0]).unwrap()], None);
-        assert!(matches!(parse_certs_only_pkcs7(&der), Err(EstFormatError::Pkcs7(_))));
+        match parse_certs_only_pkcs7(&der) {
+            Err(EstFormatError::Pkcs7(m)) => assert!(m.starts_with("certificate 1: "), "{m}"),
+            other => panic!("{other:?}"),
+        }
         // digestAlgorithms must be a SET: the same answer with a SEQUENCE there.
         let good = certs_only_pkcs7(&[cert("a.example")]).unwrap();
         let at = good.windows(5).position(|w| w == [2, 1, 1, 0x31, 0]).unwrap();
@@ -213,6 +304,21 @@ mod tests {
         match parse_certs_only_pkcs7(&bad) {
             Err(EstFormatError::Pkcs7(m)) => assert!(m.contains("digestAlgorithms"), "{m}"),
             other => panic!("{other:?}"),
+        }
+        // The certificates' [0] set claiming a byte more or a byte less than it holds, the
+        // ContentInfo around it intact: refused by the SignedData reader itself.
+        let sd_at = good.windows(5).position(|w| w == [2, 1, 1, 0x31, 0]).unwrap();
+        let set_at = sd_at + good[sd_at..].iter().position(|&b| b == 0xa0).unwrap();
+        assert_eq!(good[set_at + 1], 0x82, "a two-byte length");
+        for delta in [1i32, -1] {
+            let mut bad = good.clone();
+            let len = i32::from(u16::from_be_bytes([bad[set_at + 2], bad[set_at + 3]])) + delta;
+            bad[set_at + 2..set_at + 4].copy_from_slice(&(len as u16).to_be_bytes());
+            assert!(ContentInfo::from_der(&bad).is_ok(), "the outer layer still reads");
+            assert!(
+                matches!(parse_certs_only_pkcs7(&bad), Err(EstFormatError::Pkcs7(_))),
+                "[0] length off by {delta}"
+            );
         }
         // Every truncation is refused, never read past.
         for n in 0..good.len() {

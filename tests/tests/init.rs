@@ -126,13 +126,16 @@ fn openssl_certs_only_pkcs7_reads_back() {
     want.sort();
     assert_eq!(want.len(), 2);
     let crl = ca.path("crl/crl.pem");
-    for (name, extra) in [("no-crl.p7b", vec!["-nocrl"]), ("crl.p7b", vec!["-in", path_str(&crl)])]
+    for (name, extra, crls) in
+        [("no-crl.p7b", vec!["-nocrl"], 0), ("crl.p7b", vec!["-in", path_str(&crl)], 1)]
     {
         let out = ca.path(name);
         let mut args = vec!["crl2pkcs7", "-certfile", path_str(&bundle), "-outform", "DER"];
         args.extend(["-out", path_str(&out)]);
         args.extend(extra);
         run("openssl", &args).ok();
+        let printed = run("openssl", &["pkcs7", "-inform", "DER", "-print", "-in", path_str(&out)]);
+        assert_eq!(printed.ok().stdout.matches("lastUpdate:").count(), crls, "CRLs in {name}");
         let der = std::fs::read(&out).unwrap();
         let mut got = lanyard_proto::est::parse_certs_only_pkcs7(&der)
             .unwrap_or_else(|e| panic!("{name} as openssl wrote it: {e}"));
