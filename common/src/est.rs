@@ -166,14 +166,12 @@ mod tests {
     /// A SignedData's DER with these certificate choices and CRLs around the rest of a
     /// certs-only answer.
     fn signed_data(certificates: Vec<AnyRef<'_>>, crls: Option<Vec<AnyRef<'_>>>) -> Vec<u8> {
+        let encap = EncapsulatedContentInfo { econtent_type: ID_DATA, econtent: None };
+        let encap = encap.to_der().unwrap();
         let sd = CertsOnly {
             version: CmsVersion::V1,
             digest_algorithms: AnyRef::new(Tag::Set, &[]).unwrap(),
-            encap_content_info: AnyRef::new(
-                Tag::Sequence,
-                &[6, 9, 42, 134, 72, 134, 247, 13, 1, 7, 1],
-            )
-            .unwrap(),
+            encap_content_info: AnyRef::from_der(&encap).unwrap(),
             certificates: Some(certificates),
             crls,
             signer_infos: AnyRef::new(Tag::Set, &[]).unwrap(),

@@ -276,13 +276,13 @@ pub async fn serve<F, S, B>(
                         .and_then(|c| c.first())
                         .map(|c| c.to_vec());
                     let svc = make(&conn);
-                    serve_conn(Stream::Tls(Box::new(tls)), svc, &limits, shutdown).await
+                    serve_conn(Box::new(tls), svc, &limits, shutdown).await
                 }
                 (Accepted::Tcp(s), None) => {
-                    serve_conn(Stream::Tcp(s), make(&conn), &limits, shutdown).await
+                    serve_conn(Box::new(s), make(&conn), &limits, shutdown).await
                 }
                 (Accepted::Unix(s), _) => {
-                    serve_conn(Stream::Unix(s), make(&conn), &limits, shutdown).await
+                    serve_conn(Box::new(s), make(&conn), &limits, shutdown).await
                 }
             }
         });
@@ -397,67 +397,14 @@ impl<I: AsyncWrite> AsyncWrite for Tracked<I> {
     }
 }
 
-/// An accepted connection, whatever the listener: one type, so that the HTTP/1.1 and HTTP/2
-/// server code is compiled once per service rather than once per service and socket kind
-/// (docs/BENCHMARKS.md, "Agent size and memory"). A match per read or write costs nothing
-/// next to the system call behind it; the TLS stream is boxed so a plain connection does not
-/// carry its size.
-enum Stream {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
-}
-
-/// `$call` on whichever stream this is.
-macro_rules! each_stream {
-    ($self:ident, $s:ident => $call:expr) => {
-        match $self.get_mut() {
-            Stream::Tcp($s) => $call,
-            Stream::Unix($s) => $call,
-            Stream::Tls($s) => $call,
-        }
-    };
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        each_stream!(self, s => Pin::new(s).poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        each_stream!(self, s => Pin::new(s).poll_write(cx, buf))
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        each_stream!(self, s => Pin::new(s).poll_flush(cx))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        each_stream!(self, s => Pin::new(s).poll_shutdown(cx))
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        each_stream!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
-    }
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Tcp(s) => s.is_write_vectored(),
-            Stream::Unix(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-}
+/// An accepted connection, whatever the listener (TCP, Unix socket, TLS): one type, so that
+/// the HTTP/1.1 and HTTP/2 server code is compiled once per service rather than once per
+/// service and socket kind (docs/BENCHMARKS.md, "Agent size and memory"). One allocation per
+/// connection and an indirect call per read or write, nothing next to the system call behind
+/// it; tokio's `Box` forwards every method, vectored writes and shutdown included.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+type Stream = Box<dyn Io>;
 
 /// A service that counts requests in flight and bounds how long each may take.
 struct Guarded<S> {
