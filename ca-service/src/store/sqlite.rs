@@ -118,7 +118,9 @@ pub const SCHEMA_VERSION: i64 = 2;
 /// time it wakes it takes everything queued (up to [`ROUND`] jobs): the reads and single
 /// writes run as they come, the issuances among them are committed together at the end of
 /// the round (group commit: one transaction and one fsync for the batch, each answered after
-/// it). A request costs one hand-off to that thread, and none when the thread is busy.
+/// it; before committing the thread yields its core once, so that a request about to queue
+/// its issuance can join the batch). A request costs one hand-off to that thread, and none
+/// when the thread is busy.
 #[derive(Clone)]
 pub struct SqliteStore {
     worker: Arc<Worker>,
@@ -158,6 +160,7 @@ fn serve_jobs(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
         let mut batch = Vec::new();
         let mut next = Some(first);
         let mut taken = 0;
+        let mut yielded = false;
         while let Some(job) = next {
             match job {
                 // A panic drops the job's answer (its caller gets an error); a transaction
@@ -171,6 +174,20 @@ fn serve_jobs(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
             }
             taken += 1;
             next = if taken < ROUND { jobs.try_recv().ok() } else { None };
+            // The queue is empty, issuances wait for their commit and this round took more
+            // than one job (requests overlap): give the core once to any thread ready to run
+            // (a request task about to queue its issuance after signing) so that it joins
+            // this commit instead of paying the next fsync alone. With nothing else ready, as
+            // on a many-core host, this returns at once; on a saturated core it is one
+            // scheduling turn, when batching pays most. A lone request (one job a round) does
+            // not yield: there is nobody to wait for, and the worker thread going back to
+            // sleep would delay its commit.
+            // docs/BENCHMARKS.md, "Issue 20: one yield before the group commit".
+            if next.is_none() && !yielded && !batch.is_empty() && taken > 1 && taken < ROUND {
+                std::thread::yield_now();
+                yielded = true;
+                next = jobs.try_recv().ok();
+            }
         }
         if !batch.is_empty() {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
