@@ -118,9 +118,9 @@ pub const SCHEMA_VERSION: i64 = 2;
 /// time it wakes it takes everything queued (up to [`ROUND`] jobs): the reads and single
 /// writes run as they come, the issuances among them are committed together at the end of
 /// the round (group commit: one transaction and one fsync for the batch, each answered after
-/// it; before committing the thread yields its core once, so that a request about to queue
-/// its issuance can join the batch). A request costs one hand-off to that thread, and none
-/// when the thread is busy.
+/// it; when requests overlap, the thread yields its core once before committing, so that a
+/// request about to queue its issuance can join the batch). A request costs one hand-off to
+/// that thread, and none when the thread is busy.
 #[derive(Clone)]
 pub struct SqliteStore {
     worker: Arc<Worker>,
@@ -178,10 +178,11 @@ fn serve_jobs(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
             // than one job (requests overlap): give the core once to any thread ready to run
             // (a request task about to queue its issuance after signing) so that it joins
             // this commit instead of paying the next fsync alone. With nothing else ready, as
-            // on a many-core host, this returns at once; on a saturated core it is one
-            // scheduling turn, when batching pays most. A lone request (one job a round) does
-            // not yield: there is nobody to wait for, and the worker thread going back to
-            // sleep would delay its commit.
+            // on a many-core host, this returns at once; on a saturated core it waits for
+            // one scheduling turn of another thread (at most its time slice, a few ms), when
+            // batching pays most. A lone request (one job a round) does not yield: there is
+            // nobody to wait for, and the tokio worker thread on its way to sleep would take
+            // the core ahead of the commit.
             // docs/BENCHMARKS.md, "Issue 20: one yield before the group commit".
             if next.is_none() && !yielded && !batch.is_empty() && taken > 1 && taken < ROUND {
                 std::thread::yield_now();
