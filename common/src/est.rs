@@ -210,16 +210,9 @@ mod tests {
         assert_eq!(parse_certs_only_pkcs7(&der), Err(EstFormatError::NoCertificates));
     }
 
-    /// A DER TLV (short or two-byte long form lengths: enough for a test certificate).
+    /// `content` under the identifier octet `tag`, with its DER length.
     fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag];
-        match content.len() {
-            n @ 0..=127 => out.push(n as u8),
-            n @ 128..=255 => out.extend([0x81, n as u8]),
-            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
-        }
-        out.extend_from_slice(content);
-        out
+        AnyRef::new(Tag::try_from(tag).unwrap(), content).unwrap().to_der().unwrap()
     }
 
     /// `cert` again with its first extension's `critical FALSE` written out: valid BER, and
