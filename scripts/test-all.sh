@@ -28,8 +28,12 @@ report() {
   [ $rc -eq 0 ] || kill $(jobs -p) 2>/dev/null || true
   step "(end)"
   printf '\nstep timings:\n%s' "$timings"
+  # The disk is the one limit a run can hit that no step names: show what was left.
+  printf 'disk: %s free at the end (%s at the start)\n' "$(disk_free)" "$disk_at_start"
   [ $rc -eq 0 ] || printf 'FAILED in step: see the output above (exit %s)\n' "$rc"
 }
+disk_free() { df -h --output=avail . 2>/dev/null | tail -n 1 | tr -d ' '; }
+disk_at_start=$(disk_free)
 trap report EXIT
 
 step "cargo fmt --check"
