@@ -88,9 +88,10 @@ fn reenrol_with_the_same_key_is_refused() {
 
 /// A certificate past its notAfter renews only within the group's grace. The shortest
 /// lifetime a policy allows is 5 minutes, so this waits that long: run it with
-/// `cargo test -p lanyard-e2e --test reenrol -- --ignored`.
+/// `cargo test -p lanyard-e2e --test reenrol -- --ignored` (`scripts/test-all.sh` does, in
+/// the background beside its other steps).
 #[test]
-#[ignore = "slow: waits 5 minutes for a certificate to expire"]
+#[ignore = "5 minutes of real time; scripts/test-all.sh runs it in the background"]
 fn reenrol_after_expiry_only_within_grace() {
     if !peers::require_basics() {
         return;
